@@ -1,0 +1,140 @@
+"""Publishing commands and waiting for their outcomes, for the gateways.
+
+Each gateway process owns one reply stream (``Topology.reply_stream(instance)``) and
+one reader task over it, shared by every request: a request registers a future under
+its command's event id, the reader resolves it when the provisioner's outcome arrives.
+A stream (not pub/sub) so an outcome published while the reader reconnects is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .contract import Command, Outcome, decode_outcome, encode
+from .logging import get_logger
+from .topology import DATA_FIELD, Topology
+
+log = get_logger(__name__)
+
+
+class BrokerUnavailable(Exception):
+    """Redis did not accept the command: the caller answers 503 + Retry-After."""
+
+
+class OutcomeTimeout(Exception):
+    """No outcome within the wait: the command is still applied exactly once later."""
+
+
+async def publish_command(redis: Any, topology: Topology, command: Command) -> str:
+    """XADD the command to its tenant's partition; return the stream entry id."""
+    stream = topology.command_stream_for(command.tenant_id)
+    try:
+        entry_id = await redis.xadd(
+            stream, {DATA_FIELD: encode(command)}, maxlen=topology.maxlen, approximate=True
+        )
+    except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+        raise BrokerUnavailable(str(err)) from err
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+class OutcomeWaiter:
+    """One reader of this process's reply stream, resolving futures by event id."""
+
+    def __init__(self, redis: Any, topology: Topology, instance: str | None = None) -> None:
+        self.redis = redis
+        self.topology = topology
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.stream = topology.reply_stream(self.instance)
+        self._pending: dict[uuid.UUID, asyncio.Future[Outcome]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_id = "$"
+
+    async def start(self) -> None:
+        # Read from the current end: outcomes only ever answer requests made after start.
+        self._last_id = "$"
+        self._task = asyncio.create_task(self._run(), name=f"outcome-waiter-{self.instance}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.stream)
+
+    async def submit(self, command: Command, timeout: float) -> Outcome:
+        """Publish ``command`` (which must reply to this waiter) and wait for its outcome."""
+        if command.reply_to != self.stream:
+            command = command.model_copy(update={"reply_to": self.stream})
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        self._pending[command.event_id] = fut
+        try:
+            await publish_command(self.redis, self.topology, command)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError as err:
+            raise OutcomeTimeout(str(command.event_id)) from err
+        finally:
+            self._pending.pop(command.event_id, None)
+
+    def reply_to(self) -> str:
+        return self.stream
+
+
+async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_to: str) -> None:
+    """Send an outcome to the gateway waiting on ``reply_to`` (bounded, expiring)."""
+    data = encode(outcome)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(reply_to, {DATA_FIELD: data}, maxlen=topology.reply_maxlen, approximate=True)
+        pipe.expire(reply_to, topology.reply_ttl_s)
+        await pipe.execute()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        loop = asyncio.get_running_loop()
+        next_refresh = 0.0
+        while True:
+            try:
+                if loop.time() >= next_refresh:
+                    # The TTL removes the stream of a gateway that died; a live one keeps it.
+                    await self.redis.expire(self.stream, self.topology.reply_ttl_s)
+                    next_refresh = loop.time() + self.topology.reply_ttl_s / 3
+                if self._last_id == "$":
+                    # Resolve "$" to a concrete id once, so nothing is skipped between reads.
+                    info = await self.redis.xadd(self.stream, {"hello": "1"}, maxlen=self.topology.reply_maxlen)
+                    await self.redis.expire(self.stream, self.topology.reply_ttl_s)
+                    self._last_id = info.decode() if isinstance(info, bytes) else str(info)
+                resp = await self.redis.xread({self.stream: self._last_id}, block=1000, count=500)
+                backoff = 0.1
+                for _stream, entries in resp or ():
+                    for entry_id, fields in entries:
+                        self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        self._deliver(fields)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # Redis down: keep the futures, reconnect with backoff
+                log.warning("outcome_reader_error", error=str(err), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _deliver(self, fields: dict[Any, Any]) -> None:
+        raw = fields.get(DATA_FIELD.encode()) or fields.get(DATA_FIELD)
+        if raw is None:
+            return
+        try:
+            outcome = decode_outcome(raw)
+        except Exception as err:
+            log.error("outcome_undecodable", error=str(err))
+            return
+        fut = self._pending.get(outcome.event_id)
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)

@@ -1,0 +1,92 @@
+"""Settings blocks read from the environment (prefix ``PROVISIO_``).
+
+Each service composes one ``BaseSettings`` class from these blocks and loads it once,
+at start, through :func:`load_settings`, which turns a validation error into one
+readable line naming the variable. Nothing else in Provisio reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PROVISIO_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: where Postgres and Redis are, and how to log."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=None, validate_default=True
+    )
+
+    database_url: SecretStr = Field(
+        description="PostgreSQL URL, e.g. postgresql://provisio:secret@db:5432/provisio"
+    )
+    redis_url: SecretStr = Field(
+        description="Redis URL (redis://host:6379/0) or a cluster seed (redis+cluster://host:7000)"
+    )
+    redis_prefix: str = Field(
+        default="provisio",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Key prefix of every stream and key Provisio writes in Redis",
+    )
+    partitions: int = Field(
+        default=8, ge=1, le=1024, description="Number of command stream partitions (by tenant)"
+    )
+    stream_maxlen: int = Field(
+        default=1_000_000, ge=1000, description="Approximate MAXLEN of each stream"
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(
+        default="auto", pattern=r"^(auto|json|console)$", description="auto: JSON unless on a TTY"
+    )
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user:pw@host:5432/db)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
+        return value
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> str:
+    """One line per bad variable, named as the operator must set it."""
+    prefix = cls.model_config.get("env_prefix", "")
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        var = f"{prefix}{field}".upper()
+        if e["type"] == "missing":
+            lines.append(f"{var} is not set")
+        else:
+            lines.append(f"{var} is invalid: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings from the environment; raise SettingsError with a readable message."""
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        raise SettingsError(describe_validation_error(cls, err)) from None

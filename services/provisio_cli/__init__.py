@@ -1,0 +1,1 @@
+"""The ``provisio`` operator CLI."""

@@ -1,0 +1,110 @@
+"""The CLI's composition root: sub-apps are registered here, errors become one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import typer
+
+from provisio_lib import db
+from provisio_lib.settings import SettingsError
+from provisio_lib.topology import ensure_groups
+
+from .context import CliError, database, redis, settings, topology
+from .tenants import tenant_app, token_app
+
+app = typer.Typer(
+    name="provisio",
+    help="Provisio: SAML JIT and SCIM 2.0 provisioning. Operator commands.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(token_app, name="scim-token")
+
+SERVICES = {
+    "scim": "scim_gateway",
+    "saml": "saml_gateway",
+    "provisioner": "provisioner",
+    "auditor": "auditor",
+}
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations and create the Redis streams and consumer groups."""
+
+    async def go() -> list[str]:
+        s = settings()
+        async with database(s, check=False) as conn:
+            try:
+                done = await db.migrate(conn)
+            except db.SchemaError as err:
+                raise CliError(str(err)) from None
+        async with redis(s) as r:
+            await ensure_groups(r, topology(s))
+        return [f"{m.version:04d}_{m.name}" for m in done]
+
+    done = asyncio.run(go())
+    typer.echo("applied: " + ", ".join(done) if done else "database schema is current")
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help="scim or saml")) -> None:
+    """Run a gateway in the foreground (the container command)."""
+    _exec_service(service, ("scim", "saml"))
+
+
+@app.command()
+def work(service: str = typer.Argument(..., help="provisioner or auditor")) -> None:
+    """Run a worker in the foreground (the container command)."""
+    _exec_service(service, ("provisioner", "auditor"))
+
+
+def _exec_service(service: str, allowed: tuple[str, ...]) -> None:
+    if service not in allowed:
+        raise CliError(f"unknown service {service!r}; choose one of: {', '.join(allowed)}")
+    module = SERVICES[service]
+    # Replace this process, so the service gets SIGTERM from the container runtime directly.
+    os.execv(sys.executable, [sys.executable, "-m", module])
+
+
+@app.command()
+def dev(
+    data_dir: str = typer.Option(".provisio", envvar="PROVISIO_DEV_DIR", help="Embedded servers' data"),
+    seed: bool = typer.Option(True, help="Create the demo tenant and print a fresh SCIM token"),
+) -> None:
+    """Run the whole stack in the foreground: embedded Postgres/Redis where no URL is set."""
+    from .dev import run_dev
+
+    run_dev(data_dir, seed=seed)
+
+
+def _register_optional() -> None:
+    """Sub-apps owned by other areas (SSO, audit, DLQ) register if present."""
+    import importlib
+
+    for module, name in (("sso", "sso"), ("audit", "audit"), ("dlq", "dlq")):
+        try:
+            mod = importlib.import_module(f"provisio_cli.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"provisio_cli.{module}":
+                raise
+            continue
+        app.add_typer(mod.app, name=name)
+
+
+_register_optional()
+
+
+def run() -> None:
+    try:
+        app()
+    except (CliError, SettingsError) as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(getattr(err, "code", 1) or 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
