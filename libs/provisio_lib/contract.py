@@ -88,6 +88,36 @@ class GroupData(_Model):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+class GroupRef(_Model):
+    id: uuid.UUID
+    display_name: str
+
+
+class UserState(UserData):
+    """A user as committed (``Outcome.resource`` of user commands and JIT logins)."""
+
+    id: uuid.UUID
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: Literal["scim", "jit", "cli"] = "scim"
+    groups: tuple[GroupRef, ...] = ()
+
+
+class GroupState(_Model):
+    """A group as committed (``Outcome.resource`` of group commands). Members are not
+    carried (a group may have thousands): readers query ``memberships``."""
+
+    id: uuid.UUID
+    display_name: str
+    external_id: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: Literal["scim", "jit", "cli"] = "scim"
+
+
 # --------------------------------------------------------------------------- command payloads
 
 
@@ -272,7 +302,8 @@ class Outcome(_Model):
     resource_id: uuid.UUID | None = None
     user_name: str | None = None
     resource: dict[str, Any] | None = Field(
-        default=None, description="Committed state (see provisioner docs) for the gateway to answer with"
+        default=None,
+        description="Committed state: UserState or GroupState as JSON (None after a delete)",
     )
     changes: dict[str, Change] = Field(default_factory=dict, description="Field → before/after; no secrets")
     notes: tuple[str, ...] = Field(default=(), description="e.g. 'groups_overage', 'deactivated instead of deleted'")
@@ -316,7 +347,12 @@ def decode_outcome(data: bytes | str) -> Outcome:
 # --------------------------------------------------------------------------- JSON Schemas
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {"command": Command, "outcome": Outcome}
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "command": Command,
+    "outcome": Outcome,
+    "user-state": UserState,
+    "group-state": GroupState,
+}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
