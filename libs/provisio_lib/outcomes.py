@@ -90,14 +90,6 @@ class OutcomeWaiter:
         return self.stream
 
 
-async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_to: str) -> None:
-    """Send an outcome to the gateway waiting on ``reply_to`` (bounded, expiring)."""
-    data = encode(outcome)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(reply_to, {DATA_FIELD: data}, maxlen=topology.reply_maxlen, approximate=True)
-        pipe.expire(reply_to, topology.reply_ttl_s)
-        await pipe.execute()
-
     async def _run(self) -> None:
         backoff = 0.1
         loop = asyncio.get_running_loop()
@@ -138,3 +130,12 @@ async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_
         fut = self._pending.get(outcome.event_id)
         if fut is not None and not fut.done():
             fut.set_result(outcome)
+
+
+async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_to: str) -> None:
+    """Send an outcome to the gateway waiting on ``reply_to`` (bounded, expiring)."""
+    data = encode(outcome)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(reply_to, {DATA_FIELD: data}, maxlen=topology.reply_maxlen, approximate=True)
+        pipe.expire(reply_to, topology.reply_ttl_s)
+        await pipe.execute()
