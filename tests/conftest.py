@@ -15,6 +15,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,41 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) 
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+@asynccontextmanager
+async def running_provisioner(**overrides: Any) -> AsyncIterator[Any]:
+    """The provisioner app, in process, on the environment's database and prefix."""
+    from provisio_lib.settings import load_settings
+    from provisioner.app import create_app
+    from provisioner.settings import ProvisionerSettings
+
+    settings = load_settings(ProvisionerSettings, **{"health_port": 0, "claim_idle_ms": 1000, **overrides})
+    app = create_app(settings)
+    async with app.lifespan_context():
+        await app.start()
+        try:
+            yield app
+        finally:
+            app.context.get("consumer").stopping.set()
+            await app.stop()
+
+
+@pytest.fixture
+async def provisioner(service_env: dict[str, str], redis: Any, topology: Topology) -> AsyncIterator[Any]:
+    """A running provisioner (FastStream app) for this test's database and Redis prefix.
+    ``provisioner.context.get("provisioner")`` is the worker (counters),
+    ``provisioner.context.get("consumer")`` the ReliableConsumer."""
+    async with running_provisioner() as app:
+        yield app
+
+
+@pytest.fixture
+async def waiter(redis: Any, topology: Topology) -> AsyncIterator[Any]:
+    """An OutcomeWaiter on this test's prefix: ``await waiter.submit(command, timeout)``."""
+    from provisio_lib.outcomes import OutcomeWaiter
+
+    w = OutcomeWaiter(redis, topology)
+    await w.start()
+    yield w
+    await w.stop()

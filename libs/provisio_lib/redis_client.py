@@ -13,11 +13,16 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith("redis+cluster://")
 
 
-def connect_redis(url: str, **kw: Any) -> Any:
-    """A redis.asyncio client (Redis or RedisCluster); bytes in, bytes out."""
-    kw.setdefault("health_check_interval", 30)
+def connect_redis(url: str, *, max_connections: int = 64, **kw: Any) -> Any:
+    """A redis.asyncio client (Redis or RedisCluster); bytes in, bytes out.
+
+    The pool is bounded and *waits* for a free connection (up to 10 s) rather than
+    failing, so a burst of requests queues instead of erroring."""
     kw.setdefault("socket_keepalive", True)
     if is_cluster_url(url):
-        kw.pop("health_check_interval", None)
-        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **kw)
-    return aioredis.from_url(url, **kw)
+        return RedisCluster.from_url(
+            "redis://" + url.removeprefix("redis+cluster://"), max_connections=max_connections, **kw
+        )
+    kw.setdefault("health_check_interval", 30)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **kw)
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool

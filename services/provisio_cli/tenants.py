@@ -19,7 +19,7 @@ token_app = typer.Typer(help="SCIM bearer tokens: create, list, revoke.", no_arg
 @tenant_app.command("create")
 def tenant_create(
     name: str = typer.Argument(..., help="Short name: lowercase letters, digits, dashes"),
-    deprovision: str = typer.Option("deactivate", help="deactivate or delete users on SCIM DELETE"),
+    deprovision: str = typer.Option("delete", help="On SCIM DELETE: delete (RFC 7644 §3.6) or deactivate (keep the user, active=false)"),
 ) -> None:
     """Create a tenant; prints its id."""
     name = name.strip().lower()

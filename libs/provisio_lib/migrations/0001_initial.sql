@@ -5,7 +5,7 @@ CREATE TABLE tenants (
     name                text NOT NULL,
     created_at          timestamptz NOT NULL DEFAULT now(),
     -- Tenant policies (Splashtop team rules), off by default.
-    deprovision         text NOT NULL DEFAULT 'deactivate' CHECK (deprovision IN ('deactivate', 'delete')),
+    deprovision         text NOT NULL DEFAULT 'delete' CHECK (deprovision IN ('deactivate', 'delete')),
     one_group_per_user  boolean NOT NULL DEFAULT false,
     immutable_user_name boolean NOT NULL DEFAULT false,
     notify_emails       text[] NOT NULL DEFAULT '{}',

@@ -1,0 +1,197 @@
+"""Reliable consumption of Redis streams by a consumer group, on FastStream.
+
+FastStream reads and acknowledges; it does not retry, claim or dead-letter (a failed
+message just stays pending). This module adds the delivery discipline both workers need:
+
+- each stream gets a **batch subscriber** (XREADGROUP ``>``, up to ``batch_size`` entries)
+  and a **claim subscriber** (XAUTOCLAIM of entries idle longer than ``claim_idle_ms``),
+  so the pending messages of a worker that died are finished by the others;
+- the handler gets the batch and returns a :class:`Verdicts`: everything not named is
+  acknowledged; ``retry`` entries stay pending (claimed again later, their delivery count
+  growing); ``dead`` entries go to the dead-letter stream at once;
+- an entry claimed with ``max_deliveries`` deliveries that fails again is moved to the
+  dead-letter stream, with its error, so the stream keeps flowing;
+- :class:`TransientError` (Postgres or Redis down) retries the same batch in place with
+  backoff, indefinitely, and never counts towards dead-lettering: nothing is dropped;
+- on shutdown FastStream stops the subscribers and waits for the handler in flight
+  (``graceful_timeout``); a batch interrupted mid-retry stays pending for another worker.
+
+Delivery is at least once; handlers make applying idempotent (the provisioner's inbox,
+the auditor's unique event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream import Context
+from faststream.middlewares import AckPolicy
+from faststream.redis import RedisBroker, StreamSub
+
+from .logging import get_logger
+from .topology import DATA_FIELD
+
+log = get_logger(__name__)
+
+
+class TransientError(Exception):
+    """Infrastructure is down or busy (connection lost, deadlock, serialization failure):
+    the batch is retried with backoff, never dropped and never dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+    @property
+    def data(self) -> bytes | None:
+        return self.fields.get(DATA_FIELD.encode())
+
+
+@dataclass
+class Verdicts:
+    """Per-entry decisions; entries not named are acknowledged."""
+
+    retry: dict[str, str] = field(default_factory=dict)  # entry id → error (stays pending)
+    dead: dict[str, str] = field(default_factory=dict)  # entry id → error (dead-letter now)
+
+
+BatchHandler = Callable[[list[Delivery]], Awaitable[Verdicts]]
+DeadLetterHook = Callable[[Delivery, str], Awaitable[None]]
+
+
+def consumer_name() -> str:
+    """Unique per process, stable for its life: host name + pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class ReliableConsumer:
+    broker: RedisBroker
+    redis: Any  # redis.asyncio client for XACK / XADD to the DLQ
+    streams: list[str]
+    group: str
+    handler: BatchHandler
+    dead_letter_stream: Callable[[str], str] = field(default=lambda stream: f"{stream}:dlq")
+    on_dead_letter: DeadLetterHook | None = None
+    consumer: str = field(default_factory=consumer_name)
+    batch_size: int = 200
+    block_ms: int = 100
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    dlq_maxlen: int = 100_000
+    max_backoff_s: float = 5.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"acked": 0, "retried": 0, "dead_lettered": 0, "transient": 0}
+    )
+
+    def register(self) -> None:
+        for stream in self.streams:
+            self._register_stream(stream)
+
+    def _register_stream(self, stream: str) -> None:
+        reader = self.broker.subscriber(
+            stream=StreamSub(
+                stream,
+                group=self.group,
+                consumer=self.consumer,
+                batch=True,
+                max_records=self.batch_size,
+                polling_interval=self.block_ms,
+            ),
+            ack_policy=AckPolicy.MANUAL,
+        )
+        claimer = self.broker.subscriber(
+            stream=StreamSub(
+                stream,
+                group=self.group,
+                consumer=self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                polling_interval=max(self.claim_idle_ms // 4, 100),
+            ),
+            ack_policy=AckPolicy.MANUAL,
+        )
+
+        async def on_batch(body: Any, message: Any = Context("message")) -> None:
+            raw = message.raw_message
+            ids = [_s(i) for i in raw["message_ids"]]
+            deliveries = [Delivery(stream, i, f) for i, f in zip(ids, raw["data"], strict=True)]
+            await self._process(deliveries)
+
+        async def on_claim(body: Any, message: Any = Context("message")) -> None:
+            raw = message.raw_message
+            ids = [_s(i) for i in raw["message_ids"]]
+            if not ids:
+                return
+            count = await message.get_delivery_count()
+            await self._process([Delivery(stream, ids[0], raw["data"], count)], claimed=True)
+
+        reader(on_batch)
+        claimer(on_claim)
+
+    async def _process(self, batch: list[Delivery], *, claimed: bool = False) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                verdicts = await self.handler(batch)
+                break
+            except TransientError as err:
+                self.counters["transient"] += 1
+                if self.stopping.is_set():
+                    log.warning("batch_left_pending_on_shutdown", size=len(batch), error=str(err))
+                    return
+                log.warning("transient_failure_retrying", size=len(batch), error=str(err), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+        dead = dict(verdicts.dead)
+        retry = dict(verdicts.retry)
+        for d in batch:
+            if d.entry_id in retry and claimed and d.deliveries >= self.max_deliveries:
+                dead[d.entry_id] = f"failed {d.deliveries} times: {retry.pop(d.entry_id)}"
+        for d in batch:
+            if d.entry_id in dead:
+                await self._dead_letter(d, dead[d.entry_id])
+        ack = [d.entry_id for d in batch if d.entry_id not in retry and d.entry_id not in dead]
+        if ack:
+            await self.redis.xack(batch[0].stream, self.group, *ack)
+        self.counters["acked"] += len(ack)
+        self.counters["retried"] += len(retry)
+        for entry_id, error in retry.items():
+            log.warning("delivery_failed_will_retry", stream=batch[0].stream, entry_id=entry_id, error=error)
+
+    async def _dead_letter(self, d: Delivery, error: str) -> None:
+        fields: dict[str | bytes, Any] = {
+            DATA_FIELD: d.data if d.data is not None else repr(d.fields),
+            "error": error[:2000],
+            "deliveries": str(d.deliveries),
+            "failed_at": datetime.now(UTC).isoformat(),
+            "stream": d.stream,
+            "entry_id": d.entry_id,
+            "group": self.group,
+        }
+        if self.on_dead_letter is not None:
+            try:
+                await self.on_dead_letter(d, error)
+            except Exception as err:  # the hook must not keep the message from the DLQ
+                log.error("dead_letter_hook_failed", entry_id=d.entry_id, error=str(err))
+        # Same hash tag as the source stream, so MULTI works on Redis Cluster too.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_letter_stream(d.stream), fields, maxlen=self.dlq_maxlen, approximate=True)
+            pipe.xack(d.stream, self.group, d.entry_id)
+            await pipe.execute()
+        self.counters["dead_lettered"] += 1
+        log.error("dead_lettered", stream=d.stream, entry_id=d.entry_id, deliveries=d.deliveries, error=error)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

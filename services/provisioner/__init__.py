@@ -1,0 +1,1 @@
+"""The provisioner worker: applies commands from the command streams to Postgres."""

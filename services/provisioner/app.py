@@ -1,0 +1,78 @@
+"""The provisioner's composition root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+from faststream.redis import RedisBroker
+
+from provisio_lib import db
+from provisio_lib.delivery import ReliableConsumer
+from provisio_lib.logging import get_logger
+from provisio_lib.redis_client import connect_redis, is_cluster_url
+from provisio_lib.settings import load_settings
+from provisio_lib.topology import PROVISIONER_GROUP, Topology, ensure_groups
+
+from .settings import ProvisionerSettings
+from .worker import Provisioner
+
+log = get_logger(__name__)
+
+
+def make_broker(url: str, graceful_timeout: float) -> RedisBroker:
+    # Per-message logs at DEBUG: at thousands of commands a second they would be the load.
+    if is_cluster_url(url):
+        from faststream.redis import RedisClusterBroker
+
+        return RedisClusterBroker(
+            "redis://" + url.removeprefix("redis+cluster://"), graceful_timeout=graceful_timeout, log_level=logging.DEBUG
+        )
+    return RedisBroker(url, graceful_timeout=graceful_timeout, log_level=logging.DEBUG)
+
+
+def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
+    settings = settings or load_settings(ProvisionerSettings)
+    topology = Topology(prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen)
+    redis_url = settings.redis_url.get_secret_value()
+    broker = make_broker(redis_url, settings.graceful_timeout_s)
+    redis = connect_redis(redis_url)
+    worker = Provisioner(topology, redis=redis)
+    consumer = ReliableConsumer(
+        broker=broker,
+        redis=redis,
+        streams=topology.command_streams(),
+        group=PROVISIONER_GROUP,
+        handler=worker.handle,
+        on_dead_letter=worker.on_dead_letter,
+        batch_size=settings.batch_size,
+        claim_idle_ms=settings.claim_idle_ms,
+        max_deliveries=settings.max_deliveries,
+    )
+    consumer.register()
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        worker.pool = await db.create_pool(
+            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        try:
+            async with worker.pool.acquire() as conn:
+                await db.check_schema(conn)
+            await ensure_groups(redis, topology)
+            log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions)
+            yield
+        finally:
+            await worker.pool.close()
+            await redis.aclose()
+            log.info("provisioner_stopped", **consumer.counters, **worker.counters)
+
+    def begin_shutdown() -> None:
+        consumer.stopping.set()
+
+    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown])
+    app.context.set_global("provisioner", worker)
+    app.context.set_global("consumer", consumer)
+    return app

@@ -1,0 +1,265 @@
+"""Apply commands to Postgres exactly once: the inbox row and the change share a transaction.
+
+A batch is one transaction; each command runs in its own savepoint, so a command that
+fails permanently (taken userName, stale version) rolls back alone and its failure
+outcome is still recorded — a redelivery gets the same answer back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from provisio_lib.contract import (
+    ChangeGroupMembers,
+    Command,
+    CreateGroup,
+    CreateUser,
+    DeleteGroup,
+    DeleteUser,
+    ErrorInfo,
+    JitLogin,
+    Outcome,
+    ReplaceGroup,
+    ReplaceUser,
+    UserData,
+)
+
+from . import store
+from .domain import USER_FIELDS, PermanentError, diff, jit_updates, reconcile_jit_groups
+
+
+@dataclass
+class Applied:
+    """What one command did, before it becomes an Outcome."""
+
+    result: str = "applied"
+    resource_type: str | None = None
+    resource_id: uuid.UUID | None = None
+    user_name: str | None = None
+    resource: dict[str, Any] | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _user_dict(row: Any) -> dict[str, Any]:
+    return {f: row[f] for f in (*USER_FIELDS, "attributes")}
+
+
+def _group_dict(row: Any) -> dict[str, Any]:
+    return {"display_name": row["display_name"], "external_id": row["external_id"], "attributes": row["attributes"]}
+
+
+async def _user_result(conn: asyncpg.Connection, row: Any, *, with_groups: bool = True) -> dict[str, Any]:
+    groups = await store.user_groups(conn, row["id"]) if with_groups else []
+    return store.user_state(row, groups).model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- users
+
+
+async def create_user(conn: asyncpg.Connection, cmd: Command, p: CreateUser, policy: Any) -> Applied:
+    row = await store.insert_user(conn, cmd.tenant_id, p.user_id, p.data)
+    return Applied(
+        resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+        resource=await _user_result(conn, row, with_groups=False),
+        changes=diff(None, _user_dict(row), USER_FIELDS),
+    )
+
+
+async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, policy: Any) -> Applied:
+    row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
+    if p.expected_version is not None and p.expected_version != row["version"]:
+        raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
+    if policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
+        raise PermanentError("mutability", "this tenant does not allow changing userName", field="userName")
+    before = _user_dict(row)
+    after_values = store.user_values(p.data)
+    after = {**before, **{k: after_values[k] for k in (*USER_FIELDS, "attributes")}}
+    changes = diff(before, after, USER_FIELDS)
+    if not changes:
+        return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
+                       user_name=row["user_name"], resource=await _user_result(conn, row))
+    new = await store.update_user(conn, row, after_values)
+    return Applied(resource_type="User", resource_id=new["id"], user_name=new["user_name"],
+                   resource=await _user_result(conn, new), changes=changes)
+
+
+async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, policy: Any) -> Applied:
+    row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
+    if p.expected_version is not None and p.expected_version != row["version"]:
+        raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
+    if policy["deprovision"] == "deactivate":
+        # Tenant policy: deprovision by deactivation (the user and history stay).
+        if not row["active"]:
+            return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
+                           user_name=row["user_name"], resource=await _user_result(conn, row),
+                           notes=["deactivated instead of deleted"])
+        new = await store.update_user(conn, row, {"active": False})
+        return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+                       resource=await _user_result(conn, new), changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
+                       notes=["deactivated instead of deleted"])
+    await store.delete_user(conn, row["id"])
+    return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+                   changes=diff(_user_dict(row), None, ("user_name", "active")), notes=["deleted"])
+
+
+# --------------------------------------------------------------------------- groups
+
+
+async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, policy: Any) -> Applied:
+    row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data)
+    changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+    if p.data.members:
+        n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
+                                    one_group_per_user=policy["one_group_per_user"])
+        changes["members"] = {"before": 0, "after": n}
+    return Applied(resource_type="Group", resource_id=row["id"],
+                   resource=store.group_state(row).model_dump(mode="json"), changes=changes)
+
+
+async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, policy: Any) -> Applied:
+    row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
+    if p.expected_version is not None and p.expected_version != row["version"]:
+        raise PermanentError("version_mismatch", f"group is at version {row['version']}, not {p.expected_version}")
+    changes = diff(_group_dict(row), {"display_name": p.data.display_name, "external_id": p.data.external_id,
+                                      "attributes": dict(p.data.attributes)}, ("display_name", "external_id"))
+    if p.data.members is not None:
+        # Full replace of the members SCIM manages; JIT memberships are not SCIM's to drop.
+        current = await store.member_ids(conn, row["id"], "scim")
+        wanted = list(dict.fromkeys(p.data.members))
+        added = await store.add_members(conn, cmd.tenant_id, row["id"], [u for u in wanted if u not in current], "scim",
+                                        one_group_per_user=policy["one_group_per_user"])
+        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim")
+        if added or removed:
+            changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
+    if not changes:
+        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
+                       resource=store.group_state(row).model_dump(mode="json"))
+    new = await store.update_group(conn, row["id"], p.data)
+    return Applied(resource_type="Group", resource_id=row["id"],
+                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+
+
+async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, policy: Any) -> Applied:
+    row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
+    added = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), "scim",
+                                    one_group_per_user=policy["one_group_per_user"])
+    removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim")
+    if not added and not removed:
+        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
+                       resource=store.group_state(row).model_dump(mode="json"))
+    new = await store.update_group(conn, row["id"], None)
+    changes: dict[str, Any] = {}
+    if p.add:
+        changes["members.added"] = {"before": None, "after": [str(u) for u in p.add][:100]}
+    if p.remove:
+        changes["members.removed"] = {"before": [str(u) for u in p.remove][:100], "after": None}
+    return Applied(resource_type="Group", resource_id=row["id"],
+                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+
+
+async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, policy: Any) -> Applied:
+    row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
+    await store.delete_group(conn, row["id"])
+    return Applied(resource_type="Group", resource_id=row["id"],
+                   changes=diff(_group_dict(row), None, ("display_name",)), notes=["deleted"])
+
+
+# --------------------------------------------------------------------------- JIT login
+
+
+async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, policy: Any) -> Applied:
+    notes = ["groups_overage"] if p.groups_overage else []
+    row = await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
+    login = p.model_dump()
+    if row is None:
+        if p.mode == "off":
+            raise PermanentError("user_not_found", f"no user {p.user_name!r} in this tenant and JIT is off for connection {p.connection_name!r}")
+        data = UserData(
+            user_name=p.user_name, display_name=p.display_name, given_name=p.given_name, family_name=p.family_name,
+            emails=({"value": p.email, "type": "work", "primary": True},) if p.email else (),  # type: ignore[arg-type]
+            sso_name=p.connection_name, attributes={"custom": dict(p.custom)} if p.custom else {},
+        )
+        row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit")
+        changes = diff(None, _user_dict(row), USER_FIELDS)
+        if p.groups:
+            await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups)
+            changes["groups.jit"] = {"before": [], "after": sorted(p.groups)}
+        return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"])
+    if not row["active"]:
+        raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
+    if p.mode != "sync":
+        # off / create: an existing user is left exactly as it is (Splashtop create-only).
+        return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+                       resource=await _user_result(conn, row), notes=notes)
+    changes = {}
+    updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login)
+    if updates:
+        before = _user_dict(row)
+        row = await store.update_user(conn, row, updates)
+        changes = diff(before, _user_dict(row), USER_FIELDS)
+    if p.groups is not None and not p.groups_overage:
+        before_groups = await store.jit_memberships(conn, row["id"])
+        joined, left = await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, before_groups)
+        if joined or left:
+            changes["groups.jit"] = {"before": sorted(before_groups), "after": sorted(g.lower() for g in p.groups)}
+    return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
+                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes)
+
+
+async def _sync_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, claimed: tuple[str, ...],
+                           current: dict[str, uuid.UUID] | None = None) -> tuple[list[str], list[uuid.UUID]]:
+    current = current if current is not None else {}
+    join, leave = reconcile_jit_groups(claimed, current)
+    ids = await store.ensure_groups_by_name(conn, tenant_id, join)
+    for name in join:
+        await store.add_members(conn, tenant_id, ids[name.lower()], [user_id], "jit")
+    await store.remove_user_from_groups(conn, user_id, leave, "jit")
+    return join, leave
+
+
+HANDLERS = {
+    "user.create": create_user,
+    "user.replace": replace_user,
+    "user.delete": delete_user,
+    "group.create": create_group,
+    "group.replace": replace_group,
+    "group.members": change_members,
+    "group.delete": delete_group,
+    "jit.login": jit_login,
+}
+
+
+def make_outcome(cmd: Command, applied: Applied | None = None, error: PermanentError | None = None) -> Outcome:
+    now = datetime.now(UTC)
+    base: dict[str, Any] = dict(
+        event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id, source=cmd.source,
+        correlation_id=cmd.correlation_id, occurred_at=cmd.occurred_at, completed_at=now,
+        latency_ms=round((now - cmd.occurred_at).total_seconds() * 1000, 3),
+    )
+    if error is not None:
+        rtype, rid, uname = _resource_of(cmd)
+        return Outcome(result="failed", error=ErrorInfo(code=error.code, message=error.message, field=error.field),  # type: ignore[arg-type]
+                       resource_type=rtype, resource_id=rid, user_name=uname, **base)
+    assert applied is not None
+    return Outcome(
+        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,  # type: ignore[arg-type]
+        user_name=applied.user_name, resource=applied.resource, changes=applied.changes, notes=tuple(applied.notes), **base,
+    )
+
+
+def _resource_of(cmd: Command) -> tuple[str | None, uuid.UUID | None, str | None]:
+    p = cmd.payload
+    if isinstance(p, CreateUser | ReplaceUser):
+        return "User", p.user_id, p.data.user_name
+    if isinstance(p, DeleteUser):
+        return "User", p.user_id, None
+    if isinstance(p, JitLogin):
+        return "User", None, p.user_name
+    return "Group", getattr(p, "group_id", None), None

@@ -1,0 +1,302 @@
+"""SQL for the provisioner: one function per change, run inside the caller's transaction.
+
+Every statement is parameterised ($n). Functions raise ``PermanentError`` for what can
+never succeed (not found, taken, stale) and let asyncpg errors bubble up otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from provisio_lib.contract import GroupData, GroupRef, GroupState, UserData, UserState
+
+from .domain import PermanentError, primary_email
+
+USER_COLUMNS = (
+    "id, tenant_id, user_name, external_id, active, display_name, given_name, family_name, "
+    "email, emails, sso_name, attributes, version, created_at, updated_at, created_by"
+)
+GROUP_COLUMNS = "id, tenant_id, display_name, external_id, attributes, version, created_at, updated_at, created_by"
+
+
+def user_values(data: UserData) -> dict[str, Any]:
+    emails = [e.model_dump() for e in data.emails]
+    return {
+        "user_name": data.user_name,
+        "external_id": data.external_id,
+        "active": data.active,
+        "display_name": data.display_name,
+        "given_name": data.given_name,
+        "family_name": data.family_name,
+        "email": primary_email(emails),
+        "emails": emails,
+        "sso_name": data.sso_name,
+        "attributes": dict(data.attributes),
+    }
+
+
+def user_state(row: asyncpg.Record | dict[str, Any], groups: list[GroupRef] | tuple[GroupRef, ...] = ()) -> UserState:
+    return UserState(
+        id=row["id"],
+        user_name=row["user_name"],
+        external_id=row["external_id"],
+        active=row["active"],
+        display_name=row["display_name"],
+        given_name=row["given_name"],
+        family_name=row["family_name"],
+        emails=tuple(row["emails"] or ()),
+        sso_name=row["sso_name"],
+        attributes=row["attributes"] or {},
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        created_by=row["created_by"],
+        groups=tuple(groups),
+    )
+
+
+def group_state(row: asyncpg.Record) -> GroupState:
+    return GroupState(
+        id=row["id"],
+        display_name=row["display_name"],
+        external_id=row["external_id"],
+        attributes=row["attributes"] or {},
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        created_by=row["created_by"],
+    )
+
+
+def _unique(err: asyncpg.UniqueViolationError, what: str, value: str) -> PermanentError:
+    return PermanentError("uniqueness", f"{what} {value!r} is already taken in this tenant", field=what)
+
+
+# --------------------------------------------------------------------------- users
+
+
+async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData, created_by: str = "scim") -> asyncpg.Record:
+    v = user_values(data)
+    try:
+        return await conn.fetchrow(
+            f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
+                                  family_name, email, emails, sso_name, attributes, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                RETURNING {USER_COLUMNS}""",
+            user_id, tenant_id, v["user_name"], v["external_id"], v["active"], v["display_name"],
+            v["given_name"], v["family_name"], v["email"], v["emails"], v["sso_name"], v["attributes"], created_by,
+        )
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name == "users_pkey":
+            raise PermanentError("uniqueness", f"user id {user_id} already exists", field="id") from None
+        raise _unique(err, "userName", data.user_name) from None
+    except asyncpg.ForeignKeyViolationError:
+        raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
+
+
+async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2 FOR UPDATE", user_id, tenant_id
+    )
+    if row is None:
+        raise PermanentError("not_found", f"user {user_id} not found")
+    return row
+
+
+async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any]) -> asyncpg.Record:
+    """Write ``values`` over ``row`` and bump the version."""
+    merged = {k: row[k] for k in ("user_name", "external_id", "active", "display_name", "given_name",
+                                  "family_name", "emails", "sso_name", "attributes")}
+    merged.update(values)
+    merged["email"] = primary_email(merged["emails"] or [])
+    try:
+        return await conn.fetchrow(
+            f"""UPDATE users SET user_name = $2, external_id = $3, active = $4, display_name = $5,
+                       given_name = $6, family_name = $7, email = $8, emails = $9, sso_name = $10,
+                       attributes = $11, version = version + 1, updated_at = now()
+                WHERE id = $1 RETURNING {USER_COLUMNS}""",
+            row["id"], merged["user_name"], merged["external_id"], merged["active"], merged["display_name"],
+            merged["given_name"], merged["family_name"], merged["email"], merged["emails"], merged["sso_name"],
+            merged["attributes"],
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise _unique(err, "userName", merged["user_name"]) from None
+
+
+async def user_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[GroupRef]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
+           WHERE m.user_id = $1 ORDER BY g.display_name""",
+        user_id,
+    )
+    return [GroupRef(id=r["id"], display_name=r["display_name"]) for r in rows]
+
+
+async def delete_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+
+
+async def find_user_for_login(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_name: str, email: str | None) -> asyncpg.Record | None:
+    """The user a SAML login refers to: same userName, else same email (case-insensitive),
+    so a user SCIM created first is matched, not duplicated."""
+    return await conn.fetchrow(
+        f"""SELECT {USER_COLUMNS} FROM users
+            WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR ($3::text IS NOT NULL AND lower(email) = lower($3)))
+            ORDER BY (lower(user_name) = lower($2)) DESC LIMIT 1 FOR UPDATE""",
+        tenant_id, user_name, email,
+    )
+
+
+# --------------------------------------------------------------------------- groups
+
+
+async def insert_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, data: GroupData, created_by: str = "scim") -> asyncpg.Record:
+    try:
+        return await conn.fetchrow(
+            f"""INSERT INTO groups (id, tenant_id, display_name, external_id, attributes, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6) RETURNING {GROUP_COLUMNS}""",
+            group_id, tenant_id, data.display_name, data.external_id, dict(data.attributes), created_by,
+        )
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name == "groups_pkey":
+            raise PermanentError("uniqueness", f"group id {group_id} already exists", field="id") from None
+        raise _unique(err, "displayName", data.display_name) from None
+    except asyncpg.ForeignKeyViolationError:
+        raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
+
+
+async def lock_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {GROUP_COLUMNS} FROM groups WHERE id = $1 AND tenant_id = $2 FOR UPDATE", group_id, tenant_id
+    )
+    if row is None:
+        raise PermanentError("not_found", f"group {group_id} not found")
+    return row
+
+
+async def update_group(conn: asyncpg.Connection, group_id: uuid.UUID, data: GroupData | None) -> asyncpg.Record:
+    if data is None:  # membership change only: bump the version (the ETag covers members)
+        return await conn.fetchrow(
+            f"UPDATE groups SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING {GROUP_COLUMNS}",
+            group_id,
+        )
+    try:
+        return await conn.fetchrow(
+            f"""UPDATE groups SET display_name = $2, external_id = $3, attributes = $4,
+                       version = version + 1, updated_at = now() WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
+            group_id, data.display_name, data.external_id, dict(data.attributes),
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise _unique(err, "displayName", data.display_name) from None
+
+
+async def delete_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> None:
+    await conn.execute("DELETE FROM groups WHERE id = $1", group_id)
+
+
+async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str, *, one_group_per_user: bool = False) -> int:
+    """Add memberships; unknown user ids are refused (RFC 7644 §3.5.2: invalidValue)."""
+    if not user_ids:
+        return 0
+    found = {r["id"] for r in await conn.fetch(
+        "SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, user_ids)}
+    missing = [str(u) for u in user_ids if u not in found]
+    if missing:
+        raise PermanentError("invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members")
+    if one_group_per_user:
+        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue).
+        clash = await conn.fetch(
+            """SELECT DISTINCT u.user_name, g.display_name FROM memberships m
+               JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
+               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3 LIMIT 5""",
+            tenant_id, user_ids, group_id,
+        )
+        if clash:
+            who = ", ".join(f"{r['user_name']} (in {r['display_name']})" for r in clash)
+            raise PermanentError("policy", f"this tenant allows one group per user: {who}", field="members")
+    status = await conn.execute(
+        """INSERT INTO memberships (tenant_id, group_id, user_id, source)
+           SELECT $1, $2, unnest($3::uuid[]), $4 ON CONFLICT DO NOTHING""",
+        tenant_id, group_id, user_ids, source,
+    )
+    return int(status.split()[-1])
+
+
+async def remove_members(conn: asyncpg.Connection, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str) -> int:
+    if not user_ids:
+        return 0
+    status = await conn.execute(
+        "DELETE FROM memberships WHERE group_id = $1 AND source = $2 AND user_id = ANY($3::uuid[])",
+        group_id, source, user_ids,
+    )
+    return int(status.split()[-1])
+
+
+async def member_ids(conn: asyncpg.Connection, group_id: uuid.UUID, source: str) -> set[uuid.UUID]:
+    return {r["user_id"] for r in await conn.fetch(
+        "SELECT user_id FROM memberships WHERE group_id = $1 AND source = $2", group_id, source)}
+
+
+async def ensure_groups_by_name(conn: asyncpg.Connection, tenant_id: uuid.UUID, names: list[str]) -> dict[str, uuid.UUID]:
+    """Group ids by lower-case name, creating missing groups (JIT group claims)."""
+    if not names:
+        return {}
+    await conn.execute(
+        """INSERT INTO groups (id, tenant_id, display_name, created_by)
+           SELECT gen_random_uuid(), $1, n, 'jit' FROM unnest($2::text[]) AS n
+           ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING""",
+        tenant_id, names,
+    )
+    rows = await conn.fetch(
+        "SELECT id, lower(display_name) AS k FROM groups WHERE tenant_id = $1 AND lower(display_name) = ANY($2::text[])",
+        tenant_id, [n.lower() for n in names],
+    )
+    return {r["k"]: r["id"] for r in rows}
+
+
+async def jit_memberships(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, uuid.UUID]:
+    rows = await conn.fetch(
+        """SELECT g.id, lower(g.display_name) AS k FROM memberships m JOIN groups g ON g.id = m.group_id
+           WHERE m.user_id = $1 AND m.source = 'jit'""",
+        user_id,
+    )
+    return {r["k"]: r["id"] for r in rows}
+
+
+async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, group_ids: list[uuid.UUID], source: str) -> None:
+    if group_ids:
+        await conn.execute(
+            "DELETE FROM memberships WHERE user_id = $1 AND source = $2 AND group_id = ANY($3::uuid[])",
+            user_id, source, group_ids,
+        )
+
+
+# --------------------------------------------------------------------------- tenants & inbox
+
+
+async def tenant_policies(conn: asyncpg.Connection, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT id, deprovision, one_group_per_user, immutable_user_name FROM tenants WHERE id = ANY($1::uuid[])",
+        tenant_ids,
+    )
+    return {r["id"]: r for r in rows}
+
+
+async def stored_outcomes(conn: asyncpg.Connection, event_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    rows = await conn.fetch("SELECT event_id, outcome FROM inbox WHERE event_id = ANY($1::uuid[])", event_ids)
+    return {r["event_id"]: r["outcome"] for r in rows}
+
+
+async def record_outcome(conn: asyncpg.Connection, event_id: uuid.UUID, tenant_id: uuid.UUID, type_: str, outcome_json: str) -> None:
+    await conn.execute(
+        "INSERT INTO inbox (event_id, tenant_id, type, outcome) VALUES ($1, $2, $3, $4::text::jsonb)",
+        event_id, tenant_id, type_, outcome_json,
+    )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)

@@ -1,0 +1,162 @@
+"""The provisioner's batch handler: decode, apply in one transaction, publish outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from provisio_lib.contract import Command, ErrorInfo, Outcome, decode_command, encode
+from provisio_lib.delivery import Delivery, TransientError, Verdicts
+from provisio_lib.logging import get_logger
+from provisio_lib.topology import DATA_FIELD, Topology
+
+from . import store
+from .apply import HANDLERS, make_outcome
+from .domain import PermanentError
+
+log = get_logger(__name__)
+
+# Worth retrying as they are: the database is down, restarting, or two transactions clashed.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,
+)
+TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Provisioner:
+    """Holds the worker's resources; ``handle`` is the ReliableConsumer batch handler."""
+
+    def __init__(self, topology: Topology, pool: asyncpg.Pool | None = None, redis: Any = None) -> None:
+        self.topology = topology
+        self.pool = pool
+        self.redis = redis
+        self.counters: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 0}
+
+    async def handle(self, batch: list[Delivery]) -> Verdicts:
+        verdicts = Verdicts()
+        items: list[tuple[Delivery, Command]] = []
+        for d in batch:
+            try:
+                items.append((d, decode_command(d.data or b"")))
+            except (ValidationError, ValueError) as err:
+                # Not a command this code can read: no outcome is possible, keep it for an operator.
+                verdicts.dead[d.entry_id] = f"undecodable command: {str(err)[:500]}"
+        if not items:
+            return verdicts
+        try:
+            results = await self._apply(items, verdicts)
+        except TRANSIENT_DB_ERRORS as err:
+            raise TransientError(f"postgres: {type(err).__name__}: {err}") from err
+        try:
+            await self._publish(results)
+        except TRANSIENT_REDIS_ERRORS as err:
+            # Committed but not announced: the batch is retried, answered from the inbox.
+            raise TransientError(f"redis: {err}") from err
+        return verdicts
+
+    async def _apply(self, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
+        assert self.pool is not None
+        results: list[tuple[Command, Outcome, bytes]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
+            stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
+            done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
+            for d, cmd in items:
+                previous = done_in_batch.get(cmd.event_id)
+                if previous is None and cmd.event_id in stored:
+                    previous = self._replayed(stored[cmd.event_id])
+                if previous is not None:
+                    self.counters["redelivered"] += 1
+                    results.append((cmd, *previous))
+                    continue
+                try:
+                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
+                except TRANSIENT_DB_ERRORS:
+                    raise
+                except _AlreadyApplied as race:
+                    outcome = race.outcome
+                except Exception as err:  # a bug or poison: leave pending, dead-letter after N tries
+                    log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), type=cmd.type)
+                    verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:1000]
+                    continue
+                data = encode(outcome)
+                done_in_batch[cmd.event_id] = (outcome, data)
+                self.counters[outcome.result] += 1
+                results.append((cmd, outcome, data))
+        return results
+
+    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any) -> Outcome:
+        try:
+            async with conn.transaction():  # savepoint: a failing command rolls back alone
+                if policy is None:
+                    raise PermanentError("invalid_value", f"unknown tenant {cmd.tenant_id}", field="tenant")
+                applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, policy)
+                outcome = make_outcome(cmd, applied)
+                await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
+                return outcome
+        except PermanentError as err:
+            outcome = make_outcome(cmd, error=err)
+        except asyncpg.UniqueViolationError as err:
+            if err.constraint_name != "inbox_pkey":
+                raise
+            raise _AlreadyApplied(await self._stored_one(conn, cmd.event_id)) from None
+        try:
+            async with conn.transaction():
+                await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
+        except asyncpg.UniqueViolationError:
+            raise _AlreadyApplied(await self._stored_one(conn, cmd.event_id)) from None
+        return outcome
+
+    async def _stored_one(self, conn: asyncpg.Connection, event_id: uuid.UUID) -> Outcome:
+        """Another worker applied this event concurrently (a claim raced the original)."""
+        stored = await store.stored_outcomes(conn, [event_id])
+        return self._replayed(stored[event_id])[0]
+
+    @staticmethod
+    def _replayed(raw: Any) -> tuple[Outcome, bytes]:
+        outcome = Outcome.model_validate({**raw, "redelivered": True})
+        return outcome, encode(outcome)
+
+    async def _publish(self, results: list[tuple[Command, Outcome, bytes]]) -> None:
+        if not results:
+            return
+        topo = self.topology
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cmd, _outcome, data in results:
+                if cmd.reply_to:
+                    pipe.xadd(cmd.reply_to, {DATA_FIELD: data}, maxlen=topo.reply_maxlen, approximate=True)
+                    pipe.expire(cmd.reply_to, topo.reply_ttl_s)
+                pipe.xadd(topo.audit_stream_for(cmd.tenant_id), {DATA_FIELD: data}, maxlen=topo.maxlen, approximate=True)
+            await pipe.execute()
+
+    async def on_dead_letter(self, d: Delivery, error: str) -> None:
+        """Tell the waiting gateway and the audit trail that this command was given up."""
+        try:
+            cmd = decode_command(d.data or b"")
+        except (ValidationError, ValueError):
+            return
+        outcome = make_outcome(cmd, error=PermanentError("dead_letter", f"moved to the dead-letter stream: {error}"[:1000]))
+        outcome = outcome.model_copy(update={"error": ErrorInfo(code="dead_letter", message=outcome.error.message if outcome.error else error)})
+        await self._publish([(cmd, outcome, encode(outcome))])
+        self.counters["failed"] += 1
+
+
+class _AlreadyApplied(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__("already applied")
+        self.outcome = outcome
