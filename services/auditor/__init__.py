@@ -1,0 +1,1 @@
+"""The auditor worker: audit trail in Postgres and failure notifications by mail."""

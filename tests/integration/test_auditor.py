@@ -1,0 +1,167 @@
+import asyncio
+
+import pytest
+
+from provisio_lib import db
+from provisio_lib.contract import Change, Source
+from provisio_lib.topology import AUDITOR_GROUP, DATA_FIELD
+from tests.conftest import eventually, make_tenant
+
+from .audit_support import make_outcome, publish, running_auditor
+
+pytestmark = pytest.mark.integration
+
+
+async def count(pool, sql="SELECT count(*) FROM audit_log", *args):
+    async with pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def pending(redis, topology):
+    total = 0
+    for s in topology.audit_streams():
+        info = await redis.xpending(s, AUDITOR_GROUP)
+        total += info["pending"]
+    return total
+
+
+async def test_outcomes_become_rows_once(service_env, pool, redis, topology):
+    a = await make_tenant(pool)
+    b = await make_tenant(pool)
+    outcomes = [make_outcome(a.id, user=f"u{i}@a.example") for i in range(20)]
+    outcomes += [make_outcome(b.id, result="failed", code="uniqueness", user=f"v{i}@b.example") for i in range(10)]
+    detailed = make_outcome(
+        a.id,
+        op="jit.login",
+        source=Source(kind="saml", id="conn-1", label="okta-sso"),
+        changes={"given_name": Change(before=None, after="Alice"), "password": Change(before=None, after="pw!")},
+        notes=("groups_overage",),
+        correlation_id="corr-detailed",
+    )
+    outcomes.append(detailed)
+    async with running_auditor() as app:
+        await publish(redis, topology, *outcomes)
+        # A redelivery (same event id and result, e.g. answered from the provisioner's
+        # inbox) and a message that is not an Outcome at all.
+        await publish(redis, topology, *outcomes[:5], outcomes[25].model_copy(update={"redelivered": True}))
+        stream = topology.audit_stream_for(a.id)
+        await redis.xadd(stream, {DATA_FIELD: b'{"not": "an outcome"}'})
+        await eventually(lambda: count(pool, "SELECT count(*) FROM audit_log") , timeout=10)
+        await eventually(lambda: _settled(redis, topology, stream, pool, len(outcomes)), timeout=10)
+        handler = app.context.get("audit_handler")
+        assert handler.counters["rows"] == len(outcomes)
+        assert handler.counters["undecodable"] == 1
+
+    assert await count(pool) == len(outcomes)
+    assert await count(pool, "SELECT count(*) FROM audit_log WHERE result = 'failed' AND tenant_id = $1", b.id) == 10
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM audit_log WHERE event_id = $1", detailed.event_id)
+    assert row["operation"] == "jit.login" and row["source_kind"] == "saml" and row["source_label"] == "okta-sso"
+    assert row["changes"]["given_name"] == {"before": None, "after": "Alice"}
+    assert "pw!" not in str(row["changes"])
+    assert row["notes"] == ["groups_overage"] and row["correlation_id"] == "corr-detailed"
+    assert row["latency_ms"] == 1.5 and row["user_name"] == "alice@acme.example"
+    # The undecodable entry went to the audit stream's dead letters, with the reason.
+    dead = await redis.xrange(stream + ":dlq")
+    assert len(dead) == 1 and b"undecodable outcome" in dead[0][1][b"error"]
+    assert await pending(redis, topology) == 0
+
+
+async def _settled(redis, topology, stream, pool, expected):
+    return (
+        await count(pool) == expected
+        and await redis.exists(stream + ":dlq")
+        and await pending(redis, topology) == 0
+    )
+
+
+async def test_failures_queue_notifications_in_the_same_transaction(service_env, pool, redis, topology):
+    t = await make_tenant(pool, notify_emails=["ops@acme.example"])
+    async with running_auditor(notify_window_s=60):
+        await publish(redis, topology, make_outcome(t.id, result="failed", code="policy"))
+        await eventually(lambda: count(pool, "SELECT count(*) FROM notification_items"))
+        await publish(redis, topology, *(make_outcome(t.id, result="failed", code="policy") for _ in range(3)))
+        await publish(redis, topology, *(make_outcome(t.id) for _ in range(3)))  # successes: no mail
+        await eventually(lambda: _items_are(pool, 4))
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT n.kind, n.status, count(i.audit_id) AS items FROM notifications n
+               JOIN notification_items i ON i.notification_id = n.id GROUP BY n.id ORDER BY n.id"""
+        )
+    # The first failure opened the window (mail due at once; no SMTP here, so still
+    # pending); the others wait in one digest due when the window ends.
+    assert [(r["kind"], r["items"]) for r in rows] == [("first", 1), ("digest", 3)]
+    assert all(r["status"] == "pending" for r in rows)
+
+
+async def _items_are(pool, n):
+    return await count(pool, "SELECT count(*) FROM notification_items") == n
+
+
+async def test_database_down_keeps_outcomes_pending_then_writes_them(service_env, pool, redis, topology):
+    t = await make_tenant(pool)
+    async with running_auditor() as app:
+        auditor = app.context.get("auditor")
+        good_pool = auditor.pool
+        # Postgres unreachable, as the handler sees it: a pool that cannot give a connection.
+        dead = await db.create_pool(service_env["PROVISIO_DATABASE_URL"], min_size=1, max_size=1)
+        await dead.close()
+        auditor.pool = dead
+        await publish(redis, topology, *(make_outcome(t.id) for _ in range(5)))
+        consumer = app.context.get("consumer")
+        await eventually(lambda: _async(consumer.counters["transient"] >= 2))
+        assert await count(pool) == 0
+        # The batch in hand is retried in place (delivered, not acknowledged, not dead);
+        # the rest waits in the stream behind it.
+        assert 1 <= await pending(redis, topology) <= 5
+        auditor.pool = good_pool  # Postgres is back
+        await eventually(lambda: _zero_pending(redis, topology))
+        assert await count(pool) == 5
+        assert consumer.counters["dead_lettered"] == 0
+
+
+async def _async(value):
+    return value
+
+
+async def _zero_pending(redis, topology):
+    return await pending(redis, topology) == 0
+
+
+async def test_restart_resumes_without_duplicates(service_env, pool, redis, topology):
+    t = await make_tenant(pool)
+    first = [make_outcome(t.id) for _ in range(50)]
+    async with running_auditor(batch_size=10):
+        await publish(redis, topology, *first)
+        await eventually(lambda: _rows_at_least(pool, 10))
+    # Stopped (SIGTERM path) part-way or after: the rest is read by the next process,
+    # and the same outcomes written again by a second publisher are not duplicated.
+    second = [make_outcome(t.id) for _ in range(20)]
+    await publish(redis, topology, *second, *first[:10])
+    async with running_auditor(batch_size=10):
+        await eventually(lambda: _rows_exactly(pool, 70))
+        await asyncio.sleep(0.3)
+    assert await count(pool) == 70
+    assert await count(pool, "SELECT count(DISTINCT event_id) FROM audit_log") == 70
+
+
+async def _rows_at_least(pool, n):
+    return await count(pool) >= n
+
+
+async def _rows_exactly(pool, n):
+    return await count(pool) == n
+
+
+async def test_health_listener_answers(service_env, pool, redis, topology):
+    import aiohttp
+
+    async with running_auditor() as app:
+        port = app.context.get("auditor").health.port
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 200, await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                body = await resp.text()
+    assert "provisio_audit_records_written" in body
+    assert f'provisio_stream_group_pending{{group="auditor",stream="{topology.audit_streams()[0]}"}}' in body
