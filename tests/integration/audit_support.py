@@ -4,6 +4,7 @@ process, a real SMTP server (aiosmtpd) in a thread, and outcome factories."""
 from __future__ import annotations
 
 import email
+import email.policy
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ class Inbox:
             self.refuse_next -= 1
             self.refused += 1
             return "451 4.3.0 Try again later"
-        msg = email.message_from_bytes(envelope.original_content)
+        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
         self.messages.append(msg)
         return "250 Message accepted for delivery"
