@@ -12,6 +12,7 @@ from faststream.redis import RedisBroker
 from provisio_lib import db
 from provisio_lib.delivery import ReliableConsumer
 from provisio_lib.logging import get_logger
+from provisio_lib.observability import StreamStats, postgres_check, redis_check, set_service_info, start_health_server
 from provisio_lib.redis_client import connect_redis, is_cluster_url
 from provisio_lib.settings import load_settings
 from provisio_lib.topology import PROVISIONER_GROUP, Topology, ensure_groups
@@ -62,8 +63,21 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
             async with worker.pool.acquire() as conn:
                 await db.check_schema(conn)
             await ensure_groups(redis, topology)
+            set_service_info("provisioner")
+            health = None
+            if settings.health_port:
+                health = await start_health_server(
+                    settings.health_host,
+                    settings.health_port,
+                    {"postgres": postgres_check(lambda: worker.pool), "redis": redis_check(redis)},
+                    streams=StreamStats.for_topology(redis, topology, kinds=("commands", "dlq")),
+                ).start()
             log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions)
-            yield
+            try:
+                yield
+            finally:
+                if health is not None:
+                    await health.stop()
         finally:
             await worker.pool.close()
             await redis.aclose()

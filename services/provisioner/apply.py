@@ -63,10 +63,14 @@ async def _user_result(conn: asyncpg.Connection, row: Any, *, with_groups: bool 
 
 
 async def create_user(conn: asyncpg.Connection, cmd: Command, p: CreateUser, policy: Any) -> Applied:
-    row = await store.insert_user(conn, cmd.tenant_id, p.user_id, p.data)
+    return created_user(await store.insert_user(conn, cmd.tenant_id, p.user_id, p.data))
+
+
+def created_user(row: Any) -> Applied:
+    """A new user has no groups yet: no query needed for its state."""
     return Applied(
         resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-        resource=await _user_result(conn, row, with_groups=False),
+        resource=store.user_state(row).model_dump(mode="json"),
         changes=diff(None, _user_dict(row), USER_FIELDS),
     )
 

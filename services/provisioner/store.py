@@ -98,6 +98,33 @@ async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: u
         raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
 
 
+async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData]]) -> dict[uuid.UUID, asyncpg.Record]:
+    """Many creates in one statement (the provisioner's fast path; any error aborts it).
+    ``rows`` are (tenant_id, user_id, data); returns the inserted rows by id."""
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "id", "tenant_id", "user_name", "external_id", "active", "display_name", "given_name",
+        "family_name", "email", "emails", "sso_name", "attributes")}
+    for tenant_id, user_id, data in rows:
+        v = user_values(data)
+        cols["id"].append(user_id)
+        cols["tenant_id"].append(tenant_id)
+        for k in ("user_name", "external_id", "active", "display_name", "given_name", "family_name", "email", "sso_name"):
+            cols[k].append(v[k])
+        cols["emails"].append(json.dumps(v["emails"]))
+        cols["attributes"].append(json.dumps(v["attributes"]))
+    inserted = await conn.fetch(
+        f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
+                              family_name, email, emails, sso_name, attributes)
+            SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb
+            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
+                        $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+                 AS r(i, t, u, x, a, d, g, f, e, es, s, at)
+            RETURNING {USER_COLUMNS}""",
+        *cols.values(),
+    )
+    return {r["id"]: r for r in inserted}
+
+
 async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2 FOR UPDATE", user_id, tenant_id
@@ -295,6 +322,18 @@ async def record_outcome(conn: asyncpg.Connection, event_id: uuid.UUID, tenant_i
     await conn.execute(
         "INSERT INTO inbox (event_id, tenant_id, type, outcome) VALUES ($1, $2, $3, $4::text::jsonb)",
         event_id, tenant_id, type_, outcome_json,
+    )
+
+
+async def record_outcomes(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
+    """Inbox rows for a whole batch in one statement: (event_id, tenant_id, type, outcome JSON)."""
+    if not rows:
+        return
+    ev, te, ty, oc = zip(*rows, strict=True)
+    await conn.execute(
+        """INSERT INTO inbox (event_id, tenant_id, type, outcome)
+           SELECT e, t, y, o::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS x(e, t, y, o)""",
+        list(ev), list(te), list(ty), list(oc),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -11,13 +12,21 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from provisio_lib.contract import Command, ErrorInfo, Outcome, decode_command, encode
+from provisio_lib.contract import Command, CreateUser, ErrorInfo, Outcome, decode_command, encode
 from provisio_lib.delivery import Delivery, TransientError, Verdicts
 from provisio_lib.logging import get_logger
+from provisio_lib.observability import (
+    COMMAND_DURATION,
+    COMMAND_LATENCY,
+    COMMANDS_DEAD_LETTERED,
+    COMMANDS_FAILED,
+    COMMANDS_PROCESSED,
+    COMMANDS_RETRIED,
+)
 from provisio_lib.topology import DATA_FIELD, Topology
 
 from . import store
-from .apply import HANDLERS, make_outcome
+from .apply import HANDLERS, created_user, make_outcome
 from .domain import PermanentError
 
 log = get_logger(__name__)
@@ -58,6 +67,7 @@ class Provisioner:
                 verdicts.dead[d.entry_id] = f"undecodable command: {str(err)[:500]}"
         if not items:
             return verdicts
+        started = time.perf_counter()
         try:
             results = await self._apply(items, verdicts)
         except TRANSIENT_DB_ERRORS as err:
@@ -67,37 +77,102 @@ class Provisioner:
         except TRANSIENT_REDIS_ERRORS as err:
             # Committed but not announced: the batch is retried, answered from the inbox.
             raise TransientError(f"redis: {err}") from err
+        self._observe(results, verdicts, items, (time.perf_counter() - started) / max(len(items), 1))
         return verdicts
 
+    @staticmethod
+    def _observe(results: list[tuple[Command, Outcome, bytes]], verdicts: Verdicts,
+                 items: list[tuple[Delivery, Command]], per_command_s: float) -> None:
+        for cmd, outcome, _ in results:
+            COMMANDS_PROCESSED.labels(type=cmd.type, result=outcome.result).inc()
+            COMMAND_DURATION.labels(type=cmd.type).observe(per_command_s)
+            if outcome.error is not None:
+                COMMANDS_FAILED.labels(type=cmd.type, code=outcome.error.code).inc()
+            if not outcome.redelivered and outcome.latency_ms is not None:
+                COMMAND_LATENCY.labels(type=cmd.type).observe(outcome.latency_ms / 1000)
+        for d, cmd in items:
+            if d.entry_id in verdicts.retry:
+                COMMANDS_RETRIED.labels(type=cmd.type).inc()
+
     async def _apply(self, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
+        """Fast path first: the whole batch in one transaction, inbox rows in one statement.
+        Anything unusual (a failure, a race, a bug) rolls it back and the batch is redone
+        command by command in savepoints, where each failure is isolated and recorded."""
         assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    return await self._apply_fast(conn, items)
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except Exception:  # noqa: BLE001 — redone below, where errors are handled one by one
+                pass
+            async with conn.transaction():
+                return await self._apply_careful(conn, items, verdicts)
+
+    async def _apply_fast(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
+        policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
+        stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
+        if stored or len({c.event_id for _, c in items}) != len(items):
+            raise _Fallback("redeliveries in batch")
         results: list[tuple[Command, Outcome, bytes]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
-            stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
-            done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
-            for d, cmd in items:
-                previous = done_in_batch.get(cmd.event_id)
-                if previous is None and cmd.event_id in stored:
-                    previous = self._replayed(stored[cmd.event_id])
-                if previous is not None:
-                    self.counters["redelivered"] += 1
-                    results.append((cmd, *previous))
-                    continue
-                try:
-                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
-                except TRANSIENT_DB_ERRORS:
-                    raise
-                except _AlreadyApplied as race:
-                    outcome = race.outcome
-                except Exception as err:  # a bug or poison: leave pending, dead-letter after N tries
-                    log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), type=cmd.type)
-                    verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:1000]
-                    continue
+        inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
+        commands = [c for _, c in items]
+        if any(c.tenant_id not in policies for c in commands):
+            raise _Fallback("unknown tenant")
+        i = 0
+        while i < len(commands):
+            # A run of consecutive creates is one INSERT (order with other commands is kept).
+            j = i
+            while j < len(commands) and isinstance(commands[j].payload, CreateUser):
+                j += 1
+            if j - i > 1:
+                run = commands[i:j]
+                rows = await store.insert_users_bulk(conn, [(c.tenant_id, c.payload.user_id, c.payload.data) for c in run])  # type: ignore[union-attr]
+                applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
+                pairs = list(zip(run, applied_run, strict=True))
+                i = j
+            else:
+                cmd = commands[i]
+                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, policies[cmd.tenant_id]))]
+                i += 1
+            for cmd, applied in pairs:
+                outcome = make_outcome(cmd, applied)
                 data = encode(outcome)
-                done_in_batch[cmd.event_id] = (outcome, data)
-                self.counters[outcome.result] += 1
+                inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
                 results.append((cmd, outcome, data))
+        await store.record_outcomes(conn, inbox)
+        for _, outcome, _ in results:
+            self.counters[outcome.result] += 1
+        return results
+
+    async def _apply_careful(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
+        results: list[tuple[Command, Outcome, bytes]] = []
+        policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
+        stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
+        done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
+        for d, cmd in items:
+            previous = done_in_batch.get(cmd.event_id)
+            if previous is None and cmd.event_id in stored:
+                previous = self._replayed(stored[cmd.event_id])
+            if previous is not None:
+                self.counters["redelivered"] += 1
+                results.append((cmd, *previous))
+                continue
+            try:
+                outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except _AlreadyApplied as race:
+                outcome = race.outcome
+            except Exception as err:  # a bug or poison: leave pending, dead-letter after N tries
+                log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), type=cmd.type)
+                verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:1000]
+                continue
+            data = encode(outcome)
+            done_in_batch[cmd.event_id] = (outcome, data)
+            self.counters[outcome.result] += 1
+            results.append((cmd, outcome, data))
         return results
 
     async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any) -> Outcome:
@@ -154,6 +229,12 @@ class Provisioner:
         outcome = outcome.model_copy(update={"error": ErrorInfo(code="dead_letter", message=outcome.error.message if outcome.error else error)})
         await self._publish([(cmd, outcome, encode(outcome))])
         self.counters["failed"] += 1
+        COMMANDS_DEAD_LETTERED.labels(type=cmd.type).inc()
+        COMMANDS_FAILED.labels(type=cmd.type, code="dead_letter").inc()
+
+
+class _Fallback(Exception):
+    """The fast path does not fit this batch."""
 
 
 class _AlreadyApplied(Exception):

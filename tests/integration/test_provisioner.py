@@ -222,3 +222,25 @@ async def test_many_concurrent_creates_in_batches(provisioner, waiter, pool, ten
     assert all(r.result == "applied" for r in results)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 300
+
+
+async def test_a_batch_with_one_bad_command_applies_the_others_and_fails_only_that_one(service_env, redis, topology, tenant, pool, waiter):
+    """The fast path (one INSERT for a run of creates) falls back to per-command savepoints."""
+    cmds = [create(tenant, f"batch{i}@x.test", emails=({"value": f"b{i}@x.test", "type": "work", "primary": True},))
+            for i in range(40)]
+    cmds.insert(20, create(tenant, "BATCH3@x.test"))  # duplicate of batch3, any case
+    for c in cmds:
+        await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
+    async with running_provisioner(batch_size=500):
+        async def all_recorded():
+            async with pool.acquire() as conn:
+                return await conn.fetchval("SELECT count(*) FROM inbox WHERE tenant_id = $1", tenant.id) == 41
+        await eventually(all_recorded, timeout=20)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 40
+        failed = await conn.fetch("SELECT outcome FROM inbox WHERE tenant_id = $1 AND outcome->>'result' = 'failed'", tenant.id)
+        emails = await conn.fetchval("SELECT emails FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id)
+        email = await conn.fetchval("SELECT email FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id)
+    assert len(failed) == 1 and failed[0]["outcome"]["error"]["code"] == "uniqueness"
+    assert failed[0]["outcome"]["event_id"] == str(cmds[20].event_id)
+    assert emails == [{"value": "b7@x.test", "type": "work", "primary": True}] and email == "b7@x.test"
