@@ -1,0 +1,225 @@
+"""`provisio sso …`: SAML SSO connections (several per tenant, one per IdP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import typer
+from pydantic import Field
+
+from provisio_lib import sso
+from provisio_lib.settings import CommonSettings, load_settings
+from provisio_lib.sso_presets import PRESETS
+from provisio_lib.tokens import generate_token, hash_token
+
+from .context import CliError, database, print_rows, tenant_id
+
+app = typer.Typer(help="SAML SSO connections: add, show, list, remove.", no_args_is_help=True)
+
+SECRET_PREFIX = "pas_"  # Provisio app secret (code exchange at POST /saml/token)
+
+
+class SsoCliSettings(CommonSettings):
+    saml_public_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://[^\s]+$")
+
+
+def _settings() -> SsoCliSettings:
+    return load_settings(SsoCliSettings)
+
+
+def _read_metadata(source: str) -> bytes:
+    if source.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(source, timeout=15) as resp:  # noqa: S310 (scheme checked)
+                data: bytes = resp.read(sso.MAX_METADATA_BYTES + 1)
+        except Exception as err:
+            raise CliError(f"cannot download metadata from {source}: {err}") from None
+        return data
+    path = Path(source)
+    if not path.is_file():
+        raise CliError(f"metadata file {source!r} not found (give a file path or an https:// URL)")
+    return path.read_bytes()
+
+
+def _new_secret() -> tuple[str, bytes]:
+    secret = SECRET_PREFIX + generate_token().removeprefix("prv_")
+    return secret, hash_token(secret)
+
+
+@app.command("add")
+def add(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name: lowercase letters, digits, dashes"),
+    metadata: str = typer.Option(..., "--metadata", help="IdP metadata: a file or an https:// URL"),
+    preset: str = typer.Option(..., "--preset", help="entra, google, okta, jumpcloud or generic"),
+    jit: str = typer.Option("create", "--jit", help="off (user must exist), create, or sync"),
+    app_url: str | None = typer.Option(None, "--app-url", help="Where the browser goes after login, with ?code=…"),
+    allow_idp_initiated: bool = typer.Option(False, "--allow-idp-initiated", help="Accept unsolicited responses"),
+    map_: list[str] = typer.Option([], "--map", help="FIELD=CLAIM (repeatable): override a field or add a custom one"),
+    require: list[str] = typer.Option([], "--require", help="FIELD (repeatable): refuse logins without it"),
+) -> None:
+    """Add an SSO connection from the IdP's metadata; prints its URLs and the app secret."""
+    name = name.strip().lower()
+    if preset not in PRESETS:
+        raise CliError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if jit not in sso.JIT_MODES:
+        raise CliError(f"unknown --jit {jit!r}; choose one of: {', '.join(sso.JIT_MODES)}")
+    if app_url is not None and not app_url.startswith(("https://", "http://")):
+        raise CliError(f"--app-url {app_url!r} must be an http(s) URL")
+    try:
+        amap = sso.attribute_map(preset, sso.parse_map_options(map_))
+        required = sso.check_required(require, amap)
+    except sso.MappingError as err:
+        raise CliError(str(err)) from None
+    raw = _read_metadata(metadata)
+    try:
+        info = sso.parse_idp_metadata(raw)
+    except sso.MetadataError as err:
+        raise CliError(f"invalid IdP metadata: {err}") from None
+    s = _settings()
+
+    async def go() -> tuple[str, str]:
+        async with database(s) as conn:
+            tid = await tenant_id(conn, tenant)
+            tname = await conn.fetchval("SELECT name FROM tenants WHERE id = $1", tid)
+            key_pem, cert_pem = sso.generate_sp_keypair(f"provisio {tname}/{name}")
+            secret, secret_hash = _new_secret()
+            try:
+                await conn.execute(
+                    """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata,
+                           jit_mode, app_url, allow_idp_initiated, attribute_map, required_attributes,
+                           sp_cert_pem, sp_key_pem, app_secret_hash)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                    uuid.uuid4(), tid, name, preset, info.entity_id, raw.decode("utf-8", "replace"),
+                    jit, app_url, allow_idp_initiated, amap, required, cert_pem, key_pem, secret_hash,
+                )
+            except asyncpg.UniqueViolationError:
+                raise CliError(f"tenant {tenant!r} already has an SSO connection named {name!r}") from None
+            except asyncpg.CheckViolationError:
+                raise CliError(
+                    f"invalid connection name {name!r}: 1-63 lowercase letters, digits and dashes"
+                ) from None
+            return tname, secret
+
+    tname, secret = asyncio.run(go())
+    urls = sso.sp_urls(s.saml_public_url, tname, name)
+    typer.echo(f"created SSO connection {name} for tenant {tname} (IdP {info.entity_id}, JIT {jit})")
+    for line in _url_lines(urls):
+        typer.echo(line)
+    typer.echo("app secret for POST /saml/token (store it now, it is not shown again):")
+    typer.echo(secret)
+
+
+def _url_lines(urls: sso.SpUrls) -> list[str]:
+    return [
+        f"SP entity ID:     {urls.entity_id}",
+        f"ACS URL:          {urls.acs}",
+        f"JIT login URL:    {urls.login}",
+        f"SP metadata URL:  {urls.metadata}",
+    ]
+
+
+async def _connection(conn: asyncpg.Connection, tenant: str, name: str) -> dict[str, Any]:
+    tid = await tenant_id(conn, tenant)
+    row = await conn.fetchrow(
+        """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
+           WHERE c.tenant_id = $1 AND c.name = $2""",
+        tid, name.strip().lower(),
+    )
+    if row is None:
+        raise CliError(f"tenant {tenant!r} has no SSO connection named {name!r} (see `provisio sso list {tenant}`)")
+    return dict(row)
+
+
+@app.command("show")
+def show(tenant: str, name: str, as_json: bool = typer.Option(False, "--json", help="One JSON object")) -> None:
+    """Show a connection: the URLs to give the IdP and the app, JIT mode, attribute map."""
+    s = _settings()
+
+    async def go() -> dict[str, Any]:
+        async with database(s) as conn:
+            return await _connection(conn, tenant, name)
+
+    row = asyncio.run(go())
+    urls = sso.sp_urls(s.saml_public_url, row["tenant_name"], row["name"])
+    info = {
+        "tenant": row["tenant_name"],
+        "name": row["name"],
+        "sp_entity_id": urls.entity_id,
+        "acs_url": urls.acs,
+        "jit_login_url": urls.login,
+        "sp_metadata_url": urls.metadata,
+        "idp_entity_id": row["idp_entity_id"],
+        "preset": row["preset"],
+        "jit": row["jit_mode"],
+        "app_url": row["app_url"],
+        "allow_idp_initiated": row["allow_idp_initiated"],
+        "attribute_map": row["attribute_map"],
+        "required": list(row["required_attributes"]),
+        "app_secret": "set" if row["app_secret_hash"] else "none (run `provisio sso secret`)",
+    }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    for line in _url_lines(urls):
+        typer.echo(line)
+    for key in ("idp_entity_id", "preset", "jit", "app_url", "allow_idp_initiated", "required", "app_secret"):
+        typer.echo(f"{key + ':':<18}{info[key]}")
+    typer.echo("attribute map:")
+    for field, claims in info["attribute_map"].items():
+        typer.echo(f"  {field} <- {' | '.join(claims)}")
+
+
+@app.command("list")
+def list_(tenant: str, as_json: bool = typer.Option(False, "--json", help="JSON lines")) -> None:
+    """List a tenant's SSO connections."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with database() as conn:
+            tid = await tenant_id(conn, tenant)
+            rows = await conn.fetch(
+                """SELECT name, preset, jit_mode AS jit, idp_entity_id, app_url, allow_idp_initiated, created_at
+                   FROM sso_connections WHERE tenant_id = $1 ORDER BY name""",
+                tid,
+            )
+            return [dict(r) for r in rows]
+
+    print_rows(asyncio.run(go()), ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated",
+                                   "created_at"], as_json=as_json, title=f"SSO connections of {tenant}")
+
+
+@app.command("remove")
+def remove(tenant: str, name: str) -> None:
+    """Remove a connection: its logins are refused at once."""
+
+    async def go() -> None:
+        async with database() as conn:
+            row = await _connection(conn, tenant, name)
+            await conn.execute("DELETE FROM sso_connections WHERE id = $1", row["id"])
+
+    asyncio.run(go())
+    typer.echo(f"removed SSO connection {name.strip().lower()} of tenant {tenant}")
+
+
+@app.command("secret")
+def secret(tenant: str, name: str) -> None:
+    """Issue a new app secret for the code exchange (the old one stops working)."""
+
+    async def go() -> str:
+        async with database() as conn:
+            row = await _connection(conn, tenant, name)
+            value, digest = _new_secret()
+            await conn.execute(
+                "UPDATE sso_connections SET app_secret_hash = $2, updated_at = now() WHERE id = $1", row["id"], digest
+            )
+            return value
+
+    value = asyncio.run(go())
+    typer.echo(f"new app secret for {name.strip().lower()} (store it now, it is not shown again):")
+    typer.echo(value)

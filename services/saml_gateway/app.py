@@ -1,0 +1,458 @@
+"""The SAML gateway's composition root and its HTTP handlers.
+
+Routes (``{tenant}`` is the tenant's name, ``{connection}`` the connection's):
+
+- ``GET  /saml/{tenant}/{connection}/metadata`` — SP metadata for the IdP admin;
+- ``GET  /saml/{tenant}/{connection}/login`` — the JIT login URL: an SP-initiated
+  AuthnRequest (HTTP-Redirect), ``RelayState`` kept; the request id waits in Redis;
+- ``POST /saml/{tenant}/{connection}/acs`` — the ACS (HTTP-POST binding);
+- ``POST /saml/token`` — the app exchanges the one-time ``code`` for the profile,
+  authenticated with the connection's app secret (``Authorization: Bearer …``).
+
+A login that passes every check becomes a ``JitLogin`` command; the handler waits for
+the provisioner's outcome and then sends the browser (303) to the connection's app URL
+with a one-time code. A refused login gets an error page and a failed ``Outcome`` on
+the tenant's audit stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+
+import asyncpg
+from aiohttp import web
+
+from provisio_lib import db
+from provisio_lib.contract import Command, ErrorInfo, JitLogin, Outcome, Source, encode
+from provisio_lib.logging import get_logger
+from provisio_lib.observability import (
+    OUTCOME_WAIT,
+    SAML_LOGINS_ACCEPTED,
+    SAML_LOGINS_REFUSED,
+    add_health_routes,
+    postgres_check,
+    redis_check,
+    set_service_info,
+)
+from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout, OutcomeWaiter
+from provisio_lib.redis_client import connect_redis
+from provisio_lib.sso import sp_urls
+from provisio_lib.tokens import hash_token
+from provisio_lib.topology import DATA_FIELD, Topology
+
+from .mapping import MissingClaim, map_claims
+from .pages import error_page, post_form
+from .saml import Connection, Refused, SamlEngine, VerifiedLogin
+from .settings import SamlSettings
+
+log = get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", SamlSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Any)
+TOPOLOGY = web.AppKey("topology", Topology)
+WAITER = web.AppKey("waiter", OutcomeWaiter)
+ENGINE = web.AppKey("engine", SamlEngine)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+REGISTRY = web.AppKey("registry", "ConnectionRegistry")
+
+_NAME = r"[a-z0-9][a-z0-9-]{0,62}"
+MAX_RELAY_STATE = 80  # saml-bindings §3.4.3 / §3.5.3: RelayState MUST NOT exceed 80 bytes
+
+
+class ConnectionRegistry:
+    """Connections by (tenant name, connection name), re-read after a short TTL so a
+    removed or changed connection takes effect within seconds on every replica."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float) -> None:
+        self.pool = pool
+        self.ttl_s = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, Connection | None]] = {}
+
+    async def get(self, tenant: str, name: str) -> Connection | None:
+        key = (tenant, name)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        row = await self.pool.fetchrow(
+            """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
+               WHERE t.name = $1 AND c.name = $2""",
+            tenant, name,
+        )
+        conn = Connection.from_row(row) if row else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + self.ttl_s, conn)
+        return conn
+
+    async def by_id(self, conn_id: uuid.UUID) -> Connection | None:
+        row = await self.pool.fetchrow(
+            """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
+               WHERE c.id = $1""",
+            conn_id,
+        )
+        return Connection.from_row(row) if row else None
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _request_key(topo: Topology, request_id: str) -> str:
+    return topo.key("saml", "req", request_id)
+
+
+def _seen_key(topo: Topology, conn_id: uuid.UUID, assertion_id: str) -> str:
+    digest = hashlib.sha256(assertion_id.encode()).hexdigest()
+    return topo.key("saml", "seen", str(conn_id), digest)
+
+
+def _code_key(topo: Topology, code: str) -> str:
+    return topo.key("saml", "code", hashlib.sha256(code.encode()).hexdigest())
+
+
+def _correlation(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given[:128] if given and given.isprintable() else uuid.uuid4().hex
+
+
+async def _connection(request: web.Request) -> Connection:
+    conn = await request.app[REGISTRY].get(request.match_info["tenant"], request.match_info["connection"])
+    if conn is None:
+        raise web.HTTPNotFound(
+            text=error_page(404, "There is no such SSO connection. Check the sign-in link you were given.",
+                            title="Unknown SSO connection").text,
+            content_type="text/html",
+        )
+    return conn
+
+
+async def _run(request: web.Request, fn: Any, *args: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR], partial(fn, *args))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def metadata(request: web.Request) -> web.Response:
+    conn = await _connection(request)
+    xml = await _run(request, request.app[ENGINE].sp_metadata, conn)
+    return web.Response(text=xml, content_type="application/samlmetadata+xml")
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    conn = await _connection(request)
+    relay_state = request.query.get("RelayState", "")
+    if len(relay_state.encode()) > MAX_RELAY_STATE:
+        return error_page(400, f"RelayState is longer than {MAX_RELAY_STATE} bytes (SAML bindings §3.4.3).")
+    settings = request.app[SETTINGS]
+    req_id, binding, info = await _run(request, request.app[ENGINE].authn_request, conn, relay_state)
+    # Kept in Redis (not in process memory) so any replica can take the response, and
+    # deleted on first use: an InResponseTo is good for one response only.
+    await request.app[REDIS].set(
+        _request_key(request.app[TOPOLOGY], req_id), str(conn.id), ex=settings.saml_request_ttl_s
+    )
+    if binding.endswith("HTTP-Redirect"):
+        location = dict(info["headers"])["Location"]
+        raise web.HTTPFound(location, headers={"Cache-Control": "no-store"})
+    return post_form(info["data"])
+
+
+async def acs(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    correlation = _correlation(request)
+    started = datetime.now(UTC)
+    conn = await _connection(request)
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return await _refuse(request, conn, Refused("too_large", "The SAML response is larger than this service "
+                                                     "accepts.", 413), correlation, started)
+    saml_response = form.get("SAMLResponse")
+    relay_state = form.get("RelayState") or ""
+    if not isinstance(saml_response, str) or not isinstance(relay_state, str):
+        return await _refuse(request, conn, Refused("malformed", "The login request carried no SAMLResponse.", 400),
+                             correlation, started)
+    if len(relay_state.encode()) > MAX_RELAY_STATE:
+        relay_state = ""
+    try:
+        verified: VerifiedLogin = await _run(request, app[ENGINE].verify_response, conn, saml_response)
+        await _check_state(app, conn, verified)
+        mapped = map_claims(conn.attribute_map, conn.required_attributes, verified.name_id,
+                            verified.name_id_format, verified.attributes)
+    except Refused as refusal:
+        return await _refuse(request, conn, refusal, correlation, started)
+    except MissingClaim as missing:
+        refusal = Refused("missing_claim", str(missing), 400, user_name=verified.name_id, field=missing.field)
+        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
+
+    command = Command(
+        tenant_id=conn.tenant_id,
+        source=Source(kind="saml", id=str(conn.id), label=conn.name),
+        correlation_id=correlation,
+        occurred_at=started,
+        payload=JitLogin(
+            connection_id=conn.id,
+            connection_name=conn.name,
+            mode=conn.jit_mode,  # type: ignore[arg-type]
+            name_id=verified.name_id,
+            user_name=mapped.user_name,
+            email=mapped.email,
+            given_name=mapped.given_name,
+            family_name=mapped.family_name,
+            display_name=mapped.display_name,
+            custom=mapped.custom,
+            groups=mapped.groups,
+            groups_overage=mapped.groups_overage,
+            session_index=verified.session_index,
+        ),
+    )
+    t0 = time.perf_counter()
+    try:
+        outcome = await app[WAITER].submit(command, settings.saml_outcome_timeout_s)
+    except OutcomeTimeout:
+        OUTCOME_WAIT.labels(type="jit.login", result="timeout").observe(time.perf_counter() - t0)
+        log.warning("saml_outcome_timeout", tenant=conn.tenant_name, connection=conn.name, event_id=str(command.event_id))
+        return error_page(503, "Your sign-in was accepted but your account is still being set up. "
+                          "Please sign in again in a minute.", reference=correlation, title="Please try again")
+    except BrokerUnavailable:
+        OUTCOME_WAIT.labels(type="jit.login", result="unavailable").observe(time.perf_counter() - t0)
+        return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
+                          reference=correlation, title="Please try again")
+    OUTCOME_WAIT.labels(type="jit.login", result="outcome").observe(time.perf_counter() - t0)
+    if not outcome.ok or outcome.resource is None:
+        # The provisioner recorded this failure in the audit stream itself.
+        err = outcome.error
+        SAML_LOGINS_REFUSED.labels(reason=err.code if err else "failed").inc()
+        if err and err.code == "user_not_found":
+            message = "You have no account here yet, and this sign-in does not create accounts. Ask your administrator."
+        else:
+            message = "Your account could not be set up: " + (err.message if err else "unknown error") + "."
+        return error_page(403 if err and err.code in ("user_not_found", "policy") else 422, message,
+                          reference=correlation)
+    SAML_LOGINS_ACCEPTED.labels(mode=conn.jit_mode).inc()
+
+    if not conn.app_url:
+        return error_page(200, "You are signed in, but this connection has no application URL to continue to. "
+                          "Ask your administrator to set one (provisio sso add … --app-url).",
+                          title="Signed in", reference=correlation)
+    code = secrets.token_urlsafe(32)
+    profile = _profile(conn, outcome.resource, verified, mapped.groups_overage, outcome.notes)
+    await app[REDIS].set(
+        _code_key(app[TOPOLOGY], code),
+        json.dumps({"connection_id": str(conn.id), "profile": profile}),
+        ex=settings.saml_code_ttl_s,
+    )
+    params = {"code": code}
+    if relay_state:
+        params["RelayState"] = relay_state
+    raise web.HTTPSeeOther(_with_query(conn.app_url, params), headers={"Cache-Control": "no-store"})
+
+
+async def _check_state(app: web.Application, conn: Connection, verified: VerifiedLogin) -> None:
+    """The checks that need shared state: assertion replay and InResponseTo (Redis)."""
+    redis, topo = app[REDIS], app[TOPOLOGY]
+    ttl = max(1, int((verified.expires_at - datetime.now(UTC)).total_seconds()) + 1)
+    # SET NX: the first response with this assertion id wins, any later one (exact or
+    # re-wrapped in a new response) is a replay, until the assertion expires anyway.
+    fresh = await redis.set(_seen_key(topo, conn.id, verified.assertion_id), b"1", nx=True, ex=ttl)
+    if not fresh:
+        raise Refused("replay", "This sign-in response was already used. Please sign in again.",
+                      user_name=verified.name_id)
+    if verified.in_response_to:
+        owner = await redis.getdel(_request_key(topo, verified.in_response_to))
+        owner = owner.decode() if isinstance(owner, bytes) else owner
+        if owner != str(conn.id):
+            raise Refused("in_response_to", "This response answers a sign-in request this service did not make, "
+                          "made for another connection, or already answered.", user_name=verified.name_id)
+    elif not conn.allow_idp_initiated:
+        raise Refused("idp_initiated", "Sign-ins started at the identity provider are not allowed for this "
+                      "connection; use the sign-in link of the application.", user_name=verified.name_id)
+
+
+def _profile(conn: Connection, resource: dict[str, Any], verified: VerifiedLogin, overage: bool,
+             notes: tuple[str, ...]) -> dict[str, Any]:
+    attrs = resource.get("attributes") or {}
+    return {
+        "tenant": conn.tenant_name,
+        "tenant_id": str(conn.tenant_id),
+        "connection": conn.name,
+        "user_id": resource.get("id"),
+        "user_name": resource.get("user_name"),
+        "name_id": verified.name_id,
+        "session_index": verified.session_index,
+        "attributes": {
+            "email": next((e.get("value") for e in resource.get("emails") or [] if e.get("primary")),
+                          (resource.get("emails") or [{}])[0].get("value") if resource.get("emails") else None),
+            "given_name": resource.get("given_name"),
+            "family_name": resource.get("family_name"),
+            "display_name": resource.get("display_name"),
+            "active": resource.get("active"),
+            "custom": attrs.get("custom", {}),
+        },
+        "groups": [{"id": g.get("id"), "display_name": g.get("display_name")} for g in resource.get("groups") or []],
+        "groups_overage": overage or "groups_overage" in notes,
+    }
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def _refuse(request: web.Request, conn: Connection, refusal: Refused, correlation: str, started: datetime,
+                  code: str = "refused") -> web.Response:
+    SAML_LOGINS_REFUSED.labels(reason=refusal.reason).inc()
+    log.info("saml_login_refused", tenant=conn.tenant_name, connection=conn.name, reason=refusal.reason,
+             correlation_id=correlation)
+    outcome = Outcome(
+        event_id=uuid.uuid4(),
+        command_type="jit.login",
+        tenant_id=conn.tenant_id,
+        source=Source(kind="saml", id=str(conn.id), label=conn.name),
+        correlation_id=correlation,
+        occurred_at=started,
+        result="failed",
+        error=ErrorInfo(code=code, message=refusal.message, field=refusal.field),  # type: ignore[arg-type]
+        resource_type="User",
+        user_name=refusal.user_name[:512] if refusal.user_name else None,
+        notes=(f"refused:{refusal.reason}",),
+    )
+    app = request.app
+    try:
+        await app[REDIS].xadd(app[TOPOLOGY].audit_stream_for(conn.tenant_id), {DATA_FIELD: encode(outcome)},
+                              maxlen=app[TOPOLOGY].maxlen, approximate=True)
+    except Exception as err:  # the page must still render; the log line keeps the record
+        log.error("saml_audit_publish_failed", error=str(err), correlation_id=correlation)
+    return error_page(refusal.status, refusal.message, reference=correlation)
+
+
+async def token(request: web.Request) -> web.Response:
+    """Code exchange (server to server). ``Authorization: Bearer <app secret>`` and a
+    form or JSON body with ``code``. Errors follow RFC 6749 §5.2 (``invalid_grant``…)."""
+    app = request.app
+    auth = request.headers.get("Authorization", "")
+    scheme, _, secret = auth.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return _token_error(401, "invalid_client", "Authorization: Bearer <app secret> is required")
+    try:
+        if request.content_type == "application/json":
+            body = await request.json()
+            code = body.get("code") if isinstance(body, dict) else None
+        else:
+            code = (await request.post()).get("code")
+    except Exception:
+        return _token_error(400, "invalid_request", "the body must be a form or JSON object with a code")
+    if not isinstance(code, str) or not code or len(code) > 256:
+        return _token_error(400, "invalid_request", "code is missing")
+    key = _code_key(app[TOPOLOGY], code)
+    raw = await app[REDIS].get(key)
+    if raw is None:
+        return _token_error(400, "invalid_grant", "the code is unknown, already used or expired")
+    entry = json.loads(raw)
+    conn = await app[REGISTRY].by_id(uuid.UUID(entry["connection_id"]))
+    if conn is None or conn.app_secret_hash is None or not hmac.compare_digest(
+        hash_token(secret.strip()), bytes(conn.app_secret_hash)
+    ):
+        return _token_error(401, "invalid_client", "the app secret does not belong to this code's connection")
+    # Delete only after the caller proved who it is; DEL's count makes it single use
+    # even when two exchanges race.
+    if await app[REDIS].delete(key) != 1:
+        return _token_error(400, "invalid_grant", "the code is unknown, already used or expired")
+    return web.json_response(entry["profile"], headers={"Cache-Control": "no-store"})
+
+
+def _token_error(status: int, error: str, description: str) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="provisio-saml"'
+    return web.json_response({"error": error, "error_description": description}, status=status, headers=headers)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "text/html" and not request.path.startswith("/saml/token"):
+            return error_page(exc.status, exc.reason or "Request refused.", title="Request refused")
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Never a stack trace to the browser; the log has it.
+        ref = uuid.uuid4().hex
+        log.exception("saml_unhandled_error", reference=ref, path=request.path)
+        return error_page(500, "Something went wrong on our side.", reference=ref, title="Sign-in failed")
+
+
+# --------------------------------------------------------------------------- app
+
+
+def create_app(settings: SamlSettings) -> web.Application:
+    # The ACS form is base64 (4/3 of the XML) plus RelayState; anything bigger is refused
+    # by aiohttp before it is buffered.
+    app = web.Application(
+        client_max_size=settings.saml_max_response_bytes * 4 // 3 + 16 * 1024,
+        middlewares=[error_middleware],
+    )
+    app[SETTINGS] = settings
+    topology = Topology(prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen)
+    app[TOPOLOGY] = topology
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        set_service_info("saml_gateway")
+        app[POOL] = await db.create_pool(
+            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        async with app[POOL].acquire() as c:
+            await db.check_schema(c)
+        app[REDIS] = connect_redis(settings.redis_url.get_secret_value())
+        app[WAITER] = OutcomeWaiter(app[REDIS], topology)
+        await app[WAITER].start()
+        app[EXECUTOR] = ThreadPoolExecutor(settings.saml_verify_threads, thread_name_prefix="saml-verify")
+        app[ENGINE] = SamlEngine(
+            public_url=settings.saml_public_url, skew_s=settings.saml_clock_skew_s,
+            max_bytes=settings.saml_max_response_bytes, backend=settings.saml_crypto_backend,
+            xmlsec1_path=settings.saml_xmlsec1_path,
+        )
+        app[REGISTRY] = ConnectionRegistry(app[POOL], settings.saml_connection_cache_s)
+        log.info("saml_gateway_ready", public_url=settings.saml_public_url, backend=settings.saml_crypto_backend)
+        try:
+            yield
+        finally:
+            await app[WAITER].stop()
+            app[EXECUTOR].shutdown(wait=True, cancel_futures=True)
+            app[ENGINE].close()
+            await app[REDIS].aclose()
+            await app[POOL].close()
+
+    app.cleanup_ctx.append(resources)
+    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/metadata", metadata)
+    app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/login", login)
+    app.router.add_post(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/acs", acs)
+    app.router.add_post("/saml/token", token)
+    return app
+
+
+def connection_urls(settings: SamlSettings, conn: Connection) -> Any:
+    return sp_urls(settings.saml_public_url, conn.tenant_name, conn.name)

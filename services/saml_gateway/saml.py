@@ -1,0 +1,406 @@
+"""pysaml2 per connection, and the checks Provisio adds on top of it.
+
+Everything here is synchronous and CPU-bound: the app runs it in a thread pool so the
+event loop never waits for XML parsing or signature checks.
+
+pysaml2 verifies signatures, decrypts, checks the status, NotBefore/NotOnOrAfter and
+an AudienceRestriction *when present*. It lets through what ``verify_response`` then
+refuses (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings §3.5.5.2): a missing
+Destination or AudienceRestriction, an Issuer other than the connection's IdP (an
+assertion of one IdP inside another's response), a Recipient other than our ACS, more
+than one assertion, SHA-1 signatures, and (through Redis, in the app) replays and
+unknown InResponseTo.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import binascii
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as safe_fromstring
+from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, time_util
+from saml2.client import Saml2Client
+from saml2.config import SPConfig
+from saml2.metadata import entity_descriptor
+from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
+
+from provisio_lib.sso import sp_urls
+
+from .crypto import CryptoBackendXmlsecBinding
+
+SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
+SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
+DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
+# SHA-1 (xmldsig-core §6.2/§6.4.2 names) is broken for signatures: refused.
+_WEAK_ALGORITHMS = ("#rsa-sha1", "#dsa-sha1", "#hmac-sha1", "#sha1", "rsa-sha1", "ecdsa-sha1")
+
+
+class Refused(Exception):
+    """A login Provisio refuses. ``reason`` is a short fixed code (metrics, audit notes);
+    ``message`` is shown to the user and recorded, and never holds secrets."""
+
+    def __init__(self, reason: str, message: str, status: int = 403, *, user_name: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.user_name = user_name
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One row of ``sso_connections`` with its tenant's name: what the gateway needs."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    tenant_name: str
+    name: str
+    preset: str
+    idp_entity_id: str
+    idp_metadata: str
+    jit_mode: str
+    app_url: str | None
+    allow_idp_initiated: bool
+    attribute_map: dict[str, list[str]]
+    required_attributes: tuple[str, ...]
+    sp_cert_pem: str
+    sp_key_pem: str
+    app_secret_hash: bytes | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Connection:
+        return cls(
+            id=row["id"], tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], name=row["name"],
+            preset=row["preset"], idp_entity_id=row["idp_entity_id"], idp_metadata=row["idp_metadata"],
+            jit_mode=row["jit_mode"], app_url=row["app_url"], allow_idp_initiated=row["allow_idp_initiated"],
+            attribute_map={k: list(v) for k, v in (row["attribute_map"] or {}).items()},
+            required_attributes=tuple(row["required_attributes"] or ()),
+            sp_cert_pem=row["sp_cert_pem"] or "", sp_key_pem=row["sp_key_pem"] or "",
+            app_secret_hash=row["app_secret_hash"], updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedLogin:
+    """What a response that passed every stateless check says, as pysaml2 parsed it."""
+
+    issuer: str
+    name_id: str
+    name_id_format: str | None
+    session_index: str | None
+    in_response_to: str | None
+    assertion_id: str
+    expires_at: datetime  # the latest NotOnOrAfter: keep the assertion id until then
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+
+class SamlEngine:
+    """Builds and caches one pysaml2 ``Saml2Client`` per connection (keyed by its
+    ``updated_at``), with the configured crypto backend."""
+
+    def __init__(self, *, public_url: str, skew_s: int, max_bytes: int, backend: str, xmlsec1_path: str,
+                 workdir: str | None = None) -> None:
+        self.public_url = public_url
+        self.skew_s = skew_s
+        self.max_bytes = max_bytes
+        self.backend = backend
+        self.xmlsec1_path = xmlsec1_path
+        self._tmp = tempfile.TemporaryDirectory(prefix="provisio-saml-", dir=workdir)
+        self._clients: dict[uuid.UUID, tuple[datetime, Saml2Client]] = {}
+        self.binding = CryptoBackendXmlsecBinding(xmlsec1_path)
+
+    def close(self) -> None:
+        self._clients.clear()
+        self._tmp.cleanup()
+
+    # ----------------------------------------------------------------- clients
+
+    def client(self, conn: Connection) -> Saml2Client:
+        cached = self._clients.get(conn.id)
+        if cached and cached[0] == conn.updated_at:
+            return cached[1]
+        client = self._build(conn)
+        self._clients[conn.id] = (conn.updated_at, client)
+        return client
+
+    def _write(self, conn: Connection, name: str, content: str) -> str:
+        path = os.path.join(self._tmp.name, f"{conn.id}-{conn.updated_at.timestamp():.0f}-{name}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        return path
+
+    def _build(self, conn: Connection) -> Saml2Client:
+        urls = sp_urls(self.public_url, conn.tenant_name, conn.name)
+        key_file = self._write(conn, "sp.key", conn.sp_key_pem)
+        cert_file = self._write(conn, "sp.crt", conn.sp_cert_pem)
+        config = {
+            "entityid": urls.entity_id,
+            "metadata": {"inline": [conn.idp_metadata]},
+            "service": {
+                "sp": {
+                    "endpoints": {"assertion_consumer_service": [(urls.acs, BINDING_HTTP_POST)]},
+                    # InResponseTo is checked against Redis by the app, not pysaml2's
+                    # in-memory "outstanding" dict (which would not survive a restart or
+                    # a second replica); unsolicited responses are refused there too.
+                    "allow_unsolicited": True,
+                    "authn_requests_signed": True,
+                    "want_response_signed": False,
+                    "want_assertions_signed": False,
+                    "want_assertions_or_response_signed": True,
+                    "only_use_keys_in_metadata": True,
+                    "name_id_format_allow_create": True,
+                }
+            },
+            "key_file": key_file,
+            "cert_file": cert_file,
+            "encryption_keypairs": [{"key_file": key_file, "cert_file": cert_file}],
+            "xmlsec_binary": self.xmlsec1_path,
+            "crypto_backend": "xmlsec1",
+            "accepted_time_diff": self.skew_s,
+            "allow_unknown_attributes": True,
+            # Our own names, not pysaml2's attribute maps: presets use the IdP's names.
+            "attribute_map_dir": None,
+            "delete_tmpfiles": True,
+            "signing_algorithm": SIG_RSA_SHA256,
+            "digest_algorithm": DIGEST_SHA256,
+        }
+        sp_config = SPConfig()
+        sp_config.load(config)
+        sp_config.attribute_converters = []
+        client = Saml2Client(config=sp_config)
+        if self.backend == "xmlsec":
+            client.sec.crypto = self.binding
+        # pysaml2 keeps every identity it sees in memory (client.users): not needed,
+        # and unbounded.
+        client.users = _NoIdentityCache()
+        return client
+
+    # ----------------------------------------------------------------- SP side
+
+    def sp_metadata(self, conn: Connection) -> str:
+        client = self.client(conn)
+        return str(entity_descriptor(client.config))
+
+    def authn_request(self, conn: Connection, relay_state: str) -> tuple[str, str, dict[str, Any]]:
+        """An AuthnRequest for the connection's IdP: (request id, binding, http info)."""
+        client = self.client(conn)
+        idp_binding = BINDING_HTTP_REDIRECT
+        try:
+            client.metadata.single_sign_on_service(conn.idp_entity_id, BINDING_HTTP_REDIRECT)[0]
+        except (IndexError, KeyError, TypeError):
+            idp_binding = BINDING_HTTP_POST
+        req_id, info = client.prepare_for_authenticate(
+            entityid=conn.idp_entity_id,
+            relay_state=relay_state,
+            binding=idp_binding,
+            sign=True,
+            sigalg=SIG_RSA_SHA256,
+            digest_alg=DIGEST_SHA256,
+        )
+        return str(req_id), idp_binding, info
+
+    # ----------------------------------------------------------------- ACS
+
+    def verify_response(self, conn: Connection, saml_response: str, now: datetime | None = None) -> VerifiedLogin:
+        """Every check that needs no shared state. Raise :class:`Refused`."""
+        now = now or datetime.now(UTC)
+        xml = self._decode(saml_response)
+        self._precheck(xml)
+        client = self.client(conn)
+        resp = self._parse(client, xml)
+        return self._postcheck(conn, resp, now)
+
+    def _decode(self, saml_response: str) -> bytes:
+        if not saml_response:
+            raise Refused("malformed", "The login request carried no SAMLResponse.", 400)
+        # base64 grows by 4/3: refuse before decoding anything huge.
+        if len(saml_response) > self.max_bytes * 4 // 3 + 8:
+            raise Refused("too_large", "The SAML response is larger than this service accepts.", 413)
+        try:
+            xml = base64.b64decode("".join(saml_response.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused("malformed", "The SAML response is not valid base64.", 400) from None
+        if len(xml) > self.max_bytes:
+            raise Refused("too_large", "The SAML response is larger than this service accepts.", 413)
+        return xml
+
+    def _precheck(self, xml: bytes) -> None:
+        try:
+            root = safe_fromstring(xml, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        except DefusedXmlException:
+            raise Refused("dtd", "The SAML response contains a DTD or entities, which are refused.", 400) from None
+        except Exception:
+            raise Refused("malformed", "The SAML response is not well-formed XML.", 400) from None
+        if root.tag != f"{{{SAMLP_NS}}}Response":
+            raise Refused("malformed", "The message is not a SAML 2.0 Response.", 400)
+        count = sum(1 for _ in root.iter(f"{{{SAML_NS}}}Assertion")) + sum(
+            1 for _ in root.iter(f"{{{SAML_NS}}}EncryptedAssertion")
+        )
+        if count != 1:
+            raise Refused("assertions", f"The SAML response must hold exactly one assertion (it holds {count}).", 400)
+        for tag in ("SignatureMethod", "DigestMethod"):
+            for el in root.iter(f"{{{DSIG_NS}}}{tag}"):
+                alg = (el.get("Algorithm") or "").lower()
+                if alg.endswith(_WEAK_ALGORITHMS):
+                    raise Refused("weak_signature", "The response is signed with SHA-1, which is refused; "
+                                  "configure the identity provider to sign with SHA-256.", 403)
+
+    def _parse(self, client: Saml2Client, xml: bytes) -> Any:
+        from saml2.response import StatusError
+        from saml2.sigver import CertificateError, MissingKey, SignatureError
+        from saml2.validate import ResponseLifetimeExceed, ToEarly
+
+        encoded = base64.b64encode(xml).decode()
+        try:
+            resp = client.parse_authn_request_response(encoded, BINDING_HTTP_POST, outstanding={})
+        except (SignatureError, MissingKey, CertificateError):
+            raise Refused("signature", "The response is not correctly signed by this connection's identity "
+                          "provider.", 403) from None
+        except ToEarly:
+            raise Refused("not_yet_valid", "The assertion is not valid yet (check the clocks).", 403) from None
+        except ResponseLifetimeExceed:
+            raise Refused("expired", "The assertion has expired; sign in again.", 403) from None
+        except StatusError as err:
+            raise Refused("idp_status", f"The identity provider reported an error: {type(err).__name__}.",
+                          403) from None
+        except Exception as err:
+            raise Refused("invalid", f"The SAML response was refused ({_describe(err)}).", 403) from None
+        if resp is None or getattr(resp, "assertion", None) is None:
+            raise Refused("invalid", "The SAML response holds no usable assertion.", 403)
+        return resp
+
+    def _postcheck(self, conn: Connection, resp: Any, now: datetime) -> VerifiedLogin:
+        urls = sp_urls(self.public_url, conn.tenant_name, conn.name)
+        response = resp.response
+        assertions = list(resp.assertions or [])
+        if len(assertions) != 1:
+            raise Refused("assertions", "The SAML response must hold exactly one assertion.", 400)
+        assertion = assertions[0]
+        if response.signature is None and assertion.signature is None:
+            raise Refused("signature", "Neither the response nor the assertion is signed.", 403)
+        # saml-core §3.2.2: Issuer of the response is optional, but when present it is
+        # the IdP's; the assertion's Issuer is required (§2.3.3) and must be the IdP that
+        # signed it for this connection.
+        response_issuer = _text(response.issuer)
+        assertion_issuer = _text(assertion.issuer)
+        if response_issuer is not None and response_issuer != conn.idp_entity_id:
+            raise Refused("issuer", "The response comes from another identity provider than this connection's.")
+        if assertion_issuer != conn.idp_entity_id:
+            raise Refused("issuer", "The assertion was issued by another identity provider than this connection's.")
+        # saml-bindings §3.5.5.2: Destination must be our ACS. All four IdPs set it.
+        if response.destination != urls.acs:
+            raise Refused("destination", "The response is addressed to another service (Destination).")
+        # saml-profiles §4.1.4.2: the assertion MUST contain an AudienceRestriction
+        # including the SP's entity id.
+        conditions = assertion.conditions
+        restrictions = list(getattr(conditions, "audience_restriction", None) or [])
+        if not restrictions:
+            raise Refused("audience", "The assertion has no AudienceRestriction.")
+        for restriction in restrictions:
+            audiences = [_text(a) for a in restriction.audience or []]
+            if urls.entity_id not in audiences:
+                raise Refused("audience", "The assertion is meant for another service (Audience).")
+
+        skew = timedelta(seconds=self.skew_s)
+        expiries: list[datetime] = []
+        if conditions is not None:
+            if conditions.not_before and _time(conditions.not_before) - skew > now:
+                raise Refused("not_yet_valid", "The assertion is not valid yet (check the clocks).")
+            if conditions.not_on_or_after:
+                expiries.append(_time(conditions.not_on_or_after))
+
+        subject = assertion.subject
+        if subject is None or subject.name_id is None or not _text(subject.name_id):
+            raise Refused("subject", "The assertion names no user (NameID).", 400)
+        bearer = [sc for sc in subject.subject_confirmation or []
+                  if sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"]
+        if not bearer:
+            raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
+        response_irt = response.in_response_to or None
+        confirmed = False
+        for sc in bearer:
+            data = sc.subject_confirmation_data
+            if data is None:
+                continue
+            # saml-profiles §4.1.4.2: Recipient is the ACS; InResponseTo equals the
+            # request's id (and so the response's).
+            if data.recipient != urls.acs:
+                continue
+            if (data.in_response_to or None) != response_irt:
+                continue
+            if data.not_on_or_after:
+                expiries.append(_time(data.not_on_or_after))
+            if data.not_before and _time(data.not_before) - skew > now:
+                continue
+            confirmed = True
+        if not confirmed:
+            raise Refused("recipient", "The assertion is not confirmed for this service (Recipient/InResponseTo).")
+        if not expiries:
+            raise Refused("expired", "The assertion has no NotOnOrAfter, so a replay could not be detected.", 400)
+        expires_at = min(expiries)
+        if expires_at + skew <= now:
+            raise Refused("expired", "The assertion has expired; sign in again.")
+
+        attributes: dict[str, list[str]] = {}
+        for statement in assertion.attribute_statement or []:
+            for attr in statement.attribute or []:
+                values = [v.text.strip() for v in attr.attribute_value or [] if v.text and v.text.strip()]
+                for key in {attr.name, attr.friendly_name} - {None, ""}:
+                    attributes.setdefault(key, []).extend(values)
+        session_index = None
+        for statement in assertion.authn_statement or []:
+            session_index = session_index or statement.session_index
+        return VerifiedLogin(
+            issuer=str(assertion_issuer),
+            name_id=str(_text(subject.name_id)),
+            name_id_format=subject.name_id.format,
+            session_index=session_index,
+            in_response_to=response_irt,
+            assertion_id=str(assertion.id),
+            expires_at=max(expiries) + skew,
+            attributes=attributes,
+        )
+
+
+class _NoIdentityCache:
+    def add_information_about_person(self, _info: Any) -> None:
+        return None
+
+
+def _text(node: Any) -> str | None:
+    if node is None:
+        return None
+    text = node.text if hasattr(node, "text") else node
+    return text.strip() if isinstance(text, str) else None
+
+
+def _time(value: str) -> datetime:
+    """An xs:dateTime (saml-core §1.3.3: UTC) as an aware datetime."""
+    return datetime.fromtimestamp(calendar.timegm(time_util.str_to_time(value)), tz=UTC)
+
+
+def _describe(err: Exception) -> str:
+    """A short, secret-free description of a pysaml2 error (no XML, no paths)."""
+    name = type(err).__name__
+    known = {
+        "UnsolicitedResponse": "unsolicited response",
+        "VerificationError": "verification failed",
+        "InvalidAssertion": "invalid assertion",
+        "IncorrectlySigned": "not correctly signed",
+        "DecryptError": "the assertion could not be decrypted with this connection's key",
+        "XMLSchemaError": "not valid against the SAML schema",
+        "ParseError": "not well-formed XML",
+    }
+    return known.get(name, name)

@@ -1,0 +1,43 @@
+"""Settings of the SAML gateway (``PROVISIO_SAML_*``), loaded once in ``__main__``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from provisio_lib.settings import CommonSettings
+
+
+class SamlSettings(CommonSettings):
+    saml_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
+    saml_port: int = Field(default=8082, ge=1, le=65535)
+    saml_public_url: str = Field(
+        default="http://127.0.0.1:8082",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="External base URL; SP entity ids, ACS and login URLs are built from it",
+    )
+    saml_clock_skew_s: int = Field(
+        default=180, ge=0, le=900, description="Allowed clock difference with the IdP (NotBefore/NotOnOrAfter)"
+    )
+    saml_max_response_bytes: int = Field(
+        default=256 * 1024, ge=4096, le=4 * 1024 * 1024, description="Largest decoded SAMLResponse accepted"
+    )
+    saml_outcome_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Wait for the provisioner's outcome, then a 503 page"
+    )
+    saml_code_ttl_s: int = Field(default=60, ge=5, le=600, description="Lifetime of the one-time login code")
+    saml_request_ttl_s: int = Field(
+        default=600, ge=30, le=3600, description="How long an AuthnRequest id waits for its response"
+    )
+    saml_crypto_backend: Literal["xmlsec", "xmlsec1"] = Field(
+        default="xmlsec",
+        description="xmlsec: in-process libxmlsec1 binding (fast); xmlsec1: pysaml2's default, forks the program",
+    )
+    saml_xmlsec1_path: str = Field(default="/usr/bin/xmlsec1", description="The xmlsec1 program")
+    saml_verify_threads: int = Field(
+        default=4, ge=1, le=64, description="Threads that parse and verify SAML responses off the event loop"
+    )
+    saml_connection_cache_s: float = Field(
+        default=5.0, ge=0, le=300, description="How long a connection's settings are reused before re-reading"
+    )
