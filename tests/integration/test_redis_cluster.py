@@ -123,6 +123,23 @@ async def rc(cluster_url: str) -> AsyncIterator[Any]:
     await client.aclose()
 
 
+@contextlib.asynccontextmanager
+async def running_auditor() -> AsyncIterator[Any]:
+    """The auditor app in process, on the environment's database, Redis and prefix."""
+    from auditor.app import create_app
+    from auditor.settings import AuditorSettings
+    from provisio_lib.settings import load_settings
+
+    app = create_app(load_settings(AuditorSettings, health_port=0, claim_idle_ms=1000))
+    async with app.lifespan_context():
+        await app.start()
+        try:
+            yield app
+        finally:
+            app.context.get("consumer").stopping.set()
+            await app.stop()
+
+
 def _command(tenant_id: uuid.UUID, **kw: Any) -> Command:
     return Command(
         tenant_id=tenant_id, source=Source(kind="cli", id="t", label="t"), correlation_id="corr-1",
@@ -237,3 +254,76 @@ async def test_outcome_waiter_round_trip_through_the_cluster(rc):
     assert all(o.result == "applied" for o in outcomes)
     # The reply stream has its own hash tag and expires when the gateway is gone.
     assert not await rc.exists(waiter.reply_to())
+
+
+async def test_pipeline_on_the_cluster(cluster_url, database_url, pool, monkeypatch):
+    """A CreateUser per partition -> the real provisioner (FastStream RedisClusterBroker)
+    -> committed in Postgres -> Outcome back to the waiting gateway and, through the
+    audit streams, to the real auditor's audit_log; a poison entry ends in its
+    partition's dead-letter stream (MULTI within one hash tag)."""
+    from tests.conftest import eventually, make_tenant, running_provisioner
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    for key, value in {
+        "PROVISIO_DATABASE_URL": database_url,
+        "PROVISIO_REDIS_URL": cluster_url,
+        "PROVISIO_REDIS_PREFIX": prefix,
+        "PROVISIO_PARTITIONS": "8",
+        "PROVISIO_LOG_FORMAT": "json",
+    }.items():
+        monkeypatch.setenv(key, value)
+    topo = Topology(prefix=prefix, partitions=8, maxlen=1000)
+    rc = connect_redis(cluster_url)
+    await rc.initialize()
+    # One tenant per partition: the provisioner reads streams on all three nodes.
+    tenants = {}
+    while len(tenants) < topo.partitions:
+        t = await make_tenant(pool)
+        tenants.setdefault(topo.partition_of(t.id), t)
+    waiter = OutcomeWaiter(rc, topo)
+    try:
+        async with running_provisioner(), running_auditor():
+            await waiter.start()
+            commands = [
+                Command(
+                    tenant_id=t.id, source=Source(kind="scim", id="tok", label="test"), correlation_id=f"c{p}",
+                    payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"user{p}@cluster.test")),
+                )
+                for p, t in sorted(tenants.items())
+            ]
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(waiter.submit(c, timeout=20) for c in commands)), 30
+            )
+            poison_stream = topo.command_stream(3)
+            await rc.xadd(poison_stream, {DATA_FIELD: b"{not json"})
+            dlq = topo.dead_letter_stream(3)
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await rc.xlen(dlq):
+                assert asyncio.get_running_loop().time() < deadline, "poison entry never reached the DLQ"
+                await asyncio.sleep(0.1)
+            [(_entry_id, dead)] = await rc.xrange(dlq)
+
+            async def audited() -> bool:
+                async with pool.acquire() as conn:
+                    n = await conn.fetchval(
+                        "SELECT count(*) FROM audit_log WHERE event_id = ANY($1::uuid[]) AND result = 'applied'",
+                        [c.event_id for c in commands],
+                    )
+                return n == len(commands)
+
+            await eventually(audited, timeout=20)
+    finally:
+        await waiter.stop()
+        for key in topo.command_streams() + topo.audit_streams() + topo.dead_letter_streams():
+            await rc.delete(key)
+        await rc.aclose()
+
+    assert [o.result for o in outcomes] == ["applied"] * len(commands), [o.error for o in outcomes]
+    assert {o.event_id for o in outcomes} == {c.event_id for c in commands}
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT tenant_id, user_name FROM users WHERE user_name LIKE '%@cluster.test'")
+    assert {(r["tenant_id"], r["user_name"]) for r in rows} == {
+        (t.id, f"user{p}@cluster.test") for p, t in tenants.items()
+    }
+    assert dead[b"stream"].decode() == poison_stream
+    assert b"undecodable" in dead[b"error"]
