@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -415,6 +416,9 @@ def create_app(settings: SamlSettings) -> web.Application:
         middlewares=[error_middleware],
     )
     app[SETTINGS] = settings
+    # pysaml2 logs whole SAML documents (names, emails, signatures) at ERROR level when
+    # a check fails; our own refusal log line says what failed without the payload.
+    logging.getLogger("saml2").setLevel(logging.CRITICAL)
     topology = Topology(prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen)
     app[TOPOLOGY] = topology
 

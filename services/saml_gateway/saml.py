@@ -259,13 +259,16 @@ class SamlEngine:
 
     def _parse(self, client: Saml2Client, xml: bytes) -> Any:
         from saml2.response import StatusError
-        from saml2.sigver import CertificateError, MissingKey, SignatureError
+        from saml2.sigver import DecryptError, SigverError
         from saml2.validate import ResponseLifetimeExceed, ToEarly
 
         encoded = base64.b64encode(xml).decode()
         try:
             resp = client.parse_authn_request_response(encoded, BINDING_HTTP_POST, outstanding={})
-        except (SignatureError, MissingKey, CertificateError):
+        except DecryptError:
+            raise Refused("decrypt", "The assertion could not be decrypted with this connection's key; give the "
+                          "identity provider this connection's current SP metadata.", 403) from None
+        except SigverError:
             raise Refused("signature", "The response is not correctly signed by this connection's identity "
                           "provider.", 403) from None
         except ToEarly:

@@ -1,0 +1,380 @@
+"""The attack suite at the verifier: every response here must be refused, by both
+crypto backends (the in-process xmlsec binding and the xmlsec1 program), for the same
+reason. The stateful attacks (replay, InResponseTo, IdP-initiated) are in
+test_saml_gateway.py, through the HTTP app and Redis."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+from saml2.xmldsig import DIGEST_SHA1, SIG_RSA_SHA1  # noqa: E402
+
+import saml_attacks as atk  # noqa: E402
+from provisio_lib import sso  # noqa: E402
+from saml_gateway.saml import Connection, Refused, SamlEngine  # noqa: E402
+from saml_idp import ENTRA, TestIdP, b64, entra_attributes, make_keypair  # noqa: E402
+
+pytestmark = pytest.mark.integration  # forks xmlsec1, writes key files
+
+PUBLIC = "http://127.0.0.1:8082"
+BACKENDS = ("xmlsec", "xmlsec1")
+
+
+@pytest.fixture(scope="module")
+def idp() -> TestIdP:
+    return TestIdP("https://sts.test/tenant-a/")
+
+
+@pytest.fixture(scope="module")
+def conn(idp: TestIdP) -> Connection:
+    key, cert = sso.generate_sp_keypair("sp")
+    return Connection(
+        id=uuid.uuid4(), tenant_id=uuid.uuid4(), tenant_name="acme", name="entra", preset="entra",
+        idp_entity_id=idp.entity_id, idp_metadata=idp.metadata(), jit_mode="create", app_url="https://app.test/cb",
+        allow_idp_initiated=True, attribute_map=sso.attribute_map("entra"), required_attributes=(),
+        sp_cert_pem=cert, sp_key_pem=key, app_secret_hash=None, updated_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture(scope="module")
+def engines() -> Any:
+    made = {b: SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend=b,
+                          xmlsec1_path="/usr/bin/xmlsec1") for b in BACKENDS}
+    yield made
+    for e in made.values():
+        e.close()
+
+
+@pytest.fixture(scope="module")
+def urls() -> sso.SpUrls:
+    return sso.sp_urls(PUBLIC, "acme", "entra")
+
+
+@pytest.fixture(scope="module")
+def make(idp: TestIdP, conn: Connection, urls: sso.SpUrls, engines: Any) -> Any:
+    sp_metadata = engines["xmlsec"].sp_metadata(conn)
+
+    def response(*, signer: TestIdP | None = None, **kw: Any) -> str:
+        args: dict[str, Any] = dict(sp_entity_id=urls.entity_id, acs_url=urls.acs, name_id="alice@acme.test",
+                                    attributes=entra_attributes(["Sales"]), sp_metadata=sp_metadata,
+                                    in_response_to="id-" + uuid.uuid4().hex)
+        args.update(kw)
+        return (signer or idp).response(**args)
+
+    return response
+
+
+def verdicts(engines: Any, conn: Connection, xml_or_b64: str, *, raw: bool = False) -> dict[str, str]:
+    """Each backend's verdict: "ok" or the refusal reason."""
+    out = {}
+    for name, engine in engines.items():
+        try:
+            engine.verify_response(conn, xml_or_b64 if raw else b64(xml_or_b64))
+            out[name] = "ok"
+        except Refused as refusal:
+            assert refusal.status in (400, 403, 413)
+            assert "Traceback" not in refusal.message and "BEGIN" not in refusal.message
+            out[name] = refusal.reason
+    return out
+
+
+def assert_refused(engines: Any, conn: Connection, xml: str, reason: str | tuple[str, ...], *, raw: bool = False) -> None:
+    got = verdicts(engines, conn, xml, raw=raw)
+    reasons = (reason,) if isinstance(reason, str) else reason
+    assert got["xmlsec"] == got["xmlsec1"], f"backends disagree: {got}"
+    assert got["xmlsec"] in reasons, got
+
+
+# ------------------------------------------------------------------ baseline
+
+
+@pytest.mark.parametrize("shape", ["response", "assertion", "both", "encrypted"])
+def test_genuine_responses_pass_on_both_backends(engines: Any, conn: Connection, make: Any, shape: str) -> None:
+    kw = {"response": dict(sign_response=True, sign_assertion=False),
+          "assertion": dict(sign_response=False, sign_assertion=True),
+          "both": dict(sign_response=True, sign_assertion=True),
+          "encrypted": dict(sign_response=False, sign_assertion=True, encrypt_cert=sso.cert_b64(conn.sp_cert_pem))}[shape]
+    xml = make(**kw)
+    if shape == "encrypted":
+        assert "EncryptedAssertion" in xml and "alice@acme.test" not in xml
+    for engine in engines.values():
+        login = engine.verify_response(conn, b64(xml))
+        assert login.name_id == "alice@acme.test"
+        assert login.attributes[ENTRA + "givenname"] == ["Alice"]
+        assert login.issuer == conn.idp_entity_id
+    assert engines["xmlsec"].binding.fallbacks == 0  # the fast path did the work
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def test_unsigned(engines: Any, conn: Connection, make: Any) -> None:
+    assert_refused(engines, conn, make(sign_response=False, sign_assertion=False), "signature")
+
+
+def test_wrong_key(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    impostor = TestIdP(idp.entity_id, make_keypair("impostor", os.path.dirname(idp.keys.key_file)))
+    assert_refused(engines, conn, make(signer=impostor), "signature")
+    assert_refused(engines, conn, make(signer=impostor, sign_response=True, sign_assertion=False), "signature")
+
+
+@pytest.mark.parametrize("tamper", [atk.tamper_name_id, atk.tamper_attribute])
+@pytest.mark.parametrize("signed", ["response", "assertion"])
+def test_tampered_after_signing(engines: Any, conn: Connection, make: Any, tamper: Any, signed: str) -> None:
+    xml = make(sign_response=signed == "response", sign_assertion=signed == "assertion")
+    assert_refused(engines, conn, tamper(xml), "signature")
+
+
+def test_sha1_refused(engines: Any, conn: Connection, make: Any) -> None:
+    assert_refused(engines, conn, make(sign_alg=SIG_RSA_SHA1, digest_alg=DIGEST_SHA1), "weak_signature")
+
+
+@pytest.mark.parametrize("variant", list(atk.XSW))
+def test_signature_wrapping(engines: Any, conn: Connection, make: Any, variant: str) -> None:
+    target, wrap = atk.XSW[variant]
+    xml = make(sign_response=target == "response", sign_assertion=target == "assertion")
+    evil = wrap(xml)
+    assert atk.EVIL in evil
+    # Refused either for the signature or because the wrapping added an assertion.
+    assert_refused(engines, conn, evil, ("signature", "assertions", "invalid"))
+
+
+def test_signature_wrapping_never_yields_the_evil_user(engines: Any, conn: Connection, make: Any) -> None:
+    # Belt and braces for XSW: even a variant that some verifier accepted must never
+    # produce the attacker's NameID.
+    for target, wrap in atk.XSW.values():
+        xml = wrap(make(sign_response=target == "response", sign_assertion=target == "assertion"))
+        for engine in engines.values():
+            try:
+                login = engine.verify_response(conn, b64(xml))
+            except Refused:
+                continue
+            assert login.name_id != atk.EVIL
+
+
+def test_issuer_mixing(engines: Any, conn: Connection, make: Any, idp: TestIdP, urls: sso.SpUrls) -> None:
+    """A response signed by this connection's IdP wrapping an assertion of another IdP
+    (another tenant's), validly signed by that IdP."""
+    other = TestIdP("https://sts.test/tenant-b/")
+    foreign = make(signer=other, sign_response=False, sign_assertion=True)
+    own = atk.parse(make(sign_response=False, sign_assertion=False))
+    own.replace(atk.assertion_of(own), atk.assertion_of(atk.parse(foreign)))
+    mixed = atk.sign(atk.dump(own), idp.keys, assertion=False, response=True)
+    # the foreign assertion lost its signature in sign(); put the genuine one back
+    mixed_root = atk.parse(mixed)
+    mixed_root.replace(atk.assertion_of(mixed_root), atk.assertion_of(atk.parse(foreign)))
+    resigned = atk.sign(atk.dump(mixed_root), idp.keys, assertion=False, response=True)
+    assert_refused(engines, conn, resigned, ("issuer", "signature"))
+    # ... and an assertion of the other IdP alone, signed by it, is refused too.
+    assert_refused(engines, conn, foreign, ("issuer", "signature"))
+
+
+# ------------------------------------------------------------------ content (validly signed)
+
+
+def _resigned(make: Any, idp: TestIdP, xpath: str, **edit: Any) -> str:
+    xml = make(sign_response=False, sign_assertion=False)
+    return atk.sign(atk.edit(xml, xpath, **edit), idp.keys, assertion=True, response=True)
+
+
+def _iso(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_resigned_genuine_passes(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    # The signer used below is right: unchanged content re-signed passes.
+    xml = atk.sign(make(sign_response=False, sign_assertion=False), idp.keys, assertion=True, response=True)
+    assert set(verdicts(engines, conn, xml).values()) == {"ok"}
+
+
+def test_expired(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    xml = make(sign_response=False, sign_assertion=False)
+    past = _iso(timedelta(minutes=-10))
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotBefore", value=_iso(timedelta(minutes=-20)))
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotOnOrAfter", value=past)
+    xml = atk.edit(xml, "//saml:SubjectConfirmationData", attr="NotOnOrAfter", value=past)
+    assert_refused(engines, conn, atk.sign(xml, idp.keys), "expired")
+
+
+def test_expiry_within_skew_is_accepted(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    xml = make(sign_response=False, sign_assertion=False)
+    recent = _iso(timedelta(seconds=-60))  # inside the 180 s default skew
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotBefore", value=_iso(timedelta(minutes=-5)))
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotOnOrAfter", value=recent)
+    xml = atk.edit(xml, "//saml:SubjectConfirmationData", attr="NotOnOrAfter", value=recent)
+    assert set(verdicts(engines, conn, atk.sign(xml, idp.keys)).values()) == {"ok"}
+
+
+def test_not_yet_valid(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    xml = make(sign_response=False, sign_assertion=False)
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotBefore", value=_iso(timedelta(minutes=10)))
+    xml = atk.edit(xml, "//saml:Conditions", attr="NotOnOrAfter", value=_iso(timedelta(minutes=15)))
+    assert_refused(engines, conn, atk.sign(xml, idp.keys), ("not_yet_valid", "invalid"))
+
+
+@pytest.mark.parametrize(
+    ("case", "xpath", "edit", "reason"),
+    [
+        ("wrong audience", "//saml:Audience", {"value": "https://other.test/sp"}, ("audience", "invalid")),
+        ("no AudienceRestriction", "//saml:AudienceRestriction", {"remove": True}, "audience"),
+        ("wrong destination", "/samlp:Response", {"attr": "Destination", "value": PUBLIC + "/saml/acme/okta/acs"},
+         ("destination", "invalid")),
+        ("no destination", "/samlp:Response", {"attr": "Destination", "remove": True}, "destination"),
+        ("wrong recipient", "//saml:SubjectConfirmationData", {"attr": "Recipient", "value": "https://evil.test/acs"},
+         ("recipient", "invalid")),
+        ("wrong assertion issuer", "//saml:Assertion/saml:Issuer", {"value": "https://evil.test/idp"},
+         ("issuer", "signature")),
+        ("wrong response issuer", "/samlp:Response/saml:Issuer", {"value": "https://evil.test/idp"},
+         ("issuer", "signature")),
+        ("InResponseTo mismatch", "//saml:SubjectConfirmationData", {"attr": "InResponseTo", "value": "id-other"},
+         ("recipient", "invalid")),
+    ],
+)
+def test_wrong_content_validly_signed(engines: Any, conn: Connection, make: Any, idp: TestIdP, case: str, xpath: str,
+                                      edit: dict[str, Any], reason: Any) -> None:
+    assert_refused(engines, conn, _resigned(make, idp, xpath, **edit), reason)
+
+
+def test_two_assertions(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
+    xml = atk.two_assertions(make(sign_response=False, sign_assertion=False))
+    assert_refused(engines, conn, atk.sign(xml, idp.keys, assertion=True, response=True), "assertions")
+
+
+def test_assertion_plus_encrypted_assertion(engines: Any, conn: Connection, make: Any) -> None:
+    plain = atk.parse(make())
+    enc = atk.parse(make(encrypt_cert=sso.cert_b64(conn.sp_cert_pem)))
+    plain.append(enc.find(f"{{{atk.SAML}}}EncryptedAssertion"))
+    assert_refused(engines, conn, atk.dump(plain), "assertions")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_nameid_comment_injection_keeps_the_whole_value(engines: Any, conn: Connection, make: Any) -> None:
+    """The IdP signs alice@acme.test.evil.test; a comment inserted into the NameID does
+    not change the signed (comment-free) canonical form. The value must be the whole
+    text, never the part before the comment (the 2018 Duo finding, VU#475445)."""
+    xml = make(name_id="alice@acme.test.evil.test")
+    injected = xml.replace("alice@acme.test.evil.test<", "alice@acme.test<!---->.evil.test<")
+    assert injected != xml
+    for engine in engines.values():
+        login = engine.verify_response(conn, b64(injected))
+        assert login.name_id == "alice@acme.test.evil.test"
+
+
+DTDS = {
+    "doctype": '<!DOCTYPE Response [<!ELEMENT Response ANY>]>',
+    "xxe": '<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
+    "billion laughs": '<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+                      '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
+}
+
+
+@pytest.mark.parametrize("kind", list(DTDS))
+def test_dtd_and_entities(engines: Any, conn: Connection, make: Any, kind: str) -> None:
+    xml = atk.with_dtd(make(), DTDS[kind])
+    if kind != "doctype":
+        xml = xml.replace("alice@acme.test<", "&xxe;<" if kind == "xxe" else "&c;<", 1)
+    assert_refused(engines, conn, xml, "dtd")
+
+
+def test_oversized(engines: Any, conn: Connection, make: Any) -> None:
+    xml = make(attributes={**entra_attributes(), "padding": ["x" * 300_000]})
+    assert_refused(engines, conn, xml, "too_large")
+
+
+@pytest.mark.parametrize(
+    ("case", "payload"),
+    [
+        ("not base64", "%%% not base64 %%%"),
+        ("binary garbage", base64.b64encode(os.urandom(2048)).decode()),
+        ("not a response", b64("<hello>world</hello>")),
+        ("empty", ""),
+    ],
+)
+def test_garbage(engines: Any, conn: Connection, case: str, payload: str) -> None:
+    assert_refused(engines, conn, payload, "malformed", raw=True)
+
+
+def test_truncated(engines: Any, conn: Connection, make: Any) -> None:
+    xml = make()
+    assert_refused(engines, conn, xml[: len(xml) // 2], "malformed")
+
+
+# ------------------------------------------------------------------ backend agreement
+
+
+def _backend_verdict(backend: Any, xml: str, cert_file: str, node_name: str, node_id: str | None) -> str:
+    try:
+        ok = backend.validate_signature(xml.encode(), cert_file, "pem", node_name, node_id)
+    except Exception as err:  # SignatureError / XmlsecError: the program exited non-zero
+        return f"refused:{type(err).__name__ in ('SignatureError', 'XmlsecError')}"
+    return "valid" if ok else "refused:False"
+
+
+def _documents(make: Any, conn: Connection) -> dict[str, str]:
+    docs = {
+        "genuine assertion-signed": make(),
+        "genuine response-signed": make(sign_response=True, sign_assertion=False),
+        "genuine both": make(sign_response=True, sign_assertion=True),
+        "tampered": atk.tamper_name_id(make()),
+        "tampered response": atk.tamper_attribute(make(sign_response=True, sign_assertion=False)),
+    }
+    for name, (target, wrap) in atk.XSW.items():
+        docs[name] = wrap(make(sign_response=target == "response", sign_assertion=target == "assertion"))
+    return docs
+
+
+def test_binding_and_program_give_identical_verdicts(make: Any, conn: Connection, idp: TestIdP) -> None:
+    """The in-process verifier against the xmlsec1 program, call for call, on every
+    document and every (node, ID) pysaml2 could ask about, with no fallback to the
+    program: same verdict each time."""
+    from saml2.sigver import CryptoBackendXmlSec1
+
+    from saml_gateway.crypto import CryptoBackendXmlsecBinding
+
+    binding = CryptoBackendXmlsecBinding(None)
+    program = CryptoBackendXmlSec1("/usr/bin/xmlsec1")
+    nodes = ("urn:oasis:names:tc:SAML:2.0:assertion:Assertion", "urn:oasis:names:tc:SAML:2.0:protocol:Response")
+    compared = valid = 0
+    for label, xml in _documents(make, conn).items():
+        ids = {el.get("ID") for el in atk.parse(xml).iter() if isinstance(el.tag, str) and el.get("ID")}
+        for node_name in nodes:
+            for node_id in sorted(ids):
+                a = _backend_verdict(binding, xml, idp.keys.cert_file, node_name, node_id)
+                b = _backend_verdict(program, xml, idp.keys.cert_file, node_name, node_id)
+                assert a == b, f"{label} {node_name} {node_id}: binding {a}, program {b}"
+                compared += 1
+                valid += a == "valid"
+    assert binding.fallbacks == 0
+    assert compared > 60 and valid > 5  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("variant", list(atk.XSW))
+def test_pysaml2_with_either_backend_refuses_wrapping_without_our_precheck(
+    engines: Any, conn: Connection, make: Any, variant: str
+) -> None:
+    """The same XSW documents straight into pysaml2 + each backend (skipping the
+    one-assertion pre-check that refuses them first in production): same verdict, and
+    never the attacker's NameID."""
+    target, wrap = atk.XSW[variant]
+    evil = wrap(make(sign_response=target == "response", sign_assertion=target == "assertion"))
+    got = {}
+    for name, engine in engines.items():
+        try:
+            resp = engine._parse(engine.client(conn), evil.encode())
+            login = engine._postcheck(conn, resp, datetime.now(UTC))
+            got[name] = "ok:" + login.name_id
+        except Refused as refusal:
+            got[name] = refusal.reason
+    assert got["xmlsec"] == got["xmlsec1"], got
+    assert not got["xmlsec"].endswith(atk.EVIL), got
