@@ -24,14 +24,20 @@ log = get_logger(__name__)
 
 
 def make_broker(url: str, graceful_timeout: float) -> RedisBroker:
-    # Per-message logs at DEBUG: at thousands of commands a second they would be the load.
+    # FastStream logs through a logger of ours, so its lines come out in our JSON format;
+    # per-message lines are at DEBUG: at thousands of commands a second they would be the load.
+    kw = dict(graceful_timeout=graceful_timeout, log_level=logging.DEBUG, logger=broker_logger())
     if is_cluster_url(url):
         from faststream.redis import RedisClusterBroker
 
-        return RedisClusterBroker(
-            "redis://" + url.removeprefix("redis+cluster://"), graceful_timeout=graceful_timeout, log_level=logging.DEBUG
-        )
-    return RedisBroker(url, graceful_timeout=graceful_timeout, log_level=logging.DEBUG)
+        return RedisClusterBroker("redis://" + url.removeprefix("redis+cluster://"), **kw)  # type: ignore[arg-type]
+    return RedisBroker(url, **kw)  # type: ignore[arg-type]
+
+
+def broker_logger() -> logging.Logger:
+    logger = logging.getLogger("provisio.faststream.broker")
+    logger.setLevel(logging.WARNING)  # FastStream's per-task INFO chatter on shutdown
+    return logger
 
 
 def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
@@ -86,7 +92,7 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
     def begin_shutdown() -> None:
         consumer.stopping.set()
 
-    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown])
+    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown], logger=logging.getLogger("provisio.faststream"))
     app.context.set_global("provisioner", worker)
     app.context.set_global("consumer", consumer)
     return app

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import structlog
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -160,13 +161,17 @@ class Provisioner:
                 results.append((cmd, *previous))
                 continue
             try:
-                outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
+                with structlog.contextvars.bound_contextvars(
+                    correlation_id=cmd.correlation_id, event_id=str(cmd.event_id), tenant=str(cmd.tenant_id)
+                ):
+                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
             except TRANSIENT_DB_ERRORS:
                 raise
             except _AlreadyApplied as race:
                 outcome = race.outcome
             except Exception as err:  # a bug or poison: leave pending, dead-letter after N tries
-                log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), type=cmd.type)
+                log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), correlation_id=cmd.correlation_id,
+                              tenant=str(cmd.tenant_id), type=cmd.type)
                 verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:1000]
                 continue
             data = encode(outcome)

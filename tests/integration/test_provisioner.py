@@ -164,30 +164,19 @@ async def test_unknown_tenant_is_a_failure_outcome_not_a_crash(provisioner, wait
 async def test_garbage_and_poison_messages_are_dead_lettered_and_the_stream_keeps_flowing(service_env, redis, topology, tenant, waiter, pool):
     stream = topology.command_stream_for(tenant.id)
     await redis.xadd(stream, {DATA_FIELD: b"{not json"})
-    # A command whose handler raises every time (a "bug"): user.replace with a payload the
-    # handler cannot process is hard to build through the models, so patch the handler table.
-    from provisioner import apply
-
-    poison = create(tenant, "poison@x.test")
-
-    async def boom(*_a, **_k):
-        raise RuntimeError("boom")
-
-    original = apply.HANDLERS["user.create"]
-    apply.HANDLERS["user.create"] = lambda conn, c, p, pol: boom() if p.data.user_name.startswith("poison") else original(conn, c, p, pol)
-    try:
-        async with running_provisioner(claim_idle_ms=200, max_deliveries=3):
-            await publish_command(redis, topology, poison.model_copy(update={"reply_to": waiter.stream}))
-            ok = await waiter.submit(create(tenant, "fine@x.test"), 10)
-            assert ok.result == "applied"
-            dlq = topology.dead_letter_stream_for(tenant.id)
-            entries = await eventually(lambda: _dlq_with(redis, dlq, 2), timeout=20)
-    finally:
-        apply.HANDLERS["user.create"] = original
+    # A command that fails every time in a way nobody planned for: Postgres refuses a NUL
+    # character in text. It is neither transient nor a known permanent error.
+    poison = create(tenant, "poison\x00@x.test")
+    async with running_provisioner(claim_idle_ms=200, max_deliveries=3):
+        await publish_command(redis, topology, poison.model_copy(update={"reply_to": waiter.stream}))
+        ok = await waiter.submit(create(tenant, "fine@x.test"), 10)
+        assert ok.result == "applied"
+        dlq = topology.dead_letter_stream_for(tenant.id)
+        entries = await eventually(lambda: _dlq_with(redis, dlq, 2), timeout=20)
     errors = sorted(f[b"error"].decode() for _, f in entries)
     assert any("undecodable" in e for e in errors)
-    assert any("failed 3 times" in e and "boom" in e for e in errors)
-    poisoned = [f for _, f in entries if b"boom" in f[b"error"]][0]
+    assert any("failed 3 times" in e and "0x00" in e for e in errors)
+    poisoned = [f for _, f in entries if b"0x00" in f[b"error"]][0]
     assert json.loads(poisoned[DATA_FIELD.encode()])["event_id"] == str(poison.event_id)
     pending = await redis.xpending(stream, PROVISIONER_GROUP)
     assert pending["pending"] == 0
