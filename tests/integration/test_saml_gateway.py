@@ -1,0 +1,318 @@
+"""The SAML gateway over HTTP with real Postgres, Redis and the provisioner: SP
+metadata, SP-initiated logins, the stateful refusals (replay, InResponseTo,
+IdP-initiated), error pages and audit records, JIT modes and the code exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+import saml_attacks as atk  # noqa: E402
+from saml_idp import ENTRA  # noqa: E402
+from saml_setup import (  # noqa: E402
+    add_connection,
+    audit_outcomes,
+    code_of,
+    exchange,
+    page_is_clean,
+    post_acs,
+    sp_login,
+    start_gateway,
+)
+from tests.conftest import make_tenant  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def gateway(service_env: dict[str, str], topology: Any) -> Any:
+    client = await start_gateway()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def acme(pool: Any) -> Any:
+    return await make_tenant(pool, name=f"acme-{uuid.uuid4().hex[:6]}")
+
+
+# ------------------------------------------------------------------ SP side
+
+
+async def test_sp_metadata(gateway: Any, pool: Any, acme: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra")
+    resp = await gateway.get(f"/saml/{s.tenant}/entra/metadata")
+    assert resp.status == 200
+    xml = await resp.text()
+    assert f'entityID="{s.urls.entity_id}"' in xml
+    assert s.urls.acs in xml and "HTTP-POST" in xml
+    assert 'use="encryption"' in xml and 'use="signing"' in xml
+    assert 'AuthnRequestsSigned="true"' in xml
+    assert "PRIVATE KEY" not in xml
+
+
+async def test_unknown_connection_is_a_404_page(gateway: Any, acme: Any) -> None:
+    for path in (f"/saml/{acme.name}/nope/metadata", f"/saml/nope/nope/login", "/saml/x/y/acs"):
+        resp = await (gateway.post(path, data={"SAMLResponse": "x"}) if path.endswith("acs") else gateway.get(path))
+        assert resp.status == 404
+        assert "text/html" in resp.headers["Content-Type"]
+        assert page_is_clean(await resp.text())
+
+
+async def test_login_redirects_with_a_signed_request_kept_in_redis(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                                    topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "okta", preset="okta")
+    resp = await gateway.get(f"/saml/{s.tenant}/okta/login", params={"RelayState": "/reports/42"},
+                             allow_redirects=False)
+    assert resp.status == 302
+    location = urlsplit(resp.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == s.idp.sso_url
+    query = parse_qs(location.query)
+    assert query["RelayState"] == ["/reports/42"]
+    assert query["SigAlg"] == ["http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"] and query["Signature"]
+    req_id = await sp_login(gateway, s)
+    ttl = await redis.ttl(topology.key("saml", "req", req_id))
+    assert 0 < ttl <= 600
+    too_long = await gateway.get(f"/saml/{s.tenant}/okta/login", params={"RelayState": "x" * 81},
+                                 allow_redirects=False)
+    assert too_long.status == 400
+
+
+# ------------------------------------------------------------------ full login
+
+
+@pytest.mark.parametrize("preset", ["entra", "google", "okta", "jumpcloud"])
+@pytest.mark.parametrize("shape", ["default", "encrypted"])
+async def test_sp_initiated_login_end_to_end(gateway: Any, pool: Any, acme: Any, provisioner: Any, preset: str,
+                                             shape: str) -> None:
+    s = await add_connection(pool, acme.id, preset, preset=preset, jit="sync")
+    req_id = await sp_login(gateway, s, relay_state="/inbox")
+    xml = s.response(in_response_to=req_id, groups=["Sales", "Engineering"],
+                     shape=None if shape == "default" else shape)
+    resp = await post_acs(gateway, s, xml, relay_state="/inbox")
+    assert resp.status == 303, await resp.text()
+    location = urlsplit(resp.headers["Location"])
+    assert location.netloc == "app.test" and location.path == "/sso/callback"
+    query = parse_qs(location.query)
+    assert query["x"] == ["1"] and query["RelayState"] == ["/inbox"]
+    profile_resp = await exchange(gateway, s, query["code"][0])
+    assert profile_resp.status == 200, await profile_resp.text()
+    profile = await profile_resp.json()
+    assert profile["tenant"] == s.tenant and profile["connection"] == preset
+    assert profile["user_name"] == "alice@acme.test"
+    assert profile["attributes"]["given_name"] == "Alice" and profile["attributes"]["family_name"] == "Liddell"
+    assert profile["attributes"]["email"] == "alice@acme.test"
+    assert sorted(g["display_name"] for g in profile["groups"]) == ["Engineering", "Sales"]
+    row = await pool.fetchrow("SELECT * FROM users WHERE tenant_id = $1", acme.id)
+    assert str(row["id"]) == profile["user_id"] and row["created_by"] == "jit"
+
+
+async def test_code_is_single_use_short_lived_and_bound_to_the_connection(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any, topology: Any
+) -> None:
+    s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
+    other = await add_connection(pool, acme.id, "okta", preset="okta")
+    code = code_of(await post_acs(gateway, s, s.response()))
+    wrong_secret = await exchange(gateway, s, code, secret=other.secret)
+    assert wrong_secret.status == 401 and (await wrong_secret.json())["error"] == "invalid_client"
+    no_auth = await gateway.post("/saml/token", data={"code": code})
+    assert no_auth.status == 401
+    assert (await exchange(gateway, s, code)).status == 200  # the failed tries did not burn it
+    twice = await exchange(gateway, s, code)
+    assert twice.status == 400 and (await twice.json())["error"] == "invalid_grant"
+
+    late = code_of(await post_acs(gateway, s, s.response()))
+    key = [k async for k in redis.scan_iter(match=topology.key("saml", "code", "*"))]
+    assert len(key) == 1
+    assert 0 < await redis.ttl(key[0]) <= 60
+    await redis.pexpire(key[0], 1)  # as if the app came back after the TTL
+    await asyncio.sleep(0.05)
+    too_late = await exchange(gateway, s, late)
+    assert too_late.status == 400 and (await too_late.json())["error"] == "invalid_grant"
+    garbage = await exchange(gateway, s, "not-a-code")
+    assert garbage.status == 400
+
+
+# ------------------------------------------------------------------ stateful refusals
+
+
+async def _assert_refused(resp: Any, redis: Any, topology: Any, tenant_id: uuid.UUID, reason: str,
+                          status: int = 403) -> None:
+    assert resp.status == status, (resp.status, await resp.text())
+    html = await resp.text()
+    assert "text/html" in resp.headers["Content-Type"] and page_is_clean(html)
+    outcomes = await audit_outcomes(redis, topology, tenant_id)
+    refused = [o for o in outcomes if o.result == "failed" and f"refused:{reason}" in o.notes]
+    assert refused, [o.notes for o in outcomes]
+    assert refused[-1].command_type == "jit.login" and refused[-1].source.kind == "saml"
+
+
+async def test_replay_exact_and_rewrapped(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
+                                          topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
+    req_id = await sp_login(gateway, s)
+    xml = s.response(in_response_to=req_id)  # Entra shape: assertion signed
+    assert (await post_acs(gateway, s, xml)).status == 303
+    await _assert_refused(await post_acs(gateway, s, xml), redis, topology, acme.id, "replay")
+    # Re-wrapped: the signed assertion lifted into a new response for a fresh request.
+    fresh = await sp_login(gateway, s)
+    wrapper = atk.parse(s.response(in_response_to=fresh))
+    wrapper.replace(atk.assertion_of(wrapper), atk.assertion_of(atk.parse(xml)))
+    await _assert_refused(await post_acs(gateway, s, atk.dump(wrapper)), redis, topology, acme.id, "replay")
+    # ... or as an unsolicited response (IdP-initiated allowed here): still a replay.
+    bare = atk.edit(atk.dump(wrapper), "/samlp:Response", attr="InResponseTo", remove=True)
+    await _assert_refused(await post_acs(gateway, s, bare), redis, topology, acme.id, "replay")
+
+
+async def test_unknown_and_foreign_in_response_to(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                  topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra")
+    other = await add_connection(pool, acme.id, "okta", preset="okta")
+    await _assert_refused(await post_acs(gateway, s, s.response(in_response_to="id-never-issued")), redis, topology,
+                          acme.id, "in_response_to")
+    other_req = await sp_login(gateway, other)  # a request of another connection
+    await _assert_refused(await post_acs(gateway, s, s.response(in_response_to=other_req)), redis, topology,
+                          acme.id, "in_response_to")
+
+
+async def test_idp_initiated_only_where_allowed(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
+                                                topology: Any) -> None:
+    closed = await add_connection(pool, acme.id, "entra")
+    await _assert_refused(await post_acs(gateway, closed, closed.response()), redis, topology, acme.id,
+                          "idp_initiated")
+    open_ = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
+    assert (await post_acs(gateway, open_, open_.response())).status == 303
+
+
+async def test_refusals_through_http_are_pages_and_audit_records(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                                 topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
+    unsigned = s.response(sign_response=False, sign_assertion=False)
+    await _assert_refused(await post_acs(gateway, s, unsigned), redis, topology, acme.id, "signature")
+    await _assert_refused(await post_acs(gateway, s, atk.xsw3(s.response())), redis, topology, acme.id,
+                          "assertions", 400)
+    await _assert_refused(await post_acs(gateway, s, atk.with_dtd(s.response(), '<!DOCTYPE r [<!ENTITY a "b">]>')),
+                          redis, topology, acme.id, "dtd", 400)
+    resp = await gateway.post(f"/saml/{s.tenant}/entra/acs", data={"nothing": "here"})
+    await _assert_refused(resp, redis, topology, acme.id, "malformed", 400)
+    huge = await gateway.post(f"/saml/{s.tenant}/entra/acs", data={"SAMLResponse": "A" * 600_000})
+    assert huge.status == 413 and page_is_clean(await huge.text())
+
+
+# ------------------------------------------------------------------ JIT
+
+
+async def _login(gateway: Any, s: Any, **kw: Any) -> Any:
+    req_id = await sp_login(gateway, s)
+    return await post_acs(gateway, s, s.response(in_response_to=req_id, **kw))
+
+
+async def _profile(gateway: Any, s: Any, resp: Any) -> dict[str, Any]:
+    got = await exchange(gateway, s, code_of(resp))
+    assert got.status == 200
+    return dict(await got.json())
+
+
+async def test_jit_create_only_leaves_an_existing_user_unchanged(gateway: Any, pool: Any, acme: Any,
+                                                                 provisioner: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra", jit="create")
+    first = await _profile(gateway, s, await _login(gateway, s, groups=["Sales"]))
+    assert first["attributes"]["given_name"] == "Alice"
+    renamed = {**__import__("saml_idp").entra_attributes(["Support"]), ENTRA + "givenname": ["Alicia"]}
+    second = await _profile(gateway, s, await _login(gateway, s, attributes=renamed))
+    assert second["user_id"] == first["user_id"]
+    assert second["attributes"]["given_name"] == "Alice"  # Splashtop: create-only
+    assert [g["display_name"] for g in second["groups"]] == ["Sales"]
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1
+
+
+async def test_jit_sync_updates_fields_and_only_jit_memberships(gateway: Any, pool: Any, acme: Any,
+                                                                provisioner: Any) -> None:
+    from saml_idp import entra_attributes
+
+    s = await add_connection(pool, acme.id, "entra", jit="sync", mapping={
+        "department": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/department"})
+    attrs = {**entra_attributes(["Sales", "Beta"]), ENTRA + "department": ["R&D"]}
+    first = await _profile(gateway, s, await _login(gateway, s, attributes=attrs))
+    assert first["attributes"]["custom"] == {"department": "R&D"}
+    user_id = uuid.UUID(first["user_id"])
+    # A SCIM-managed membership of the same user, in a group JIT also claims.
+    scim_group = uuid.uuid4()
+    await pool.execute("INSERT INTO groups (id, tenant_id, display_name) VALUES ($1, $2, 'Finance')", scim_group,
+                       acme.id)
+    await pool.execute("INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')",
+                       acme.id, scim_group, user_id)
+
+    attrs = {**entra_attributes(["Sales", "Engineering"]), ENTRA + "givenname": ["Alicia"],
+             ENTRA + "department": ["Ops"]}
+    second = await _profile(gateway, s, await _login(gateway, s, attributes=attrs))
+    assert second["user_id"] == first["user_id"]
+    assert second["attributes"]["given_name"] == "Alicia"
+    assert second["attributes"]["custom"] == {"department": "Ops"}
+    rows = await pool.fetch(
+        """SELECT g.display_name, m.source FROM memberships m JOIN groups g ON g.id = m.group_id
+           WHERE m.user_id = $1 ORDER BY 1, 2""", user_id)
+    assert [(r["display_name"], r["source"]) for r in rows] == [
+        ("Engineering", "jit"), ("Finance", "scim"), ("Sales", "jit")]  # Beta removed, Finance kept
+
+    # No group claim at all: memberships are left as they are.
+    no_groups = {k: v for k, v in attrs.items() if "groups" not in k}
+    await _profile(gateway, s, await _login(gateway, s, attributes=no_groups))
+    assert await pool.fetchval("SELECT count(*) FROM memberships WHERE user_id = $1", user_id) == 3
+
+
+async def test_scim_user_is_matched_not_duplicated(gateway: Any, pool: Any, acme: Any, provisioner: Any) -> None:
+    scim_id = uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO users (id, tenant_id, user_name, email, given_name, created_by)
+           VALUES ($1, $2, 'Alice.L', 'ALICE@acme.test', 'Alice', 'scim')""", scim_id, acme.id)
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    profile = await _profile(gateway, s, await _login(gateway, s, groups=["Sales"]))
+    assert profile["user_id"] == str(scim_id)
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1
+
+
+async def test_jit_off_requires_an_existing_user(gateway: Any, pool: Any, acme: Any, provisioner: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra", jit="off")
+    resp = await _login(gateway, s)
+    assert resp.status == 403 and page_is_clean(await resp.text())
+    assert "no account" in (await resp.text())
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
+
+
+async def test_required_attribute_missing_names_the_claim(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                          topology: Any) -> None:
+    from saml_idp import entra_attributes
+
+    s = await add_connection(pool, acme.id, "entra", required=("given_name", "family_name"))
+    attrs = {k: v for k, v in entra_attributes().items() if not k.endswith("/surname")}
+    resp = await _login(gateway, s, attributes=attrs)
+    assert resp.status == 400
+    assert ENTRA + "surname" in await resp.text()
+    outcomes = await audit_outcomes(redis, topology, acme.id)
+    assert outcomes[-1].error is not None and outcomes[-1].error.code == "invalid_value"
+    assert outcomes[-1].error.field == "family_name" and outcomes[-1].user_name == "alice@acme.test"
+
+
+async def test_entra_group_overage_is_recorded(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
+                                               topology: Any) -> None:
+    from saml_idp import entra_attributes
+
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    profile = await _profile(gateway, s, await _login(gateway, s, attributes=entra_attributes(overage=True)))
+    assert profile["groups_overage"] is True
+
+    async def noted() -> Any:
+        return [o for o in await audit_outcomes(redis, topology, acme.id) if "groups_overage" in o.notes]
+
+    from tests.conftest import eventually
+
+    assert await eventually(noted)
