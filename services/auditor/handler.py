@@ -74,6 +74,11 @@ class AuditHandler:
             # One row Postgres refuses must not hold back the others: write one by one.
             log.warning("audit_batch_refused_writing_rows_singly", error=str(err), size=len(rows))
             result = await self._write_singly(rows, verdicts)
+        except Exception as err:  # a bug: leave the entries pending; claimed again, dead-lettered after N
+            log.exception("audit_batch_failed", error=str(err), size=len(rows))
+            for d, _ in rows:
+                verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:2000]
+            return
         self._account(result)
 
     async def _write_singly(self, rows: list[tuple[Delivery, AuditRow]], verdicts: Verdicts) -> WriteResult:

@@ -165,3 +165,61 @@ async def test_health_listener_answers(service_env, pool, redis, topology):
                 body = await resp.text()
     assert "provisio_audit_records_written" in body
     assert f'provisio_stream_group_pending{{group="auditor",stream="{topology.audit_streams()[0]}"}}' in body
+
+
+async def test_retention_deletes_only_expired_rows(service_env, pool):
+    from datetime import UTC, datetime, timedelta
+
+    from auditor.records import audit_row
+    from auditor.store import purge_expired, write_batch
+
+    t = await make_tenant(pool, notify_emails=["ops@example.test"])
+    now = datetime.now(UTC)
+    old = [make_outcome(t.id, result="failed", code="internal").model_copy(update={"completed_at": now - timedelta(days=40)})
+           for _ in range(5)]
+    fresh = [make_outcome(t.id) for _ in range(3)]
+    async with pool.acquire() as conn:
+        await write_batch(conn, [audit_row(o) for o in old + fresh], 60)
+        assert await purge_expired(conn, 0) == 0  # 0 keeps everything
+        assert await purge_expired(conn, 30, chunk=2) == 5
+        assert await conn.fetchval("SELECT count(*) FROM audit_log") == 3
+        # The purged failures leave their (pending) notification with nothing to report.
+        assert await conn.fetchval("SELECT count(*) FROM notification_items") == 0
+
+
+def _run_auditor_process(env, **extra):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "auditor"], env={**os.environ, **env, **extra},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+async def test_process_bad_settings_one_line(service_env):
+    proc = _run_auditor_process(service_env, PROVISIO_SMTP_PORT="0")
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: PROVISIO_SMTP_PORT is invalid")
+
+
+async def test_process_stops_gracefully_on_sigterm(service_env, pool, redis, topology):
+    import signal
+
+    from .audit_support import free_port
+
+    t = await make_tenant(pool)
+    port = free_port()
+    proc = _run_auditor_process(service_env, PROVISIO_HEALTH_PORT=str(port), PROVISIO_SMTP_PORT=str(free_port()))
+    try:
+        await publish(redis, topology, *(make_outcome(t.id) for _ in range(10)))
+        await eventually(lambda: _rows_exactly(pool, 10), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "auditor_stopped" in out and "Traceback" not in out + err
