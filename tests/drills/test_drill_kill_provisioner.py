@@ -1,0 +1,143 @@
+"""Drill 1: SIGKILL a provisioner in the middle of a load of N distinct creates.
+
+Two provisioner processes share the consumer group. When the load is under way, one is
+frozen (SIGSTOP) at a moment it holds unacknowledged entries, and killed (SIGKILL): a crash
+with work in flight. Afterwards: exactly N users, every command applied once (one inbox row
+each, one non-redelivered outcome each), none lost, and the entries the dead worker held
+were claimed by the survivor (XPENDING per consumer before and after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from typing import Any
+
+import pytest
+
+from provisio_lib.contract import Command, CreateUser, Source, UserData, decode_outcome
+from provisio_lib.outcomes import publish_command
+from provisio_lib.topology import DATA_FIELD, PROVISIONER_GROUP, Topology
+from tests.conftest import make_tenant
+
+from .support import Clock, pending_by_consumer, pending_total, wait_for
+
+pytestmark = [pytest.mark.drills, pytest.mark.integration]
+
+N = 4000
+TENANTS = 8
+SOURCE = Source(kind="scim", id="drill", label="drill-1")
+
+
+def creates(tenants: list[Any], n: int) -> list[Command]:
+    return [
+        Command(
+            tenant_id=tenants[i % len(tenants)].id, source=SOURCE, correlation_id=f"drill1-{i}",
+            payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"user{i}@drill.test")),
+        )
+        for i in range(n)
+    ]
+
+
+async def publish_all(redis: Any, topology: Topology, commands: list[Command], chunk: int = 100) -> None:
+    for i in range(0, len(commands), chunk):
+        await asyncio.gather(*(publish_command(redis, topology, c) for c in commands[i:i + chunk]))
+        await asyncio.sleep(0.01)  # a steady load, not one burst
+
+
+async def victim_entries(redis: Any, topology: Topology, consumer: str) -> dict[str, list[str]]:
+    """Stream → entry ids the consumer holds unacknowledged."""
+    held: dict[str, list[str]] = {}
+    for stream in topology.command_streams():
+        rows = await redis.xpending_range(stream, PROVISIONER_GROUP, min="-", max="+", count=10_000, consumername=consumer)
+        if rows:
+            held[stream] = [r["message_id"].decode() if isinstance(r["message_id"], bytes) else r["message_id"] for r in rows]
+    return held
+
+
+async def test_sigkill_a_provisioner_mid_load_loses_and_doubles_nothing(procs, pool, redis, topology):
+    clock = Clock()
+    tenants = [await make_tenant(pool) for _ in range(TENANTS)]
+    commands = creates(tenants, N)
+    # Small batches: each worker always has a batch in flight, so a kill catches one.
+    victim = await procs.provisioner(batch_size=50, claim_idle_ms=1000)
+    survivor = await procs.provisioner(batch_size=50, claim_idle_ms=1000)
+    clock.mark("workers ready")
+
+    async def inbox_count() -> int:
+        async with pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM inbox"))
+
+    load = asyncio.create_task(publish_all(redis, topology, commands))
+    await wait_for(lambda: _at_least(inbox_count, N // 5), 30, "a fifth of the load applied")
+
+    # Freeze the victim at a moment it holds entries, then kill it: a crash mid-batch.
+    held: dict[str, list[str]] = {}
+    for _ in range(200):
+        victim.send(signal.SIGSTOP)
+        await asyncio.sleep(0.05)
+        held = await victim_entries(redis, topology, victim.consumer)
+        if held:
+            break
+        victim.send(signal.SIGCONT)
+        await asyncio.sleep(0.01)
+    assert held, "the victim never held unacknowledged entries (load too light to test a crash)"
+    before = await pending_by_consumer(redis, topology)
+    applied_at_kill = await inbox_count()
+    victim.kill()
+    clock.mark(f"victim SIGKILLed holding {sum(map(len, held.values()))} entries, {applied_at_kill}/{N} applied")
+    assert before[victim.consumer] == sum(map(len, held.values()))
+
+    await load
+    clock.mark("load published")
+
+    async def drained() -> bool:
+        return await inbox_count() == N and await pending_total(redis, topology) == 0
+
+    await wait_for(drained, 45, f"all {N} commands applied and acknowledged", diagnostics=procs.logs)
+    clock.mark("drained")
+    assert survivor.alive()
+
+    after = await pending_by_consumer(redis, topology)
+    assert after.get(victim.consumer, 0) == 0, "the dead worker's entries were never claimed"
+    assert sum(after.values()) == 0
+
+    # The entries the victim held at its death are applied, once.
+    held_events: list[str] = []
+    for stream, ids in held.items():
+        for entry_id in ids:
+            (_, fields), = await redis.xrange(stream, min=entry_id, max=entry_id)
+            held_events.append(json.loads(fields[DATA_FIELD.encode()])["event_id"])
+
+    async with pool.acquire() as conn:
+        users = await conn.fetchval("SELECT count(*) FROM users")
+        distinct = await conn.fetchval("SELECT count(DISTINCT (tenant_id, lower(user_name))) FROM users")
+        names = {r["user_name"] for r in await conn.fetch("SELECT user_name FROM users")}
+        inbox = {str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM inbox")}
+        failed = await conn.fetchval("SELECT count(*) FROM inbox WHERE outcome->>'result' <> 'applied'")
+    assert users == N and distinct == N and failed == 0
+    assert names == {c.payload.data.user_name for c in commands}  # type: ignore[union-attr]
+    assert inbox == {str(c.event_id) for c in commands}
+    assert set(held_events) <= inbox
+
+    # Outcomes: every command announced; applied (not redelivered) exactly once.
+    firsts: dict[str, int] = {}
+    announced: set[str] = set()
+    redelivered = 0
+    for stream in topology.audit_streams():
+        for _, fields in await redis.xrange(stream):
+            o = decode_outcome(fields[DATA_FIELD.encode()])
+            announced.add(str(o.event_id))
+            if o.redelivered:
+                redelivered += 1
+            else:
+                firsts[str(o.event_id)] = firsts.get(str(o.event_id), 0) + 1
+    # (A worker killed between commit and publish leaves only the redelivered outcome.)
+    assert announced == inbox and set(firsts.values()) == {1}
+    print(f"drill 1: {clock}; {redelivered} redelivered outcomes (answered from the inbox)")
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return await count() >= n
