@@ -41,7 +41,12 @@ SELECT n.id, n.tenant_id, n.kind, n.window_start, n.window_end, n.attempts,
        t.name AS tenant_name, t.notify_emails
 FROM notifications n JOIN tenants t ON t.id = n.tenant_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= clock_timestamp()
-ORDER BY n.next_attempt_at, n.id
+  -- A digest never overtakes the first mail of its window (still backing off).
+  AND NOT (n.kind = 'digest' AND EXISTS (
+      SELECT 1 FROM notifications f
+      WHERE f.tenant_id = n.tenant_id AND f.window_start = n.window_start
+        AND f.kind = 'first' AND f.status = 'pending'))
+ORDER BY n.window_start, n.kind = 'digest', n.id
 LIMIT 1
 FOR UPDATE OF n SKIP LOCKED
 """

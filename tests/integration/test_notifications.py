@@ -99,6 +99,9 @@ async def test_smtp_down_then_up_every_mail_exactly_once(service_env, pool, redi
     assert len(ids) == 6 and set(ids.values()) == {1}
     to = Counter(m["X-Envelope-To"] for m in server.inbox.messages)
     assert to == {f"ops{i}@example.test": 2 for i in range(3)}
+    for i in range(3):  # a digest never overtakes its window's first mail
+        subjects = [m["Subject"] for m in server.inbox.messages if m["X-Envelope-To"] == f"ops{i}@example.test"]
+        assert "provisioning failed: user.create" in subjects[0] and "2 more provisioning failures" in subjects[1]
     async with pool.acquire() as conn:
         status = await conn.fetch("SELECT status, attempts FROM notifications WHERE kind = 'first'")
     assert all(r["status"] == "sent" and r["attempts"] >= 2 for r in status)
