@@ -1,0 +1,108 @@
+"""`provisio sso …` as an operator runs it (a subprocess against the test database)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+from saml_idp import TestIdP  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+@pytest.fixture
+def env(service_env: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **service_env, "PROVISIO_SAML_PUBLIC_URL": "https://sso.example.com"}
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+
+
+async def test_sso_connection_lifecycle(env: dict[str, str], pool: object, tmp_path: object, tenant: object) -> None:
+    idp = TestIdP("https://sts.windows.test/abc/")
+    md = tmp_path / "entra.xml"  # type: ignore[operator]
+    md.write_text(idp.metadata())
+    name = tenant.name  # type: ignore[attr-defined]
+    added = cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra", "--jit", "sync",
+                "--app-url", "https://app.example.com/sso", "--map", "department=http://x/department",
+                "--require", "given_name", "--require", "family_name", env=env)
+    assert added.returncode == 0, added.stderr
+    out = added.stdout
+    assert f"ACS URL:          https://sso.example.com/saml/{name}/entra/acs" in out
+    assert f"JIT login URL:    https://sso.example.com/saml/{name}/entra/login" in out
+    assert f"SP entity ID:     https://sso.example.com/saml/{name}/entra/metadata" in out
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("pas_") and len(secret) > 40
+
+    row = await pool.fetchrow("SELECT * FROM sso_connections WHERE name = 'entra'")  # type: ignore[attr-defined]
+    assert row["idp_entity_id"] == idp.entity_id and row["jit_mode"] == "sync"
+    assert row["attribute_map"]["department"] == ["http://x/department"]
+    assert list(row["required_attributes"]) == ["given_name", "family_name"]
+    assert "PRIVATE KEY" in row["sp_key_pem"] and "CERTIFICATE" in row["sp_cert_pem"]
+    assert secret.encode() not in bytes(row["app_secret_hash"])
+
+    shown = cli("sso", "show", name, "entra", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["sp_metadata_url"] == f"https://sso.example.com/saml/{name}/entra/metadata"
+    assert info["jit_login_url"].endswith("/entra/login") and info["acs_url"].endswith("/entra/acs")
+    assert info["idp_entity_id"] == idp.entity_id
+    assert "PRIVATE" not in shown.stdout and secret not in shown.stdout
+    text = cli("sso", "show", name, "entra", env=env)
+    assert "JIT login URL" in text.stdout and "department <- http://x/department" in text.stdout
+
+    okta_md = tmp_path / "okta.xml"  # type: ignore[operator]
+    okta_md.write_text(TestIdP("http://www.okta.test/exk1").metadata())
+    assert cli("sso", "add", name, "okta", "--metadata", str(okta_md), "--preset", "okta", env=env).returncode == 0
+    listed = cli("sso", "list", name, "--json", env=env)
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["entra", "okta"]
+
+    dup = cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra", env=env)
+    one_error_line(dup, "already has an SSO connection named 'entra'")
+
+    new_secret = cli("sso", "secret", name, "entra", env=env)
+    assert new_secret.returncode == 0 and new_secret.stdout.strip().splitlines()[-1] != secret
+
+    assert cli("sso", "remove", name, "entra", env=env).returncode == 0
+    one_error_line(cli("sso", "show", name, "entra", env=env), "has no SSO connection named 'entra'")
+
+
+def test_bad_input_is_one_clear_line(env: dict[str, str], tmp_path: object, tenant: object) -> None:
+    name = tenant.name  # type: ignore[attr-defined]
+    bad = tmp_path / "bad.xml"  # type: ignore[operator]
+    bad.write_text("<html>this is the login page, not metadata</html>")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(bad), "--preset", "okta", env=env),
+                   "invalid IdP metadata: not SAML 2.0 metadata")
+    dtd = tmp_path / "dtd.xml"  # type: ignore[operator]
+    dtd.write_text('<!DOCTYPE x [<!ENTITY a SYSTEM "file:///etc/passwd">]><x>&a;</x>')
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(dtd), "--preset", "okta", env=env),
+                   "DTD or entities")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", "/nope.xml", "--preset", "okta", env=env),
+                   "not found")
+    good = tmp_path / "good.xml"  # type: ignore[operator]
+    good.write_text(TestIdP("https://idp.test/").metadata())
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "adfs", env=env),
+                   "unknown --preset 'adfs'")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--jit", "always",
+                       env=env), "unknown --jit 'always'")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--map", "oops",
+                       env=env), "expected FIELD=CLAIM")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--require", "shoe",
+                       env=env), "not a mapped field")
+    one_error_line(cli("sso", "add", name, "Bad_Name!", "--metadata", str(good), "--preset", "okta", env=env),
+                   "invalid connection name")
+    one_error_line(cli("sso", "list", "nope", env=env), "unknown tenant 'nope'")
