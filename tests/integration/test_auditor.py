@@ -223,3 +223,16 @@ async def test_process_stops_gracefully_on_sigterm(service_env, pool, redis, top
             proc.kill()
     assert proc.returncode == 0, err
     assert "auditor_stopped" in out and "Traceback" not in out + err
+
+
+async def test_entries_of_a_dead_worker_are_claimed(service_env, pool, redis, topology):
+    t = await make_tenant(pool)
+    await publish(redis, topology, *(make_outcome(t.id) for _ in range(4)))
+    stream = topology.audit_stream_for(t.id)
+    # A worker read them and died before writing or acknowledging.
+    got = await redis.xreadgroup(AUDITOR_GROUP, "dead-worker", {stream: ">"}, count=10)
+    assert len(got[0][1]) == 4
+    async with running_auditor(claim_idle_ms=500) as app:
+        await eventually(lambda: _rows_exactly(pool, 4), timeout=15)
+        await eventually(lambda: _zero_pending(redis, topology))
+        assert app.context.get("consumer").counters["dead_lettered"] == 0
