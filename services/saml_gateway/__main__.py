@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import asyncpg
 from aiohttp import web
 
-from provisio_lib.logging import configure_logging
+from provisio_lib.db import SchemaError
+from provisio_lib.logging import configure_logging, get_logger
 from provisio_lib.settings import SettingsError, load_settings
 
 from .settings import SamlSettings
@@ -26,8 +28,10 @@ def main() -> None:
     try:
         web.run_app(create_app(settings), host=settings.saml_host, port=settings.saml_port,
                     shutdown_timeout=15, access_log=None, print=None)
-    except OSError as err:
-        print(f"error: cannot serve on {settings.saml_host}:{settings.saml_port}: {err}", file=sys.stderr)
+    except (SchemaError, OSError, asyncpg.PostgresError) as err:
+        # Postgres/Redis unreachable, schema not migrated, port taken: one line, no traceback.
+        get_logger().error("saml_gateway_cannot_start", error=str(err))
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 
 
