@@ -154,6 +154,10 @@ class ReliableConsumer:
                 log.warning("transient_failure_retrying", size=len(batch), error=str(err), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception as err:  # a handler bug: every entry counts a failed delivery
+                log.exception("batch_handler_failed", size=len(batch))
+                verdicts = Verdicts(retry={d.entry_id: f"{type(err).__name__}: {err}"[:1000] for d in batch})
+                break
         dead = dict(verdicts.dead)
         retry = dict(verdicts.retry)
         for d in batch:
