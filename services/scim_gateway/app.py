@@ -1,0 +1,160 @@
+"""Composition root of the SCIM gateway: ``create_app(settings)``.
+
+Resources (asyncpg pool, Redis client, the one ``OutcomeWaiter`` of this process, the
+token cache) live in ``cleanup_ctx`` and are reached through typed keys (``keys.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from provisio_lib import db
+from provisio_lib.logging import get_logger
+from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
+from provisio_lib.outcomes import OutcomeWaiter
+from provisio_lib.redis_client import connect_redis
+from provisio_lib.topology import Topology
+
+from .auth import RateLimiter, TokenCache
+from .errors import SCIM_CONTENT_TYPE, ScimError
+from .handlers import ROUTES, scim_json
+from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
+from .openapi import build_openapi
+from .settings import ScimSettings
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Postgres unreachable or refusing connections: the client should retry (503).
+_DB_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def _correlation_id(request: web.Request) -> str:
+    raw = request.headers.get("X-Correlation-Id") or request.headers.get("X-Request-Id") or ""
+    raw = raw.strip()
+    if 0 < len(raw) <= 128 and raw.isprintable():
+        return raw
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def scim_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is a SCIM Error body; nothing internal leaks (RFC 7644 §3.12)."""
+    cid = _correlation_id(request)
+    request[CORRELATION_ID] = cid
+    settings = request.app[SETTINGS]
+    with structlog.contextvars.bound_contextvars(correlation_id=cid):
+        try:
+            response = await handler(request)
+        except ScimError as err:
+            response = err.response()
+        except web.HTTPRequestEntityTooLarge:
+            response = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes").response()
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            headers = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
+            detail = {404: "no such endpoint", 405: f"method {request.method} not allowed here"}.get(
+                err.status, err.reason
+            )
+            response = ScimError(err.status, detail, headers=headers).response()
+        except _DB_DOWN as err:
+            log.warning("database_unavailable", error=str(err), path=request.path)
+            response = ScimError(
+                503, "the database is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
+            ).response()
+        except Exception:
+            log.exception("unhandled_error", method=request.method, path=request.path)
+            response = ScimError(500, "internal error; it has been logged with the correlation id").response()
+    response.headers["X-Correlation-Id"] = cid
+    return response
+
+
+def protected(handler: Handler) -> Handler:
+    """Bearer token → tenant (RFC 6750), then the tenant's rate limit."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 512:
+            raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        auth = await request.app[TOKENS].lookup(token)
+        if auth is None:
+            raise _unauthorized("the bearer token is not valid")
+        wait = request.app[LIMITER].check(auth)
+        if wait is not None:
+            raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
+        request[TENANT] = auth
+        with structlog.contextvars.bound_contextvars(tenant=str(auth.tenant_id)):
+            return await handler(request)
+
+    wrapped.__name__ = getattr(handler, "__name__", "handler")
+    return wrapped
+
+
+def _unauthorized(detail: str) -> ScimError:
+    return ScimError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="scim"'})
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    public = request.app[SETTINGS].scim_public_url
+    server = str(public).rstrip("/") if public else f"{request.scheme}://{request.host}"
+    return web.json_response(build_openapi(ROUTES, server))
+
+
+def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.scim_max_body, middlewares=[scim_errors])
+    app[SETTINGS] = settings
+    app[LIMITER] = RateLimiter(settings.scim_rate_limit_per_s, settings.scim_rate_limit_burst)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        dsn = settings.database_url.get_secret_value()
+        pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        try:
+            async with pool.acquire() as conn:
+                await db.check_schema(conn)  # refuse to serve against the wrong schema
+            redis = connect_redis(settings.redis_url.get_secret_value())
+            topology = Topology(
+                prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen
+            )
+            waiter = OutcomeWaiter(redis, topology, instance)
+            tokens = TokenCache(pool, settings.scim_token_cache_s)
+            app[POOL] = pool
+            app[REDIS] = redis
+            app[WAITER] = waiter
+            app[TOKENS] = tokens
+            await waiter.start()
+            tokens.start()
+            log.info("scim_gateway_ready", reply_stream=waiter.stream)
+            yield
+            await tokens.stop()
+            await waiter.stop()
+            await redis.aclose()
+        finally:
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    for method, rel, handler, needs_auth, _summary in ROUTES:
+        app.router.add_route(method, BASE_PATH + rel, protected(handler) if needs_auth else handler)
+    app.router.add_get("/openapi.json", openapi_view)
+    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    set_service_info("scim-gateway")
+    return app
+
+
+__all__ = ["SCIM_CONTENT_TYPE", "create_app", "scim_json"]
+

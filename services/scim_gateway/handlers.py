@@ -1,0 +1,626 @@
+"""HTTP handlers: parse → read Postgres or submit a command → map errors → respond.
+
+Writes never touch Postgres here: they become ``contract`` commands, published through
+the process's one ``OutcomeWaiter``, and the answer is the state the provisioner
+committed (``Outcome.resource``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from provisio_lib.contract import (
+    ChangeGroupMembers,
+    Command,
+    CommandPayload,
+    CreateGroup,
+    CreateUser,
+    DeleteGroup,
+    DeleteUser,
+    ErrorInfo,
+    Outcome,
+    ReplaceGroup,
+    ReplaceUser,
+    Source,
+)
+from provisio_lib.observability import OUTCOME_WAIT
+from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout
+
+from . import repository as repo
+from .auth import TenantAuth
+from .errors import SCIM_CONTENT_TYPE, ScimError, invalid_syntax, invalid_value, not_found
+from .keys import BASE_PATH, CORRELATION_ID, POOL, SETTINGS, TENANT, WAITER
+from .patch import apply_patch, parse_patch, plan_group_patch
+from .resources import (
+    canonical_group,
+    canonical_user,
+    etag,
+    group_data,
+    member_ids,
+    normalise,
+    project,
+    render_group,
+    render_user,
+    require,
+    split_csv,
+    user_data,
+)
+from .schema import (
+    LIST_SCHEMA,
+    SEARCH_SCHEMA,
+    all_schemas,
+    group_kind,
+    resource_types,
+    service_provider_config,
+    user_kind,
+)
+
+_JSON_TYPES = ("application/scim+json", "application/json")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def base_url(request: web.Request) -> str:
+    public = request.app[SETTINGS].scim_public_url
+    if public is not None:
+        return str(public).rstrip("/") + BASE_PATH
+    return f"{request.scheme}://{request.host}{BASE_PATH}"
+
+
+def scim_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), content_type=SCIM_CONTENT_TYPE, headers=headers
+    )
+
+
+def tenant(request: web.Request) -> TenantAuth:
+    auth: TenantAuth = request[TENANT]
+    return auth
+
+
+async def read_json(request: web.Request) -> Any:
+    ctype = request.content_type
+    if request.headers.get("Content-Type") and ctype not in _JSON_TYPES:
+        raise ScimError(415, f"Content-Type must be application/scim+json, not {ctype}", "invalidSyntax")
+    raw = await request.read()  # client_max_size enforces the body limit (413)
+    if not raw:
+        raise invalid_syntax("the request body is empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid_syntax(f"the request body is not valid JSON: {err}") from None
+
+
+def parse_id(raw: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(f"{what} {raw!r}") from None
+
+
+def if_match_version(request: web.Request) -> int | None:
+    """The version an If-Match header requires (None: no header or ``*``)."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    tags = [t.strip() for t in raw.split(",")]
+    for t in tags:
+        t = t.removeprefix("W/").strip('"')
+        if t.isdigit():
+            return int(t)
+    return -1  # an ETag this server never issued: never matches
+
+
+def check_if_match(request: web.Request, current_version: int) -> None:
+    want = if_match_version(request)
+    if want is not None and want != current_version:
+        raise ScimError(412, f"If-Match does not match the current version {etag(current_version)}")
+
+
+def not_modified(request: web.Request, version: int) -> bool:
+    raw = request.headers.get("If-None-Match")
+    return raw is not None and etag(version) in [t.strip() for t in raw.split(",")]
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid_value(f"{name} must be an integer") from None
+
+
+_ERRORS: dict[str, tuple[int, str | None]] = {
+    "uniqueness": (409, "uniqueness"),
+    "not_found": (404, None),
+    "user_not_found": (404, None),
+    "version_mismatch": (412, None),
+    "invalid_value": (400, "invalidValue"),
+    "mutability": (400, "mutability"),
+    "policy": (409, None),
+}
+
+
+def outcome_error(error: ErrorInfo | None) -> ScimError:
+    if error is None:
+        return ScimError(500, "the provisioner refused the change without a reason")
+    status, scim_type = _ERRORS.get(error.code, (500, None))
+    if status == 500:
+        return ScimError(500, "the provisioner could not apply the change; it has been logged")
+    detail = error.message
+    if error.code == "policy":
+        detail = f"tenant policy: {error.message}"
+    return ScimError(status, detail, scim_type)
+
+
+async def submit(request: web.Request, payload: CommandPayload) -> Outcome:
+    """Publish one command and wait for its outcome; failures become ScimErrors."""
+    auth = tenant(request)
+    settings = request.app[SETTINGS]
+    command = Command(
+        tenant_id=auth.tenant_id,
+        source=Source(kind="scim", id=str(auth.token_id), label=auth.token_label),
+        correlation_id=request[CORRELATION_ID],
+        payload=payload,
+    )
+    retry = {"Retry-After": str(settings.scim_retry_after_s)}
+    started = time.perf_counter()
+    try:
+        outcome = await request.app[WAITER].submit(command, settings.scim_outcome_timeout_s)
+    except OutcomeTimeout:
+        OUTCOME_WAIT.labels(type=payload.type, result="timeout").observe(time.perf_counter() - started)
+        raise ScimError(
+            503,
+            "the provisioner did not answer in time; the change is queued and will be applied once",
+            headers=retry,
+        ) from None
+    except BrokerUnavailable:
+        OUTCOME_WAIT.labels(type=payload.type, result="unavailable").observe(time.perf_counter() - started)
+        raise ScimError(503, "the command queue is unavailable; retry later", headers=retry) from None
+    OUTCOME_WAIT.labels(type=payload.type, result="outcome").observe(time.perf_counter() - started)
+    return outcome
+
+
+def _committed(outcome: Outcome) -> dict[str, Any]:
+    if outcome.result == "failed" or outcome.resource is None:
+        raise outcome_error(outcome.error)
+    return outcome.resource
+
+
+def _projection(request: web.Request) -> tuple[list[str] | None, list[str] | None]:
+    return split_csv(request.query.get("attributes")), split_csv(request.query.get("excludedAttributes"))
+
+
+def _resource_response(
+    request: web.Request, kind_name: str, resource: dict[str, Any], version: int, status: int = 200
+) -> web.Response:
+    kind = user_kind() if kind_name == "User" else group_kind()
+    attrs, excluded = _projection(request)
+    body = project(kind, resource, attrs, excluded)
+    headers = {"ETag": etag(version)}
+    if status == 201:
+        headers["Location"] = resource["meta"]["location"]
+    return scim_json(body, status, headers)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+async def service_provider_config_view(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return scim_json(service_provider_config(base_url(request), s.scim_max_results, s.scim_max_body))
+
+
+async def resource_types_view(request: web.Request) -> web.Response:
+    items = resource_types(base_url(request))
+    return scim_json(_list(items, 1))
+
+
+async def resource_type_view(request: web.Request) -> web.Response:
+    for item in resource_types(base_url(request)):
+        if item["id"] == request.match_info["id"]:
+            return scim_json(item)
+    raise not_found(f"ResourceType {request.match_info['id']!r}")
+
+
+async def schemas_view(request: web.Request) -> web.Response:
+    base = base_url(request)
+    return scim_json(_list([s.to_scim(base) for s in all_schemas()], 1))
+
+
+async def schema_view(request: web.Request) -> web.Response:
+    wanted = request.match_info["id"]
+    for s in all_schemas():
+        if s.id.lower() == wanted.lower():
+            return scim_json(s.to_scim(base_url(request)))
+    raise not_found(f"Schema {wanted!r}")
+
+
+def _list(resources: list[dict[str, Any]], start_index: int, total: int | None = None) -> dict[str, Any]:
+    return {
+        "schemas": [LIST_SCHEMA],
+        "totalResults": len(resources) if total is None else total,
+        "startIndex": start_index,
+        "itemsPerPage": len(resources),
+        "Resources": resources,
+    }
+
+
+# --------------------------------------------------------------------------- list / search
+
+
+async def _search(
+    request: web.Request,
+    kind_name: str,
+    *,
+    filter_text: str | None,
+    start_index: int,
+    count: int | None,
+    sort_by: str | None,
+    sort_order: str | None,
+    attributes: list[str] | None,
+    excluded: list[str] | None,
+) -> web.Response:
+    settings = request.app[SETTINGS]
+    kind = user_kind() if kind_name == "User" else group_kind()
+    start_index = max(1, start_index)  # RFC 7644 §3.4.2.4: < 1 is read as 1
+    count = settings.scim_default_count if count is None else max(0, min(count, settings.scim_max_results))
+    order = (sort_order or "ascending").lower()
+    if order not in ("ascending", "descending"):
+        raise invalid_value("sortOrder must be ascending or descending")
+    auth = tenant(request)
+    pool = request.app[POOL]
+    wants_links = _wants(kind, "groups" if kind_name == "User" else "members", attributes, excluded)
+    total, rows = await repo.search(
+        pool,
+        kind,
+        auth.tenant_id,
+        filter_text=filter_text,
+        start_index=start_index,
+        count=count,
+        sort_by=sort_by,
+        descending=order == "descending",
+        with_groups=wants_links,
+    )
+    base = base_url(request)
+    if kind_name == "User":
+        items = [render_user(r, base) for r in rows]
+    else:
+        members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
+        items = [render_group(r, members.get(r["id"]) if wants_links else None, base) for r in rows]
+    items = [project(kind, i, attributes, excluded) for i in items]
+    return scim_json(_list(items, start_index, total))
+
+
+def _wants(kind: Any, name: str, attributes: list[str] | None, excluded: list[str] | None) -> bool:
+    def hits(paths: list[str]) -> bool:
+        for p in paths:
+            low = p.lower()
+            if low.startswith(kind.core.id.lower() + ":"):
+                low = low[len(kind.core.id) + 1 :]
+            if low == name or low.startswith(name + "."):
+                return True
+        return False
+
+    if attributes:
+        return hits(attributes)
+    if excluded:
+        return not hits(excluded)
+    return True
+
+
+async def list_view(request: web.Request, kind_name: str) -> web.Response:
+    q = request.query
+    count_raw = q.get("count")
+    return await _search(
+        request,
+        kind_name,
+        filter_text=q.get("filter") or None,
+        start_index=_query_int(request, "startIndex", 1),
+        count=_query_int(request, "count", 0) if count_raw not in (None, "") else None,
+        sort_by=q.get("sortBy") or None,
+        sort_order=q.get("sortOrder") or None,
+        attributes=split_csv(q.get("attributes")),
+        excluded=split_csv(q.get("excludedAttributes")),
+    )
+
+
+async def search_view(request: web.Request, kind_name: str) -> web.Response:
+    """POST /.search (RFC 7644 §3.4.3)."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise invalid_syntax("a SearchRequest must be a JSON object")
+    schemas = body.get("schemas") or []
+    if SEARCH_SCHEMA not in schemas:
+        raise invalid_syntax(f"schemas must contain {SEARCH_SCHEMA}")
+
+    def int_field(name: str) -> int | None:
+        v = body.get(name)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise invalid_value(f"{name} must be an integer")
+        return v
+
+    def str_list(name: str) -> list[str] | None:
+        v = body.get(name)
+        if v is None:
+            return None
+        if isinstance(v, str):
+            return split_csv(v)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise invalid_value(f"{name} must be a list of attribute paths")
+        return v
+
+    filter_text = body.get("filter")
+    if filter_text is not None and not isinstance(filter_text, str):
+        raise invalid_value("filter must be a string")
+    return await _search(
+        request,
+        kind_name,
+        filter_text=filter_text or None,
+        start_index=int_field("startIndex") or 1,
+        count=int_field("count"),
+        sort_by=body.get("sortBy") or None,
+        sort_order=body.get("sortOrder") or None,
+        attributes=str_list("attributes"),
+        excluded=str_list("excludedAttributes"),
+    )
+
+
+# --------------------------------------------------------------------------- users
+
+
+async def get_user(request: web.Request) -> web.Response:
+    uid = parse_id(request.match_info["id"], "User")
+    auth = tenant(request)
+    attrs, excluded = _projection(request)
+    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, _wants(user_kind(), "groups", attrs, excluded))
+    if row is None:
+        raise not_found(f"User {uid}")
+    if not_modified(request, row["version"]):
+        return web.Response(status=304, headers={"ETag": etag(row["version"])})
+    return _resource_response(request, "User", render_user(row, base_url(request)), row["version"])
+
+
+def _user_response(request: web.Request, state: dict[str, Any], status: int = 200) -> web.Response:
+    resource = render_user(state, base_url(request))
+    return _resource_response(request, "User", resource, int(state["version"]), status)
+
+
+async def create_user(request: web.Request) -> web.Response:
+    kind = user_kind()
+    resource = normalise(kind, await read_json(request))
+    require(kind, resource)
+    data = user_data(resource)
+    outcome = await submit(request, CreateUser(user_id=uuid.uuid4(), data=data))
+    return _user_response(request, _committed(outcome), 201)
+
+
+async def replace_user(request: web.Request) -> web.Response:
+    """PUT: full replace (Okta's update)."""
+    kind = user_kind()
+    uid = parse_id(request.match_info["id"], "User")
+    auth = tenant(request)
+    resource = normalise(kind, await read_json(request))
+    require(kind, resource)
+    data = user_data(resource)
+    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
+    if row is None:
+        raise not_found(f"User {uid}")
+    check_if_match(request, row["version"])
+    _check_user_name_policy(auth, row["user_name"], data.user_name)
+    outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=if_match_version(request)))
+    return _user_response(request, _committed(outcome))
+
+
+def _check_user_name_policy(auth: TenantAuth, old: str, new: str) -> None:
+    # Splashtop team rule (tenant policy): userName cannot change once provisioned.
+    if auth.immutable_user_name and old.lower() != new.lower():
+        raise ScimError(400, "userName cannot be changed in this tenant (immutable userName policy)", "mutability")
+
+
+async def patch_user(request: web.Request) -> web.Response:
+    """PATCH: applied here to the state read (version v), sent as ReplaceUser(v); a
+    concurrent change (version_mismatch) makes it re-read and re-apply."""
+    kind = user_kind()
+    uid = parse_id(request.match_info["id"], "User")
+    auth = tenant(request)
+    ops = parse_patch(await read_json(request))
+    pool = request.app[POOL]
+    retries = request.app[SETTINGS].scim_write_retries
+    for attempt in range(retries + 1):
+        row = await repo.get_user(pool, auth.tenant_id, uid)
+        if row is None:
+            raise not_found(f"User {uid}")
+        check_if_match(request, row["version"])
+        current = canonical_user(kind, row)
+        updated = normalise(kind, apply_patch(kind, current, ops))
+        require(kind, updated)
+        if updated == current:
+            # Nothing changes (Entra re-sends PATCHes it already sent): answer the stored state.
+            return _resource_response(request, "User", render_user(row, base_url(request)), row["version"])
+        _check_user_name_policy(auth, row["user_name"], updated["userName"])
+        data = user_data(updated)
+        outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))
+        if (
+            outcome.result == "failed"
+            and outcome.error is not None
+            and outcome.error.code == "version_mismatch"
+            and if_match_version(request) is None
+            and attempt < retries
+        ):
+            continue
+        return _user_response(request, _committed(outcome))
+    raise ScimError(409, "the user kept changing while this PATCH was applied; retry")
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    uid = parse_id(request.match_info["id"], "User")
+    auth = tenant(request)
+    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
+    if row is None:
+        raise not_found(f"User {uid}")
+    check_if_match(request, row["version"])
+    outcome = await submit(request, DeleteUser(user_id=uid, expected_version=if_match_version(request)))
+    if outcome.result == "failed":
+        raise outcome_error(outcome.error)
+    return web.Response(status=204)
+
+
+# --------------------------------------------------------------------------- groups
+
+
+async def _group_response(
+    request: web.Request, group: dict[str, Any] | Any, status: int = 200
+) -> web.Response:
+    auth = tenant(request)
+    attrs, excluded = _projection(request)
+    members = None
+    if _wants(group_kind(), "members", attrs, excluded):
+        gid = uuid.UUID(str(group["id"]))
+        members = (await repo.group_members(request.app[POOL], auth.tenant_id, [gid]))[gid]
+    resource = render_group(group, members, base_url(request))
+    return _resource_response(request, "Group", resource, int(group["version"]), status)
+
+
+async def get_group(request: web.Request) -> web.Response:
+    gid = parse_id(request.match_info["id"], "Group")
+    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    if row is None:
+        raise not_found(f"Group {gid}")
+    if not_modified(request, row["version"]):
+        return web.Response(status=304, headers={"ETag": etag(row["version"])})
+    return await _group_response(request, row)
+
+
+async def create_group(request: web.Request) -> web.Response:
+    kind = group_kind()
+    resource = normalise(kind, await read_json(request))
+    require(kind, resource)
+    data = group_data(resource, member_ids(resource))
+    outcome = await submit(request, CreateGroup(group_id=uuid.uuid4(), data=data))
+    return await _group_response(request, _committed(outcome), 201)
+
+
+async def replace_group(request: web.Request) -> web.Response:
+    kind = group_kind()
+    gid = parse_id(request.match_info["id"], "Group")
+    resource = normalise(kind, await read_json(request))
+    require(kind, resource)
+    data = group_data(resource, member_ids(resource))
+    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    if row is None:
+        raise not_found(f"Group {gid}")
+    check_if_match(request, row["version"])
+    outcome = await submit(request, ReplaceGroup(group_id=gid, data=data, expected_version=if_match_version(request)))
+    return await _group_response(request, _committed(outcome))
+
+
+async def patch_group(request: web.Request) -> web.Response:
+    """Member adds/removes become ChangeGroupMembers (set operations, no version);
+    other changes are applied to the group read and sent as ReplaceGroup(v)."""
+    kind = group_kind()
+    gid = parse_id(request.match_info["id"], "Group")
+    auth = tenant(request)
+    pool = request.app[POOL]
+    ops = parse_patch(await read_json(request))
+    plan = plan_group_patch(kind, ops)
+    retries = request.app[SETTINGS].scim_write_retries
+    row = await repo.get_group(pool, auth.tenant_id, gid)
+    if row is None:
+        raise not_found(f"Group {gid}")
+    check_if_match(request, row["version"])
+    state: Any = row
+    if plan.other:
+        for attempt in range(retries + 1):
+            members = None
+            if plan.needs_members:
+                members = (await repo.group_members(pool, auth.tenant_id, [gid]))[gid]
+            current = canonical_group(row, members)
+            updated = normalise(kind, apply_patch(kind, current, plan.other))
+            require(kind, updated)
+            if updated == current:
+                break
+            new_members = member_ids(updated) if plan.needs_members else None
+            data = group_data(updated, new_members)
+            outcome = await submit(request, ReplaceGroup(group_id=gid, data=data, expected_version=row["version"]))
+            if (
+                outcome.result == "failed"
+                and outcome.error is not None
+                and outcome.error.code == "version_mismatch"
+                and if_match_version(request) is None
+                and attempt < retries
+            ):
+                row = await repo.get_group(pool, auth.tenant_id, gid)
+                if row is None:
+                    raise not_found(f"Group {gid}")
+                continue
+            state = _committed(outcome)
+            break
+    if plan.add or plan.remove:
+        outcome = await submit(request, ChangeGroupMembers(group_id=gid, add=tuple(plan.add), remove=tuple(plan.remove)))
+        state = _committed(outcome)
+    return await _group_response(request, state)
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    gid = parse_id(request.match_info["id"], "Group")
+    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    if row is None:
+        raise not_found(f"Group {gid}")
+    check_if_match(request, row["version"])
+    outcome = await submit(request, DeleteGroup(group_id=gid))
+    if outcome.result == "failed":
+        raise outcome_error(outcome.error)
+    return web.Response(status=204)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _kind(view: Any, kind_name: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return await view(request, kind_name)
+
+    handler.__name__ = f"{view.__name__}_{kind_name.lower()}"
+    return handler
+
+
+async def not_implemented(_request: web.Request) -> web.Response:
+    raise ScimError(501, "bulk operations are not supported (see /ServiceProviderConfig)")
+
+
+# (method, path relative to BASE_PATH, handler, needs auth, summary) — the OpenAPI
+# document is generated from this same table.
+ROUTES: list[tuple[str, str, Any, bool, str]] = [
+    ("GET", "/ServiceProviderConfig", service_provider_config_view, False, "Service provider configuration"),
+    ("GET", "/ResourceTypes", resource_types_view, False, "List resource types"),
+    ("GET", "/ResourceTypes/{id}", resource_type_view, False, "Get a resource type"),
+    ("GET", "/Schemas", schemas_view, False, "List schemas"),
+    ("GET", "/Schemas/{id}", schema_view, False, "Get a schema"),
+    ("GET", "/Users", _kind(list_view, "User"), True, "List or filter users"),
+    ("POST", "/Users", create_user, True, "Create a user"),
+    ("POST", "/Users/.search", _kind(search_view, "User"), True, "Search users"),
+    ("GET", "/Users/{id}", get_user, True, "Get a user"),
+    ("PUT", "/Users/{id}", replace_user, True, "Replace a user"),
+    ("PATCH", "/Users/{id}", patch_user, True, "Modify a user"),
+    ("DELETE", "/Users/{id}", delete_user, True, "Delete (or deactivate, by tenant policy) a user"),
+    ("GET", "/Groups", _kind(list_view, "Group"), True, "List or filter groups"),
+    ("POST", "/Groups", create_group, True, "Create a group"),
+    ("POST", "/Groups/.search", _kind(search_view, "Group"), True, "Search groups"),
+    ("GET", "/Groups/{id}", get_group, True, "Get a group"),
+    ("PUT", "/Groups/{id}", replace_group, True, "Replace a group"),
+    ("PATCH", "/Groups/{id}", patch_group, True, "Modify a group"),
+    ("DELETE", "/Groups/{id}", delete_group, True, "Delete a group"),
+    ("POST", "/Bulk", not_implemented, True, "Bulk operations (not supported)"),
+]
+

@@ -1,0 +1,26 @@
+"""Typed application keys (aiohttp ``web.AppKey``) for the gateway's resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from provisio_lib.outcomes import OutcomeWaiter
+
+from .auth import RateLimiter, TenantAuth, TokenCache
+from .settings import ScimSettings
+
+BASE_PATH = "/scim/v2"
+
+SETTINGS = web.AppKey("settings", ScimSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Any)
+WAITER = web.AppKey("waiter", OutcomeWaiter)
+TOKENS = web.AppKey("tokens", TokenCache)
+LIMITER = web.AppKey("limiter", RateLimiter)
+
+# Per-request values (aiohttp ``web.RequestKey``).
+CORRELATION_ID = web.RequestKey("correlation_id", str)
+TENANT = web.RequestKey("tenant", TenantAuth)

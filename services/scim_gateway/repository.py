@@ -1,0 +1,99 @@
+"""Reads from Postgres (asyncpg). Every query is scoped to the caller's tenant and uses
+only ``$n`` parameters; asyncpg prepares and caches each statement per connection."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .filters import SqlFilter, compile_filter, compile_sort
+from .schema import ResourceKind
+
+_USER_COLS = """u.id, u.user_name, u.external_id, u.active, u.display_name, u.given_name,
+u.family_name, u.emails, u.sso_name, u.attributes, u.version, u.created_at, u.updated_at"""
+
+# The user's groups in the same round trip (RFC 7643 §4.1.2 "groups", read-only).
+_USER_GROUPS = """(SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
+    ORDER BY g.display_name), '[]'::jsonb)
+  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = u.id)) AS groups"""
+
+_GROUP_COLS = "g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at"
+
+_MEMBERS_SQL = """SELECT DISTINCT ON (m.group_id, u.id) m.group_id, u.id, u.user_name, u.display_name
+FROM memberships m JOIN users u ON u.id = m.user_id
+WHERE m.group_id = ANY($1::uuid[]) AND m.tenant_id = $2
+ORDER BY m.group_id, u.id"""
+
+
+async def get_user(pool: Any, tenant_id: uuid.UUID, user_id: uuid.UUID, with_groups: bool = True) -> Any:
+    groups = _USER_GROUPS if with_groups else "'[]'::jsonb AS groups"
+    return await pool.fetchrow(
+        f"SELECT {_USER_COLS}, {groups} FROM users u WHERE u.id = $1 AND u.tenant_id = $2",
+        user_id,
+        tenant_id,
+    )
+
+
+async def get_group(pool: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> Any:
+    return await pool.fetchrow(
+        f"SELECT {_GROUP_COLS} FROM groups g WHERE g.id = $1 AND g.tenant_id = $2", group_id, tenant_id
+    )
+
+
+async def group_members(pool: Any, tenant_id: uuid.UUID, group_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    out: dict[uuid.UUID, list[Any]] = {gid: [] for gid in group_ids}
+    if not group_ids:
+        return out
+    for r in await pool.fetch(_MEMBERS_SQL, group_ids, tenant_id):
+        out[r["group_id"]].append({"id": r["id"], "display": r["display_name"] or r["user_name"]})
+    return out
+
+
+async def search(
+    pool: Any,
+    kind: ResourceKind,
+    tenant_id: uuid.UUID,
+    *,
+    filter_text: str | None,
+    start_index: int,
+    count: int,
+    sort_by: str | None,
+    descending: bool,
+    with_groups: bool = True,
+) -> tuple[int, list[Any]]:
+    """(totalResults, rows of the page) for a list/search request."""
+    alias = "u" if kind.name == "User" else "g"
+    table = "users" if kind.name == "User" else "groups"
+    params: list[Any] = [tenant_id]
+    where = f"{alias}.tenant_id = $1"
+    if filter_text:
+        f: SqlFilter = compile_filter(kind, filter_text, alias, len(params) + 1)
+        where += f" AND {f.sql}"
+        params += f.params
+    base_n = len(params)
+    if count == 0:
+        total = await pool.fetchval(f"SELECT count(*) FROM {table} {alias} WHERE {where}", *params)
+        return int(total), []
+    order = f"{alias}.created_at, {alias}.id"
+    if sort_by:
+        s = compile_sort(kind, sort_by, alias, len(params) + 1)
+        params += s.params
+        direction = "DESC" if descending else "ASC"
+        order = f"{s.sql} {direction} NULLS LAST, {order}"
+    if kind.name == "User":
+        groups = _USER_GROUPS if with_groups else "'[]'::jsonb AS groups"
+        cols = f"{_USER_COLS}, {groups}"
+    else:
+        cols = _GROUP_COLS
+    n = len(params)
+    sql = (
+        f"SELECT {cols}, count(*) OVER () AS total FROM {table} {alias} WHERE {where} "
+        f"ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}"
+    )
+    rows = await pool.fetch(sql, *params, count, start_index - 1)
+    if rows:
+        return int(rows[0]["total"]), list(rows)
+    if start_index > 1:
+        total = await pool.fetchval(f"SELECT count(*) FROM {table} {alias} WHERE {where}", *params[:base_n])
+        return int(total), []
+    return 0, []

@@ -1,0 +1,39 @@
+"""Settings of the SCIM gateway (``PROVISIO_SCIM_*``), loaded once in ``__main__``."""
+
+from __future__ import annotations
+
+from pydantic import AnyHttpUrl, Field
+
+from provisio_lib.settings import CommonSettings
+
+
+class ScimSettings(CommonSettings):
+    scim_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
+    scim_port: int = Field(default=8081, ge=1, le=65535)
+    scim_public_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="External base URL (https://scim.example.com); used for meta.location and "
+        "Location headers. Unset: derived from the request (Host, X-Forwarded-Proto).",
+    )
+    scim_outcome_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Wait for the provisioner's outcome, then 503"
+    )
+    scim_retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503/429")
+    scim_max_body: int = Field(default=1024 * 1024, ge=1024, description="Request body limit (bytes)")
+    scim_rate_limit_per_s: float = Field(
+        default=5000.0,
+        ge=0,
+        description="Requests per second per tenant per gateway process (0 = unlimited); "
+        "tenants.rate_limit_per_s overrides it",
+    )
+    scim_rate_limit_burst: float | None = Field(
+        default=None, ge=1, description="Token bucket size; default 2 × the rate"
+    )
+    scim_token_cache_s: float = Field(
+        default=5.0, ge=0, le=60, description="How long a token lookup is reused (revocation delay)"
+    )
+    scim_max_results: int = Field(default=1000, ge=1, description="Largest page a list returns")
+    scim_default_count: int = Field(default=100, ge=0, description="Page size when count is absent")
+    scim_write_retries: int = Field(
+        default=3, ge=0, le=10, description="Re-reads of a PATCH/PUT whose version went stale"
+    )
