@@ -54,6 +54,7 @@ class OutcomeWaiter:
         self._pending: dict[uuid.UUID, asyncio.Future[Outcome]] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_id = "$"
+        self._stopping = False
 
     async def start(self) -> None:
         # Read from the current end: outcomes only ever answer requests made after start.
@@ -62,9 +63,15 @@ class OutcomeWaiter:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # Let the reader leave its blocking XREAD by itself (block is 250 ms): cancelling
+            # redis-py mid-read can leave the connection, and the task, stuck.
+            self._stopping = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 3)
+            except (TimeoutError, Exception):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -94,7 +101,7 @@ class OutcomeWaiter:
         backoff = 0.1
         loop = asyncio.get_running_loop()
         next_refresh = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if loop.time() >= next_refresh:
                     # The TTL removes the stream of a gateway that died; a live one keeps it.
@@ -105,7 +112,7 @@ class OutcomeWaiter:
                     info = await self.redis.xadd(self.stream, {"hello": "1"}, maxlen=self.topology.reply_maxlen)
                     await self.redis.expire(self.stream, self.topology.reply_ttl_s)
                     self._last_id = info.decode() if isinstance(info, bytes) else str(info)
-                resp = await self.redis.xread({self.stream: self._last_id}, block=1000, count=500)
+                resp = await self.redis.xread({self.stream: self._last_id}, block=250, count=500)
                 backoff = 0.1
                 for _stream, entries in resp or ():
                     for entry_id, fields in entries:
