@@ -193,7 +193,7 @@ class _Compiler:
             if attr.free_form:  # custom.<key>: tenant-defined, compared as text
                 if not sub:
                     raise invalid_filter("filter on custom.<attribute>, not on custom itself")
-                return _JsonScalar(f"{a}.attributes", (ext.id, attr.name, sub), _STR)
+                return _JsonScalar(f"{a}.attributes", ("custom", sub), _STR)  # stored as attributes["custom"]
         sub_attr = self._sub(attr, sub, ap)
         if ext.id == ENTERPRISE_SCHEMA and attr.name == "manager" and sub_attr is None:
             sub_attr = attr.child("value")

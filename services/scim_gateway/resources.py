@@ -85,13 +85,17 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
         if isinstance(value, str) and attr.child("value") is not None:
             # Entra sends the enterprise manager as a bare id string.
             return {"value": value} if value else None
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+            value = value[0]  # a single complex value sent as a one-element list
         if not isinstance(value, dict):
             raise invalid_value(f"{where} must be an object")
         out: dict[str, Any] = {}
         for key, sub_value in value.items():
             sub = attr.child(key)
             if sub is None:
-                raise invalid_syntax(f"unknown attribute {where}.{key}")
+                # Unknown sub-attributes are dropped, not refused: Entra's own test
+                # collection sends members as {"displayName": ..., "value": ...}.
+                continue
             if sub.mutability == "readOnly" and attr.name != "members":
                 continue
             v = coerce_single(sub, sub_value, f"{where}.{sub.name}")
