@@ -68,6 +68,7 @@ __all__ = [
     "SAML_LOGINS_ACCEPTED",
     "SAML_LOGINS_REFUSED",
     "SERVICE_INFO",
+    "STREAM_METRIC_NAMES",
     "Check",
     "HealthServer",
     "StreamStats",
@@ -223,6 +224,15 @@ def set_service_info(service: str, version: str | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- streams
+
+# Gauges StreamStats builds on each scrape (not registered: they follow the topology).
+STREAM_METRIC_NAMES = (
+    "provisio_stream_length",
+    "provisio_stream_group_pending",
+    "provisio_stream_group_lag",
+    "provisio_stream_group_consumers",
+    "provisio_stream_stats_up",
+)
 
 
 @dataclass
