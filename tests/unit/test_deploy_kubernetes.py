@@ -185,6 +185,9 @@ def test_gateways_have_services(m, service):
     assert all(p["targetPort"] in names for p in svc["spec"]["ports"])
     # Workers scale freely: KEDA owns their replica count, gateways keep two or more.
     assert m.one("Deployment", f"provisio-{service}")["spec"]["replicas"] >= 2
+    # Rolling updates drop no requests: keep serving until endpoints are updated.
+    pre_stop = m.container(service)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) > 0
 
 
 def test_workers_replicas_are_left_to_keda(m):
