@@ -49,8 +49,7 @@ async def group_members(pool: Any, tenant_id: uuid.UUID, group_ids: list[uuid.UU
     return out
 
 
-async def search(
-    pool: Any,
+def search_sql(
     kind: ResourceKind,
     tenant_id: uuid.UUID,
     *,
@@ -60,8 +59,8 @@ async def search(
     sort_by: str | None,
     descending: bool,
     with_groups: bool = True,
-) -> tuple[int, list[Any]]:
-    """(totalResults, rows of the page) for a list/search request."""
+) -> tuple[str, list[Any], str, list[Any]]:
+    """(page SQL, its params, count SQL, its params) for a list/search request."""
     alias = "u" if kind.name == "User" else "g"
     table = "users" if kind.name == "User" else "groups"
     params: list[Any] = [tenant_id]
@@ -70,10 +69,8 @@ async def search(
         f: SqlFilter = compile_filter(kind, filter_text, alias, len(params) + 1)
         where += f" AND {f.sql}"
         params += f.params
-    base_n = len(params)
-    if count == 0:
-        total = await pool.fetchval(f"SELECT count(*) FROM {table} {alias} WHERE {where}", *params)
-        return int(total), []
+    count_sql = f"SELECT count(*) FROM {table} {alias} WHERE {where}"
+    count_params = list(params)
     order = f"{alias}.created_at, {alias}.id"
     if sort_by:
         s = compile_sort(kind, sort_by, alias, len(params) + 1)
@@ -90,10 +87,31 @@ async def search(
         f"SELECT {cols}, count(*) OVER () AS total FROM {table} {alias} WHERE {where} "
         f"ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}"
     )
-    rows = await pool.fetch(sql, *params, count, start_index - 1)
+    return sql, [*params, count, start_index - 1], count_sql, count_params
+
+
+async def search(
+    pool: Any,
+    kind: ResourceKind,
+    tenant_id: uuid.UUID,
+    *,
+    filter_text: str | None,
+    start_index: int,
+    count: int,
+    sort_by: str | None,
+    descending: bool,
+    with_groups: bool = True,
+) -> tuple[int, list[Any]]:
+    """(totalResults, rows of the page) for a list/search request."""
+    sql, params, count_sql, count_params = search_sql(
+        kind, tenant_id, filter_text=filter_text, start_index=start_index, count=count,
+        sort_by=sort_by, descending=descending, with_groups=with_groups,
+    )
+    if count == 0:
+        return int(await pool.fetchval(count_sql, *count_params)), []
+    rows = await pool.fetch(sql, *params)
     if rows:
         return int(rows[0]["total"]), list(rows)
-    if start_index > 1:
-        total = await pool.fetchval(f"SELECT count(*) FROM {table} {alias} WHERE {where}", *params[:base_n])
-        return int(total), []
+    if start_index > 1:  # past the end: the window count saw no rows
+        return int(await pool.fetchval(count_sql, *count_params)), []
     return 0, []
