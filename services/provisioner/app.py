@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from faststream import FastStream
-from faststream.redis import RedisBroker
 
 from provisio_lib import db
-from provisio_lib.delivery import ReliableConsumer
+from provisio_lib.delivery import ReliableConsumer, app_logger, make_broker
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import StreamStats, postgres_check, redis_check, set_service_info, start_health_server
-from provisio_lib.redis_client import connect_redis, is_cluster_url
+from provisio_lib.redis_client import connect_redis
 from provisio_lib.settings import load_settings
 from provisio_lib.topology import PROVISIONER_GROUP, Topology, ensure_groups
 
@@ -21,23 +19,6 @@ from .settings import ProvisionerSettings
 from .worker import Provisioner
 
 log = get_logger(__name__)
-
-
-def make_broker(url: str, graceful_timeout: float) -> RedisBroker:
-    # FastStream logs through a logger of ours, so its lines come out in our JSON format;
-    # per-message lines are at DEBUG: at thousands of commands a second they would be the load.
-    kw = dict(graceful_timeout=graceful_timeout, log_level=logging.DEBUG, logger=broker_logger())
-    if is_cluster_url(url):
-        from faststream.redis import RedisClusterBroker
-
-        return RedisClusterBroker("redis://" + url.removeprefix("redis+cluster://"), **kw)  # type: ignore[arg-type]
-    return RedisBroker(url, **kw)  # type: ignore[arg-type]
-
-
-def broker_logger() -> logging.Logger:
-    logger = logging.getLogger("provisio.faststream.broker")
-    logger.setLevel(logging.WARNING)  # FastStream's per-task INFO chatter on shutdown
-    return logger
 
 
 def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
@@ -92,7 +73,7 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
     def begin_shutdown() -> None:
         consumer.stopping.set()
 
-    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown], logger=logging.getLogger("provisio.faststream"))
+    app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown], logger=app_logger())
     app.context.set_global("provisioner", worker)
     app.context.set_global("consumer", consumer)
     return app
