@@ -60,6 +60,7 @@ class Email(_Model):
     value: str
     type: str | None = None
     primary: bool = False
+    display: str | None = None  # SCIM emails[].display (RFC 7643 §4.1.2), kept as sent
 
 
 class UserData(_Model):
