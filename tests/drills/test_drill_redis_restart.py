@@ -109,5 +109,6 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
     assert all(c.payload.data.user_name in users for c in direct.acknowledged)  # type: ignore[union-attr]
     assert set(inbox.values()) == {"applied"} and dlq == 0
     assert worker.alive() and gateway.alive()
-    print(f"drill 3: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
+    first_201 = min(a.at for a in created if a.at > up_at) - up_at
+    print(f"drill 3: {clock}; first 201 {first_201:.1f} s after the restart; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
           f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied")
