@@ -374,3 +374,7 @@ def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
 if __name__ == "__main__":
     for p in write_schemas():
         print(p)
+    # The AsyncAPI document (docs/asyncapi.yaml) embeds these schemas: keep it in step too.
+    from provisio_lib import asyncapi
+
+    asyncapi.main([])
