@@ -46,7 +46,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .logging import get_logger, redact_url
-from .topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology
+from .topology import Topology
 
 log = get_logger(__name__)
 
@@ -581,7 +581,3 @@ def start_health_server(
 ) -> HealthServer:
     """A worker's health/metrics listener; use as ``async with`` or ``await .start()``."""
     return HealthServer(host, port, checks, streams=streams)
-
-
-# Groups whose lag the scalers watch, re-exported for the deploy tests and docs.
-SCALED_GROUPS = {"provisioner": PROVISIONER_GROUP, "auditor": AUDITOR_GROUP}
