@@ -1,0 +1,196 @@
+"""Initial sync: N users, then G groups of M members each, created through the SCIM
+gateway as Microsoft Entra ID's first provisioning cycle does (per user: GET
+``filter=userName eq`` then POST; per group: GET ``filter=displayName eq``, POST, PATCH
+``members`` Add), with ``--concurrency`` clients. Samples, every ``--sample`` seconds,
+the command streams' consumer-group lag and pending count (provisioner), the audit
+streams' (auditor), and the users/audit rows in Postgres: the lag curve.
+
+    .venv/bin/python bench/bench_sync.py --users 100000 --groups 1000 --members 20
+    .venv/bin/python bench/bench_sync.py --users 2000 --groups 20               # smoke
+
+Writes bench/results/sync-<stamp>.json (and sync-latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import asyncpg  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from harness import (  # noqa: E402
+    PY,
+    REDIS_URL,
+    ROOT,
+    Bench,
+    CpuMeter,
+    Service,
+    create_database,
+    delete_redis_prefix,
+    drop_database,
+    free_port,
+    log,
+    machine_info,
+    make_tenant,
+    provisio_env,
+    run_loadgen,
+    workdir,
+    write_results,
+)
+from provisio_lib.topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology  # noqa: E402
+
+
+async def group_lag(redis: Redis, streams: list[str], group: str) -> tuple[int, int, int]:
+    """(lag, pending, length) summed over the streams for one consumer group."""
+    lag = pending = length = 0
+    for s in streams:
+        try:
+            for g in await redis.xinfo_groups(s):
+                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                if name == group:
+                    lag += int(g.get("lag") or 0)
+                    pending += int(g.get("pending") or 0)
+            length += int(await redis.xlen(s))
+        except Exception:  # stream not created yet
+            continue
+    return lag, pending, length
+
+
+async def sampler(dsn: str, topo: Topology, tenant: Any, every: float, stop: asyncio.Event,
+                  out: list[dict[str, Any]], services: list[Service]) -> None:
+    redis = Redis.from_url(REDIS_URL)
+    conn = await asyncpg.connect(dsn)
+    t0 = time.monotonic()
+    try:
+        while True:
+            cl, cp, clen = await group_lag(redis, topo.command_streams(), PROVISIONER_GROUP)
+            al, ap, alen = await group_lag(redis, topo.audit_streams(), AUDITOR_GROUP)
+            users = await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant)
+            members = await conn.fetchval("SELECT count(*) FROM memberships WHERE tenant_id = $1", tenant)
+            audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", tenant)
+            for s in services:
+                s.sample()
+            out.append({"t": round(time.monotonic() - t0, 2), "commands_lag": cl, "commands_pending": cp,
+                        "commands_len": clen, "audit_lag": al, "audit_pending": ap, "audit_len": alen,
+                        "users": users, "memberships": members, "audit_rows": audited,
+                        "rss_mb": {s.name: round(s.rss_mb(), 1) for s in services}})
+            if stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except TimeoutError:
+                pass
+    finally:
+        await conn.close()
+        await redis.aclose()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--groups", type=int, default=1_000)
+    ap.add_argument("--members", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=32, help="concurrent SCIM clients")
+    ap.add_argument("--provisioners", type=int, default=1)
+    ap.add_argument("--sample", type=float, default=0.5, help="seconds between lag samples")
+    ap.add_argument("--drain-timeout", type=float, default=300, help="max wait for the auditor afterwards")
+    ap.add_argument("--tag", default="sync")
+    args = ap.parse_args()
+
+    info = machine_info()
+    b = Bench("sync")
+    log(f"database {b.db}, redis prefix {b.prefix}; {args.users} users, {args.groups}x{args.members} groups")
+    services: list[Service] = []
+    sampling: asyncio.Task[None] | None = None
+    results: dict[str, Any] = {"machine": info, "args": vars(args), "samples": []}
+    with workdir("sync") as tmp:
+        dsn = await create_database(b.db)
+        try:
+            tenant, token = await make_tenant(dsn, "bench-sync")
+            penv = provisio_env(dsn, b.prefix)
+            port = free_port()
+            services.append(Service("scim-gateway", [PY, "-m", "scim_gateway"],
+                                    {**penv, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1",
+                                     "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0"}, port).start(tmp))
+            for i in range(args.provisioners):
+                services.append(Service(f"provisioner-{i}", [PY, "-m", "provisioner"],
+                                        {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
+            services.append(Service("auditor", [PY, "-m", "auditor"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
+            topo = Topology(prefix=b.prefix, partitions=8)
+            base = f"http://127.0.0.1:{port}/scim/v2"
+            ids = os.path.join(tmp, "ids.jsonl")
+            stop = asyncio.Event()
+            samples: list[dict[str, Any]] = results["samples"]
+            sampling = asyncio.create_task(sampler(dsn, topo, tenant, args.sample, stop, samples, services))
+            t0 = time.monotonic()
+            with CpuMeter(services) as cpu_users:
+                users = await run_loadgen({"base": base, "token": token, "phase": "sync-users", "count": args.users,
+                                           "concurrency": args.concurrency, "ids_out": ids, "run_id": b.id},
+                                          timeout=3600)
+            t_users = time.monotonic() - t0
+            log(f"users: {args.users} in {t_users:.1f}s ({users['per_op'] or users['rps']}) errors {users['errors']}")
+            with CpuMeter(services) as cpu_groups:
+                groups = await run_loadgen({"base": base, "token": token, "phase": "sync-groups",
+                                            "count": args.groups, "members": args.members,
+                                            "concurrency": args.concurrency, "ids_in": ids, "run_id": b.id},
+                                           timeout=3600)
+            t_answered = time.monotonic() - t0
+            log(f"groups: {args.groups} in {t_answered - t_users:.1f}s errors {groups['errors']}")
+            # Every write was answered after the provisioner committed it; the audit trail
+            # may still be catching up: wait (bounded) for the auditor to drain.
+            drained_at = None
+            end = time.monotonic() + args.drain_timeout
+            while time.monotonic() < end:
+                await asyncio.sleep(args.sample)
+                last = samples[-1] if samples else {}
+                if last and last["audit_lag"] == 0 and last["audit_pending"] == 0 and last["commands_pending"] == 0:
+                    drained_at = time.monotonic() - t0
+                    break
+            stop.set()
+            await sampling
+            conn = await asyncpg.connect(dsn)
+            final = {
+                "users": await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant),
+                "groups": await conn.fetchval("SELECT count(*) FROM groups WHERE tenant_id = $1", tenant),
+                "memberships": await conn.fetchval("SELECT count(*) FROM memberships WHERE tenant_id = $1", tenant),
+                "audit_rows": await conn.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", tenant),
+                "inbox_rows": await conn.fetchval("SELECT count(*) FROM inbox WHERE tenant_id = $1", tenant),
+            }
+            await conn.close()
+            results.update({
+                "users_phase": users, "groups_phase": groups, "final": final,
+                "users_s": round(t_users, 1), "answered_s": round(t_answered, 1),
+                "audit_drained_s": round(drained_at, 1) if drained_at else None,
+                "cpu_users": cpu_users.by, "cpu_groups": cpu_groups.by,
+                "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in services},
+                "vmhwm_mb": {s.name: round(max(s.hwm_mb().values(), default=0), 1) for s in services},
+            })
+            log(f"done: all answered at {t_answered:.1f}s, audit drained at {drained_at}; final {final}")
+        finally:
+            if sampling is not None and not sampling.done():
+                sampling.cancel()
+                with contextlib.suppress(BaseException):
+                    await sampling
+            for s in services:
+                s.stop()
+            await drop_database(b.db)
+            n = await delete_redis_prefix(b.prefix)
+            log(f"dropped {b.db}; deleted {n} Redis keys")
+    path = write_results(args.tag, results)
+    log(f"wrote {path.relative_to(ROOT)}")
+    print(json.dumps({k: results.get(k) for k in ("users_s", "answered_s", "audit_drained_s", "final",
+                                                   "peak_rss_mb")}, indent=1))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
