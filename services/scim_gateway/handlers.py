@@ -599,6 +599,12 @@ async def not_implemented(_request: web.Request) -> web.Response:
     raise ScimError(501, "bulk operations are not supported (see /ServiceProviderConfig)")
 
 
+async def root_search(_request: web.Request) -> web.Response:
+    # RFC 7644 §3.4.3 allows a server-root search over every resource type; Entra and
+    # Okta never use it, so it is declined (501) rather than half-implemented.
+    raise ScimError(501, "searching several resource types at once is not supported; use /Users/.search or /Groups/.search")
+
+
 # (method, path relative to BASE_PATH, handler, needs auth, summary) — the OpenAPI
 # document is generated from this same table.
 ROUTES: list[tuple[str, str, Any, bool, str]] = [
@@ -622,5 +628,6 @@ ROUTES: list[tuple[str, str, Any, bool, str]] = [
     ("PATCH", "/Groups/{id}", patch_group, True, "Modify a group"),
     ("DELETE", "/Groups/{id}", delete_group, True, "Delete a group"),
     ("POST", "/Bulk", not_implemented, True, "Bulk operations (not supported)"),
+    ("POST", "/.search", root_search, True, "Search across resource types (not supported)"),
 ]
 

@@ -102,7 +102,7 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
         if op.path is not None:
             if op.path.lower() in kind.extensions and isinstance(op.value, dict) and op.op != "remove":
                 ext = kind.extensions[op.path.lower()]
-                out.extend(Op(op.op, f"{ext.id}:{k}", v) for k, v in op.value.items())
+                out.extend(Op(op.op, f"{ext.id}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
             else:
                 out.append(op)
             continue
@@ -119,7 +119,7 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
                 if not isinstance(value, dict):
                     raise invalid_value(f"{key} must be an object")
                 schema_id = ext.id if ext is not None else kind.core.id
-                out.extend(Op(op.op, f"{schema_id}:{k}", v) for k, v in value.items())
+                out.extend(Op(op.op, f"{schema_id}:{k}", v) for k, v in value.items() if k.lower() != "schemas")
                 continue
             out.append(Op(op.op, key, value))
     return out
@@ -434,7 +434,7 @@ def _prune(res: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in res.items():
         if isinstance(v, dict) and k.startswith("urn:"):
-            v = {sk: sv for sk, sv in v.items() if sv not in (None, [], {}, "")}
+            v = {sk: sv for sk, sv in v.items() if sv not in (None, [], {}, "") or sk == "custom" and sv == {}}
         if v in (None, [], {}):
             continue
         out[k] = v

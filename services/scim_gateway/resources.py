@@ -140,6 +140,8 @@ def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str,
     if not isinstance(part, dict):
         raise invalid_value(f"{where} must be an object")
     for key, value in part.items():
+        if key.lower() == "schemas":
+            continue  # some clients repeat "schemas" inside an extension object
         attr = schema.attr(key)
         if attr is None:
             raise invalid_syntax(f"unknown attribute {key!r} in {schema.id}")
@@ -148,8 +150,8 @@ def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str,
         if attr.mutability == "writeOnly":
             continue  # password: never stored (Provisio authenticates through SAML)
         v = coerce(attr, value, attr.name)
-        if v not in (None, {}, []):
-            out[attr.name] = v
+        if v not in (None, {}, []) or (attr.free_form and v == {}):
+            out[attr.name] = v  # an empty custom object is a value, not an absence
 
 
 def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
@@ -212,7 +214,7 @@ def user_data(resource: Mapping[str, Any]) -> UserData:
         if key == PROVISIO_SCHEMA:
             # ssoName has its column; custom is stored as attributes["custom"], where
             # JIT logins put the custom fields they map too.
-            if value.get("custom"):
+            if "custom" in value:
                 attributes["custom"] = value["custom"]
             continue
         attributes[key] = value
@@ -220,7 +222,9 @@ def user_data(resource: Mapping[str, Any]) -> UserData:
     for e in resource.get("emails") or ():
         if not e.get("value"):
             raise invalid_value("emails[].value is required")
-        emails.append(Email(value=e["value"], type=e.get("type"), primary=bool(e.get("primary", False))))
+        emails.append(
+            Email(value=e["value"], type=e.get("type"), primary=bool(e.get("primary", False)), display=e.get("display"))
+        )
     sso = (resource.get(PROVISIO_SCHEMA) or {}).get("ssoName")
     try:
         return UserData(
@@ -316,6 +320,8 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False) -> 
         if e.get("type") is not None:
             item["type"] = e["type"]
         item["primary"] = bool(e.get("primary", False))
+        if e.get("display") is not None:
+            item["display"] = e["display"]
         emails.append(item)
     if emails:
         out["emails"] = emails
@@ -333,7 +339,7 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False) -> 
     if groups:
         out["groups"] = groups
     provisio = dict(attributes.pop(PROVISIO_SCHEMA, None) or {})
-    if isinstance(attributes.get("custom"), dict) and attributes["custom"]:
+    if isinstance(attributes.get("custom"), dict):
         provisio["custom"] = attributes.pop("custom")
     attributes.pop("custom", None)
     if row.get("sso_name") is not None:
