@@ -327,3 +327,46 @@ async def test_pipeline_on_the_cluster(cluster_url, database_url, pool, monkeypa
     }
     assert dead[b"stream"].decode() == poison_stream
     assert b"undecodable" in dead[b"error"]
+
+
+async def test_scim_gateway_on_the_cluster(cluster_url, database_url, pool, monkeypatch):
+    """The SCIM gateway configured with a redis+cluster:// URL: a POST /Users is answered
+    201 with the state the provisioner committed, through streams on the cluster."""
+    from tests.conftest import make_tenant, running_provisioner
+    from tests.integration.scim_helpers import USER, bearer, scim_client
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    for key, value in {
+        "PROVISIO_DATABASE_URL": database_url,
+        "PROVISIO_REDIS_URL": cluster_url,
+        "PROVISIO_REDIS_PREFIX": prefix,
+        "PROVISIO_PARTITIONS": "8",
+        "PROVISIO_LOG_FORMAT": "json",
+    }.items():
+        monkeypatch.setenv(key, value)
+    tenant = await make_tenant(pool)
+    topo = Topology(prefix=prefix, partitions=8)
+    try:
+        async with running_provisioner(), scim_client() as client:
+            resp = await client.post(
+                "/scim/v2/Users",
+                json={"schemas": [USER], "userName": "bob@cluster.test", "name": {"givenName": "Bob"}},
+                headers=bearer(tenant.token),
+            )
+            body = await resp.json()
+            assert resp.status == 201, body
+            got = await client.get(f"/scim/v2/Users/{body['id']}", headers=bearer(tenant.token))
+            assert got.status == 200
+            assert (await got.json())["userName"] == "bob@cluster.test"
+            ready = await client.get("/readyz")
+            assert ready.status == 200, await ready.text()
+    finally:
+        rc = connect_redis(cluster_url)
+        await rc.initialize()
+        for key in topo.command_streams() + topo.audit_streams() + topo.dead_letter_streams():
+            await rc.delete(key)
+        await rc.aclose()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'bob@cluster.test'", tenant.id
+        ) == 1
