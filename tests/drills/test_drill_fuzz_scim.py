@@ -27,6 +27,17 @@ from .support import Clock
 
 pytestmark = [pytest.mark.drills, pytest.mark.integration]
 
+
+class KnownBug(AssertionError):
+    """Raised only when the sole failures are the known bug named in the xfail below."""
+
+
+KNOWN_BUG = (
+    "scim_gateway bug (found by this drill, 2026-11-26): GET /scim/v2/Users?startIndex=3391994155956415499742969438666752 "
+    "(any startIndex beyond int64) -> 500: repository.search passes it to asyncpg as OFFSET, DataError "
+    "'value out of int64 range' (RFC 7644 §3.4.2.4: answer an empty page or 400 invalidValue)"
+)
+
 pytest.importorskip("scim_gateway")
 pytest.importorskip("schemathesis")
 
@@ -71,6 +82,7 @@ async def snapshot(pool: Any, tenant_id: Any) -> dict[str, Any]:
     return {"users": [dict(r) for r in users], "groups": [dict(r) for r in groups], "members": [dict(r) for r in members]}
 
 
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason=KNOWN_BUG)
 async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool, tmp_path: Path):
     clock = Clock()
     a = await make_tenant(pool, name="fuzz-a")
@@ -110,9 +122,12 @@ async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool,
     out, _ = await asyncio.wait_for(proc.communicate(), MAX_TIME_S + 60)
     text = out.decode(errors="replace")
     clock.mark("schemathesis done")
-    assert proc.returncode == 0, f"schemathesis found failures:\n{text[-12000:]}\n{procs.logs()}"
     assert gateway.alive()
-    assert "unhandled_error" not in gateway.text(), "the gateway logged an unhandled error"
+    unhandled = [line for line in gateway.text().splitlines() if "unhandled_error" in line]
+    known = proc.returncode != 0 and _only_known_bug(text, unhandled)
+    if not known:
+        assert proc.returncode == 0, f"schemathesis found failures:\n{text[-12000:]}\n{procs.logs()}"
+        assert not unhandled, f"the gateway logged unhandled errors: {unhandled[:3]}"
 
     # Cross-tenant: B unchanged, and A's token cannot see or touch any of B's resources.
     assert await snapshot(pool, b.id) == before
@@ -137,4 +152,23 @@ async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool,
     async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as resp:
         assert resp.status == 200
     summary = [line for line in text.splitlines() if "passed" in line or "Test cases" in line or "API probing" in line]
-    print(f"drill 7 (SCIM): {clock}; {' | '.join(s.strip() for s in summary[-4:])}")
+    print(f"drill 7 (SCIM): {clock}; {' | '.join(s.strip() for s in summary[-4:])}; known bug hit: {known}")
+    if known:  # every other check has passed; only the known bug is left
+        raise KnownBug(f"{len(unhandled)} unhandled errors, all int64 overflows: {unhandled[0][-300:]}")
+
+
+def _only_known_bug(output: str, unhandled: list[str]) -> bool:
+    """Schemathesis reported server errors only, and each 500 in the gateway's log is the
+    known startIndex overflow."""
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Failures:")
+    except StopIteration:
+        return False
+    reported = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        reported.append(line.strip())
+    return (bool(reported) and all("ST101 Server error" in r for r in reported) and bool(unhandled)
+            and all("value out of int64 range" in u and "repository.py" in u for u in unhandled))

@@ -141,3 +141,56 @@ async def test_sigkill_a_provisioner_mid_load_loses_and_doubles_nothing(procs, p
 
 async def _at_least(count: Any, n: int) -> bool:
     return await count() >= n
+
+
+async def test_sigkill_a_provisioner_under_scim_load_every_create_answered_and_applied_once(procs, pool, redis, topology):
+    """The same crash with the load coming through the SCIM gateway (a process): the
+    clients whose creates the dead worker held still get their 201 (claimed and applied by
+    the survivor within the gateway's wait), or at worst 503 "queued"; afterwards every
+    create is applied once and every 201's id is the stored user's."""
+    pytest.importorskip("scim_gateway")
+    from .support import ScimLoad, backlog, summarize
+
+    clock = Clock()
+    acme = await make_tenant(pool)
+    victim = await procs.provisioner(batch_size=50, claim_idle_ms=1000)
+    await procs.provisioner(batch_size=50, claim_idle_ms=1000)
+    gateway, base = await procs.scim_gateway(scim_outcome_timeout_s=10)
+    load = ScimLoad(base, acme.token, clients=32, tag="kill", pause_s=0).start()
+    await asyncio.sleep(1.5)
+    held: dict[str, list[str]] = {}
+    for _ in range(200):
+        victim.send(signal.SIGSTOP)
+        await asyncio.sleep(0.05)
+        held = await victim_entries(redis, topology, victim.consumer)
+        if held:
+            break
+        victim.send(signal.SIGCONT)
+        await asyncio.sleep(0.01)
+    assert held, "the victim never held unacknowledged entries"
+    victim.kill()
+    clock.mark(f"victim SIGKILLed holding {sum(map(len, held.values()))} entries")
+    await asyncio.sleep(3)
+    answers = await load.stop()
+    clock.mark("load stopped")
+    await wait_for(lambda: _zero(backlog(redis, topology)), 30, "backlog drained", diagnostics=procs.logs)
+    clock.mark("drained")
+
+    posts = [a for a in answers if a.method == "POST"]
+    summary = summarize(answers)
+    assert {a.status for a in answers} <= {200, 201, 503}, summary
+    queued = [a for a in posts if a.status == 503]
+    assert all("queued" in a.detail for a in queued), summary
+    async with pool.acquire() as conn:
+        users = {r["user_name"]: str(r["id"]) for r in await conn.fetch("SELECT id, user_name FROM users")}
+        inbox = await conn.fetchval("SELECT count(*) FROM inbox")
+    assert all(users.get(a.user_name) == a.id for a in posts if a.status == 201)
+    assert all(a.user_name in users for a in queued)
+    assert len(users) == len(posts) == inbox  # every create applied, once
+    assert (await pending_by_consumer(redis, topology)).get(victim.consumer, 0) == 0
+    assert gateway.alive()
+    print(f"drill 1 (SCIM): {clock}; {summary}")
+
+
+async def _zero(value: Any) -> bool:
+    return await value == 0
