@@ -7,7 +7,9 @@ committed (``Outcome.resource``).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 import uuid
 from typing import Any
@@ -458,6 +460,9 @@ async def patch_user(request: web.Request) -> web.Response:
             and if_match_version(request) is None
             and attempt < retries
         ):
+            # Another write won: re-read and re-apply. Each lost round means another
+            # writer committed, so N concurrent writers need at most N-1 retries.
+            await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
             continue
         return _user_response(request, _committed(outcome))
     raise ScimError(409, "the user kept changing while this PATCH was applied; retry")

@@ -35,5 +35,5 @@ class ScimSettings(CommonSettings):
     scim_max_results: int = Field(default=1000, ge=1, description="Largest page a list returns")
     scim_default_count: int = Field(default=100, ge=0, description="Page size when count is absent")
     scim_write_retries: int = Field(
-        default=3, ge=0, le=10, description="Re-reads of a PATCH/PUT whose version went stale"
+        default=5, ge=0, le=20, description="Re-reads of a PATCH whose version went stale (concurrent writers)"
     )

@@ -1,0 +1,120 @@
+"""Groups, concurrent PATCHes, the OpenAPI document and the process entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.integration.scim_helpers import GROUP, USER, bearer, patch_body, scim_client
+
+pytestmark = pytest.mark.integration
+
+
+async def _users(c, h, *names):
+    ids = []
+    for n in names:
+        r = await c.post("/scim/v2/Users", json={"schemas": [USER], "userName": n}, headers=h)
+        assert r.status == 201, await r.text()
+        ids.append((await r.json())["id"])
+    return ids
+
+
+async def test_group_crud_members_and_uniqueness(service_env, tenant, provisioner):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        a, b, d = await _users(c, h, "a@x.com", "b@x.com", "d@x.com")
+        r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales", "externalId": "g-1",
+                                                  "members": [{"value": a}, {"value": b}]}, headers=h)
+        assert r.status == 201
+        g = await r.json()
+        assert r.headers["Location"].endswith(f"/Groups/{g['id']}")
+        assert {m["value"] for m in g["members"]} == {a, b}
+        assert all(m["type"] == "User" and m["$ref"].endswith(m["value"]) for m in g["members"])
+        r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "SALES"}, headers=h)
+        assert r.status == 409 and (await r.json())["scimType"] == "uniqueness"
+        # replace the whole member list (needs the current list: applied here, sent as ReplaceGroup)
+        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
+            {"op": "replace", "path": "members", "value": [{"value": d}]},
+            {"op": "replace", "path": "externalId", "value": "g-2"}), headers=h)
+        body = await r.json()
+        assert [m["value"] for m in body["members"]] == [d] and body["externalId"] == "g-2"
+        # a member filter that is not "value eq": evaluated on the member list
+        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
+            {"op": "remove", "path": f'members[value eq "{d}" or value eq "{a}"]'}), headers=h)
+        assert (await r.json())["members"] == []
+        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
+            {"op": "add", "path": "members", "value": [{"value": str(uuid.uuid4())}]}), headers=h)
+        assert r.status in (400, 404) and r.status != 500
+        r = await c.get("/scim/v2/Groups", params={"attributes": "displayName"}, headers=h)
+        assert (await r.json())["Resources"] == [{"schemas": [GROUP], "id": g["id"], "displayName": "Sales"}]
+        r = await c.put(f"/scim/v2/Groups/{g['id']}", json={"schemas": [GROUP], "displayName": "Sales EU", "members": [{"value": a}]},
+                        headers={**h, "If-Match": 'W/"1"'})
+        assert r.status == 412
+
+
+async def test_concurrent_patches_on_one_user_all_apply(service_env, tenant, provisioner):
+    """Six PATCHes read the same version; the stale ones are retried on version_mismatch,
+    so every change lands and none overwrites another."""
+    async with scim_client(scim_write_retries=5) as c:
+        h = bearer(tenant.token)
+        (uid,) = await _users(c, h, "busy@x.com")
+        ops = [patch_body({"op": "add", "path": "phoneNumbers", "value": [{"value": f"+1-555-000{i}", "type": "work"}]})
+               for i in range(6)]
+        rs = await asyncio.gather(*(c.patch(f"/scim/v2/Users/{uid}", json=o, headers=h) for o in ops))
+        assert [r.status for r in rs] == [200] * 6, [await r.text() for r in rs]
+        r = await c.get(f"/scim/v2/Users/{uid}", headers=h)
+        body = await r.json()
+        assert sorted(p["value"] for p in body["phoneNumbers"]) == [f"+1-555-000{i}" for i in range(6)]
+        assert body["meta"]["version"] == 'W/"7"'
+
+
+async def test_concurrent_member_adds_all_apply(service_env, tenant, provisioner):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        ids = await _users(c, h, *(f"m{i}@x.com" for i in range(8)))
+        gid = (await (await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "G"}, headers=h)).json())["id"]
+        rs = await asyncio.gather(*(c.patch(f"/scim/v2/Groups/{gid}", json=patch_body(
+            {"op": "Add", "path": "members", "value": [{"value": i}]}), headers=h) for i in ids))
+        assert {r.status for r in rs} == {200}
+        r = await c.get(f"/scim/v2/Groups/{gid}", headers=h)
+        assert {m["value"] for m in (await r.json())["members"]} == set(ids)
+
+
+async def test_openapi_matches_the_routes(service_env, tenant):
+    async with scim_client() as c:
+        r = await c.get("/openapi.json")
+        assert r.status == 200
+        doc = await r.json()
+        assert doc["openapi"].startswith("3.")
+        documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+        served = set()
+        for route in c.app.router.routes():
+            info = route.resource.get_info() if route.resource else {}
+            path = info.get("path") or info.get("formatter")
+            if path and path.startswith("/scim/v2") and route.method != "HEAD":
+                served.add((route.method, path))
+        assert documented == served
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                assert op["responses"], (method, path)
+                if "{id}" in path:
+                    assert any(p["name"] == "id" and p["in"] == "path" for p in op["parameters"])
+        # the document is valid OpenAPI 3 (schemathesis loads and validates it)
+        import schemathesis
+
+        schema = schemathesis.openapi.from_dict(doc)
+        assert len(list(schema.get_all_operations())) == len(served)
+
+
+def test_main_refuses_bad_settings_with_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIO_")}
+    env["PROVISIO_DATABASE_URL"] = "mysql://nope"
+    p = subprocess.run([sys.executable, "-m", "scim_gateway"], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
