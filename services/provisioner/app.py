@@ -51,9 +51,8 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
                 await db.check_schema(conn)
             await ensure_groups(redis, topology)
             set_service_info("provisioner")
-            health = None
             if settings.health_port:
-                health = await start_health_server(
+                worker.health = await start_health_server(
                     settings.health_host,
                     settings.health_port,
                     {"postgres": postgres_check(lambda: worker.pool), "redis": redis_check(redis)},
@@ -63,8 +62,8 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
             try:
                 yield
             finally:
-                if health is not None:
-                    await health.stop()
+                if worker.health is not None:
+                    await worker.health.stop()
         finally:
             await worker.pool.close()
             await redis.aclose()
@@ -72,6 +71,8 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
 
     def begin_shutdown() -> None:
         consumer.stopping.set()
+        if worker.health is not None:
+            worker.health.mark_draining()
 
     app = FastStream(broker, lifespan=lifespan, on_shutdown=[begin_shutdown], logger=app_logger())
     app.context.set_global("provisioner", worker)

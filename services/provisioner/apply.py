@@ -33,6 +33,28 @@ from . import store
 from .domain import USER_FIELDS, PermanentError, diff, jit_updates, reconcile_jit_groups
 
 
+Seq = tuple[int, int]
+
+
+def parse_seq(entry_id: str) -> Seq:
+    """A stream entry id ("1700000000000-3") as a comparable pair."""
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a handler needs besides the command: the tenant's policies and the command's
+    position in its partition stream (acceptance order)."""
+
+    policy: Any
+    seq: Seq = (0, 0)
+
+
+def is_stale(row: Any, seq: Seq) -> bool:
+    return seq != (0, 0) and seq < (row["seq_ms"], row["seq_n"])
+
+
 @dataclass
 class Applied:
     """What one command did, before it becomes an Outcome."""
@@ -62,8 +84,8 @@ async def _user_result(conn: asyncpg.Connection, row: Any, *, with_groups: bool 
 # --------------------------------------------------------------------------- users
 
 
-async def create_user(conn: asyncpg.Connection, cmd: Command, p: CreateUser, policy: Any) -> Applied:
-    return created_user(await store.insert_user(conn, cmd.tenant_id, p.user_id, p.data))
+async def create_user(conn: asyncpg.Connection, cmd: Command, p: CreateUser, ctx: Ctx) -> Applied:
+    return created_user(await store.insert_user(conn, cmd.tenant_id, p.user_id, p.data, seq=ctx.seq))
 
 
 def created_user(row: Any) -> Applied:
@@ -75,11 +97,14 @@ def created_user(row: Any) -> Applied:
     )
 
 
-async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, policy: Any) -> Applied:
+async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
     row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
-    if policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
+    if is_stale(row, ctx.seq):
+        return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+                       resource=await _user_result(conn, row), notes=["stale: a newer change was applied first"])
+    if ctx.policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
         raise PermanentError("mutability", "this tenant does not allow changing userName", field="userName")
     before = _user_dict(row)
     after_values = store.user_values(p.data)
@@ -88,22 +113,22 @@ async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, p
     if not changes:
         return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
                        user_name=row["user_name"], resource=await _user_result(conn, row))
-    new = await store.update_user(conn, row, after_values)
+    new = await store.update_user(conn, row, after_values, seq=ctx.seq)
     return Applied(resource_type="User", resource_id=new["id"], user_name=new["user_name"],
                    resource=await _user_result(conn, new), changes=changes)
 
 
-async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, policy: Any) -> Applied:
+async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx: Ctx) -> Applied:
     row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
-    if policy["deprovision"] == "deactivate":
+    if ctx.policy["deprovision"] == "deactivate":
         # Tenant policy: deprovision by deactivation (the user and history stay).
         if not row["active"]:
             return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
                            user_name=row["user_name"], resource=await _user_result(conn, row),
                            notes=["deactivated instead of deleted"])
-        new = await store.update_user(conn, row, {"active": False})
+        new = await store.update_user(conn, row, {"active": False}, seq=ctx.seq)
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
                        resource=await _user_result(conn, new), changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
                        notes=["deactivated instead of deleted"])
@@ -115,21 +140,24 @@ async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, pol
 # --------------------------------------------------------------------------- groups
 
 
-async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, policy: Any) -> Applied:
-    row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data)
+async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, ctx: Ctx) -> Applied:
+    row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
     changes = diff(None, _group_dict(row), ("display_name", "external_id"))
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
-                                    one_group_per_user=policy["one_group_per_user"])
+                                    one_group_per_user=ctx.policy["one_group_per_user"])
         changes["members"] = {"before": 0, "after": n}
     return Applied(resource_type="Group", resource_id=row["id"],
                    resource=store.group_state(row).model_dump(mode="json"), changes=changes)
 
 
-async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, policy: Any) -> Applied:
+async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"group is at version {row['version']}, not {p.expected_version}")
+    if is_stale(row, ctx.seq):
+        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
+                       resource=store.group_state(row).model_dump(mode="json"), notes=["stale: a newer change was applied first"])
     changes = diff(_group_dict(row), {"display_name": p.data.display_name, "external_id": p.data.external_id,
                                       "attributes": dict(p.data.attributes)}, ("display_name", "external_id"))
     if p.data.members is not None:
@@ -137,27 +165,27 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
         current = await store.member_ids(conn, row["id"], "scim")
         wanted = list(dict.fromkeys(p.data.members))
         added = await store.add_members(conn, cmd.tenant_id, row["id"], [u for u in wanted if u not in current], "scim",
-                                        one_group_per_user=policy["one_group_per_user"])
+                                        one_group_per_user=ctx.policy["one_group_per_user"])
         removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim")
         if added or removed:
             changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
     if not changes:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
-    new = await store.update_group(conn, row["id"], p.data)
+    new = await store.update_group(conn, row, p.data, seq=ctx.seq)
     return Applied(resource_type="Group", resource_id=row["id"],
                    resource=store.group_state(new).model_dump(mode="json"), changes=changes)
 
 
-async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, policy: Any) -> Applied:
+async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     added = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), "scim",
-                                    one_group_per_user=policy["one_group_per_user"])
+                                    one_group_per_user=ctx.policy["one_group_per_user"])
     removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim")
     if not added and not removed:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
-    new = await store.update_group(conn, row["id"], None)
+    new = await store.update_group(conn, row, None, seq=ctx.seq)
     changes: dict[str, Any] = {}
     if p.add:
         changes["members.added"] = {"before": None, "after": [str(u) for u in p.add][:100]}
@@ -167,7 +195,7 @@ async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupM
                    resource=store.group_state(new).model_dump(mode="json"), changes=changes)
 
 
-async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, policy: Any) -> Applied:
+async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     await store.delete_group(conn, row["id"])
     return Applied(resource_type="Group", resource_id=row["id"],
@@ -177,7 +205,7 @@ async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, p
 # --------------------------------------------------------------------------- JIT login
 
 
-async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, policy: Any) -> Applied:
+async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ctx) -> Applied:
     notes = ["groups_overage"] if p.groups_overage else []
     row = await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
     login = p.model_dump()
@@ -189,7 +217,7 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, policy:
             emails=({"value": p.email, "type": "work", "primary": True},) if p.email else (),  # type: ignore[arg-type]
             sso_name=p.connection_name, attributes={"custom": dict(p.custom)} if p.custom else {},
         )
-        row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit")
+        row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
         changes = diff(None, _user_dict(row), USER_FIELDS)
         if p.groups:
             await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups)
@@ -206,7 +234,7 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, policy:
     updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login)
     if updates:
         before = _user_dict(row)
-        row = await store.update_user(conn, row, updates)
+        row = await store.update_user(conn, row, updates, seq=ctx.seq)
         changes = diff(before, _user_dict(row), USER_FIELDS)
     if p.groups is not None and not p.groups_overage:
         before_groups = await store.jit_memberships(conn, row["id"])

@@ -18,13 +18,20 @@ from .domain import PermanentError, primary_email
 
 USER_COLUMNS = (
     "id, tenant_id, user_name, external_id, active, display_name, given_name, family_name, "
-    "email, emails, sso_name, attributes, version, created_at, updated_at, created_by"
+    "email, emails, sso_name, attributes, version, created_at, updated_at, created_by, seq_ms, seq_n"
 )
-GROUP_COLUMNS = "id, tenant_id, display_name, external_id, attributes, version, created_at, updated_at, created_by"
+GROUP_COLUMNS = (
+    "id, tenant_id, display_name, external_id, attributes, version, created_at, updated_at, created_by, seq_ms, seq_n"
+)
+Seq = tuple[int, int]
+
+
+def newer(row: Any, seq: Seq) -> Seq:
+    return max((row["seq_ms"], row["seq_n"]), seq)
 
 
 def user_values(data: UserData) -> dict[str, Any]:
-    emails = [e.model_dump() for e in data.emails]
+    emails = [e.model_dump(exclude_none=True) for e in data.emails]
     return {
         "user_name": data.user_name,
         "external_id": data.external_id,
@@ -79,16 +86,18 @@ def _unique(err: asyncpg.UniqueViolationError, what: str, value: str) -> Permane
 # --------------------------------------------------------------------------- users
 
 
-async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData, created_by: str = "scim") -> asyncpg.Record:
+async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData,
+                      created_by: str = "scim", seq: Seq = (0, 0)) -> asyncpg.Record:
     v = user_values(data)
     try:
         return await conn.fetchrow(
             f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
-                                  family_name, email, emails, sso_name, attributes, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                  family_name, email, emails, sso_name, attributes, created_by, seq_ms, seq_n)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                 RETURNING {USER_COLUMNS}""",
             user_id, tenant_id, v["user_name"], v["external_id"], v["active"], v["display_name"],
             v["given_name"], v["family_name"], v["email"], v["emails"], v["sso_name"], v["attributes"], created_by,
+            seq[0], seq[1],
         )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "users_pkey":
@@ -98,13 +107,13 @@ async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: u
         raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
 
 
-async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData]]) -> dict[uuid.UUID, asyncpg.Record]:
+async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData, Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
     """Many creates in one statement (the provisioner's fast path; any error aborts it).
-    ``rows`` are (tenant_id, user_id, data); returns the inserted rows by id."""
+    ``rows`` are (tenant_id, user_id, data, seq); returns the inserted rows by id."""
     cols: dict[str, list[Any]] = {k: [] for k in (
         "id", "tenant_id", "user_name", "external_id", "active", "display_name", "given_name",
-        "family_name", "email", "emails", "sso_name", "attributes")}
-    for tenant_id, user_id, data in rows:
+        "family_name", "email", "emails", "sso_name", "attributes", "seq_ms", "seq_n")}
+    for tenant_id, user_id, data, seq in rows:
         v = user_values(data)
         cols["id"].append(user_id)
         cols["tenant_id"].append(tenant_id)
@@ -112,13 +121,15 @@ async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID
             cols[k].append(v[k])
         cols["emails"].append(json.dumps(v["emails"]))
         cols["attributes"].append(json.dumps(v["attributes"]))
+        cols["seq_ms"].append(seq[0])
+        cols["seq_n"].append(seq[1])
     inserted = await conn.fetch(
         f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
-                              family_name, email, emails, sso_name, attributes)
-            SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb
+                              family_name, email, emails, sso_name, attributes, seq_ms, seq_n)
+            SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb, sm, sn
             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
-                        $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
-                 AS r(i, t, u, x, a, d, g, f, e, es, s, at)
+                        $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
+                 AS r(i, t, u, x, a, d, g, f, e, es, s, at, sm, sn)
             RETURNING {USER_COLUMNS}""",
         *cols.values(),
     )
@@ -134,21 +145,22 @@ async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uui
     return row
 
 
-async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any]) -> asyncpg.Record:
-    """Write ``values`` over ``row`` and bump the version."""
+async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any], seq: Seq = (0, 0)) -> asyncpg.Record:
+    """Write ``values`` over ``row``, bump the version, remember the newest stream position."""
     merged = {k: row[k] for k in ("user_name", "external_id", "active", "display_name", "given_name",
                                   "family_name", "emails", "sso_name", "attributes")}
     merged.update(values)
     merged["email"] = primary_email(merged["emails"] or [])
+    seq_ms, seq_n = newer(row, seq)
     try:
         return await conn.fetchrow(
             f"""UPDATE users SET user_name = $2, external_id = $3, active = $4, display_name = $5,
                        given_name = $6, family_name = $7, email = $8, emails = $9, sso_name = $10,
-                       attributes = $11, version = version + 1, updated_at = now()
+                       attributes = $11, version = version + 1, updated_at = now(), seq_ms = $12, seq_n = $13
                 WHERE id = $1 RETURNING {USER_COLUMNS}""",
             row["id"], merged["user_name"], merged["external_id"], merged["active"], merged["display_name"],
             merged["given_name"], merged["family_name"], merged["email"], merged["emails"], merged["sso_name"],
-            merged["attributes"],
+            merged["attributes"], seq_ms, seq_n,
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "userName", merged["user_name"]) from None
@@ -181,12 +193,13 @@ async def find_user_for_login(conn: asyncpg.Connection, tenant_id: uuid.UUID, us
 # --------------------------------------------------------------------------- groups
 
 
-async def insert_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, data: GroupData, created_by: str = "scim") -> asyncpg.Record:
+async def insert_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, data: GroupData,
+                       created_by: str = "scim", seq: Seq = (0, 0)) -> asyncpg.Record:
     try:
         return await conn.fetchrow(
-            f"""INSERT INTO groups (id, tenant_id, display_name, external_id, attributes, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6) RETURNING {GROUP_COLUMNS}""",
-            group_id, tenant_id, data.display_name, data.external_id, dict(data.attributes), created_by,
+            f"""INSERT INTO groups (id, tenant_id, display_name, external_id, attributes, created_by, seq_ms, seq_n)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {GROUP_COLUMNS}""",
+            group_id, tenant_id, data.display_name, data.external_id, dict(data.attributes), created_by, seq[0], seq[1],
         )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "groups_pkey":
@@ -205,17 +218,20 @@ async def lock_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: u
     return row
 
 
-async def update_group(conn: asyncpg.Connection, group_id: uuid.UUID, data: GroupData | None) -> asyncpg.Record:
+async def update_group(conn: asyncpg.Connection, row: asyncpg.Record, data: GroupData | None, seq: Seq = (0, 0)) -> asyncpg.Record:
+    seq_ms, seq_n = newer(row, seq)
     if data is None:  # membership change only: bump the version (the ETag covers members)
         return await conn.fetchrow(
-            f"UPDATE groups SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING {GROUP_COLUMNS}",
-            group_id,
+            f"""UPDATE groups SET version = version + 1, updated_at = now(), seq_ms = $2, seq_n = $3
+                WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
+            row["id"], seq_ms, seq_n,
         )
     try:
         return await conn.fetchrow(
             f"""UPDATE groups SET display_name = $2, external_id = $3, attributes = $4,
-                       version = version + 1, updated_at = now() WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
-            group_id, data.display_name, data.external_id, dict(data.attributes),
+                       version = version + 1, updated_at = now(), seq_ms = $5, seq_n = $6
+                WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
+            row["id"], data.display_name, data.external_id, dict(data.attributes), seq_ms, seq_n,
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "displayName", data.display_name) from None

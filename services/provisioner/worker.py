@@ -27,7 +27,7 @@ from provisio_lib.observability import (
 from provisio_lib.topology import DATA_FIELD, Topology
 
 from . import store
-from .apply import HANDLERS, created_user, make_outcome
+from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq
 from .domain import PermanentError
 
 log = get_logger(__name__)
@@ -55,6 +55,7 @@ class Provisioner:
         self.topology = topology
         self.pool = pool
         self.redis = redis
+        self.health: Any = None  # the health listener, when one runs
         self.counters: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 0}
 
     async def handle(self, batch: list[Delivery]) -> Verdicts:
@@ -119,6 +120,7 @@ class Provisioner:
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
         commands = [c for _, c in items]
+        seqs = [parse_seq(d.entry_id) for d, _ in items]
         if any(c.tenant_id not in policies for c in commands):
             raise _Fallback("unknown tenant")
         i = 0
@@ -129,13 +131,15 @@ class Provisioner:
                 j += 1
             if j - i > 1:
                 run = commands[i:j]
-                rows = await store.insert_users_bulk(conn, [(c.tenant_id, c.payload.user_id, c.payload.data) for c in run])  # type: ignore[union-attr]
+                rows = await store.insert_users_bulk(
+                    conn, [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)]  # type: ignore[union-attr]
+                )
                 applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
                 pairs = list(zip(run, applied_run, strict=True))
                 i = j
             else:
                 cmd = commands[i]
-                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, policies[cmd.tenant_id]))]
+                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policies[cmd.tenant_id], seqs[i])))]
                 i += 1
             for cmd, applied in pairs:
                 outcome = make_outcome(cmd, applied)
@@ -164,7 +168,7 @@ class Provisioner:
                 with structlog.contextvars.bound_contextvars(
                     correlation_id=cmd.correlation_id, event_id=str(cmd.event_id), tenant=str(cmd.tenant_id)
                 ):
-                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id))
+                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id), parse_seq(d.entry_id))
             except TRANSIENT_DB_ERRORS:
                 raise
             except _AlreadyApplied as race:
@@ -180,12 +184,12 @@ class Provisioner:
             results.append((cmd, outcome, data))
         return results
 
-    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any) -> Outcome:
+    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any, seq: tuple[int, int]) -> Outcome:
         try:
             async with conn.transaction():  # savepoint: a failing command rolls back alone
                 if policy is None:
                     raise PermanentError("invalid_value", f"unknown tenant {cmd.tenant_id}", field="tenant")
-                applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, policy)
+                applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policy, seq))
                 outcome = make_outcome(cmd, applied)
                 await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
                 return outcome

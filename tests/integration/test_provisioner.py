@@ -233,3 +233,28 @@ async def test_a_batch_with_one_bad_command_applies_the_others_and_fails_only_th
     assert len(failed) == 1 and failed[0]["outcome"]["error"]["code"] == "uniqueness"
     assert failed[0]["outcome"]["event_id"] == str(cmds[20].event_id)
     assert emails == [{"value": "b7@x.test", "type": "work", "primary": True}] and email == "b7@x.test"
+
+
+async def test_a_replace_claimed_late_from_a_dead_worker_does_not_overwrite_a_newer_one(service_env, redis, topology, tenant, pool, waiter):
+    """Acceptance order is the stream order: an older full replace that reaches Postgres
+    after a newer one (its worker died holding it) is stale and changes nothing."""
+    stream = topology.command_stream_for(tenant.id)
+    async with running_provisioner(claim_idle_ms=500):
+        made = await waiter.submit(create(tenant, "order@x.test", display_name="v0"), 10)
+    older = cmd(tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="older")))
+    await publish_command(redis, topology, older.model_copy(update={"reply_to": waiter.stream}))
+    # A worker that took the older replace and died before applying it.
+    taken = await redis.xreadgroup(PROVISIONER_GROUP, "dying-worker", {stream: ">"}, count=10)
+    assert len(taken[0][1]) == 1
+    async with running_provisioner(claim_idle_ms=500):
+        newer = cmd(tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="newer")))
+        applied = await waiter.submit(newer, 10)
+        assert applied.result == "applied"
+
+        async def older_done():
+            async with pool.acquire() as conn:
+                return await conn.fetchval("SELECT outcome FROM inbox WHERE event_id = $1", older.event_id)
+        late = await eventually(older_done, timeout=15)
+    assert late["result"] == "unchanged" and any("stale" in n for n in late["notes"])
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", made.resource_id) == "newer"
