@@ -120,6 +120,13 @@ class _Compiler:
         self._n = 0
 
     def param(self, value: Any) -> str:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise invalid_filter("a filter value contains a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise invalid_filter("a filter value is not valid Unicode text") from None
         self.params.append(value)
         return f"${self.first + len(self.params) - 1}"
 

@@ -63,6 +63,7 @@ from .schema import (
 )
 
 _JSON_TYPES = ("application/scim+json", "application/json")
+_MAX_START_INDEX = 2**62
 
 
 # --------------------------------------------------------------------------- helpers
@@ -273,7 +274,9 @@ async def _search(
 ) -> web.Response:
     settings = request.app[SETTINGS]
     kind = user_kind() if kind_name == "User" else group_kind()
-    start_index = max(1, start_index)  # RFC 7644 §3.4.2.4: < 1 is read as 1
+    # RFC 7644 §3.4.2.4: < 1 is read as 1; past the end is an empty page. Clamped so
+    # that any integer a client sends fits Postgres's bigint OFFSET.
+    start_index = min(max(1, start_index), _MAX_START_INDEX)
     count = settings.scim_default_count if count is None else max(0, min(count, settings.scim_max_results))
     order = (sort_order or "ascending").lower()
     if order not in ("ascending", "descending"):

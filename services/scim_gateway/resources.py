@@ -81,7 +81,7 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
         if attr.free_form:
             if not isinstance(value, dict):
                 raise invalid_value(f"{where} must be a JSON object")
-            return value
+            return check_json(value, where)
         if isinstance(value, str) and attr.child("value") is not None:
             # Entra sends the enterprise manager as a bare id string.
             return {"value": value} if value else None
@@ -130,6 +130,42 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
         return str(value)  # e.g. employeeNumber sent as a number
     if not isinstance(value, str):
         raise invalid_value(f"{where} must be a string")
+    return check_text(value, where)
+
+
+# Attributes that sit in a btree index (users_external_id_idx, users_email_idx,
+# groups_external_id_idx): bounded so an index row never exceeds Postgres's limit.
+_INDEXED_MAX = 512
+
+
+def check_text(value: str, where: str, max_len: int | None = None) -> str:
+    """Postgres text holds neither NUL nor lone UTF-16 surrogates (valid JSON escapes)."""
+    if "\x00" in value:
+        raise invalid_value(f"{where} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_value(f"{where} is not valid Unicode text") from None
+    if max_len is not None and len(value) > max_len:
+        raise invalid_value(f"{where} is longer than {max_len} characters")
+    return value
+
+
+def check_json(value: Any, where: str, depth: int = 0) -> Any:
+    """Free-form JSON (custom attributes) must be storable in jsonb."""
+    if depth > 32:
+        raise invalid_value(f"{where} nests too deeply")
+    if isinstance(value, str):
+        return check_text(value, where)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, where)
+            check_json(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_json(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        raise invalid_value(f"{where} is not a finite number")
     return value
 
 
@@ -170,6 +206,8 @@ def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
             continue  # read-only common attributes
         if low == "externalid":
             v = coerce(COMMON["externalid"], value, "externalId")
+            if v is not None:
+                check_text(v, "externalId", _INDEXED_MAX)
             if v:
                 out["externalId"] = v
             continue
@@ -222,6 +260,7 @@ def user_data(resource: Mapping[str, Any]) -> UserData:
     for e in resource.get("emails") or ():
         if not e.get("value"):
             raise invalid_value("emails[].value is required")
+        check_text(e["value"], "emails[].value", _INDEXED_MAX)
         emails.append(
             Email(value=e["value"], type=e.get("type"), primary=bool(e.get("primary", False)), display=e.get("display"))
         )
@@ -243,6 +282,8 @@ def user_data(resource: Mapping[str, Any]) -> UserData:
 
 
 def group_data(resource: Mapping[str, Any], members: Iterable[uuid.UUID] | None) -> GroupData:
+    if resource.get("externalId") is not None:
+        check_text(resource["externalId"], "externalId", _INDEXED_MAX)
     attributes = {k: v for k, v in resource.items() if k not in ("displayName", "externalId", "members")}
     try:
         return GroupData(

@@ -82,7 +82,6 @@ async def snapshot(pool: Any, tenant_id: Any) -> dict[str, Any]:
     return {"users": [dict(r) for r in users], "groups": [dict(r) for r in groups], "members": [dict(r) for r in members]}
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=KNOWN_BUG)
 async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool, tmp_path: Path):
     clock = Clock()
     a = await make_tenant(pool, name="fuzz-a")

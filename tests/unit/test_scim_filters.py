@@ -138,3 +138,10 @@ def test_sort_expressions():
 
 def test_like_escape():
     assert like_escape("50%_off\\") == "50\\%\\_off\\\\"
+
+
+@pytest.mark.parametrize("value", ["a\\u0000b", "\\ud800"])
+def test_values_postgres_cannot_hold_are_400(value):
+    with pytest.raises(ScimError) as err:
+        sql(f'userName eq "{value}"')
+    assert err.value.status == 400
