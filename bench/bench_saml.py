@@ -37,6 +37,7 @@ from harness import (  # noqa: E402
     create_database,
     delete_redis_prefix,
     drop_database,
+    finish_profiles,
     free_port,
     log,
     machine_info,
@@ -44,6 +45,7 @@ from harness import (  # noqa: E402
     median_of,
     provisio_env,
     run_loadgen,
+    start_profiles,
     workdir,
     write_results,
 )
@@ -165,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--responses", type=int, default=0, help="signed responses to prepare (default: enough)")
     ap.add_argument("--verify-threads", type=int, default=4, help="PROVISIO_SAML_VERIFY_THREADS")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy each service during each cell (collapsed stacks)")
     ap.add_argument("--tag", default="saml")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # child mode: xmlsec1 | xmlsec
     ap.add_argument("--responses-file", dest="responses_path", help=argparse.SUPPRESS)
@@ -211,11 +214,15 @@ async def main(args: argparse.Namespace) -> None:
                     spec = {"base": f"http://127.0.0.1:{port}", "phase": "post-bodies", "path": acs,
                             "bodies": body_path, "expect": [303], "concurrency": conc, "duration": args.duration,
                             "warmup": 0.5, "content_type": "application/x-www-form-urlencoded"}
+                    spies = start_profiles(args.profile, {s.name: s for s in services}, f"saml-c{conc}-r{rnd}",
+                                           args.duration + 0.5)
                     with CpuMeter(services) as meter:
                         res = await run_loadgen(spec)
                     for s in services:
                         s.sample()
                     res.update(round=rnd, cpu=meter.by)
+                    if spies:
+                        res["profile"] = finish_profiles(spies)
                     results["e2e"].append(res)
                     log(f"saml e2e c={conc:<3} r{rnd}: {res['rps']} logins/s p50 {res['p50_ms']} ms p99 "
                         f"{res['p99_ms']} ms errors {res['errors']} {list(res['error_samples'].values())[:1]}")

@@ -40,6 +40,7 @@ from harness import (  # noqa: E402
     create_plain_database,
     delete_redis_prefix,
     drop_database,
+    finish_profiles,
     free_port,
     log,
     machine_info,
@@ -47,6 +48,7 @@ from harness import (  # noqa: E402
     median_of,
     provisio_env,
     run_loadgen,
+    start_profiles,
     workdir,
     write_results,
 )
@@ -140,18 +142,25 @@ async def main() -> None:
             services["hello"] = Service("hello", [PY, str(BENCH / "servers.py"), "hello", "--port", str(hello_port)],
                                         penv, hello_port).start(tmp)
             targets: dict[str, dict[str, Any]] = {}
-            if "provisio" in systems:
+            for system, sfx in (("provisio", ""), ("provisio-uvloop", "-uv")):
+                if system not in systems:
+                    continue
+                # provisio-uvloop: the same services on uvloop (bench/uvloop_run.py), own
+                # tenant and Redis prefix, measured in the same rounds.
+                run = [PY, str(BENCH / "uvloop_run.py")] if sfx else [PY, "-m"]
+                env = penv if not sfx else provisio_env(dsn, b.prefix + "uv")
+                token = prov_token if not sfx else (await make_tenant(dsn, "bench-provisio-uv"))[1]
                 port = free_port()
-                services["scim-gateway"] = Service(
-                    "scim-gateway", [PY, "-m", "scim_gateway"],
-                    {**penv, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1",
+                services[f"scim-gateway{sfx}"] = Service(
+                    f"scim-gateway{sfx}", [*run, "scim_gateway"],
+                    {**env, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1",
                      "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0"}, port).start(tmp)
                 for i in range(args.provisioners):
-                    services[f"provisioner-{i}"] = Service(
-                        f"provisioner-{i}", [PY, "-m", "provisioner"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
-                services["auditor"] = Service("auditor", [PY, "-m", "auditor"],
-                                              {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
-                targets["provisio"] = {"base": f"http://127.0.0.1:{port}/scim/v2", "token": prov_token}
+                    services[f"provisioner{sfx}-{i}"] = Service(
+                        f"provisioner{sfx}-{i}", [*run, "provisioner"], {**env, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
+                services[f"auditor{sfx}"] = Service(f"auditor{sfx}", [*run, "auditor"],
+                                                    {**env, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
+                targets[system] = {"base": f"http://127.0.0.1:{port}/scim/v2", "token": token}
             if "baseline" in systems:
                 port = free_port()
                 services["baseline"] = Service(
@@ -199,15 +208,19 @@ async def main() -> None:
                     spec["ids_out"] = t["ids"]
                 if phase in ("get", "patch"):
                     spec["ids_in"] = t["ids"]
-                spies = start_profiles(args.profile, services, system, phase, conc, rnd,
-                                       args.duration + args.warmup)
+                spies = []
+                if args.profile and system.startswith("provisio"):
+                    # Only the stack under test (provisio or provisio-uvloop's "-uv" processes).
+                    mine = {n: sv for n, sv in services.items() if n.startswith(("scim-gateway", "provisioner", "auditor"))
+                            and ("-uv" in n) == system.endswith("uvloop")}
+                    spies = start_profiles(args.profile, mine, f"{phase}-c{conc}-r{rnd}", args.duration + args.warmup)
                 started = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.warmup)
                 with CpuMeter(svc_list) as meter:
                     res = await run_loadgen(spec)
                 for s in svc_list:
                     s.sample()
                 res.update(system=system, round=rnd, cpu=meter.by)
-                if system == "provisio" and phase != "get":
+                if system.startswith("provisio") and phase != "get":
                     res["pipeline_latency"] = await pipeline_latency(dsn, started, dt.datetime.now(dt.UTC))
                 if spies:
                     res["profile"] = finish_profiles(spies)
@@ -250,7 +263,7 @@ async def main() -> None:
             if not args.keep:
                 await drop_database(b.db)
                 await drop_database(dj_db)
-                n = await delete_redis_prefix(b.prefix)
+                n = await delete_redis_prefix(b.prefix) + await delete_redis_prefix(b.prefix + "uv")
                 log(f"dropped {b.db}, {dj_db}; deleted {n} Redis keys")
     path = write_results(args.tag, results)
     log(f"wrote {path.relative_to(ROOT)}")
@@ -274,56 +287,6 @@ async def pipeline_latency(dsn: str, start: dt.datetime, end: dt.datetime) -> di
         await conn.close()
     return {r["operation"]: {"n": r["n"], "p50_ms": round(r["p50"] or 0, 2), "p99_ms": round(r["p99"] or 0, 2)}
             for r in rows}
-
-
-def start_profiles(directory: str | None, services: dict[str, Service], system: str, phase: str, conc: int,
-                   rnd: int, seconds: float) -> list[tuple[str, str, subprocess.Popen[bytes]]]:
-    """py-spy (sampling, 100 Hz, --nonblocking) on the gateway and workers for one cell."""
-    if not directory or system != "provisio":
-        return []
-    os.makedirs(directory, exist_ok=True)
-    spy = str(Path(PY).with_name("py-spy"))
-    out = []
-    for name, svc in services.items():
-        if svc.proc is None or not (name == "scim-gateway" or name.startswith(("provisioner", "auditor"))):
-            continue
-        path = os.path.join(directory, f"{phase}-c{conc}-r{rnd}-{name}.txt")
-        p = subprocess.Popen([spy, "record", "--pid", str(svc.proc.pid), "--duration", str(int(seconds + 0.999)),
-                              "--rate", "100", "--nonblocking", "--format", "raw", "--output", path],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out.append((name, path, p))
-    return out
-
-
-def finish_profiles(spies: list[tuple[str, str, subprocess.Popen[bytes]]]) -> dict[str, Any]:
-    """Wait for py-spy; per process, the frames holding most samples (own time) and the
-    share of samples spent idle in the event loop (epoll/select)."""
-    summary: dict[str, Any] = {}
-    for name, path, p in spies:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-        own: dict[str, int] = {}
-        total = idle = 0
-        try:
-            with open(path) as f:
-                for line in f:
-                    stack, _, count = line.rstrip().rpartition(" ")
-                    if not count.isdigit():
-                        continue
-                    n = int(count)
-                    total += n
-                    leaf = stack.split(";")[-1]
-                    if "select (selectors.py" in leaf or "_run_once" in leaf and "select" in stack.split(";")[-1]:
-                        idle += n
-                    own[leaf] = own.get(leaf, 0) + n
-        except OSError:
-            continue
-        top = sorted(own.items(), key=lambda kv: -kv[1])[:12]
-        summary[name] = {"samples": total, "idle_share": round(idle / total, 3) if total else None,
-                         "top_own": [[k, round(v / total, 3)] for k, v in top] if total else [], "file": path}
-    return summary
 
 
 def summarize(results: dict[str, Any], concs: list[int], phases: list[str], systems: list[str]) -> dict[str, Any]:

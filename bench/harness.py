@@ -69,6 +69,9 @@ def machine_info() -> dict[str, Any]:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Uncommitted changes in what the services run (the benchmark runs the working tree).
+        "git_dirty_code": [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no", "--", "services",
+                                                 "libs").splitlines() if ln.strip()],
         "python": platform.python_version(),
         "postgres": version(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SHOW server_version"]),
         "redis": _redis_version(),
@@ -338,6 +341,84 @@ class CpuMeter:
             self.m0.user + self.m0.system + self.m0.nice + getattr(self.m0, "softirq", 0) + getattr(self.m0, "irq", 0))
         self.by["machine_busy"] = round(busy, 2)
         self.by["wall"] = round(self.wall, 2)
+
+
+def start_profiles(directory: str | None, services: dict[str, Service], label: str,
+                   seconds: float) -> list[tuple[str, str, subprocess.Popen[bytes]]]:
+    """py-spy (sampling, 100 Hz, --nonblocking, collapsed stacks) on each service for a cell."""
+    if not directory:
+        return []
+    os.makedirs(directory, exist_ok=True)
+    spy = str(Path(PY).with_name("py-spy"))
+    out = []
+    for name, svc in services.items():
+        if svc.proc is None:
+            continue
+        path = os.path.join(directory, f"{label}-{name}.txt")
+        p = subprocess.Popen([spy, "record", "--pid", str(svc.proc.pid), "--duration", str(int(seconds + 0.999)),
+                              "--rate", "100", "--nonblocking", "--format", "raw", "--output", path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out.append((name, path, p))
+    return out
+
+
+# What a sample's stack is doing, first match wins (the leaf frame for syscalls and idle).
+_KINDS: list[tuple[str, Any]] = [
+    ("socket send/recv (syscall)", lambda fr: fr[-1].startswith(("_SelectorSocketTransport.write", "socket.send",
+                                                                "_SelectorSocketTransport._read_ready__data_received",
+                                                                "UVStream", "UVSocket"))),
+    ("event loop idle", lambda fr: fr[-1].startswith(("EpollSelector.select", "Loop.run_forever"))),
+    ("xmlsec/lxml", lambda fr: any(("xmlsec" in x or "lxml" in x) for x in fr[-3:])),
+    ("pydantic", lambda fr: any("pydantic/" in x for x in fr)),
+    ("json", lambda fr: any("json/" in x for x in fr)),
+    ("asyncpg", lambda fr: any("asyncpg" in x for x in fr)),
+    ("redis-py", lambda fr: any("redis/" in x for x in fr)),
+    ("pysaml2", lambda fr: any("saml2/" in x for x in fr)),
+    ("aiohttp", lambda fr: any("aiohttp/" in x for x in fr)),
+    ("faststream", lambda fr: any("faststream/" in x for x in fr)),
+    ("logging", lambda fr: any(("structlog/" in x or "logging/" in x) for x in fr)),
+    ("prometheus", lambda fr: any("prometheus_client" in x for x in fr)),
+]
+_OURS = ("scim_gateway/", "saml_gateway/", "provisioner/", "auditor/", "provisio_lib/")
+
+
+def finish_profiles(spies: list[tuple[str, str, subprocess.Popen[bytes]]]) -> dict[str, Any]:
+    """Wait for py-spy; per process: samples (on CPU, 100 Hz), the share of samples by
+    kind (syscall, idle loop, library), and the deepest Provisio frame of each sample."""
+    summary: dict[str, Any] = {}
+    for name, path, p in spies:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        kinds: dict[str, int] = {}
+        ours: dict[str, int] = {}
+        total = 0
+        try:
+            with open(path) as f:
+                for line in f:
+                    stack, _, count = line.rstrip().rpartition(" ")
+                    if not count.isdigit():
+                        continue
+                    n = int(count)
+                    total += n
+                    fr = stack.split(";")
+                    kind = next((k for k, pred in _KINDS if pred(fr)), "other")
+                    kinds[kind] = kinds.get(kind, 0) + n
+                    frame = next((x for x in reversed(fr) if any(o in x for o in _OURS)), "(none)")
+                    ours[frame] = ours.get(frame, 0) + n
+        except OSError:
+            continue
+        if not total:
+            continue
+        summary[name] = {
+            "samples": total,
+            "by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "deepest_provisio_frame": [[k, round(v / total, 3)] for k, v in
+                                       sorted(ours.items(), key=lambda kv: -kv[1])[:10]],
+            "file": path,
+        }
+    return summary
 
 
 async def run_loadgen(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("provisio", "baseline", "scim2-server", "django-scim2")
+SYSTEMS = ("provisio", "provisio-uvloop", "baseline", "scim2-server", "django-scim2")
 
 
 def load(kind: str) -> dict[str, Any] | None:
@@ -20,7 +20,8 @@ def load(kind: str) -> dict[str, Any] | None:
 
 def machine(m: dict[str, Any]) -> str:
     return (f"{m['date_utc']} UTC · {m['nproc']} cores, {m['cpu_model']}, {m['ram_gb']} GB RAM · "
-            f"commit `{m['git_commit']}`{' (+ uncommitted changes)' if m.get('git_dirty') else ''} · "
+            f"commit `{m['git_commit']}`"
+            f"{' (+ uncommitted: ' + ', '.join(m['git_dirty_code']) + ')' if m.get('git_dirty_code') else ''} · "
             f"Python {m['python']}, PostgreSQL {m['postgres']}, Redis {m['redis']} · "
             f"load average at start {m['load_avg_at_start']}\n\n`{m['command']}`")
 
