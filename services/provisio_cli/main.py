@@ -12,6 +12,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
+from . import audit, dlq, sso
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -24,6 +25,9 @@ app = typer.Typer(
 )
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="scim-token")
+app.add_typer(sso.app, name="sso")
+app.add_typer(audit.app, name="audit")
+app.add_typer(dlq.app, name="dlq")
 
 SERVICES = {
     "scim": "scim_gateway",
@@ -83,21 +87,6 @@ def dev(
     run_dev(data_dir, seed=seed)
 
 
-def _register_optional() -> None:
-    """Sub-apps owned by other areas (SSO, audit, DLQ) register if present."""
-    import importlib
-
-    for module, name in (("sso", "sso"), ("audit", "audit"), ("dlq", "dlq")):
-        try:
-            mod = importlib.import_module(f"provisio_cli.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"provisio_cli.{module}":
-                raise
-            continue
-        app.add_typer(mod.app, name=name)
-
-
-_register_optional()
 
 
 def run() -> None:
