@@ -338,13 +338,12 @@ async def list_view(request: web.Request, kind_name: str) -> web.Response:
     )
 
 
-async def search_view(request: web.Request, kind_name: str) -> web.Response:
-    """POST /.search (RFC 7644 §3.4.3)."""
-    body = await read_json(request)
+def _search_request(body: Any) -> dict[str, Any]:
+    """A SearchRequest message (RFC 7644 §3.4.3), validated."""
     if not isinstance(body, dict):
         raise invalid_syntax("a SearchRequest must be a JSON object")
     schemas = body.get("schemas") or []
-    if SEARCH_SCHEMA not in schemas:
+    if not isinstance(schemas, list) or SEARCH_SCHEMA not in schemas:
         raise invalid_syntax(f"schemas must contain {SEARCH_SCHEMA}")
 
     def int_field(name: str) -> int | None:
@@ -365,19 +364,36 @@ async def search_view(request: web.Request, kind_name: str) -> web.Response:
             raise invalid_value(f"{name} must be a list of attribute paths")
         return v
 
-    filter_text = body.get("filter")
-    if filter_text is not None and not isinstance(filter_text, str):
-        raise invalid_value("filter must be a string")
+    def str_field(name: str) -> str | None:
+        v = body.get(name)
+        if v is not None and not isinstance(v, str):
+            raise invalid_value(f"{name} must be a string")
+        return v or None
+
+    return {
+        "filter": str_field("filter"),
+        "start_index": int_field("startIndex") or 1,
+        "count": int_field("count"),
+        "sort_by": str_field("sortBy"),
+        "sort_order": str_field("sortOrder"),
+        "attributes": str_list("attributes"),
+        "excluded": str_list("excludedAttributes"),
+    }
+
+
+async def search_view(request: web.Request, kind_name: str) -> web.Response:
+    """POST /Users/.search, /Groups/.search (RFC 7644 §3.4.3)."""
+    req = _search_request(await read_json(request))
     return await _search(
         request,
         kind_name,
-        filter_text=filter_text or None,
-        start_index=int_field("startIndex") or 1,
-        count=int_field("count"),
-        sort_by=body.get("sortBy") or None,
-        sort_order=body.get("sortOrder") or None,
-        attributes=str_list("attributes"),
-        excluded=str_list("excludedAttributes"),
+        filter_text=req["filter"],
+        start_index=req["start_index"],
+        count=req["count"],
+        sort_by=req["sort_by"],
+        sort_order=req["sort_order"],
+        attributes=req["attributes"],
+        excluded=req["excluded"],
     )
 
 
@@ -603,14 +619,49 @@ def _kind(view: Any, kind_name: str) -> Any:
     return handler
 
 
-async def not_implemented(_request: web.Request) -> web.Response:
-    raise ScimError(501, "bulk operations are not supported (see /ServiceProviderConfig)")
-
-
-async def root_search(_request: web.Request) -> web.Response:
-    # RFC 7644 §3.4.3 allows a server-root search over every resource type; Entra and
-    # Okta never use it, so it is declined (501) rather than half-implemented.
-    raise ScimError(501, "searching several resource types at once is not supported; use /Users/.search or /Groups/.search")
+async def root_search(request: web.Request) -> web.Response:
+    """POST /.search at the server root (RFC 7644 §3.4.3): Users then Groups. An
+    attribute one resource type lacks makes that type match nothing (§3.4.2.1)."""
+    body = await read_json(request)
+    req = _search_request(body)
+    settings = request.app[SETTINGS]
+    start = min(max(1, req["start_index"]), _MAX_START_INDEX)
+    count = settings.scim_default_count if req["count"] is None else max(0, min(req["count"], settings.scim_max_results))
+    auth = tenant(request)
+    pool = request.app[POOL]
+    base = base_url(request)
+    totals: list[int] = []
+    pages: list[list[dict[str, Any]]] = []
+    errors: list[ScimError] = []
+    offset = start - 1
+    for kind in (user_kind(), group_kind()):
+        try:
+            total, _ = await repo.search(pool, kind, auth.tenant_id, filter_text=req["filter"], start_index=1, count=0,
+                                         sort_by=None, descending=False)
+        except ScimError as err:
+            if err.scim_type != "invalidFilter":
+                raise
+            errors.append(err)
+            totals.append(0)
+            pages.append([])
+            continue
+        take = max(0, min(count - sum(len(p) for p in pages), total - offset)) if offset < total else 0
+        rows: list[Any] = []
+        if take:
+            _, rows = await repo.search(pool, kind, auth.tenant_id, filter_text=req["filter"], start_index=offset + 1,
+                                        count=take, sort_by=None, descending=False)
+        offset = max(0, offset - total)
+        if kind.name == "User":
+            items = [render_user(r, base) for r in rows]
+        else:
+            members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if rows else {}
+            items = [render_group(r, members.get(r["id"]), base) for r in rows]
+        pages.append([project(kind, i, req["attributes"], req["excluded"]) for i in items])
+        totals.append(total)
+    if len(errors) == 2:
+        raise errors[0]  # no resource type understands the filter
+    resources = [i for p in pages for i in p]
+    return scim_json(_list(resources, start, sum(totals)))
 
 
 # (method, path relative to BASE_PATH, handler, needs auth, summary) — the OpenAPI
@@ -635,7 +686,6 @@ ROUTES: list[tuple[str, str, Any, bool, str]] = [
     ("PUT", "/Groups/{id}", replace_group, True, "Replace a group"),
     ("PATCH", "/Groups/{id}", patch_group, True, "Modify a group"),
     ("DELETE", "/Groups/{id}", delete_group, True, "Delete a group"),
-    ("POST", "/Bulk", not_implemented, True, "Bulk operations (not supported)"),
-    ("POST", "/.search", root_search, True, "Search across resource types (not supported)"),
+    ("POST", "/.search", root_search, True, "Search Users and Groups at once"),
 ]
 

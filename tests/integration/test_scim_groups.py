@@ -118,3 +118,24 @@ def test_main_refuses_bad_settings_with_one_line():
     assert p.returncode == 1
     assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
     assert "Traceback" not in p.stderr
+
+
+async def test_root_search_spans_users_and_groups(service_env, tenant, provisioner):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        await _users(c, h, "sales.lead@x.com", "other@x.com")
+        await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales"}, headers=h)
+        search = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}
+        r = await c.post("/scim/v2/.search", json={**search, "attributes": ["displayName", "userName"]}, headers=h)
+        body = await r.json()
+        assert body["totalResults"] == 3
+        assert [x.get("userName") or x.get("displayName") for x in body["Resources"]] == ["sales.lead@x.com", "other@x.com", "Sales"]
+        # userName exists only on Users: Groups match nothing (RFC 7644 §3.4.2.1)
+        r = await c.post("/scim/v2/.search", json={**search, "filter": 'userName sw "sales"'}, headers=h)
+        assert [x["userName"] for x in (await r.json())["Resources"]] == ["sales.lead@x.com"]
+        # paging runs across both types
+        r = await c.post("/scim/v2/.search", json={**search, "startIndex": 2, "count": 2}, headers=h)
+        body = await r.json()
+        assert body["totalResults"] == 3 and [x["schemas"][0].rsplit(":", 1)[1] for x in body["Resources"]] == ["User", "Group"]
+        r = await c.post("/scim/v2/.search", json={**search, "filter": "nope eq 1"}, headers=h)
+        assert r.status == 400 and (await r.json())["scimType"] == "invalidFilter"
