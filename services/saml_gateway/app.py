@@ -49,7 +49,6 @@ from provisio_lib.observability import (
 )
 from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout, OutcomeWaiter
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.sso import sp_urls
 from provisio_lib.tokens import hash_token
 from provisio_lib.topology import DATA_FIELD, Topology
 
@@ -287,7 +286,9 @@ async def _check_state(app: web.Application, conn: Connection, verified: Verifie
 
 def _profile(conn: Connection, resource: dict[str, Any], verified: VerifiedLogin, overage: bool,
              notes: tuple[str, ...]) -> dict[str, Any]:
-    attrs = resource.get("attributes") or {}
+    """What the app gets for a code: the committed user (``UserState``) and its groups."""
+    emails = resource.get("emails") or []
+    email = next((e.get("value") for e in emails if e.get("primary")), emails[0].get("value") if emails else None)
     return {
         "tenant": conn.tenant_name,
         "tenant_id": str(conn.tenant_id),
@@ -297,13 +298,12 @@ def _profile(conn: Connection, resource: dict[str, Any], verified: VerifiedLogin
         "name_id": verified.name_id,
         "session_index": verified.session_index,
         "attributes": {
-            "email": next((e.get("value") for e in resource.get("emails") or [] if e.get("primary")),
-                          (resource.get("emails") or [{}])[0].get("value") if resource.get("emails") else None),
+            "email": email,
             "given_name": resource.get("given_name"),
             "family_name": resource.get("family_name"),
             "display_name": resource.get("display_name"),
             "active": resource.get("active"),
-            "custom": attrs.get("custom", {}),
+            "custom": (resource.get("attributes") or {}).get("custom", {}),
         },
         "groups": [{"id": g.get("id"), "display_name": g.get("display_name")} for g in resource.get("groups") or []],
         "groups_overage": overage or "groups_overage" in notes,
@@ -456,7 +456,3 @@ def create_app(settings: SamlSettings) -> web.Application:
     app.router.add_post(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/acs", acs)
     app.router.add_post("/saml/token", token)
     return app
-
-
-def connection_urls(settings: SamlSettings, conn: Connection) -> Any:
-    return sp_urls(settings.saml_public_url, conn.tenant_name, conn.name)

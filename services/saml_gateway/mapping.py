@@ -75,8 +75,10 @@ def map_claims(
     email = one("email")
     if email is None and name_id_format == EMAIL_NAME_ID and "@" in name_id:
         email = name_id  # saml-core §8.3.2: the NameID is an email address
-    groups_values = found.get("groups")
-    groups = tuple(dict.fromkeys(g for g in groups_values if g)) if groups_values is not None else None
+    # A group claim with no values means "in no groups"; no claim at all means the IdP
+    # says nothing about groups (Entra omits the claim then), and memberships stay.
+    group_claim = next((c for c in attribute_map.get("groups", ()) if c in attributes), None)
+    groups = tuple(dict.fromkeys(g for g in attributes[group_claim] if g)) if group_claim else None
     # Entra: more than 150 groups → a groups.link claim instead of the groups (Microsoft
     # "Configure group claims": group overage). Recorded, never silently dropped.
     overage = bool(found.get("groups_overage"))

@@ -19,6 +19,7 @@ import calendar
 import binascii
 import os
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -118,6 +119,7 @@ class SamlEngine:
         self.xmlsec1_path = xmlsec1_path
         self._tmp = tempfile.TemporaryDirectory(prefix="provisio-saml-", dir=workdir)
         self._clients: dict[uuid.UUID, tuple[datetime, Saml2Client]] = {}
+        self._lock = threading.Lock()
         self.binding = CryptoBackendXmlsecBinding(xmlsec1_path)
 
     def close(self) -> None:
@@ -130,9 +132,15 @@ class SamlEngine:
         cached = self._clients.get(conn.id)
         if cached and cached[0] == conn.updated_at:
             return cached[1]
-        client = self._build(conn)
-        self._clients[conn.id] = (conn.updated_at, client)
-        return client
+        # Verifier threads may ask for the same new connection at once: build it once
+        # (the key files must not be rewritten while pysaml2 reads them).
+        with self._lock:
+            cached = self._clients.get(conn.id)
+            if cached and cached[0] == conn.updated_at:
+                return cached[1]
+            client = self._build(conn)
+            self._clients[conn.id] = (conn.updated_at, client)
+            return client
 
     def _write(self, conn: Connection, name: str, content: str) -> str:
         path = os.path.join(self._tmp.name, f"{conn.id}-{conn.updated_at.timestamp():.0f}-{name}")

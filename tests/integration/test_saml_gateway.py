@@ -316,3 +316,46 @@ async def test_entra_group_overage_is_recorded(gateway: Any, pool: Any, acme: An
     from tests.conftest import eventually
 
     assert await eventually(noted)
+
+
+async def test_scim_and_jit_on_the_same_user(gateway: Any, pool: Any, acme: Any, provisioner: Any) -> None:
+    """SCIM (through the SCIM gateway) creates alice and puts her in Finance; JIT sync
+    logins then match her by email, add and remove only their own memberships."""
+    scim_app = pytest.importorskip("scim_gateway.app")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from provisio_lib.settings import load_settings
+    from saml_idp import entra_attributes
+    from scim_gateway.settings import ScimSettings
+
+    scim = TestClient(TestServer(scim_app.create_app(load_settings(ScimSettings))))
+    await scim.start_server()
+    try:
+        auth = {"Authorization": f"Bearer {acme.token}", "Content-Type": "application/scim+json"}
+        made = await scim.post("/scim/v2/Users", headers=auth, json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Alice.Liddell",
+            "name": {"givenName": "Alice", "familyName": "Liddell"},
+            "emails": [{"value": "ALICE@acme.test", "primary": True, "type": "work"}]})
+        assert made.status == 201, await made.text()
+        user_id = (await made.json())["id"]
+        group = await scim.post("/scim/v2/Groups", headers=auth, json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Finance",
+            "members": [{"value": user_id}]})
+        assert group.status == 201, await group.text()
+    finally:
+        await scim.close()
+
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    first = await _profile(gateway, s, await _login(gateway, s, attributes=entra_attributes(["Finance", "Sales"])))
+    assert first["user_id"] == user_id and first["user_name"] == "Alice.Liddell"
+
+    async def memberships() -> list[tuple[str, str]]:
+        rows = await pool.fetch(
+            """SELECT g.display_name, m.source FROM memberships m JOIN groups g ON g.id = m.group_id
+               WHERE m.user_id = $1 ORDER BY 1, 2""", uuid.UUID(user_id))
+        return [(r["display_name"], r["source"]) for r in rows]
+
+    assert await memberships() == [("Finance", "jit"), ("Finance", "scim"), ("Sales", "jit")]
+    await _profile(gateway, s, await _login(gateway, s, attributes=entra_attributes(["Sales"])))
+    assert await memberships() == [("Finance", "scim"), ("Sales", "jit")]  # JIT took back only its own
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1

@@ -71,6 +71,7 @@ def test_no_group_claim_is_none_and_overage_is_flagged() -> None:
     assert map_claims(amap, [], "a", None, _entra_claims()).groups is None
     over = map_claims(amap, [], "a", None, _entra_claims(**{OVERAGE: ["https://graph…"]}))
     assert over.groups is None and over.groups_overage is True
+    assert map_claims(amap, [], "a", None, _entra_claims(**{GROUPS: []})).groups == ()  # in no groups
 
 
 def test_required_claim_missing_names_the_claim() -> None:
