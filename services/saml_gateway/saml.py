@@ -256,6 +256,15 @@ class SamlEngine:
         count = sum(1 for _ in root.iter(f"{{{SAML_NS}}}Assertion")) + sum(
             1 for _ in root.iter(f"{{{SAML_NS}}}EncryptedAssertion")
         )
+        if count == 0:
+            # An error response (user not assigned to the app, sign-in cancelled...):
+            # name the status code, never the IdP's free-text StatusMessage (unsigned).
+            codes = [(el.get("Value") or "").rsplit(":", 1)[-1] for el in root.iter(f"{{{SAMLP_NS}}}StatusCode")]
+            codes = [c for c in codes if c.isalnum() and c != "Success"]
+            if codes:
+                raise Refused("idp_status", "The identity provider did not sign you in (status: "
+                              f"{' / '.join(codes[:2])}). Ask your administrator whether you are assigned "
+                              "to this application.", 403)
         if count != 1:
             raise Refused("assertions", f"The SAML response must hold exactly one assertion (it holds {count}).", 400)
         for tag in ("SignatureMethod", "DigestMethod"):

@@ -378,3 +378,15 @@ def test_pysaml2_with_either_backend_refuses_wrapping_without_our_precheck(
             got[name] = refusal.reason
     assert got["xmlsec"] == got["xmlsec1"], got
     assert not got["xmlsec"].endswith(atk.EVIL), got
+
+
+def test_idp_error_status_is_named(engines: Any, conn: Connection, idp: TestIdP, urls: sso.SpUrls) -> None:
+    from saml2.samlp import STATUS_REQUEST_DENIED
+
+    server = idp.server()
+    resp = server.create_error_response("id-1", urls.acs, (STATUS_REQUEST_DENIED, "<b>phish</b>"))
+    for engine in engines.values():
+        with pytest.raises(Refused) as err:
+            engine.verify_response(conn, b64(str(resp)))
+        assert err.value.reason == "idp_status" and "RequestDenied" in err.value.message
+        assert "phish" not in err.value.message
