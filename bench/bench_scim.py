@@ -293,8 +293,13 @@ def summarize(results: dict[str, Any], concs: list[int], phases: list[str], syst
     out: dict[str, Any] = {"hello": {}, "phases": {}}
     for conc in concs:
         runs = [r for r in results["hello"] if r["concurrency"] == conc]
+        for r in runs:
+            # The load generator's CPU per request (warm-up included on both sides).
+            total = r["ok"] * (r["duration_s"] + results["args"]["warmup"]) / r["duration_s"]
+            r["loadgen_us_per_req"] = 1e6 * r["loadgen_cpu_s"] / max(total, 1)
         out["hello"][conc] = {"rps": median_of(runs, "rps"), "p99_ms": median_of(runs, "p99_ms"),
-                              "loadgen_cpu_s": median_of(runs, "loadgen_cpu_s")}
+                              "loadgen_cpu_s": median_of(runs, "loadgen_cpu_s"),
+                              "loadgen_us_per_req": median_of(runs, "loadgen_us_per_req")}
     for phase in phases:
         for conc in concs:
             row: dict[str, Any] = {}

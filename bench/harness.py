@@ -70,7 +70,7 @@ def machine_info() -> dict[str, Any]:
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         # Uncommitted changes in what the services run (the benchmark runs the working tree).
-        "git_dirty_code": [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no", "--", "services",
+        "git_dirty_code": [ln.split(maxsplit=1)[-1] for ln in git("status", "--porcelain", "--untracked-files=no", "--", "services",
                                                  "libs").splitlines() if ln.strip()],
         "python": platform.python_version(),
         "postgres": version(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SHOW server_version"]),

@@ -214,6 +214,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             bodies = [json.loads(line).encode() for line in f if line.strip()]
     expect = tuple(spec.get("expect", [200]))
     created: list[tuple[str, str]] = []
+    exhausted: list[int] = []  # clients that ran out of single-use bodies before the deadline
 
     parsed = urlsplit(base)
     host, port, prefix = parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path
@@ -286,6 +287,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 await call(w, "patch", "PATCH", f"/Users/{uid}", patch_body(n), (200, 204))
             elif phase == "post-bodies":
                 if n > len(my_bodies):
+                    exhausted.append(w)
                     return
                 await call(w, "post", "POST", spec["path"], my_bodies[n - 1], expect)
             elif phase == "sync-users":
@@ -358,6 +360,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "per_op": {op: summary(v, duration) for op, v in stats.lat.items()} if len(stats.lat) > 1 else {},
         "loadgen_cpu_s": round(cpu, 2),
         "elapsed_s": round(elapsed, 3),
+        "exhausted": bool(exhausted) and elapsed < warmup + duration,
     }
     if spec.get("ids_out"):
         with open(spec["ids_out"], "a") as f:

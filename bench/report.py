@@ -56,18 +56,38 @@ def scim(d: dict[str, Any]) -> str:
         out.append(f"| {phase} | {conc} | " + " | ".join(cells)
                    + f" | {fmt(row.get('provisio_vs_baseline'), 2)} | {fmt(row.get('provisio_vs_best_peer'), 2)} |")
     out.append("\nLoad generator ceiling (same load generator against an aiohttp hello world, same run):\n")
-    out += ["| clients | req/s | p99 ms | load generator CPU s per cell |", "|---|---|---|---|"]
+    out += ["| clients | hello-world req/s | p99 ms | load generator CPU per request (µs) | → its own ceiling on one core |",
+            "|---|---|---|---|---|"]
     for c, r in s["hello"].items():
-        out.append(f"| {c} | {fmt(r['rps'])} | {fmt(r['p99_ms'], 2)} | {fmt(r['loadgen_cpu_s'], 2)} |")
+        us = r.get("loadgen_us_per_req")
+        out.append(f"| {c} | {fmt(r['rps'])} | {fmt(r['p99_ms'], 2)} | {fmt(us, 1)} | "
+                   f"{fmt(1e6 / us) + ' req/s' if us else '–'} |")
     out.append("\nCPU seconds per 1,000 successful requests, by process (Provisio; median over rounds):\n")
     procs = sorted({k for row in s["phases"].values() for k in row.get("provisio", {}).get("cpu_s_per_1k", {})})
-    procs = [p for p in procs if p != "machine_busy"] + ["machine_busy"]
+    procs = [p for p in procs if p.startswith(("scim-gateway", "provisioner", "auditor", "postgres", "redis", "loadgen"))
+             and "-uv" not in p] + ["machine_busy"]
     out += ["| phase | clients | " + " | ".join(procs) + " |", "|" + "---|" * (len(procs) + 2)]
     for key, row in s["phases"].items():
         cpu = row.get("provisio", {}).get("cpu_s_per_1k")
         if cpu:
             phase, conc = key.split("@")
             out.append(f"| {phase} | {conc} | " + " | ".join(fmt(cpu.get(p), 2) for p in procs) + " |")
+    out.append("\nCPU seconds per 1,000 requests of each system's own processes (+ Postgres, shared), "
+               "at 32 clients:\n")
+    out += ["| phase | " + " | ".join(systems) + " |", "|" + "---|" * (len(systems) + 1)]
+    own = {"provisio": ("scim-gateway", "provisioner", "auditor"), "baseline": ("baseline",),
+           "scim2-server": ("scim2-server",), "django-scim2": ("django-scim2",)}
+    for key, row in s["phases"].items():
+        if not key.endswith("@32"):
+            continue
+        cells = []
+        for x in systems:
+            cpu = row.get(x, {}).get("cpu_s_per_1k") or {}
+            prefixes = own.get(x, ("scim-gateway-uv", "provisioner-uv", "auditor-uv"))
+            mine = sum(v or 0 for k, v in cpu.items() if k.startswith(prefixes)
+                       and ("-uv" in k) == (x == "provisio-uvloop"))
+            cells.append(f"{mine:.2f} (+{cpu.get('postgres') or 0:.2f})" if cpu else "–")
+        out.append(f"| {key.split('@')[0]} | " + " | ".join(cells) + " |")
     lat: dict[str, list[dict[str, Any]]] = {}
     for c in d["cells"]:
         if c["system"] == "provisio" and c.get("pipeline_latency"):
