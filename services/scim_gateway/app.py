@@ -6,9 +6,9 @@ token cache) live in ``cleanup_ctx`` and are reached through typed keys (``keys.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 import structlog
@@ -43,6 +43,15 @@ _DB_DOWN = (
 )
 
 
+def error_response(err: ScimError) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=json.dumps(err.body()).encode(),
+        content_type=SCIM_CONTENT_TYPE,
+        headers=err.headers,
+    )
+
+
 def _correlation_id(request: web.Request) -> str:
     raw = request.headers.get("X-Correlation-Id") or request.headers.get("X-Request-Id") or ""
     raw = raw.strip()
@@ -61,9 +70,9 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         try:
             response = await handler(request)
         except ScimError as err:
-            response = err.response()
+            response = error_response(err)
         except web.HTTPRequestEntityTooLarge:
-            response = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes").response()
+            response = error_response(ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes"))
         except web.HTTPException as err:
             if err.status < 400:
                 raise
@@ -71,15 +80,15 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             detail = {404: "no such endpoint", 405: f"method {request.method} not allowed here"}.get(
                 err.status, err.reason
             )
-            response = ScimError(err.status, detail, headers=headers).response()
+            response = error_response(ScimError(err.status, detail, headers=headers))
         except _DB_DOWN as err:
             log.warning("database_unavailable", error=str(err), path=request.path)
-            response = ScimError(
+            response = error_response(ScimError(
                 503, "the database is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
-            ).response()
+            ))
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
-            response = ScimError(500, "internal error; it has been logged with the correlation id").response()
+            response = error_response(ScimError(500, "internal error; it has been logged with the correlation id"))
     response.headers["X-Correlation-Id"] = cid
     return response
 

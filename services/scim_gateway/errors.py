@@ -1,12 +1,10 @@
 """SCIM errors (RFC 7644 §3.12): one exception type carrying status and scimType,
-rendered as ``application/scim+json`` in the Error schema with ``status`` as a string."""
+rendered (by the app's middleware) as ``application/scim+json`` in the Error schema
+with ``status`` as a string. Pure: the pure modules raise these without importing aiohttp."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from aiohttp import web
 
 SCIM_CONTENT_TYPE = "application/scim+json"
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -31,14 +29,6 @@ class ScimError(Exception):
         if self.scim_type:
             out["scimType"] = self.scim_type
         return out
-
-    def response(self) -> web.Response:
-        return web.Response(
-            status=self.status,
-            body=json.dumps(self.body()).encode(),
-            content_type=SCIM_CONTENT_TYPE,
-            headers=self.headers,
-        )
 
 
 def bad_request(detail: str, scim_type: str | None = None) -> ScimError:

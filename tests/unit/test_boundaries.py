@@ -15,6 +15,10 @@ IO_LIBS = {"aiohttp", "asyncpg", "redis", "faststream", "saml2", "aiosmtplib", "
 PURE = [
     "services/provisioner/domain.py",
     "services/scim_gateway/patch.py",
+    "services/scim_gateway/filters.py",
+    "services/scim_gateway/resources.py",
+    "services/scim_gateway/schema.py",
+    "services/scim_gateway/errors.py",
     "services/auditor/digest.py",
     "libs/provisio_lib/contract.py",
     "libs/provisio_lib/topology.py",
