@@ -139,3 +139,52 @@ async def test_root_search_spans_users_and_groups(service_env, tenant, provision
         assert body["totalResults"] == 3 and [x["schemas"][0].rsplit(":", 1)[1] for x in body["Resources"]] == ["User", "Group"]
         r = await c.post("/scim/v2/.search", json={**search, "filter": "nope eq 1"}, headers=h)
         assert r.status == 400 and (await r.json())["scimType"] == "invalidFilter"
+
+
+async def test_a_timed_out_create_is_still_applied_exactly_once(service_env, tenant, pool):
+    from tests.conftest import eventually, running_provisioner
+
+    async with scim_client(scim_outcome_timeout_s=0.3) as c:
+        h = bearer(tenant.token)
+        r = await c.post("/scim/v2/Users", json={"schemas": [USER], "userName": "queued@x.com"}, headers=h)
+        assert r.status == 503 and r.headers["Retry-After"]
+        async with running_provisioner():
+            await eventually(lambda: pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id))
+            # the IdP retries: the first attempt was applied, so it is a duplicate now
+            r = await c.post("/scim/v2/Users", json={"schemas": [USER], "userName": "queued@x.com"}, headers=h)
+            assert r.status == 409
+        assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 1
+
+
+async def test_process_serves_and_stops_on_sigterm(service_env, tenant):
+    import signal
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scim_gateway", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the gateway never became ready")
+            async with http.get(f"http://127.0.0.1:{port}/scim/v2/Users", headers=bearer(tenant.token)) as resp:
+                assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
