@@ -166,9 +166,21 @@ def scaling(d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def latency(d: dict[str, Any]) -> str:
+    out = [f"### One write, traced (sequential requests, one client)\n\n{machine(d['machine'])}\n",
+           "Mean ms per segment (see bench/bench_latency.py for what each covers):\n",
+           "| operation | n | A gateway in | B encode + XADD | C → transaction start | D apply | "
+           "E commit + publish | F reply → client | total (p50) |", "|---|---|---|---|---|---|---|---|---|"]
+    for op, r in d["summary"].items():
+        segs = ("A_gateway_in", "B_encode_xadd", "C_to_transaction", "D_apply", "E_commit_publish", "F_reply_out")
+        out.append(f"| {op} | {r['n']} | " + " | ".join(f"{r[k]['mean_ms']:.2f}" for k in segs)
+                   + f" | {r['total']['mean_ms']:.2f} ({r['total']['p50_ms']:.2f}) |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parts = []
-    for kind, fn in (("scim", scim), ("sync", sync), ("saml", saml), ("scaling", scaling)):
+    for kind, fn in (("scim", scim), ("latency", latency), ("sync", sync), ("saml", saml), ("scaling", scaling)):
         d = load(kind)
         if d is not None:
             parts.append(fn(d))

@@ -8,6 +8,7 @@ PY=.venv/bin/python
 D=${BENCH_DURATION:-3}
 R=${BENCH_REPEATS:-3}
 $PY bench/bench_scim.py --duration "$D" --repeats "$R"
+$PY bench/bench_latency.py --n 300
 $PY bench/bench_saml.py --duration "$D" --repeats "$R"
 $PY bench/bench_scaling.py --duration "$D" --repeats "$R"
 $PY bench/bench_sync.py --users "${BENCH_USERS:-100000}" --groups "${BENCH_GROUPS:-1000}" --members 20
