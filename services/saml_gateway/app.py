@@ -26,7 +26,8 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -54,7 +55,7 @@ from provisio_lib.topology import DATA_FIELD, Topology
 
 from .mapping import MissingClaim, map_claims
 from .pages import error_page, post_form
-from .saml import Connection, Refused, SamlEngine, VerifiedLogin
+from .saml import Connection, Refused, SamlEngine, VerifiedLogin, init_worker, verify_in_worker
 from .settings import SamlSettings
 
 log = get_logger(__name__)
@@ -66,6 +67,7 @@ TOPOLOGY = web.AppKey("topology", Topology)
 WAITER = web.AppKey("waiter", OutcomeWaiter)
 ENGINE = web.AppKey("engine", SamlEngine)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+VERIFIER = web.AppKey("verifier", Any)  # runs verify(conn, saml_response) off the loop
 REGISTRY = web.AppKey("registry", "ConnectionRegistry")
 
 _NAME = r"[a-z0-9][a-z0-9-]{0,62}"
@@ -190,7 +192,7 @@ async def acs(request: web.Request) -> web.StreamResponse:
     if len(relay_state.encode()) > MAX_RELAY_STATE:
         relay_state = ""
     try:
-        verified: VerifiedLogin = await _run(request, app[ENGINE].verify_response, conn, saml_response)
+        verified: VerifiedLogin = await app[VERIFIER](conn, saml_response)
         await _check_state(app, conn, verified)
         mapped = map_claims(conn.attribute_map, conn.required_attributes, verified.name_id,
                             verified.name_id_format, verified.attributes)
@@ -433,11 +435,31 @@ def create_app(settings: SamlSettings) -> web.Application:
         app[WAITER] = OutcomeWaiter(app[REDIS], topology)
         await app[WAITER].start()
         app[EXECUTOR] = ThreadPoolExecutor(settings.saml_verify_threads, thread_name_prefix="saml-verify")
-        app[ENGINE] = SamlEngine(
+        engine_kwargs = dict(
             public_url=settings.saml_public_url, skew_s=settings.saml_clock_skew_s,
             max_bytes=settings.saml_max_response_bytes, backend=settings.saml_crypto_backend,
             xmlsec1_path=settings.saml_xmlsec1_path,
         )
+        app[ENGINE] = SamlEngine(**engine_kwargs)  # type: ignore[arg-type]
+        processes: ProcessPoolExecutor | None = None
+        loop = asyncio.get_running_loop()
+        if settings.saml_verify_processes:
+            # spawn, not fork: this process already runs threads and open sockets.
+            processes = ProcessPoolExecutor(
+                settings.saml_verify_processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker, initargs=(engine_kwargs,),
+            )
+            pool_ = processes
+
+            async def verify(conn: Connection, saml_response: str) -> VerifiedLogin:
+                return await loop.run_in_executor(pool_, verify_in_worker, conn, saml_response)  # type: ignore[no-any-return]
+        else:
+            engine = app[ENGINE]
+
+            async def verify(conn: Connection, saml_response: str) -> VerifiedLogin:
+                return await loop.run_in_executor(app[EXECUTOR], engine.verify_response, conn, saml_response)
+
+        app[VERIFIER] = verify
         app[REGISTRY] = ConnectionRegistry(app[POOL], settings.saml_connection_cache_s)
         log.info("saml_gateway_ready", public_url=settings.saml_public_url, backend=settings.saml_crypto_backend)
         try:
@@ -445,6 +467,8 @@ def create_app(settings: SamlSettings) -> web.Application:
         finally:
             await app[WAITER].stop()
             app[EXECUTOR].shutdown(wait=True, cancel_futures=True)
+            if processes is not None:
+                processes.shutdown(wait=True, cancel_futures=True)
             app[ENGINE].close()
             await app[REDIS].aclose()
             await app[POOL].close()

@@ -57,6 +57,14 @@ class Refused(Exception):
         self.user_name = user_name
         self.field = field
 
+    def __reduce__(self) -> Any:
+        # Crosses the process boundary when verification runs in worker processes.
+        return (_refused, (self.reason, self.message, self.status, self.user_name, self.field))
+
+
+def _refused(reason: str, message: str, status: int, user_name: str | None, field: str | None) -> Refused:
+    return Refused(reason, message, status, user_name=user_name, field=field)
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -392,6 +400,23 @@ class SamlEngine:
             expires_at=max(expiries) + skew,
             attributes=attributes,
         )
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_WORKER_ENGINE: list[SamlEngine] = []
+
+
+def init_worker(engine_kwargs: dict[str, Any]) -> None:
+    """Initializer of a verification worker process: its own engine (clients, keys)."""
+    import logging
+
+    logging.getLogger("saml2").setLevel(logging.CRITICAL)
+    _WORKER_ENGINE[:] = [SamlEngine(**engine_kwargs)]
+
+
+def verify_in_worker(conn: Connection, saml_response: str) -> VerifiedLogin:
+    return _WORKER_ENGINE[0].verify_response(conn, saml_response)
 
 
 class _NoIdentityCache:

@@ -38,6 +38,12 @@ class SamlSettings(CommonSettings):
     saml_verify_threads: int = Field(
         default=4, ge=1, le=64, description="Threads that parse and verify SAML responses off the event loop"
     )
+    saml_verify_processes: int = Field(
+        default=0, ge=0, le=64,
+        description="Worker processes that verify responses (0: threads in the gateway process). "
+        "pysaml2 is Python code that holds the GIL; processes let verification use more than one core "
+        "and keep the event loop's process free",
+    )
     saml_connection_cache_s: float = Field(
         default=5.0, ge=0, le=300, description="How long a connection's settings are reused before re-reading"
     )

@@ -359,3 +359,18 @@ async def test_scim_and_jit_on_the_same_user(gateway: Any, pool: Any, acme: Any,
     await _profile(gateway, s, await _login(gateway, s, attributes=entra_attributes(["Sales"])))
     assert await memberships() == [("Finance", "scim"), ("Sales", "jit")]  # JIT took back only its own
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1
+
+
+async def test_verification_in_worker_processes(service_env: dict[str, str], topology: Any, pool: Any, acme: Any,
+                                                provisioner: Any, redis: Any) -> None:
+    client = await start_gateway(saml_verify_processes=1)
+    try:
+        s = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
+        xml = s.response(groups=["Sales"])
+        profile = await _profile(client, s, await post_acs(client, s, xml))
+        assert profile["user_name"] == "alice@acme.test" and profile["groups"][0]["display_name"] == "Sales"
+        await _assert_refused(await post_acs(client, s, xml), redis, topology, acme.id, "replay")
+        unsigned = s.response(sign_response=False, sign_assertion=False)
+        await _assert_refused(await post_acs(client, s, unsigned), redis, topology, acme.id, "signature")
+    finally:
+        await client.close()
