@@ -23,7 +23,7 @@ from provisio_lib.topology import Topology
 
 from .auth import RateLimiter, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
-from .handlers import ROUTES, scim_json
+from .handlers import ROUTES
 from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
 from .openapi import build_openapi
 from .settings import ScimSettings
@@ -165,5 +165,5 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     return app
 
 
-__all__ = ["SCIM_CONTENT_TYPE", "create_app", "scim_json"]
+__all__ = ["create_app", "error_response"]
 

@@ -40,7 +40,7 @@ from scim2_models.path import (
 )
 
 from .errors import invalid_filter, invalid_value
-from .schema import COMMON, ENTERPRISE_SCHEMA, PROVISIO_SCHEMA, Attr, ResourceKind
+from .schema import ENTERPRISE_SCHEMA, PROVISIO_SCHEMA, Attr, ResourceKind
 
 __all__ = ["SqlFilter", "compile_filter", "compile_sort", "parse_filter", "like_escape"]
 
@@ -521,4 +521,3 @@ def compile_sort(kind: ResourceKind, sort_by: str, alias: str, first_param: int)
     raise invalid_value(f"sortBy {sort_by!r} cannot be sorted on")
 
 
-_ = COMMON  # re-exported names stay importable for callers that resolve common attrs
