@@ -88,6 +88,15 @@ def scim(d: dict[str, Any]) -> str:
                        and ("-uv" in k) == (x == "provisio-uvloop"))
             cells.append(f"{mine:.2f} (+{cpu.get('postgres') or 0:.2f})" if cpu else "–")
         out.append(f"| {key.split('@')[0]} | " + " | ".join(cells) + " |")
+    out.append("\nMixed phase, per operation at 32 clients (req/s, p50 / p99 ms):\n")
+    ops = ("lookup", "create", "patch", "member")
+    out += ["| system | " + " | ".join(ops) + " |", "|" + "---|" * (len(ops) + 1)]
+    for x in systems:
+        per = s["phases"].get("mixed@32", {}).get(x, {}).get("per_op") or {}
+        if per:
+            out.append(f"| {x} | " + " | ".join(
+                f"{fmt(per[o]['rps'])} ({fmt(per[o]['p50_ms'], 1)} / {fmt(per[o]['p99_ms'], 1)})" if o in per else "–"
+                for o in ops) + " |")
     lat: dict[str, list[dict[str, Any]]] = {}
     for c in d["cells"]:
         if c["system"] == "provisio" and c.get("pipeline_latency"):
@@ -129,7 +138,11 @@ def sync(d: dict[str, Any]) -> str:
            f" | {fmt(g.get('ok'))} | {g.get('errors')} | {fmt(g.get('p50_ms'), 1)} / {fmt(g.get('p99_ms'), 1)} |",
            f"| **all answered (every write committed)** | **{fmt(d.get('answered_s'), 1)}** | | | |",
            f"| audit trail drained | {fmt(d.get('audit_drained_s'), 1)} | | | |",
-           f"\nIn Postgres afterwards: {f}. Peak RSS (MB): {d.get('vmhwm_mb')}."]
+           f"\nUsers created per second: {a['users'] / d['users_s']:.0f}"
+           + (f" (lookup p50/p99 {u['per_op']['lookup']['p50_ms']:.1f}/{u['per_op']['lookup']['p99_ms']:.1f} ms, "
+              f"create p50/p99 {u['per_op']['create']['p50_ms']:.1f}/{u['per_op']['create']['p99_ms']:.1f} ms)"
+              if u.get("per_op", {}).get("create") else "") + ".",
+           f"In Postgres afterwards: {f}. Peak RSS (MB): {d.get('vmhwm_mb')}."]
     s = d.get("samples") or []
     if s:
         out.append(f"Largest command backlog (lag + pending) sampled: "
