@@ -35,6 +35,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import asyncpg
 from aiohttp import web
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from provisio_lib import db
 from provisio_lib.contract import Command, ErrorInfo, JitLogin, Outcome, Source, encode
@@ -193,7 +195,12 @@ async def acs(request: web.Request) -> web.StreamResponse:
         relay_state = ""
     try:
         verified: VerifiedLogin = await app[VERIFIER](conn, saml_response)
-        await _check_state(app, conn, verified)
+        try:
+            await _check_state(app, conn, verified)
+        except RedisError as err:
+            log.warning("saml_redis_unavailable", error=str(err), correlation_id=correlation)
+            return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
+                              reference=correlation, title="Please try again")
         mapped = map_claims(conn.attribute_map, conn.required_attributes, verified.name_id,
                             verified.name_id_format, verified.attributes)
     except Refused as refusal:
@@ -202,27 +209,35 @@ async def acs(request: web.Request) -> web.StreamResponse:
         refusal = Refused("missing_claim", str(missing), 400, user_name=verified.name_id, field=missing.field)
         return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
 
-    command = Command(
-        tenant_id=conn.tenant_id,
-        source=Source(kind="saml", id=str(conn.id), label=conn.name),
-        correlation_id=correlation,
-        occurred_at=started,
-        payload=JitLogin(
-            connection_id=conn.id,
-            connection_name=conn.name,
-            mode=conn.jit_mode,  # type: ignore[arg-type]
-            name_id=verified.name_id,
-            user_name=mapped.user_name,
-            email=mapped.email,
-            given_name=mapped.given_name,
-            family_name=mapped.family_name,
-            display_name=mapped.display_name,
-            custom=mapped.custom,
-            groups=mapped.groups,
-            groups_overage=mapped.groups_overage,
-            session_index=verified.session_index,
-        ),
-    )
+    try:
+        command = Command(
+            tenant_id=conn.tenant_id,
+            source=Source(kind="saml", id=str(conn.id), label=conn.name),
+            correlation_id=correlation,
+            occurred_at=started,
+            payload=JitLogin(
+                connection_id=conn.id,
+                connection_name=conn.name,
+                mode=conn.jit_mode,  # type: ignore[arg-type]
+                name_id=verified.name_id,
+                user_name=mapped.user_name,
+                email=mapped.email,
+                given_name=mapped.given_name,
+                family_name=mapped.family_name,
+                display_name=mapped.display_name,
+                custom=mapped.custom,
+                groups=mapped.groups,
+                groups_overage=mapped.groups_overage,
+                session_index=verified.session_index,
+            ),
+        )
+    except ValidationError as err:
+        # e.g. a NameID longer than the contract allows: the IdP's data, not our bug.
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "payload"
+        refusal = Refused("invalid_value", f"The identity provider sent an unusable value for {field}: "
+                          f"{first['msg']}.", 400, user_name=verified.name_id[:512], field=field)
+        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
     t0 = time.perf_counter()
     try:
         outcome = await app[WAITER].submit(command, settings.saml_outcome_timeout_s)
@@ -242,8 +257,10 @@ async def acs(request: web.Request) -> web.StreamResponse:
         SAML_LOGINS_REFUSED.labels(reason=err.code if err else "failed").inc()
         if err and err.code == "user_not_found":
             message = "You have no account here yet, and this sign-in does not create accounts. Ask your administrator."
-        else:
-            message = "Your account could not be set up: " + (err.message if err else "unknown error") + "."
+        elif err and err.code in ("invalid_value", "policy", "uniqueness", "mutability"):
+            message = f"Your account could not be set up: {err.message}."
+        else:  # internal errors and dead letters: details are in the audit trail, not here
+            message = "Your account could not be set up. Please try again later or contact support."
         return error_page(403 if err and err.code in ("user_not_found", "policy") else 422, message,
                           reference=correlation)
     SAML_LOGINS_ACCEPTED.labels(mode=conn.jit_mode).inc()

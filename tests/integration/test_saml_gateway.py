@@ -374,3 +374,12 @@ async def test_verification_in_worker_processes(service_env: dict[str, str], top
         await _assert_refused(await post_acs(client, s, unsigned), redis, topology, acme.id, "signature")
     finally:
         await client.close()
+
+
+async def test_unusable_value_is_a_clear_refusal(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                 topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
+    resp = await post_acs(gateway, s, s.response(name_id="a" * 600 + "@acme.test"))
+    assert resp.status == 400 and "user_name" in await resp.text() and page_is_clean(await resp.text())
+    outcomes = await audit_outcomes(redis, topology, acme.id)
+    assert outcomes[-1].error is not None and outcomes[-1].error.code == "invalid_value"
