@@ -20,6 +20,8 @@ where ``coalesce(…, false)`` keeps ``not (title eq "x")`` true for users witho
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,7 +53,33 @@ class SqlFilter:
     params: list[Any] = field(default_factory=list)
 
 
+# The filter IdPs send on almost every call (Entra, Okta: ``userName eq "…"``, also
+# ``externalId eq``/``id eq``) is read by this pattern: the lark grammar takes ~80 µs per
+# distinct filter on this machine, a regex + json.loads ~3 µs. Anything else, or anything
+# the pattern is unsure of, goes to the full grammar; a unit test checks both agree.
+_SIMPLE_EQ = re.compile(
+    r'\s*([A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z][A-Za-z0-9_-]*)?)\s+[eE][qQ]\s+("(?:[^"\\\x00-\x1f]|\\["\\/bfnrtu])*")\s*'
+)
+
+
+def _simple_eq(text: str) -> FilterNode | None:
+    m = _SIMPLE_EQ.fullmatch(text)
+    if m is None:
+        return None
+    name, _, sub = m.group(1).partition(".")
+    if name.lower() in ("and", "or", "not") or sub.lower() in ("and", "or", "not"):
+        return None
+    try:
+        value = json.loads(m.group(2))
+        return Comparison(AttrPath(name, sub or None), CompareOperator.eq, value)
+    except ValueError:
+        return None  # let the grammar report it
+
+
 def parse_filter(text: str) -> FilterNode:
+    fast = _simple_eq(text)
+    if fast is not None:
+        return fast
     try:
         return ScimFilter(text).ast
     except InvalidFilterException as err:

@@ -145,3 +145,36 @@ def test_values_postgres_cannot_hold_are_400(value):
     with pytest.raises(ScimError) as err:
         sql(f'userName eq "{value}"')
     assert err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'userName eq "bjensen@example.com"',
+        '  UserName EQ "Bjensen"  ',
+        'externalId eq "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef"',
+        'name.givenName eq "Barbara"',
+        'userName eq "quote \\" back\\\\slash \\u00e9 \\n"',
+        'userName eq ""',
+        'userName eq "%_--\'"',
+    ],
+)
+def test_fast_path_agrees_with_the_grammar(text):
+    from scim2_models.path import ScimFilter
+
+    from scim_gateway.filters import _simple_eq
+
+    fast = _simple_eq(text)
+    assert fast is not None
+    assert fast == ScimFilter(text).ast
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['userName eq "a" and active eq true', 'userName eq "\\x"', 'userName eq 5', 'userName eq true',
+     'emails[type eq "work"]', 'members.$ref eq "x"', 'userName eq "a" or userName eq "b"'],
+)
+def test_fast_path_leaves_everything_else_to_the_grammar(text):
+    from scim_gateway.filters import _simple_eq
+
+    assert _simple_eq(text) is None
