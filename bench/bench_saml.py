@@ -164,10 +164,14 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,32")
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="not counted; long enough for verify processes (spawned on first use) to start")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-rate", type=int, default=250, help="logins/s the prepared responses can sustain per cell")
     ap.add_argument("--responses", type=int, default=0, help="signed responses to prepare (default: enough)")
     ap.add_argument("--verify-threads", type=int, default=4, help="PROVISIO_SAML_VERIFY_THREADS")
+    ap.add_argument("--verify-processes", type=int, default=None,
+                    help="PROVISIO_SAML_VERIFY_PROCESSES (unset: the gateway's default)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy each service during each cell (collapsed stacks)")
     ap.add_argument("--tag", default="saml")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # child mode: xmlsec1 | xmlsec
@@ -180,7 +184,7 @@ async def main(args: argparse.Namespace) -> None:
     # Enough single-use responses for the fastest plausible rate (replays are refused).
     # Signing costs ~3-4 ms each (pysaml2 builds the response), so not unlimited: up to
     # --max-rate logins/s per cell; a cell that runs out is flagged "exhausted".
-    per_cell = int(max(concs) * 2 + args.max_rate * (args.duration + 1))
+    per_cell = int(max(concs) * 2 + args.max_rate * (args.duration + args.warmup + 0.5))
     need = args.responses or per_cell * (len(concs) * args.repeats + 2)
 
     info = machine_info()
@@ -197,7 +201,9 @@ async def main(args: argparse.Namespace) -> None:
             port = free_port()
             services.append(Service("saml-gateway", [PY, "-m", "saml_gateway"],
                                     {**penv, "PROVISIO_SAML_PORT": str(port), "PROVISIO_SAML_HOST": "127.0.0.1",
-                                     "PROVISIO_SAML_VERIFY_THREADS": str(args.verify_threads)}, port).start(tmp))
+                                     "PROVISIO_SAML_VERIFY_THREADS": str(args.verify_threads),
+                                     **({"PROVISIO_SAML_VERIFY_PROCESSES": str(args.verify_processes)}
+                                        if args.verify_processes is not None else {})}, port).start(tmp))
             services.append(Service("provisioner-0", [PY, "-m", "provisioner"],
                                     {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
             services.append(Service("auditor", [PY, "-m", "auditor"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
@@ -217,9 +223,9 @@ async def main(args: argparse.Namespace) -> None:
                             f.write(json.dumps("SAMLResponse=" + quote(json.loads(line)["b64"], safe="")) + "\n")
                     spec = {"base": f"http://127.0.0.1:{port}", "phase": "post-bodies", "path": acs,
                             "bodies": body_path, "expect": [303], "concurrency": conc, "duration": args.duration,
-                            "warmup": 0.5, "content_type": "application/x-www-form-urlencoded"}
+                            "warmup": args.warmup, "content_type": "application/x-www-form-urlencoded"}
                     spies = start_profiles(args.profile, {s.name: s for s in services}, f"saml-c{conc}-r{rnd}",
-                                           args.duration + 0.5)
+                                           args.duration + args.warmup)
                     with CpuMeter(services) as meter:
                         res = await run_loadgen(spec)
                     for s in services:
@@ -248,7 +254,8 @@ async def main(args: argparse.Namespace) -> None:
                     log(f"plain pysaml2 ({backend}) r{rnd}: {res['per_s']} verifications/s "
                         f"(cpu self {res['cpu_s_self']} s, xmlsec1 children {res['cpu_s_children']} s)")
             results["memory"] = {s.name: {"peak_rss_mb_sampled": round(s.peak_rss_mb, 1),
-                                          "vmhwm_mb": round(max(s.hwm_mb().values(), default=0), 1)}
+                                          "vmhwm_mb": round(max(s.hwm_mb().values(), default=0), 1),
+                                          "vmhwm_mb_by_process": {str(k): round(v, 1) for k, v in s.hwm_mb().items()}}
                                  for s in services}
             summary: dict[str, Any] = {"e2e": {}, "plain_per_s": median_of(results["plain"], "per_s")}
             for conc in concs:

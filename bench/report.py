@@ -161,7 +161,12 @@ def saml(d: dict[str, Any]) -> str:
     out.append(f"\nPlain pysaml2 (`Saml2Client.parse_authn_request_response`, default `xmlsec1` backend, one "
                f"process, sequential), same run: **{fmt(s['plain_per_s'], 1)} verifications/s**.")
     if d.get("memory"):
-        out.append("Peak RSS (MB): " + ", ".join(f"{k} {v['vmhwm_mb']:.0f}" for k, v in d["memory"].items()) + ".")
+        out.append("Peak RSS (MB, VmHWM per process): " + ", ".join(
+            f"{k} " + " + ".join(f"{x:.0f}" for x in v.get("vmhwm_mb_by_process", {"": v["vmhwm_mb"]}).values())
+            for k, v in d["memory"].items()) + ".")
+    a = d["args"]
+    out.append(f"Gateway: {a.get('verify_threads')} verify threads, "
+               f"verify processes {a.get('verify_processes') if a.get('verify_processes') is not None else 'default'}.")
     return "\n".join(out)
 
 
