@@ -81,8 +81,10 @@ class TestIdP:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, entity_id: str, keys: KeyPair | None = None, *, sso_url: str | None = None) -> None:
+    def __init__(self, entity_id: str, keys: KeyPair | None = None, *, sso_url: str | None = None,
+                 sso_bindings: tuple[str, ...] = (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST)) -> None:
         self.entity_id = entity_id
+        self.sso_bindings = sso_bindings
         self.keys = keys or make_keypair("test-idp", _workdir())
         self.sso_url = sso_url or entity_id.rstrip("/") + "/sso"
         self._servers: dict[str, Server] = {}
@@ -93,7 +95,7 @@ class TestIdP:
             "service": {
                 "idp": {
                     "endpoints": {
-                        "single_sign_on_service": [(self.sso_url, BINDING_HTTP_REDIRECT), (self.sso_url, BINDING_HTTP_POST)]
+                        "single_sign_on_service": [(self.sso_url, b) for b in self.sso_bindings]
                     },
                     "policy": {"default": {"lifetime": {"minutes": 5}, "attribute_restrictions": None,
                                            "name_form": NAME_FORMAT_URI}},

@@ -33,7 +33,7 @@ from saml2.config import SPConfig
 from saml2.metadata import entity_descriptor
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
-from provisio_lib.sso import sp_urls
+from provisio_lib.sso import parse_idp_metadata, sp_urls
 
 from .crypto import CryptoBackendXmlsecBinding
 
@@ -212,11 +212,8 @@ class SamlEngine:
     def authn_request(self, conn: Connection, relay_state: str) -> tuple[str, str, dict[str, Any]]:
         """An AuthnRequest for the connection's IdP: (request id, binding, http info)."""
         client = self.client(conn)
-        idp_binding = BINDING_HTTP_REDIRECT
-        try:
-            client.metadata.single_sign_on_service(conn.idp_entity_id, BINDING_HTTP_REDIRECT)[0]
-        except (IndexError, KeyError, TypeError):
-            idp_binding = BINDING_HTTP_POST
+        # The IdP's SingleSignOnService binding, HTTP-Redirect preferred (checked at add time).
+        idp_binding = parse_idp_metadata(conn.idp_metadata).sso_binding
         req_id, info = client.prepare_for_authenticate(
             entityid=conn.idp_entity_id,
             relay_state=relay_state,

@@ -106,3 +106,24 @@ def test_bad_input_is_one_clear_line(env: dict[str, str], tmp_path: object, tena
     one_error_line(cli("sso", "add", name, "Bad_Name!", "--metadata", str(good), "--preset", "okta", env=env),
                    "invalid connection name")
     one_error_line(cli("sso", "list", "nope", env=env), "unknown tenant 'nope'")
+
+
+def test_metadata_from_a_url(env: dict[str, str], tmp_path: object, tenant: object) -> None:
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "md.xml").write_text(TestIdP("https://accounts.google.test/o/saml2?idpid=C0").metadata())  # type: ignore[operator]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        name = tenant.name  # type: ignore[attr-defined]
+        ok = cli("sso", "add", name, "google", "--metadata", f"{base}/md.xml", "--preset", "google", env=env)
+        assert ok.returncode == 0, ok.stderr
+        assert "IdP https://accounts.google.test/o/saml2?idpid=C0" in ok.stdout
+        one_error_line(cli("sso", "add", name, "g2", "--metadata", f"{base}/missing.xml", "--preset", "google",
+                           env=env), "cannot download metadata")
+    finally:
+        server.shutdown()

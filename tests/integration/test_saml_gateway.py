@@ -383,3 +383,19 @@ async def test_unusable_value_is_a_clear_refusal(gateway: Any, pool: Any, acme: 
     assert resp.status == 400 and "user_name" in await resp.text() and page_is_clean(await resp.text())
     outcomes = await audit_outcomes(redis, topology, acme.id)
     assert outcomes[-1].error is not None and outcomes[-1].error.code == "invalid_value"
+
+
+async def test_login_with_an_idp_that_takes_post_only(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                      topology: Any) -> None:
+    from saml2 import BINDING_HTTP_POST
+
+    from saml_idp import TestIdP
+
+    idp = TestIdP("https://idp.test/post-only/", sso_bindings=(BINDING_HTTP_POST,))
+    s = await add_connection(pool, acme.id, "generic", preset="generic", idp=idp)
+    resp = await gateway.get(f"/saml/{s.tenant}/generic/login", params={"RelayState": "r1"}, allow_redirects=False)
+    assert resp.status == 200
+    html = await resp.text()
+    assert f'action="{idp.sso_url}"' in html and 'name="SAMLRequest"' in html and 'value="r1"' in html
+    keys = [k async for k in redis.scan_iter(match=topology.key("saml", "req", "*"))]
+    assert len(keys) == 1
