@@ -84,6 +84,9 @@ async def sampler(dsn: str, topo: Topology, tenant: Any, every: float, stop: asy
                         "commands_len": clen, "audit_lag": al, "audit_pending": ap, "audit_len": alen,
                         "users": users, "memberships": members, "audit_rows": audited,
                         "rss_mb": {s.name: round(s.rss_mb(), 1) for s in services}})
+            if len(out) % max(1, int(10 / every)) == 0:
+                log(f"  t={out[-1]['t']:.0f}s users={users} memberships={members} audit_rows={audited} "
+                    f"command backlog={cl + cp} audit backlog={al + ap}")
             if stop.is_set():
                 return
             try:
