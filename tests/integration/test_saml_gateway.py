@@ -286,6 +286,11 @@ async def test_jit_off_requires_an_existing_user(gateway: Any, pool: Any, acme: 
     assert resp.status == 403 and page_is_clean(await resp.text())
     assert "no account" in (await resp.text())
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
+    existing = uuid.uuid4()
+    await pool.execute("""INSERT INTO users (id, tenant_id, user_name, email, given_name, created_by)
+                          VALUES ($1, $2, 'alice@acme.test', 'alice@acme.test', 'Ally', 'scim')""", existing, acme.id)
+    profile = await _profile(gateway, s, await _login(gateway, s))
+    assert profile["user_id"] == str(existing) and profile["attributes"]["given_name"] == "Ally"
 
 
 async def test_required_attribute_missing_names_the_claim(gateway: Any, pool: Any, acme: Any, redis: Any,
@@ -399,3 +404,23 @@ async def test_login_with_an_idp_that_takes_post_only(gateway: Any, pool: Any, a
     assert f'action="{idp.sso_url}"' in html and 'name="SAMLRequest"' in html and 'value="r1"' in html
     keys = [k async for k in redis.scan_iter(match=topology.key("saml", "req", "*"))]
     assert len(keys) == 1
+
+
+async def test_verification_runs_off_the_event_loop(gateway: Any, pool: Any, acme: Any) -> None:
+    import threading
+
+    from saml_gateway.app import ENGINE
+
+    engine = gateway.server.app[ENGINE]
+    seen: list[str] = []
+    original = engine.verify_response
+
+    def spy(conn: Any, saml_response: str) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(conn, saml_response)
+
+    engine.verify_response = spy
+    s = await add_connection(pool, acme.id, "entra")
+    await asyncio.gather(*(post_acs(gateway, s, s.response(sign_response=False, sign_assertion=False))
+                           for _ in range(4)))
+    assert len(seen) == 4 and all(name.startswith("saml-verify") for name in seen), seen
