@@ -50,6 +50,7 @@ from .resources import (
     render_user,
     require,
     split_csv,
+    unknown_attributes,
     user_data,
 )
 from .schema import (
@@ -433,10 +434,10 @@ async def replace_user(request: web.Request) -> web.Response:
     auth = tenant(request)
     resource = normalise(kind, await read_json(request))
     require(kind, resource)
-    data = user_data(resource)
     row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
     if row is None:
         raise not_found(f"User {uid}")
+    data = user_data(resource, keep=unknown_attributes(row["attributes"]))
     check_if_match(request, row["version"])
     _check_user_name_policy(auth, row["user_name"], data.user_name)
     outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=if_match_version(request)))
@@ -470,7 +471,7 @@ async def patch_user(request: web.Request) -> web.Response:
             # Nothing changes (Entra re-sends PATCHes it already sent): answer the stored state.
             return _resource_response(request, "User", render_user(row, base_url(request)), row["version"])
         _check_user_name_policy(auth, row["user_name"], updated["userName"])
-        data = user_data(updated)
+        data = user_data(updated, keep=unknown_attributes(row["attributes"]))
         outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))
         if (
             outcome.result == "failed"

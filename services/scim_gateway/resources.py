@@ -28,6 +28,7 @@ from .schema import (
     Attr,
     ResourceKind,
     Schema,
+    user_schema,
 )
 
 # Columns of the users table that hold a core attribute; everything else goes to
@@ -238,9 +239,22 @@ def require(kind: ResourceKind, resource: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- to the contract
 
 
-def user_data(resource: Mapping[str, Any]) -> UserData:
-    """Split a canonical User into the neutral columns and ``attributes``."""
-    attributes: dict[str, Any] = {}
+def unknown_attributes(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keys of a stored ``attributes`` that no SCIM schema here describes (written by
+    another path, e.g. a future JIT mapping): a SCIM PUT/PATCH keeps them as they are."""
+    core = user_schema()
+    known_urns = {ENTERPRISE_SCHEMA, PROVISIO_SCHEMA}
+    return {
+        k: v
+        for k, v in (stored or {}).items()
+        if k not in ("name", "custom") and k not in known_urns and core.attr(k) is None
+    }
+
+
+def user_data(resource: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> UserData:
+    """Split a canonical User into the neutral columns and ``attributes`` (plus ``keep``,
+    stored attributes SCIM does not describe)."""
+    attributes: dict[str, Any] = dict(keep or {})
     name = dict(resource.get("name") or {})
     given = name.pop("givenName", None)
     family = name.pop("familyName", None)
@@ -385,9 +399,10 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False) -> 
     attributes.pop("custom", None)
     if row.get("sso_name") is not None:
         provisio["ssoName"] = row["sso_name"]
+    core = user_schema()
     for key, value in attributes.items():
-        if key.startswith("urn:"):
-            continue
+        if key.startswith("urn:") or core.attr(key) is None:
+            continue  # not a SCIM attribute (see unknown_attributes): stored, not shown
         out[key] = value
     ent = attributes.get(ENTERPRISE_SCHEMA)
     if ent:

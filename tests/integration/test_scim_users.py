@@ -175,3 +175,18 @@ async def test_a_token_never_sees_another_tenant(service_env, tenant, pool, prov
         # nor can it put the other tenant's user in its groups
         r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "G", "members": [{"value": mine}]}, headers=h)
         assert r.status in (400, 404), await r.text()
+
+
+async def test_attributes_scim_does_not_describe_are_kept_not_shown(service_env, tenant, provisioner, pool):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        uid = (await (await c.post("/scim/v2/Users", json=new_user(), headers=h)).json())["id"]
+        # written by another path (e.g. a JIT mapping): not a SCIM attribute
+        await pool.execute("UPDATE users SET attributes = attributes || '{\"legacyField\": 42}' WHERE id = $1", uuid.UUID(uid))
+        body = await (await c.get(f"/scim/v2/Users/{uid}", headers=h)).json()
+        assert "legacyField" not in body
+        r = await c.patch(f"/scim/v2/Users/{uid}", json=patch_body({"op": "replace", "path": "title", "value": "CTO"}), headers=h)
+        assert r.status == 200 and "legacyField" not in await r.json()
+        r = await c.put(f"/scim/v2/Users/{uid}", json={"userName": "bjensen@example.com"}, headers=h)
+        assert r.status == 200
+    assert (await pool.fetchval("SELECT attributes FROM users WHERE id = $1", uuid.UUID(uid)))["legacyField"] == 42
