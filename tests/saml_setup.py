@@ -4,7 +4,6 @@ makes it, the gateway app in process, and the browser's side of a login."""
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -153,5 +152,3 @@ def page_is_clean(html: str) -> bool:
     return not any(s in lowered for s in ("traceback", "begin certificate", "private key", "urn:oasis:names",
                                           "&lt;", 'file "'))
 
-
-__all__ = ["json"]
