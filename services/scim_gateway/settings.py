@@ -21,7 +21,7 @@ class ScimSettings(CommonSettings):
     scim_retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503/429")
     scim_max_body: int = Field(default=1024 * 1024, ge=1024, description="Request body limit (bytes)")
     scim_rate_limit_per_s: float = Field(
-        default=5000.0,
+        default=10000.0,
         ge=0,
         description="Requests per second per tenant per gateway process (0 = unlimited); "
         "tenants.rate_limit_per_s overrides it",
