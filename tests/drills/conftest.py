@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,9 +12,10 @@ from .support import Processes
 
 
 @pytest.fixture
-async def procs(tmp_path: Path, service_env: dict[str, str], request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
+async def procs(tmp_path: Path, service_env: dict[str, str], redis: Any, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     """Services as subprocesses on this test's database and Redis prefix; all ended at
-    teardown. Their logs are printed when the drill fails."""
+    teardown (before the ``redis`` fixture deletes the prefix's keys, which it depends on).
+    Their logs are printed when the drill fails."""
     p = Processes(tmp_path / "logs", dict(service_env))
     try:
         yield p

@@ -321,10 +321,12 @@ class ScimLoad:
     ``userName eq`` (GET); every answer is recorded. No client retries: each userName is
     sent once, so what happened to it can be checked afterwards."""
 
-    def __init__(self, base_url: str, token: str, clients: int = 4, tag: str = "load", pause_s: float = 0.02) -> None:
+    def __init__(self, base_url: str, token: str, clients: int = 4, tag: str = "load", pause_s: float = 0.02,
+                 readers: int = 0) -> None:
         self.base_url = base_url
         self.token = token
         self.clients = clients
+        self.readers = readers  # clients that only read (so reads go on while writes wait)
         self.tag = tag
         self.pause_s = pause_s
         self.answers: list[Answer] = []
@@ -338,6 +340,7 @@ class ScimLoad:
     def start(self) -> ScimLoad:
         self._t0 = time.monotonic()
         self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+        self._tasks += [asyncio.create_task(self._client(self.clients + i, writes=False)) for i in range(self.readers)]
         return self
 
     async def stop(self) -> list[Answer]:
@@ -345,7 +348,7 @@ class ScimLoad:
         await asyncio.gather(*self._tasks)
         return self.answers
 
-    async def _client(self, n: int) -> None:
+    async def _client(self, n: int, writes: bool = True) -> None:
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/scim+json"}
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(base_url=self.base_url, headers=headers, timeout=timeout) as http:
@@ -354,7 +357,8 @@ class ScimLoad:
                 name = f"{self.tag}-c{n}-{i}@drill.test"
                 i += 1
                 body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "active": True}
-                await self._call(http, "POST", "/scim/v2/Users", name, json=body)
+                if writes:
+                    await self._call(http, "POST", "/scim/v2/Users", name, json=body)
                 await self._call(http, "GET", "/scim/v2/Users", name, params={"filter": f'userName eq "{name}"'})
                 await asyncio.sleep(self.pause_s)
 

@@ -40,7 +40,7 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
     smtp = SmtpServer().start()
     procs.servers.append(smtp.stop)
     acme = await make_tenant(pool, notify_emails=["ops@acme.example"])
-    await procs.provisioner(claim_idle_ms=300, max_deliveries=MAX_DELIVERIES)
+    await procs.provisioner(claim_idle_ms=1000, max_deliveries=MAX_DELIVERIES)
     await procs.auditor(notify_window_s=2, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_from="provisio@drill.test")
     clock.mark("services ready")
 

@@ -19,6 +19,9 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -38,8 +41,12 @@ DOWN_S = 10.0
 
 
 @pytest.fixture
-async def owned_pg(tmp_path):
-    server = OwnedPostgres(tmp_path / "pg")
+async def owned_pg():
+    # Not under pytest's tmp folder: the server runs as an unprivileged user, and any other
+    # pytest session on the machine resets pytest-of-<user> to 0700 at its start.
+    folder = Path(tempfile.mkdtemp(prefix="provisio-drill-pg-"))
+    folder.chmod(0o755)
+    server = OwnedPostgres(folder / "pg")
     await asyncio.to_thread(server.start)
     admin = await asyncpg.connect(server.url("postgres"))
     await admin.execute("CREATE DATABASE provisio")
@@ -50,9 +57,10 @@ async def owned_pg(tmp_path):
     await conn.close()
     yield server, url
     await asyncio.to_thread(server.close)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
-async def test_postgres_down_10s_503s_then_nothing_lost(procs, owned_pg, redis, topology, service_env):
+async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, topology, service_env):
     server, url = owned_pg
     clock = Clock()
     env = {**service_env, "PROVISIO_DATABASE_URL": url}
@@ -65,12 +73,21 @@ async def test_postgres_down_10s_503s_then_nothing_lost(procs, owned_pg, redis, 
     gateway, base = await procs.scim_gateway(env, scim_outcome_timeout_s=3, scim_retry_after_s=2, scim_token_cache_s=5)
     clock.mark("services ready")
 
-    scim = ScimLoad(base, tenants[0].token, clients=4, tag="pgdrill").start()
+    scim = ScimLoad(base, tenants[0].token, clients=4, readers=2, tag="pgdrill").start()
     direct = DirectLoad(redis, topology, [t.id for t in tenants[1:]], per_tick=20, tick_s=0.1, tag="pgdirect").start()
     await asyncio.sleep(2)
 
+    # Queries in flight when Postgres goes down: a long transaction holds the users table,
+    # so the reads and writes that arrive now wait inside Postgres; the fast shutdown then
+    # ends them with 57P01 (AdminShutdownError), as a restart under load does.
+    blocker = await asyncpg.connect(url)
+    lock = blocker.transaction()
+    await lock.start()
+    await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    await asyncio.sleep(0.5)
     down_at = scim.now()
     await asyncio.to_thread(server.stop)
+    blocker.terminate()
     clock.mark("postgres stopped")
     await asyncio.sleep(DOWN_S)
     up_at = scim.now()
@@ -101,7 +118,8 @@ async def test_postgres_down_10s_503s_then_nothing_lost(procs, owned_pg, redis, 
     summary = summarize(answers)
     during = [a for a in answers if down_at + 0.5 < a.at < up_at]
     # The gateway: 503 + Retry-After, never another 5xx, never a broken connection.
-    assert not [a for a in answers if a.status >= 500 and a.status != 503], summary
+    errors = [line[-3000:] for line in gateway.text().splitlines() if '"level": "error"' in line]
+    assert not [a for a in answers if a.status >= 500 and a.status != 503], (summary, errors[:2])
     assert not [a for a in answers if a.status == 0], summary
     assert all(a.retry_after == "2" for a in answers if a.status == 503)
     reads_down = [a for a in during if a.method == "GET"]

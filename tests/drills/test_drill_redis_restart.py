@@ -42,7 +42,7 @@ async def owned_redis(tmp_path):
     await asyncio.to_thread(server.close)
 
 
-async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowledged(procs, owned_redis, pool, redis_prefix, service_env):
+async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowledged(owned_redis, procs, pool, redis_prefix, service_env):
     clock = Clock()
     env = {**service_env, "PROVISIO_REDIS_URL": owned_redis.url}
     topology = Topology(prefix=redis_prefix, partitions=int(service_env["PROVISIO_PARTITIONS"]))
@@ -92,7 +92,8 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
 
     summary = summarize(answers)
     during = [a for a in answers if down_at + 0.5 < a.at < up_at]
-    assert not [a for a in answers if a.status >= 500 and a.status != 503], summary
+    errors = [line[-3000:] for line in gateway.text().splitlines() if '"level": "error"' in line]
+    assert not [a for a in answers if a.status >= 500 and a.status != 503], (summary, errors[:2])
     assert not [a for a in answers if a.status == 0], summary
     assert all(a.retry_after == "2" for a in answers if a.status == 503)
     writes_down = [a for a in during if a.method == "POST"]

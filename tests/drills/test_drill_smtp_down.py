@@ -58,13 +58,13 @@ async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, red
         await publish_command(redis, topology, create(t.id, f"taken{i}@drill.test", f"drill5-ok-{i}"))
     await duplicates(1, 4)
 
-    async def first_mails_failing() -> bool:
+    async def first_mails_failing() -> list[int]:
         async with pool.acquire() as conn:
-            n = await conn.fetchval("SELECT count(*) FROM notifications WHERE status = 'pending' AND attempts >= 1 "
-                                    "AND last_error IS NOT NULL AND kind = 'first'")
-        return n == len(tenants)
+            ids = await conn.fetch("SELECT id FROM notifications WHERE status = 'pending' AND attempts >= 1 "
+                                   "AND last_error IS NOT NULL AND kind = 'first'")
+        return [r["id"] for r in ids] if len(ids) == len(tenants) else []
 
-    await wait_for(first_mails_failing, 15, "first mails tried and failing while SMTP is down")
+    failed_first = await wait_for(first_mails_failing, 15, "first mails tried and failing while SMTP is down")
     clock.mark("mail failing")
 
     auditor.kill()  # the auditor dies during the outage: the pending mails are in Postgres
@@ -105,7 +105,8 @@ async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, red
     assert per_tenant == Counter(failing.values())
 
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT kind, status, attempts FROM notifications")
+        rows = await conn.fetch("SELECT id, status, attempts FROM notifications")
     assert {r["status"] for r in rows} == {"sent"}
-    assert all(r["attempts"] >= 2 for r in rows if r["kind"] == "first")
+    # The mails seen failing were retried until sent (later ones may have gone at once).
+    assert all(r["attempts"] >= 2 for r in rows if r["id"] in failed_first)
     print(f"drill 5: {clock}; {len(smtp.inbox.messages)} mails for {len(failing)} failures")
