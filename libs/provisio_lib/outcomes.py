@@ -43,6 +43,53 @@ async def publish_command(redis: Any, topology: Topology, command: Command) -> s
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
+class CommandPublisher:
+    """XADDs commands, coalescing those that arrive while a send is in flight into one
+    pipeline: under load, one socket write carries many commands (each write is a
+    syscall, and syscalls were the gateway's largest cost). No timer, so an idle
+    gateway adds no latency: the first command goes out at once."""
+
+    def __init__(self, redis: Any, topology: Topology) -> None:
+        self.redis = redis
+        self.topology = topology
+        self._queue: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._sending = False
+
+    async def publish(self, command: Command) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((self.topology.command_stream_for(command.tenant_id), encode(command), fut))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_all())
+        await fut
+
+    async def _send_all(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
+        finally:
+            self._sending = False
+
+    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, data, _ in batch:
+                    pipe.xadd(stream, {DATA_FIELD: data}, maxlen=self.topology.maxlen, approximate=True)
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            results = [err] * len(batch)
+        except Exception as err:  # never leave a request waiting on a future nobody resolves
+            results = [err] * len(batch)
+        for (_, _, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(BrokerUnavailable(str(result)))
+            else:
+                fut.set_result(None)
+
+
 class OutcomeWaiter:
     """One reader of this process's reply stream, resolving futures by event id."""
 
@@ -55,6 +102,7 @@ class OutcomeWaiter:
         self._task: asyncio.Task[None] | None = None
         self._last_id = "$"
         self._stopping = False
+        self.publisher = CommandPublisher(redis, topology)
 
     async def start(self) -> None:
         # Read from the current end: outcomes only ever answer requests made after start.
@@ -86,7 +134,7 @@ class OutcomeWaiter:
         fut: asyncio.Future[Outcome] = loop.create_future()
         self._pending[command.event_id] = fut
         try:
-            await publish_command(self.redis, self.topology, command)
+            await self.publisher.publish(command)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as err:
             raise OutcomeTimeout(str(command.event_id)) from err
