@@ -455,7 +455,7 @@ def create_app(settings: SamlSettings) -> web.Application:
         engine_kwargs = dict(
             public_url=settings.saml_public_url, skew_s=settings.saml_clock_skew_s,
             max_bytes=settings.saml_max_response_bytes, backend=settings.saml_crypto_backend,
-            xmlsec1_path=settings.saml_xmlsec1_path,
+            xmlsec1_path=settings.saml_xmlsec1_path, schema_validator=settings.saml_schema_validator,
         )
         app[ENGINE] = SamlEngine(**engine_kwargs)  # type: ignore[arg-type]
         processes: ProcessPoolExecutor | None = None

@@ -35,6 +35,7 @@ from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from provisio_lib.sso import parse_idp_metadata, sp_urls
 
+from . import schema
 from .crypto import CryptoBackendXmlsecBinding
 
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -119,7 +120,7 @@ class SamlEngine:
     ``updated_at``), with the configured crypto backend."""
 
     def __init__(self, *, public_url: str, skew_s: int, max_bytes: int, backend: str, xmlsec1_path: str,
-                 workdir: str | None = None) -> None:
+                 schema_validator: str = "xmlschema", workdir: str | None = None) -> None:
         self.public_url = public_url
         self.skew_s = skew_s
         self.max_bytes = max_bytes
@@ -129,6 +130,10 @@ class SamlEngine:
         self._clients: dict[uuid.UUID, tuple[datetime, Saml2Client]] = {}
         self._lock = threading.Lock()
         self.binding = CryptoBackendXmlsecBinding(xmlsec1_path)
+        self.schema_validator: Any = None
+        if schema_validator == "libxml2":
+            schema.install()
+            self.schema_validator = schema.Libxml2Validator()
 
     def close(self) -> None:
         self._clients.clear()
@@ -286,7 +291,8 @@ class SamlEngine:
 
         encoded = base64.b64encode(xml).decode()
         try:
-            resp = client.parse_authn_request_response(encoded, BINDING_HTTP_POST, outstanding={})
+            with schema.validating_with(self.schema_validator):
+                resp = client.parse_authn_request_response(encoded, BINDING_HTTP_POST, outstanding={})
         except DecryptError:
             raise Refused("decrypt", "The assertion could not be decrypted with this connection's key; give the "
                           "identity provider this connection's current SP metadata.", 403) from None
