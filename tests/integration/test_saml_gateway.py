@@ -424,3 +424,20 @@ async def test_verification_runs_off_the_event_loop(gateway: Any, pool: Any, acm
     await asyncio.gather(*(post_acs(gateway, s, s.response(sign_response=False, sign_assertion=False))
                            for _ in range(4)))
     assert len(seen) == 4 and all(name.startswith("saml-verify") for name in seen), seen
+
+
+async def test_plain_pysaml2_backends_selectable(service_env: dict[str, str], topology: Any, pool: Any, acme: Any,
+                                                 provisioner: Any, redis: Any) -> None:
+    """PROVISIO_SAML_CRYPTO_BACKEND=xmlsec1 and PROVISIO_SAML_SCHEMA_VALIDATOR=xmlschema:
+    pysaml2's own verification, same results over HTTP."""
+    client = await start_gateway(saml_crypto_backend="xmlsec1", saml_schema_validator="xmlschema")
+    try:
+        s = await add_connection(pool, acme.id, "jumpcloud", preset="jumpcloud")
+        profile = await _profile(client, s, await _login(client, s, groups=["Ops"], shape="both"))
+        assert profile["attributes"]["family_name"] == "Liddell" and profile["groups"][0]["display_name"] == "Ops"
+        wrapped = atk.xsw1(s.response(in_response_to=await sp_login(client, s), shape="response"))
+        await _assert_refused(await post_acs(client, s, wrapped), redis, topology, acme.id, "assertions", 400)
+        tampered = atk.tamper_name_id(s.response(in_response_to=await sp_login(client, s)))
+        await _assert_refused(await post_acs(client, s, tampered), redis, topology, acme.id, "signature")
+    finally:
+        await client.close()
