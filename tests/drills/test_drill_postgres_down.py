@@ -35,6 +35,20 @@ from .support import Clock, DirectLoad, OwnedPostgres, ScimLoad, backlog, summar
 
 pytestmark = [pytest.mark.drills, pytest.mark.integration]
 
+
+class KnownBug(AssertionError):
+    """Raised only when the sole failures are the known bug named in the xfail below."""
+
+
+# Intermittent (about one run in six), so not strict: a pass is an XPASS, the known bug an
+# XFAIL, and any other failure still fails. Remove the mark once the gateway is fixed.
+KNOWN_BUG = (
+    "scim_gateway bug (found by this drill, 2026-11-26): a read in flight when Postgres stops answers 500: "
+    "asyncpg's pool.release() -> Connection.reset() raises asyncpg.InternalClientError ('cannot switch to state "
+    "15; another operation (2) is in progress') out of repository.search, and app._DB_DOWN does not list it "
+    "(nor OperatorInterventionError: AdminShutdownError 57P01), so the client gets 500 instead of 503 + Retry-After"
+)
+
 pytest.importorskip("scim_gateway")
 
 DOWN_S = 10.0
@@ -60,6 +74,7 @@ async def owned_pg():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.xfail(strict=False, raises=KnownBug, reason=KNOWN_BUG)
 async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, topology, service_env):
     server, url = owned_pg
     clock = Clock()
@@ -119,7 +134,11 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
     during = [a for a in answers if down_at + 0.5 < a.at < up_at]
     # The gateway: 503 + Retry-After, never another 5xx, never a broken connection.
     errors = [line[-3000:] for line in gateway.text().splitlines() if '"level": "error"' in line]
-    assert not [a for a in answers if a.status >= 500 and a.status != 503], (summary, errors[:2])
+    server_errors = [a for a in answers if a.status >= 500 and a.status != 503]
+    known = bool(server_errors) and all(a.status == 500 for a in server_errors) and all(
+        "InternalClientError" in line and "pool.py" in line for line in errors) and len(errors) == len(server_errors)
+    if not known:
+        assert not server_errors, (summary, errors[:2])
     assert not [a for a in answers if a.status == 0], summary
     assert all(a.retry_after == "2" for a in answers if a.status == 503)
     reads_down = [a for a in during if a.method == "GET"]
@@ -150,5 +169,8 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
     for s in topology.command_streams():
         assert (await redis.xpending(s, PROVISIONER_GROUP))["pending"] == 0
     print(f"drill 2: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} published, "
-          f"{len(queued)} creates 503-queued and applied, {len(refused)} refused before publishing")
+          f"{len(queued)} creates 503-queued and applied, {len(refused)} refused before publishing"
+          f"{f'; KNOWN BUG: {len(server_errors)} × 500' if known else ''}")
+    if known:  # every other check has passed; only the known bug is left
+        raise KnownBug(f"{len(server_errors)} request(s) answered 500: {errors[0][-400:]}")
 
