@@ -20,7 +20,7 @@ from provisio_lib.tokens import generate_token, hash_token
 
 from .context import CliError, database, print_rows, tenant_id
 
-app = typer.Typer(help="SAML SSO connections: add, show, list, remove.", no_args_is_help=True)
+app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove.", no_args_is_help=True)
 
 SECRET_PREFIX = "pas_"  # Provisio app secret (code exchange at POST /saml/token)
 
@@ -135,6 +135,58 @@ async def _connection(conn: asyncpg.Connection, tenant: str, name: str) -> dict[
     if row is None:
         raise CliError(f"tenant {tenant!r} has no SSO connection named {name!r} (see `provisio sso list {tenant}`)")
     return dict(row)
+
+
+@app.command("update")
+def update(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+    metadata: str | None = typer.Option(None, "--metadata", help="New IdP metadata (certificate rollover)"),
+    jit: str | None = typer.Option(None, "--jit", help="off, create or sync"),
+    app_url: str | None = typer.Option(None, "--app-url", help="Where the browser goes after login"),
+    allow_idp_initiated: bool | None = typer.Option(None, "--allow-idp-initiated/--no-idp-initiated"),
+    map_: list[str] = typer.Option([], "--map", help="FIELD=CLAIM (repeatable), on top of the current map"),
+    require: list[str] | None = typer.Option(None, "--require", help="FIELD (repeatable): replaces the list"),
+) -> None:
+    """Change a connection in place: the SP key, URLs and app secret stay, so the IdP and
+    the app need no change (e.g. new IdP metadata when its signing certificate rolls over)."""
+    if jit is not None and jit not in sso.JIT_MODES:
+        raise CliError(f"unknown --jit {jit!r}; choose one of: {', '.join(sso.JIT_MODES)}")
+    if app_url is not None and not app_url.startswith(("https://", "http://")):
+        raise CliError(f"--app-url {app_url!r} must be an http(s) URL")
+    raw = _read_metadata(metadata) if metadata else None
+    info = None
+    if raw is not None:
+        try:
+            info = sso.parse_idp_metadata(raw)
+        except sso.MetadataError as err:
+            raise CliError(f"invalid IdP metadata: {err}") from None
+
+    async def go() -> None:
+        async with database() as conn:
+            row = await _connection(conn, tenant, name)
+            amap = {k: list(v) for k, v in row["attribute_map"].items()}
+            try:
+                for field, claim in sso.parse_map_options(map_).items():
+                    amap[field] = sso.attribute_map(row["preset"], {field: claim})[field]
+                required = sso.check_required(require, amap) if require is not None else list(row["required_attributes"])
+            except sso.MappingError as err:
+                raise CliError(str(err)) from None
+            if info is not None and info.entity_id != row["idp_entity_id"]:
+                raise CliError(f"the new metadata is for IdP {info.entity_id!r}, not this connection's "
+                               f"{row['idp_entity_id']!r}; add a new connection instead")
+            await conn.execute(
+                """UPDATE sso_connections SET idp_metadata = coalesce($2, idp_metadata),
+                       jit_mode = coalesce($3, jit_mode), app_url = coalesce($4, app_url),
+                       allow_idp_initiated = coalesce($5, allow_idp_initiated), attribute_map = $6,
+                       required_attributes = $7, updated_at = now()
+                   WHERE id = $1""",
+                row["id"], raw.decode("utf-8", "replace") if raw is not None else None, jit, app_url,
+                allow_idp_initiated, amap, required,
+            )
+
+    asyncio.run(go())
+    typer.echo(f"updated SSO connection {name.strip().lower()} of tenant {tenant}")
 
 
 @app.command("show")

@@ -74,6 +74,22 @@ async def test_sso_connection_lifecycle(env: dict[str, str], pool: object, tmp_p
     dup = cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra", env=env)
     one_error_line(dup, "already has an SSO connection named 'entra'")
 
+    rolled = TestIdP(idp.entity_id)  # same IdP, new signing certificate
+    new_md = tmp_path / "entra-2.xml"  # type: ignore[operator]
+    new_md.write_text(rolled.metadata())
+    updated = cli("sso", "update", name, "entra", "--metadata", str(new_md), "--jit", "create", "--no-idp-initiated",
+                  "--map", "cost_center=http://x/cc", env=env)
+    assert updated.returncode == 0, updated.stderr
+    row2 = await pool.fetchrow("SELECT * FROM sso_connections WHERE name = 'entra'")  # type: ignore[attr-defined]
+    assert row2["jit_mode"] == "create" and rolled.keys.cert_b64 in row2["idp_metadata"]
+    assert row2["attribute_map"]["cost_center"] == ["http://x/cc"]
+    assert row2["attribute_map"]["department"] == ["http://x/department"]
+    assert row2["sp_key_pem"] == row["sp_key_pem"] and row2["app_secret_hash"] == row["app_secret_hash"]
+    other_idp = tmp_path / "other.xml"  # type: ignore[operator]
+    other_idp.write_text(TestIdP("https://other.test/").metadata())
+    one_error_line(cli("sso", "update", name, "entra", "--metadata", str(other_idp), env=env),
+                   "add a new connection instead")
+
     new_secret = cli("sso", "secret", name, "entra", env=env)
     assert new_secret.returncode == 0 and new_secret.stdout.strip().splitlines()[-1] != secret
 
