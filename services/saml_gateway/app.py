@@ -70,7 +70,6 @@ WAITER = web.AppKey("waiter", OutcomeWaiter)
 ENGINE = web.AppKey("engine", SamlEngine)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 VERIFIER = web.AppKey("verifier", Any)  # runs verify(conn, saml_response) off the loop
-REGISTRY = web.AppKey("registry", "ConnectionRegistry")
 
 _NAME = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_RELAY_STATE = 80  # saml-bindings §3.4.3 / §3.5.3: RelayState MUST NOT exceed 80 bytes
@@ -109,6 +108,9 @@ class ConnectionRegistry:
             conn_id,
         )
         return Connection.from_row(row) if row else None
+
+
+REGISTRY = web.AppKey("registry", ConnectionRegistry)
 
 
 # --------------------------------------------------------------------------- keys
