@@ -432,3 +432,60 @@ def summarize(answers: list[Answer]) -> dict[str, int]:
         key = f"{a.method} {a.status}"
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
+
+
+class SamlLoad:
+    """One browser that, until stopped, posts a fresh IdP-initiated response signed by the
+    connection's test IdP (a new user each time) to the ACS, and records the answer.
+    ``setup`` is a ``tests/saml_setup.Setup`` (the gateway must run with its public URL)."""
+
+    def __init__(self, base_url: str, setup: Any, tag: str = "saml") -> None:
+        self.base_url = base_url
+        self.setup = setup
+        self.tag = tag
+        self.answers: list[Answer] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._t0 = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def start(self) -> SamlLoad:
+        self._t0 = time.monotonic()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> list[Answer]:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        return self.answers
+
+    async def _run(self) -> None:
+        import base64
+
+        s = self.setup
+        acs = f"{self.base_url}/saml/{s.tenant}/{s.name}/acs"
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            i = 0
+            while not self._stop.is_set():
+                name = f"{self.tag}{i}@drill.test"
+                i += 1
+                xml = await asyncio.to_thread(s.response, name_id=name, attributes=_entra_claims(name))
+                at = time.monotonic() - self._t0
+                data = {"SAMLResponse": base64.b64encode(xml.encode()).decode()}
+                try:
+                    async with http.post(acs, data=data, allow_redirects=False) as resp:
+                        body = await resp.text()
+                        self.answers.append(Answer(at, "ACS", resp.status, resp.headers.get("Retry-After"),
+                                                   body[:300], name))
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+                    self.answers.append(Answer(at, "ACS", 0, None, f"{type(err).__name__}: {err}", name))
+                await asyncio.sleep(0.02)
+
+
+def _entra_claims(name: str) -> dict[str, list[str]]:
+    e = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/"
+    return {e + "emailaddress": [name], e + "name": [name], e + "givenname": ["Drill"], e + "surname": ["User"]}

@@ -19,9 +19,12 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -31,7 +34,10 @@ from provisio_lib import db
 from provisio_lib.topology import PROVISIONER_GROUP
 from tests.conftest import make_tenant
 
-from .support import Clock, DirectLoad, OwnedPostgres, ScimLoad, backlog, summarize, wait_for
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+from saml_setup import PUBLIC, add_connection  # noqa: E402
+
+from .support import Clock, DirectLoad, OwnedPostgres, SamlLoad, ScimLoad, backlog, summarize, wait_for
 
 pytestmark = [pytest.mark.drills, pytest.mark.integration]
 
@@ -174,3 +180,84 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
     if known:  # every other check has passed; only the known bug is left
         raise KnownBug(f"{len(server_errors)} request(s) answered 500: {errors[0][-400:]}")
 
+
+
+class SamlKnownBug(AssertionError):
+    """Raised only when the sole failures are the known bug named in the xfail below."""
+
+
+SAML_KNOWN_BUG = (
+    "saml_gateway bug (found by this drill, 2026-11-26): with Postgres down the ACS answers 500 'Sign-in failed' "
+    "(saml_unhandled_error: FileNotFoundError/ConnectionRefused from the connection registry's query, "
+    "app.py acs() -> REGISTRY.get) instead of a 503 'try again' page, once the connection cache has expired"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=SamlKnownBug, reason=SAML_KNOWN_BUG)
+async def test_postgres_down_10s_saml_logins_503_then_resume(owned_pg, procs, redis, topology, service_env):
+    """The same outage seen by the SAML gateway: a browser keeps posting fresh signed
+    IdP-initiated responses (JIT create) to the ACS. While Postgres is down: a 503 page,
+    never a 500; afterwards logins succeed again; every login answered 303, and every one
+    answered 503 "being set up" (published, wait ran out), has its user."""
+    server, url = owned_pg
+    clock = Clock()
+    env = {**service_env, "PROVISIO_DATABASE_URL": url}
+    pool = await db.create_pool(url, min_size=1, max_size=4)
+    try:
+        acme = await make_tenant(pool)
+        sso = await add_connection(pool, acme.id, "entra", preset="entra", jit="create", allow_idp_initiated=True)
+    finally:
+        await pool.close()
+    await procs.provisioner(env)
+    gateway, base = await procs.saml_gateway(env, saml_public_url=PUBLIC, saml_outcome_timeout_s=3,
+                                             saml_connection_cache_s=5)
+    clock.mark("services ready")
+    saml = SamlLoad(base, sso, tag="pgsaml").start()
+    await asyncio.sleep(2)
+    down_at = saml.now()
+    await asyncio.to_thread(server.stop)
+    clock.mark("postgres stopped")
+    await asyncio.sleep(DOWN_S)
+    up_at = saml.now()
+    await asyncio.to_thread(server.restart)
+    clock.mark("postgres started")
+    await asyncio.sleep(3)
+    logins = await saml.stop()
+    clock.mark("load stopped")
+    await wait_for(lambda: _zero(backlog(redis, topology)), 30, "the backlog drained", diagnostics=procs.logs)
+
+    check = await db.create_pool(url, min_size=1, max_size=2)
+    try:
+        async with check.acquire() as conn:
+            users = {r["user_name"] for r in await conn.fetch("SELECT user_name FROM users")}
+    finally:
+        await check.close()
+
+    summary = summarize(logins)
+    errors = _errors(gateway)
+    server_errors = [a for a in logins if a.status >= 500 and a.status != 503]
+    known = bool(server_errors) and {a.status for a in server_errors} == {500} and len(errors) == len(server_errors) \
+        and all("saml_unhandled_error" in e and ("FileNotFoundError" in e or "ConnectionRefused" in e) for e in errors)
+    if not known:
+        assert not server_errors and {a.status for a in logins} <= {303, 503}, (summary, [e[-2000:] for e in errors[:2]])
+    during = [a for a in logins if down_at + 0.5 < a.at < up_at]
+    assert during and {a.status for a in during} <= ({500, 503} if known else {503}), summarize(during)
+    assert any(a.status == 303 for a in logins if a.at > up_at + 1), "the SAML gateway did not recover"
+    signed_in = [a for a in logins if a.status == 303]
+    queued = [a for a in logins if a.status == 503 and "being set up" in a.detail]
+    assert all(a.user_name in users for a in signed_in), "a login answered 303 has no user"
+    assert all(a.user_name in users for a in queued), "a login answered 'being set up' was lost"
+    assert sum([await redis.xlen(s) for s in topology.dead_letter_streams()]) == 0
+    assert gateway.alive()
+    print(f"drill 2 (SAML): {clock}; {summary}; {len(queued)} logins 'being set up' and applied"
+          f"{f'; KNOWN BUG: {len(server_errors)} × 500' if known else ''}")
+    if known:  # every other check has passed; only the known bug is left
+        raise SamlKnownBug(f"{len(server_errors)} logins answered 500: {errors[0][-300:]}")
+
+
+def _errors(service: Any) -> list[str]:
+    return [line for line in service.text().splitlines() if '"level": "error"' in line]
+
+
+async def _zero(value: Any) -> bool:
+    return await value == 0

@@ -18,6 +18,8 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import pytest
 
@@ -25,11 +27,15 @@ from provisio_lib.redis_client import connect_redis
 from provisio_lib.topology import Topology
 from tests.conftest import make_tenant
 
-from .support import Clock, DirectLoad, OwnedRedis, ScimLoad, backlog, summarize, wait_for
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+from saml_setup import PUBLIC, add_connection  # noqa: E402
+
+from .support import Clock, DirectLoad, OwnedRedis, SamlLoad, ScimLoad, backlog, summarize, wait_for
 
 pytestmark = [pytest.mark.drills, pytest.mark.integration]
 
 pytest.importorskip("scim_gateway")
+pytest.importorskip("saml_gateway")
 
 DOWN_S = 5.0
 
@@ -46,15 +52,19 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
     clock = Clock()
     env = {**service_env, "PROVISIO_REDIS_URL": owned_redis.url}
     topology = Topology(prefix=redis_prefix, partitions=int(service_env["PROVISIO_PARTITIONS"]))
-    tenants = [await make_tenant(pool) for _ in range(4)]
+    tenants = [await make_tenant(pool) for _ in range(5)]
+    sso = await add_connection(pool, tenants[4].id, "entra", preset="entra", jit="create", allow_idp_initiated=True)
     worker = await procs.provisioner(env, batch_size=100)
     gateway, base = await procs.scim_gateway(env, scim_outcome_timeout_s=3, scim_retry_after_s=2)
+    saml_gateway, saml_base = await procs.saml_gateway(env, saml_public_url=PUBLIC, saml_outcome_timeout_s=3)
     clock.mark("services ready")
 
     rd = connect_redis(owned_redis.url)
     try:
         scim = ScimLoad(base, tenants[0].token, clients=4, tag="rddrill").start()
-        direct = DirectLoad(rd, topology, [t.id for t in tenants[1:]], per_tick=20, tick_s=0.1, tag="rddirect").start()
+        saml = SamlLoad(saml_base, sso, tag="rdsaml").start()
+        saml._t0 = scim._t0  # one clock for both
+        direct = DirectLoad(rd, topology, [t.id for t in tenants[1:4]], per_tick=20, tick_s=0.1, tag="rddirect").start()
         await asyncio.sleep(2)
         down_at = scim.now()
         acknowledged_before = len(direct.acknowledged)
@@ -73,6 +83,7 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
         clock.mark("gateway answers 201 again")
         await asyncio.sleep(2)
         answers = await scim.stop()
+        logins = await saml.stop()
         await direct.stop()
         clock.mark("load stopped")
 
@@ -109,7 +120,17 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
     assert acked <= set(inbox), f"{len(acked - set(inbox))} acknowledged commands lost"
     assert all(c.payload.data.user_name in users for c in direct.acknowledged)  # type: ignore[union-attr]
     assert set(inbox.values()) == {"applied"} and dlq == 0
-    assert worker.alive() and gateway.alive()
+    # The SAML gateway: a 503 page while Redis is down (replay cache, command stream), never
+    # a 500; logins work again after; every login answered 303 has its user.
+    saml_summary = summarize(logins)
+    saml_errors = [line[-2000:] for line in saml_gateway.text().splitlines() if '"level": "error"' in line]
+    assert {a.status for a in logins} <= {303, 503}, (saml_summary, saml_errors[:2])
+    saml_during = [a for a in logins if down_at + 0.5 < a.at < up_at]
+    assert saml_during and {a.status for a in saml_during} == {503}, summarize(saml_during)
+    assert any(a.status == 303 for a in logins if a.at > up_at), "the SAML gateway did not recover"
+    assert all(a.user_name in users for a in logins if a.status == 303)
+    assert all(a.user_name in users for a in logins if a.status == 503 and "being set up" in a.detail)
+    assert worker.alive() and gateway.alive() and saml_gateway.alive()
     first_201 = min(a.at for a in created if a.at > up_at) - up_at
     print(f"drill 3: {clock}; first 201 {first_201:.1f} s after the restart; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
-          f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied")
+          f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied; SAML {saml_summary}")
