@@ -1,31 +1,14 @@
-import asyncio
-import sys
+"""``python -m provisioner``: settings, logging, run until SIGTERM/SIGINT."""
 
-import asyncpg
-
-from provisio_lib.db import SchemaError
-from provisio_lib.logging import configure_logging, get_logger
-from provisio_lib.settings import SettingsError, load_settings
+from provisio_lib.process import run_worker, start
 
 from .app import create_app
 from .settings import ProvisionerSettings
 
 
 def main() -> None:
-    try:
-        settings = load_settings(ProvisionerSettings)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    configure_logging(settings.log_level, settings.log_format, service="provisioner")
-    try:
-        asyncio.run(create_app(settings).run())
-    except KeyboardInterrupt:
-        pass
-    except (SchemaError, OSError, asyncpg.PostgresError) as err:
-        get_logger().error("provisioner_cannot_start", error=str(err))
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    settings = start(ProvisionerSettings, "provisioner")
+    run_worker(create_app(settings), "provisioner")
 
 
 if __name__ == "__main__":

@@ -1,35 +1,16 @@
-"""``python -m scim_gateway``: load settings, configure logging, serve until SIGTERM."""
+"""``python -m scim_gateway``: settings, logging, serve until SIGTERM/SIGINT."""
 
-from __future__ import annotations
-
-import sys
-
-from aiohttp import web
-
-from provisio_lib.logging import configure_logging
-from provisio_lib.settings import SettingsError, load_settings
+from provisio_lib.process import serve_http, start
 
 from .app import create_app
 from .settings import ScimSettings
 
 
 def main() -> None:
-    try:
-        settings = load_settings(ScimSettings)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    configure_logging(settings.log_level, settings.log_format, service="scim-gateway")
-    # run_app turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, let
-    # in-flight requests finish (shutdown_timeout), then run the cleanup contexts.
-    web.run_app(
-        create_app(settings),
-        host=settings.scim_host,
-        port=settings.scim_port,
-        access_log=None,
-        shutdown_timeout=settings.scim_outcome_timeout_s + 5,
-        print=None,
-    )
+    settings = start(ScimSettings, "scim-gateway")
+    # In-flight writes wait up to the outcome timeout; let them finish before stopping.
+    serve_http(create_app(settings), host=settings.scim_host, port=settings.scim_port,
+               shutdown_timeout=settings.scim_outcome_timeout_s + 5, service="scim-gateway")
 
 
 if __name__ == "__main__":

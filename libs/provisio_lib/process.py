@@ -1,0 +1,68 @@
+"""What every ``python -m <service>`` does: settings or one clear line, logging, run,
+and a start-up failure (database unreachable, schema not migrated, port taken) as one
+``error:`` line and exit code 1 — never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import asyncpg
+from pydantic_settings import BaseSettings
+from redis.exceptions import RedisError
+
+from .db import SchemaError
+from .logging import configure_logging, get_logger
+from .settings import CommonSettings, SettingsError, load_settings
+
+S = TypeVar("S", bound=BaseSettings)
+
+STARTUP_ERRORS: tuple[type[BaseException], ...] = (SchemaError, OSError, asyncpg.PostgresError, RedisError)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def start(cls: type[S], service: str) -> S:
+    """Load and validate settings (or exit with one line), then configure logging."""
+    try:
+        settings = load_settings(cls)
+    except SettingsError as err:
+        fail(str(err))
+    assert isinstance(settings, CommonSettings)
+    configure_logging(settings.log_level, settings.log_format, service=service)
+    return settings
+
+
+@contextmanager
+def startup_errors_exit(service: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    except STARTUP_ERRORS as err:
+        get_logger().error(f"{service}_cannot_start", error=str(err))
+        if isinstance(err, SchemaError):
+            fail(str(err))  # already says what to do (run `provisio migrate`, upgrade)
+        fail(f"{service} cannot start: {err} (is Postgres/Redis running? check PROVISIO_DATABASE_URL, "
+             "PROVISIO_REDIS_URL and the ports)")
+
+
+def run_worker(app: Any, service: str) -> None:
+    """Run a FastStream app; its run() turns SIGTERM/SIGINT into a graceful stop."""
+    with startup_errors_exit(service):
+        asyncio.run(app.run())
+
+
+def serve_http(app: Any, *, host: str, port: int, shutdown_timeout: float, service: str) -> None:
+    """Serve an aiohttp app; run_app turns SIGTERM/SIGINT into a graceful shutdown: stop
+    accepting, let in-flight requests finish (shutdown_timeout), run the cleanup contexts."""
+    from aiohttp import web
+
+    with startup_errors_exit(service):
+        web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_timeout, access_log=None, print=None)
