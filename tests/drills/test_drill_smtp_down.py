@@ -93,11 +93,10 @@ async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, red
     assert set(counts.values()) == {1}, f"a failure reported twice: {counts}"
     ids = Counter(m["Message-ID"] for m in smtp.inbox.messages)
     assert set(ids.values()) == {1}
-    for cid_to in {(cid, to) for cid, to in failing.items()}:
-        cid, to = cid_to
+    for cid, to in failing.items():
         mail = next(m for m in smtp.inbox.messages if cid in m.get_payload(decode=True).decode())
         assert mail["X-Envelope-To"] == to  # each tenant's failures go to that tenant only
-    per_tenant = Counter()
+    per_tenant: Counter[str] = Counter()
     for m in smtp.inbox.messages:
         body = m.get_payload(decode=True).decode()
         found = re.search(r"^Failures: (\d+)", body, re.M)
