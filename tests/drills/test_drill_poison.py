@@ -4,8 +4,9 @@ The poison is a create whose userName holds a NUL character: Postgres refuses it
 try, and it is neither a transient failure nor a permanent error the provisioner knows.
 With the provisioner and the auditor as processes and a real SMTP server: it is
 dead-lettered after ``max_deliveries`` tries, the waiting client gets a ``dead_letter``
-failure outcome, the audit trail records it, the tenant's operators get a mail, and the
-commands behind it in the same partition are applied without waiting for it.
+failure outcome, the audit trail records it, the tenant's operators get a mail (a second
+poison in the same window comes in the digest), and the commands behind it in the same
+partition are applied without waiting for it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
 
@@ -46,10 +48,12 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
 
     before = [create(acme.id, f"before{i}@acme.example") for i in range(50)]
     poison = create(acme.id, "poison\x00@acme.example")
+    poison2 = create(acme.id, "second\x00poison@acme.example")  # within the same mail window
     behind = [create(acme.id, f"behind{i}@acme.example") for i in range(50)]
     for c in before:
         await publish_command(redis, topology, c)
     poisoned = asyncio.create_task(waiter.submit(poison, timeout=30))
+    poisoned2 = asyncio.create_task(waiter.submit(poison2, timeout=30))
     await asyncio.sleep(0.05)
     for c in behind:
         await publish_command(redis, topology, c)
@@ -65,40 +69,54 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
     clock.mark("good commands applied")
     assert await redis.xlen(dlq) == 0, "the commands behind the poison waited for it to be dead-lettered"
 
-    outcome = await poisoned
-    clock.mark("dead_letter outcome to the waiting client")
-    assert outcome.result == "failed" and outcome.error is not None and outcome.error.code == "dead_letter"
-    assert f"failed {MAX_DELIVERIES} times" in outcome.error.message and "0x00" in outcome.error.message
+    for outcome in await asyncio.gather(poisoned, poisoned2):
+        assert outcome.result == "failed" and outcome.error is not None and outcome.error.code == "dead_letter"
+        assert f"failed {MAX_DELIVERIES} times" in outcome.error.message and "0x00" in outcome.error.message
+    clock.mark("dead_letter outcomes to the waiting clients")
 
     # (The outcome is published just before the DLQ entry is written.)
-    (_, fields), = await wait_for(lambda: redis.xrange(dlq), 5, "the dead-letter entry")
-    assert json.loads(fields[DATA_FIELD.encode()])["event_id"] == str(poison.event_id)
-    assert int(fields[b"deliveries"]) == MAX_DELIVERIES
-    assert fields[b"stream"].decode() == topology.command_stream_for(acme.id)
+    entries = await wait_for(lambda: _n_entries(redis, dlq, 2), 5, "the dead-letter entries")
+    assert sorted(json.loads(f[DATA_FIELD.encode()])["event_id"] for _, f in entries) == sorted(
+        [str(poison.event_id), str(poison2.event_id)])
+    for _, fields in entries:
+        assert int(fields[b"deliveries"]) == MAX_DELIVERIES
+        assert fields[b"stream"].decode() == topology.command_stream_for(acme.id)
     assert await pending_total(redis, topology) == 0
 
     async def audited() -> bool:
         async with pool.acquire() as conn:
-            return bool(await conn.fetchval(
-                "SELECT count(*) FROM audit_log WHERE event_id = $1 AND result = 'failed' AND error_code = 'dead_letter'",
-                poison.event_id))
+            return await conn.fetchval(
+                "SELECT count(*) FROM audit_log WHERE event_id = ANY($1::uuid[]) AND result = 'failed' "
+                "AND error_code = 'dead_letter'", [poison.event_id, poison2.event_id]) == 2
 
-    await wait_for(audited, 10, "the dead_letter outcome in audit_log")
-    await wait_for(lambda: _has_mail(smtp), 10, "a failure mail to the tenant's operators")
-    clock.mark("mail received")
-    await asyncio.sleep(2.5)  # one digest window: nothing more is owed
-    assert len(smtp.inbox.messages) == 1
-    mail = smtp.inbox.messages[0]
-    assert mail["X-Envelope-To"] == "ops@acme.example"
-    assert "dead_letter" in mail["Subject"]
-    assert poison.correlation_id in mail.get_payload(decode=True).decode()
+    await wait_for(audited, 10, "the dead_letter outcomes in audit_log")
+    # The first failure is mailed at once, the second waits for the window's digest.
+    await wait_for(lambda: _has_mail(smtp, 1), 10, "a failure mail to the tenant's operators")
+    clock.mark("first mail received")
+    await wait_for(lambda: _has_mail(smtp, 2), 10, "the digest")
+    clock.mark("digest received")
+    await asyncio.sleep(2.5)  # one more window: nothing more is owed
+    assert len(smtp.inbox.messages) == 2
+    first, digest = smtp.inbox.messages
+    assert first["X-Envelope-To"] == digest["X-Envelope-To"] == "ops@acme.example"
+    assert "dead_letter" in first["Subject"] and "1 more provisioning failure" in digest["Subject"]
+    bodies = [m.get_payload(decode=True).decode() for m in (first, digest)]
+    assert "dead_letter" in bodies[1]
+    for cid in (poison.correlation_id, poison2.correlation_id):
+        assert sum(cid in b for b in bodies) == 1  # each poison reported once
 
     async with pool.acquire() as conn:
         users = await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id)
-        inbox_poison = await conn.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", poison.event_id)
+        inbox_poison = await conn.fetchval("SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])",
+                                           [poison.event_id, poison2.event_id])
     assert users == 100 and inbox_poison == 0  # nothing of the poison was stored
     print(f"drill 4: {clock}")
 
 
-async def _has_mail(smtp: SmtpServer) -> bool:
-    return len(smtp.inbox.messages) >= 1
+async def _has_mail(smtp: SmtpServer, n: int) -> bool:
+    return len(smtp.inbox.messages) >= n
+
+
+async def _n_entries(redis: Any, stream: str, n: int) -> Any:
+    entries = await redis.xrange(stream)
+    return entries if len(entries) >= n else None
