@@ -21,6 +21,21 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _ADVISORY_LOCK = 0x70726F76
 
 
+# Postgres is down, restarting or out of connections: worth a retry later (503 +
+# Retry-After at a gateway). InternalClientError is what asyncpg's pool raises when it
+# resets a connection that died mid-query; OperatorInterventionError covers 57P01
+# (admin shutdown) and 57P03 (cannot connect now).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 class SchemaError(Exception):
     """The database schema does not match this code; the message says what to do."""
 

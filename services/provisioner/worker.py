@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -14,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from provisio_lib.contract import Command, CreateUser, ErrorInfo, Outcome, decode_command, encode
+from provisio_lib.db import UNAVAILABLE_ERRORS
 from provisio_lib.delivery import Delivery, TransientError, Verdicts
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import (
@@ -34,15 +34,9 @@ log = get_logger(__name__)
 
 # Worth retrying as they are: the database is down, restarting, or two transactions clashed.
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    *UNAVAILABLE_ERRORS,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
-    asyncpg.AdminShutdownError,
     asyncpg.QueryCanceledError,
 )
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -10,7 +10,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -33,14 +32,7 @@ log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Postgres unreachable or refusing connections: the client should retry (503).
-_DB_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
+_DB_DOWN = db.UNAVAILABLE_ERRORS
 
 
 def error_response(err: ScimError) -> web.Response:

@@ -1,6 +1,5 @@
 """ReliableConsumer on a real Redis: acks, retries, claims, dead letters, transient errors."""
 
-import asyncio
 
 import pytest
 from faststream.redis import RedisBroker

@@ -18,7 +18,6 @@ from provisio_lib.contract import (
     Source,
     UserData,
     decode_outcome,
-    encode,
 )
 from provisio_lib.outcomes import publish_command
 from provisio_lib.topology import DATA_FIELD, PROVISIONER_GROUP

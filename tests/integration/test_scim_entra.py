@@ -191,7 +191,7 @@ async def test_entra_user_and_group_sequence(service_env, pool, provisioner):
             })
             assert r.status == 200, await r.text()
         assert {m["value"] for m in (await r.json())["members"]} == {uid, manager}
-        r = await c.get("/scim/v2/Users", params={"filter": f'userName eq "Test_User_manager@testuser.com"'}, headers=h)
+        r = await c.get("/scim/v2/Users", params={"filter": 'userName eq "Test_User_manager@testuser.com"'}, headers=h)
         assert [g["value"] for g in (await r.json())["Resources"][0]["groups"]] == [gid]
 
         # Update Group [Remove Members]: only the listed member goes

@@ -27,7 +27,7 @@ def test_user_name_eq_is_the_index_expression():
 
 def test_case_exact_attributes_are_not_lowered():
     assert sql('externalId eq "AbC"').sql == "(u.external_id = $2::text)"
-    assert "lower" not in sql(f'urn:ietf:params:scim:schemas:extension:provisio:2.0:User:ssoName eq "X"').sql
+    assert "lower" not in sql('urn:ietf:params:scim:schemas:extension:provisio:2.0:User:ssoName eq "X"').sql
 
 
 @pytest.mark.parametrize(

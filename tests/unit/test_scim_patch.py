@@ -84,7 +84,7 @@ def test_pathless_value_object_with_paths_and_urns():
                 f"{ENT}:department": "Tour Operations",
                 "active": "False",
                 ENT: {"employeeNumber": "701984"},
-                f"urn:ietf:params:scim:schemas:core:2.0:User:displayName": "Babs J",
+                "urn:ietf:params:scim:schemas:core:2.0:User:displayName": "Babs J",
             },
         },
     )
