@@ -194,3 +194,41 @@ async def test_sigkill_a_provisioner_under_scim_load_every_create_answered_and_a
 
 async def _zero(value: Any) -> bool:
     return await value == 0
+
+
+async def test_sigterm_a_provisioner_mid_load_exits_cleanly_and_loses_nothing(procs, pool, redis, topology):
+    """Graceful shutdown (PRODUCT: "finish or hand back in-flight work"): SIGTERM in the
+    middle of the same load. The worker exits 0 within its graceful timeout; what it leaves
+    pending (read, not acknowledged: "handed back") is claimed by the survivor once idle
+    ``claim_idle_ms`` and applied once; exactly N users, each command applied once."""
+    clock = Clock()
+    tenants = [await make_tenant(pool) for _ in range(TENANTS)]
+    commands = creates(tenants, N)
+    leaving = await procs.provisioner(batch_size=50, claim_idle_ms=1000, graceful_timeout_s=10)
+    await procs.provisioner(batch_size=50, claim_idle_ms=1000)
+
+    async def inbox_count() -> int:
+        async with pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM inbox"))
+
+    load = asyncio.create_task(publish_all(redis, topology, commands))
+    await wait_for(lambda: _at_least(inbox_count, N // 5), 30, "a fifth of the load applied")
+    leaving.send(signal.SIGTERM)
+    assert leaving.proc is not None
+    code = await asyncio.to_thread(leaving.proc.wait, 20)
+    clock.mark(f"SIGTERM: exited {code} at {await inbox_count()}/{N} applied")
+    assert code == 0, leaving.tail()
+    held = await victim_entries(redis, topology, leaving.consumer)
+    clock.mark(f"left {sum(map(len, held.values()))} entries pending")
+    await load
+
+    async def drained() -> bool:
+        return await inbox_count() == N and await pending_total(redis, topology) == 0
+
+    await wait_for(drained, 45, f"all {N} commands applied and acknowledged", diagnostics=procs.logs)
+    clock.mark("drained")
+    assert (await pending_by_consumer(redis, topology)).get(leaving.consumer, 0) == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM users") == N
+        assert await conn.fetchval("SELECT count(*) FROM inbox WHERE outcome->>'result' <> 'applied'") == 0
+    print(f"drill 1 (SIGTERM): {clock}")
