@@ -129,8 +129,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_session_reset(_conn: asyncpg.Connection) -> None:
+    """asyncpg's default reset runs ``RESET ALL; UNLISTEN *; CLOSE ALL; SELECT
+    pg_advisory_unlock_all()`` on every release: one more round trip per request (11% of
+    the SCIM gateway's time on reads). Provisio's pooled connections keep no session state
+    (no SET, LISTEN, cursors or session advisory locks), and asyncpg still rolls back an
+    open transaction before this runs, so there is nothing to reset."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kw: Any) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python objects."""
+    kw.setdefault("reset", _no_session_reset)
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
     )

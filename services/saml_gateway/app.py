@@ -426,10 +426,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if request.path.startswith("/saml/token"):
             return web.json_response({"error": "temporarily_unavailable", "error_description": "try again shortly"},
                                      status=503, headers={"Retry-After": "5"})
-        page = error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
+        return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
                           title="Try again shortly")
-        page.headers["Retry-After"] = "5"
-        return page
     except Exception:
         # Never a stack trace to the browser; the log has it.
         ref = uuid.uuid4().hex

@@ -15,6 +15,9 @@ h1{{font-size:1.4rem}}.ref{{color:#666;font-size:.85rem}}</style></head>
 """
 
 
+RETRY_AFTER_S = 5
+
+
 def error_page(status: int, message: str, *, reference: str | None = None,
                title: str = "Sign-in failed") -> web.Response:
     extra = (
@@ -23,13 +26,11 @@ def error_page(status: int, message: str, *, reference: str | None = None,
         else ""
     )
     body = _PAGE.format(title=escape(title), message=escape(message), extra=extra)
-    return web.Response(
-        status=status,
-        text=body,
-        content_type="text/html",
-        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
-    )
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+    if status == 503:  # every "try again" page says when (RFC 9110 §10.2.3)
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return web.Response(status=status, text=body, content_type="text/html", headers=headers)
 
 
 def post_form(html: str) -> web.Response:
