@@ -77,6 +77,7 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
         batch_size=settings.batch_size,
         claim_idle_ms=settings.claim_idle_ms,
         max_deliveries=settings.max_deliveries,
+        min_batch_interval_ms=settings.audit_batch_wait_ms,
     )
     consumer.register()
 

@@ -10,6 +10,11 @@ from provisio_lib.settings import CommonSettings
 class AuditorSettings(CommonSettings):
     # --- delivery (see provisio_lib.delivery)
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Outcomes per audit batch")
+    audit_batch_wait_ms: int = Field(
+        default=200, ge=0, le=10_000,
+        description="After a short batch, wait this long before reading again: fewer, larger batches "
+        "under load (the audit trail may lag by this much; the request path gets the CPU)",
+    )
     claim_idle_ms: int = Field(default=30_000, ge=100, description="Claim entries idle this long")
     max_deliveries: int = Field(default=5, ge=1, description="Dead-letter after this many deliveries")
     health_host: str = Field(default="0.0.0.0", description="Health/metrics listener address")

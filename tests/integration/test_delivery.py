@@ -2,16 +2,16 @@
 
 
 import pytest
-from faststream.redis import RedisBroker
 
-from provisio_lib.delivery import Delivery, ReliableConsumer, TransientError, Verdicts
+
+from provisio_lib.delivery import Delivery, ReliableConsumer, TransientError, Verdicts, make_broker
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
 
 async def run_consumer(redis_url, redis, stream, handler, **kw):
-    broker = RedisBroker(redis_url)
+    broker = make_broker(redis_url, 5.0)
     consumer = ReliableConsumer(broker=broker, redis=redis, streams=[stream], group="g", handler=handler, **kw)
     consumer.register()
     await broker.start()
