@@ -76,7 +76,7 @@ def tenant_policy(
     one_group_per_user: bool | None = typer.Option(None, "--one-group-per-user/--many-groups-per-user"),
     immutable_user_name: bool | None = typer.Option(None, "--immutable-user-name/--mutable-user-name"),
 ) -> None:
-    """Set a tenant's provisioning policies (Splashtop team rules)."""
+    """Set a tenant's provisioning policies (Splashtop team rules); workers apply them within 5 s."""
     if deprovision is not None and deprovision not in ("deactivate", "delete"):
         raise CliError("--deprovision must be deactivate or delete")
 

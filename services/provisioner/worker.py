@@ -39,6 +39,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.QueryCanceledError,
 )
+# How long a tenant's policies (deprovision, one group per user, immutable userName)
+# are reused: `provisio tenant policy` takes effect within this many seconds.
+POLICY_CACHE_S = 5.0
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -50,6 +53,7 @@ class Provisioner:
         self.pool = pool
         self.redis = redis
         self.health: Any = None  # the health listener, when one runs
+        self._policy_cache: dict[uuid.UUID, tuple[Any, float]] = {}
         self.counters: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 0}
 
     async def handle(self, batch: list[Delivery]) -> Verdicts:
@@ -107,10 +111,12 @@ class Provisioner:
                 return await self._apply_careful(conn, items, verdicts)
 
     async def _apply_fast(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
-        policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
-        stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
-        if stored or len({c.event_id for _, c in items}) != len(items):
-            raise _Fallback("redeliveries in batch")
+        # No inbox lookup here: a redelivered command makes the inbox INSERT at the end
+        # fail on its primary key, which rolls this whole transaction back (the change
+        # with it), and the careful path then answers it from the inbox.
+        if len({c.event_id for _, c in items}) != len(items):
+            raise _Fallback("the same event twice in one batch")
+        policies = await self._policies(conn, {c.tenant_id for _, c in items})
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
         commands = [c for _, c in items]
@@ -145,9 +151,21 @@ class Provisioner:
             self.counters[outcome.result] += 1
         return results
 
+    async def _policies(self, conn: asyncpg.Connection, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        """Tenant policies, cached for POLICY_CACHE_S: they change rarely (the CLI), and a
+        query per batch is a round trip on the hot path. An unknown tenant is not cached."""
+        now = time.monotonic()
+        found = {t: p for t in tenant_ids if (hit := self._policy_cache.get(t)) and hit[1] > now for p in (hit[0],)}
+        missing = [t for t in tenant_ids if t not in found]
+        if missing:
+            for tid, row in (await store.tenant_policies(conn, missing)).items():
+                self._policy_cache[tid] = (row, now + POLICY_CACHE_S)
+                found[tid] = row
+        return found
+
     async def _apply_careful(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
         results: list[tuple[Command, Outcome, bytes]] = []
-        policies = await store.tenant_policies(conn, list({c.tenant_id for _, c in items}))
+        policies = await self._policies(conn, {c.tenant_id for _, c in items})
         stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
         done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
         for d, cmd in items:
