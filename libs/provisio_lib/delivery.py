@@ -210,6 +210,37 @@ class ReliableConsumer:
         for entry_id, error in retry.items():
             log.warning("delivery_failed_will_retry", stream=batch[0].stream, entry_id=entry_id, error=error)
 
+    async def finish_own_pending(self, limit: int = 1000) -> int:
+        """On shutdown, after the subscribers stopped: handle what this consumer read but
+        did not finish (FastStream may stop between XREADGROUP and the handler), so a
+        rolling restart does not leave it waiting ``claim_idle_ms`` for another worker.
+        Whatever still fails stays pending and is claimed as usual. Returns the count."""
+        done = 0
+        for stream in self.streams:
+            pending = await self.redis.xpending_range(
+                stream, self.group, min="-", max="+", count=limit, consumername=self.consumer
+            )
+            batch = []
+            for p in pending:
+                entry_id = _s(p["message_id"])
+                entries = await self.redis.xrange(stream, min=entry_id, max=entry_id)
+                if entries:
+                    batch.append(Delivery(stream, entry_id, entries[0][1], int(p["times_delivered"])))
+            if batch:
+                await self._process(batch, claimed=True)
+                done += len(batch)
+        if done:
+            log.info("finished_own_pending_on_shutdown", count=done, consumer=self.consumer)
+        return done
+
+    async def finish_own_pending_quietly(self, timeout_s: float = 10.0) -> None:
+        """``finish_own_pending`` for a lifespan's exit: bounded, and never raising (what is
+        not finished is claimed by another worker as usual)."""
+        try:
+            await asyncio.wait_for(self.finish_own_pending(), timeout_s)
+        except Exception as err:
+            log.warning("own_pending_left_for_others", error=str(err) or type(err).__name__)
+
     async def _dead_letter(self, d: Delivery, error: str) -> None:
         fields: dict[str | bytes, Any] = {
             DATA_FIELD: d.data if d.data is not None else repr(d.fields),

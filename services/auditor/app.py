@@ -105,6 +105,7 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
             log.info("auditor_started", consumer=consumer.consumer, partitions=topology.partitions,
                      health_port=auditor.health.port)
             yield
+            await consumer.finish_own_pending_quietly(settings.graceful_timeout_s)
         finally:
             for task in auditor.tasks:
                 task.cancel()

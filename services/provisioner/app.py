@@ -61,6 +61,7 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
             log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions)
             try:
                 yield
+                await consumer.finish_own_pending_quietly(settings.graceful_timeout_s)
             finally:
                 if worker.health is not None:
                     await worker.health.stop()

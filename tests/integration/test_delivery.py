@@ -98,3 +98,21 @@ async def test_verdicts_ack_retry_and_dead_letter_per_entry(redis_url, redis, st
 
 async def _all_done(redis, stream):
     return (await redis.xpending(stream, "g"))["pending"] == 0 and await redis.xlen(f"{stream}:dlq") == 1
+
+
+async def test_on_shutdown_a_consumer_finishes_what_it_read_but_did_not_handle(redis_url, redis, stream):
+    handled = []
+
+    async def record(batch: list[Delivery]) -> Verdicts:
+        handled.extend(d.data for d in batch)
+        return Verdicts()
+
+    for body in (b"a", b"b", b"c"):
+        await redis.xadd(stream, {"__data__": body})
+    # What FastStream may leave behind when it stops between XREADGROUP and the handler.
+    await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
+    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
+                                handler=record, consumer="worker-1")
+    await consumer.finish_own_pending_quietly()
+    assert handled == [b"a", b"b", b"c"]
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
