@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -339,11 +339,17 @@ def encode(message: Command | Outcome) -> bytes:
 
 
 def decode_command(data: bytes | str) -> Command:
-    return Command.model_validate(upcast(json.loads(data)))
+    try:  # the current version: pydantic-core parses and validates in one pass
+        return Command.model_validate_json(data)
+    except ValidationError:
+        return Command.model_validate(upcast(json.loads(data)))
 
 
 def decode_outcome(data: bytes | str) -> Outcome:
-    return Outcome.model_validate(upcast(json.loads(data)))
+    try:
+        return Outcome.model_validate_json(data)
+    except ValidationError:
+        return Outcome.model_validate(upcast(json.loads(data)))
 
 
 # --------------------------------------------------------------------------- JSON Schemas
