@@ -62,7 +62,6 @@ def ensure_peers() -> None:
     if (PEERS_VENV / "bin" / "gunicorn").exists():
         return
     log("creating bench/.venv-peers (scim2-server, django-scim2, gunicorn)")
-    import subprocess
 
     # The product venv's interpreter, so the peers run on the same Python.
     base = subprocess.run([PY, "-c", "import sys; print(sys._base_executable)"], capture_output=True, text=True,
