@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -455,8 +456,14 @@ def write_results(kind: str, data: dict[str, Any]) -> Path:
 
 @contextlib.contextmanager
 def workdir(prefix: str) -> Iterator[str]:
+    """A temporary directory for service logs and id lists; removed afterwards unless
+    BENCH_KEEP_LOGS is set (failures print the log tails before it goes)."""
     d = tempfile.mkdtemp(prefix=f"provisio-bench-{prefix}-")
-    yield d
+    try:
+        yield d
+    finally:
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass
