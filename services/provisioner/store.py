@@ -138,7 +138,7 @@ async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID
 
 async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2 FOR UPDATE", user_id, tenant_id
+        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE", user_id, tenant_id
     )
     if row is None:
         raise PermanentError("not_found", f"user {user_id} not found")
@@ -185,7 +185,7 @@ async def find_user_for_login(conn: asyncpg.Connection, tenant_id: uuid.UUID, us
     return await conn.fetchrow(
         f"""SELECT {USER_COLUMNS} FROM users
             WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR ($3::text IS NOT NULL AND lower(email) = lower($3)))
-            ORDER BY (lower(user_name) = lower($2)) DESC LIMIT 1 FOR UPDATE""",
+            ORDER BY (lower(user_name) = lower($2)) DESC LIMIT 1 FOR NO KEY UPDATE""",
         tenant_id, user_name, email,
     )
 
@@ -211,7 +211,7 @@ async def insert_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id:
 
 async def lock_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"SELECT {GROUP_COLUMNS} FROM groups WHERE id = $1 AND tenant_id = $2 FOR UPDATE", group_id, tenant_id
+        f"SELECT {GROUP_COLUMNS} FROM groups WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE", group_id, tenant_id
     )
     if row is None:
         raise PermanentError("not_found", f"group {group_id} not found")
@@ -264,7 +264,7 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
     status = await conn.execute(
         """INSERT INTO memberships (tenant_id, group_id, user_id, source)
            SELECT $1, $2, unnest($3::uuid[]), $4 ON CONFLICT DO NOTHING""",
-        tenant_id, group_id, user_ids, source,
+        tenant_id, group_id, sorted(user_ids), source,  # one row order for every writer
     )
     return int(status.split()[-1])
 
@@ -319,6 +319,23 @@ async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, 
 
 
 # --------------------------------------------------------------------------- tenants & inbox
+
+
+async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID]) -> None:
+    """Lock every user and group a batch will change, groups first, each in id order.
+
+    Two workers' batches touching the same rows then queue on the first row they share
+    instead of deadlocking (each deadlock costs Postgres's deadlock_timeout, 1 s, and a
+    retried batch). NO KEY UPDATE, because no key changes: it does not block the KEY SHARE
+    locks that foreign keys take when memberships are inserted."""
+    if group_ids:
+        await conn.execute(
+            "SELECT 1 FROM groups WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(group_ids))
+        )
+    if user_ids:
+        await conn.execute(
+            "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(user_ids))
+        )
 
 
 async def tenant_policies(conn: asyncpg.Connection, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:

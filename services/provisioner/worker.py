@@ -12,7 +12,19 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from provisio_lib.contract import Command, CreateUser, ErrorInfo, Outcome, decode_command, encode
+from provisio_lib.contract import (
+    ChangeGroupMembers,
+    Command,
+    CreateUser,
+    DeleteGroup,
+    DeleteUser,
+    ErrorInfo,
+    Outcome,
+    ReplaceGroup,
+    ReplaceUser,
+    decode_command,
+    encode,
+)
 from provisio_lib.db import UNAVAILABLE_ERRORS
 from provisio_lib.delivery import Delivery, TransientError, Verdicts
 from provisio_lib.logging import get_logger
@@ -116,6 +128,7 @@ class Provisioner:
         # with it), and the careful path then answers it from the inbox.
         if len({c.event_id for _, c in items}) != len(items):
             raise _Fallback("the same event twice in one batch")
+        await _lock_batch(conn, items)
         policies = await self._policies(conn, {c.tenant_id for _, c in items})
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
@@ -165,6 +178,7 @@ class Provisioner:
 
     async def _apply_careful(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
         results: list[tuple[Command, Outcome, bytes]] = []
+        await _lock_batch(conn, items)
         policies = await self._policies(conn, {c.tenant_id for _, c in items})
         stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
         done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
@@ -252,6 +266,19 @@ class Provisioner:
         self.counters["failed"] += 1
         COMMANDS_DEAD_LETTERED.labels(type=cmd.type).inc()
         COMMANDS_FAILED.labels(type=cmd.type, code="dead_letter").inc()
+
+
+async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> None:
+    """Take the row locks of the users and groups the batch changes, in one global order."""
+    users: list[uuid.UUID] = []
+    groups: list[uuid.UUID] = []
+    for _, cmd in items:
+        p = cmd.payload
+        if isinstance(p, ReplaceUser | DeleteUser):
+            users.append(p.user_id)
+        elif isinstance(p, ReplaceGroup | ChangeGroupMembers | DeleteGroup):
+            groups.append(p.group_id)
+    await store.lock_in_order(conn, users, groups)
 
 
 class _Fallback(Exception):
