@@ -16,12 +16,11 @@ import sys
 import time
 import uuid
 
-import asyncpg
 
 from provisio_lib import db
 from provisio_lib.contract import Command, CreateUser, Source, UserData, encode
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.topology import DATA_FIELD, PROVISIONER_GROUP, Topology, ensure_groups
+from provisio_lib.topology import DATA_FIELD, Topology, ensure_groups
 
 
 async def main() -> None:
