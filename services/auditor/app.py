@@ -17,13 +17,13 @@ from contextlib import asynccontextmanager
 import asyncpg
 from faststream import FastStream
 
-from provisio_lib import db
 from provisio_lib import observability as obs
 from provisio_lib.delivery import ReliableConsumer, app_logger, make_broker
 from provisio_lib.logging import get_logger
 from provisio_lib.redis_client import connect_redis
+from provisio_lib.runtime import worker_runtime
 from provisio_lib.settings import load_settings
-from provisio_lib.topology import AUDITOR_GROUP, Topology, ensure_groups
+from provisio_lib.topology import AUDITOR_GROUP, Topology
 
 from .handler import AuditHandler
 from .notifier import Notifier
@@ -83,39 +83,26 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        auditor.pool = await db.create_pool(
-            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
-        )
         try:
-            async with auditor.pool.acquire() as conn:
-                await db.check_schema(conn)
-            await ensure_groups(redis, topology)
-            auditor.notifier = Notifier(auditor.pool, settings)
-            auditor.tasks = [
-                asyncio.create_task(auditor.notifier.run(), name="auditor-notifier"),
-                asyncio.create_task(auditor.retention_loop(), name="auditor-retention"),
-            ]
-            obs.set_service_info("auditor")
-            auditor.health = await obs.start_health_server(
-                settings.health_host,
-                settings.health_port,
-                {"postgres": obs.postgres_check(lambda: auditor.pool), "redis": obs.redis_check(redis)},
-                streams=obs.StreamStats.for_topology(redis, topology, kinds=("audit",)),
-            ).start()
-            log.info("auditor_started", consumer=consumer.consumer, partitions=topology.partitions,
-                     health_port=auditor.health.port)
-            yield
-            await consumer.finish_own_pending_quietly(settings.graceful_timeout_s)
+            async with worker_runtime(settings, service="auditor", redis=redis, topology=topology,
+                                      consumer=consumer, stream_kinds=("audit",)) as runtime:
+                auditor.pool, auditor.health = runtime.pool, runtime.health
+                auditor.notifier = Notifier(auditor.pool, settings)
+                auditor.tasks = [
+                    asyncio.create_task(auditor.notifier.run(), name="auditor-notifier"),
+                    asyncio.create_task(auditor.retention_loop(), name="auditor-retention"),
+                ]
+                log.info("auditor_started", consumer=consumer.consumer, partitions=topology.partitions,
+                         health_port=runtime.health.port)
+                try:
+                    yield
+                finally:
+                    for task in auditor.tasks:
+                        task.cancel()
+                    for task in auditor.tasks:
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
         finally:
-            for task in auditor.tasks:
-                task.cancel()
-            for task in auditor.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if auditor.health is not None:
-                await auditor.health.stop()
-            await auditor.pool.close()
-            await redis.aclose()
             log.info("auditor_stopped", **consumer.counters, **handler.counters)
 
     def begin_shutdown() -> None:

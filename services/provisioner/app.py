@@ -7,13 +7,12 @@ from contextlib import asynccontextmanager
 
 from faststream import FastStream
 
-from provisio_lib import db
 from provisio_lib.delivery import ReliableConsumer, app_logger, make_broker
 from provisio_lib.logging import get_logger
-from provisio_lib.observability import StreamStats, postgres_check, redis_check, set_service_info, start_health_server
 from provisio_lib.redis_client import connect_redis
+from provisio_lib.runtime import worker_runtime
 from provisio_lib.settings import load_settings
-from provisio_lib.topology import PROVISIONER_GROUP, Topology, ensure_groups
+from provisio_lib.topology import PROVISIONER_GROUP, Topology
 
 from .settings import ProvisionerSettings
 from .worker import Provisioner
@@ -43,31 +42,14 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        worker.pool = await db.create_pool(
-            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
-        )
         try:
-            async with worker.pool.acquire() as conn:
-                await db.check_schema(conn)
-            await ensure_groups(redis, topology)
-            set_service_info("provisioner")
-            if settings.health_port:
-                worker.health = await start_health_server(
-                    settings.health_host,
-                    settings.health_port,
-                    {"postgres": postgres_check(lambda: worker.pool), "redis": redis_check(redis)},
-                    streams=StreamStats.for_topology(redis, topology, kinds=("commands", "dlq")),
-                ).start()
-            log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions)
-            try:
+            async with worker_runtime(settings, service="provisioner", redis=redis, topology=topology,
+                                      consumer=consumer, stream_kinds=("commands", "dlq")) as runtime:
+                worker.pool, worker.health = runtime.pool, runtime.health
+                log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions,
+                         health_port=runtime.health.port)
                 yield
-                await consumer.finish_own_pending_quietly(settings.graceful_timeout_s)
-            finally:
-                if worker.health is not None:
-                    await worker.health.stop()
         finally:
-            await worker.pool.close()
-            await redis.aclose()
             log.info("provisioner_stopped", **consumer.counters, **worker.counters)
 
     def begin_shutdown() -> None:
