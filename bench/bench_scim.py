@@ -141,14 +141,14 @@ async def main() -> None:
             services["hello"] = Service("hello", [PY, str(BENCH / "servers.py"), "hello", "--port", str(hello_port)],
                                         penv, hello_port).start(tmp)
             targets: dict[str, dict[str, Any]] = {}
-            for system, sfx in (("provisio", ""), ("provisio-uvloop", "-uv")):
+            for system, sfx in (("provisio", ""), ("provisio-asyncio", "-aio")):
                 if system not in systems:
                     continue
-                # provisio-uvloop: the same services on uvloop (bench/uvloop_run.py), own
-                # tenant and Redis prefix, measured in the same rounds.
-                run = [PY, str(BENCH / "uvloop_run.py")] if sfx else [PY, "-m"]
-                env = penv if not sfx else provisio_env(dsn, b.prefix + "uv")
-                token = prov_token if not sfx else (await make_tenant(dsn, "bench-provisio-uv"))[1]
+                # provisio-asyncio: the same services on asyncio's own loop instead of uvloop
+                # (PROVISIO_EVENT_LOOP=asyncio), own tenant and Redis prefix, same rounds.
+                run = [PY, "-m"]
+                env = penv if not sfx else {**provisio_env(dsn, b.prefix + "aio"), "PROVISIO_EVENT_LOOP": "asyncio"}
+                token = prov_token if not sfx else (await make_tenant(dsn, "bench-provisio-aio"))[1]
                 port = free_port()
                 services[f"scim-gateway{sfx}"] = Service(
                     f"scim-gateway{sfx}", [*run, "scim_gateway"],
@@ -209,9 +209,9 @@ async def main() -> None:
                     spec["ids_in"] = t["ids"]
                 spies = []
                 if args.profile and system.startswith("provisio"):
-                    # Only the stack under test (provisio or provisio-uvloop's "-uv" processes).
+                    # Only the stack under test (provisio or provisio-asyncio's "-aio" processes).
                     mine = {n: sv for n, sv in services.items() if n.startswith(("scim-gateway", "provisioner", "auditor"))
-                            and ("-uv" in n) == system.endswith("uvloop")}
+                            and ("-aio" in n) == system.endswith("asyncio")}
                     spies = start_profiles(args.profile, mine, f"{phase}-c{conc}-r{rnd}", args.duration + args.warmup)
                 started = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.warmup)
                 with CpuMeter(svc_list) as meter:

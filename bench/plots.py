@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"create": 2000, "get": 4000, "patch": 1500}  # issue 3, at 32 concurrent clients
-COLORS = {"provisio": "#1f77b4", "provisio-uvloop": "#9467bd", "baseline": "#2ca02c", "scim2-server": "#ff7f0e", "django-scim2": "#d62728"}
+COLORS = {"provisio": "#1f77b4", "provisio-asyncio": "#9467bd", "baseline": "#2ca02c", "scim2-server": "#ff7f0e", "django-scim2": "#d62728"}
 
 
 def load(kind: str) -> dict[str, Any] | None:

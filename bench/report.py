@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("provisio", "provisio-uvloop", "baseline", "scim2-server", "django-scim2")
+SYSTEMS = ("provisio", "provisio-asyncio", "baseline", "scim2-server", "django-scim2")
 
 
 def load(kind: str) -> dict[str, Any] | None:
@@ -85,7 +85,7 @@ def scim(d: dict[str, Any]) -> str:
             cpu = row.get(x, {}).get("cpu_s_per_1k") or {}
             prefixes = own.get(x, ("scim-gateway-uv", "provisioner-uv", "auditor-uv"))
             mine = sum(v or 0 for k, v in cpu.items() if k.startswith(prefixes)
-                       and ("-uv" in k) == (x == "provisio-uvloop"))
+                       and ("-uv" in k) == (x == "provisio-asyncio"))
             cells.append(f"{mine:.2f} (+{cpu.get('postgres') or 0:.2f})" if cpu else "–")
         out.append(f"| {key.split('@')[0]} | " + " | ".join(cells) + " |")
     out.append("\nMixed phase, per operation at 32 clients (req/s, p50 / p99 ms):\n")

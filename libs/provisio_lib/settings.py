@@ -47,6 +47,10 @@ class CommonSettings(BaseSettings):
     log_format: str = Field(
         default="auto", pattern=r"^(auto|json|console)$", description="auto: JSON unless on a TTY"
     )
+    event_loop: str = Field(
+        default="uvloop", pattern=r"^(uvloop|asyncio)$",
+        description="uvloop (faster sockets and timers; falls back to asyncio where it is not installed) or asyncio",
+    )
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
 

@@ -8,7 +8,7 @@ from .settings import ProvisionerSettings
 
 def main() -> None:
     settings = start(ProvisionerSettings, "provisioner")
-    run_worker(create_app(settings), "provisioner")
+    run_worker(create_app(settings), "provisioner", event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":

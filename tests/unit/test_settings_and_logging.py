@@ -48,3 +48,25 @@ def test_logs_are_json_and_never_carry_tokens_or_passwords(capsys):
 def test_redact_url():
     assert redact_url("redis://:pass@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("postgresql://host/db") == "postgresql://host/db"
+
+
+def test_event_loop_is_uvloop_unless_asked_for_asyncio(monkeypatch):
+    import asyncio
+
+    import uvloop
+
+    from provisio_lib.process import new_event_loop
+
+    monkeypatch.setenv("PROVISIO_DATABASE_URL", "postgresql://u@db/x")
+    monkeypatch.setenv("PROVISIO_REDIS_URL", "redis://r:6379/0")
+    assert load_settings(CommonSettings).event_loop == "uvloop"
+    monkeypatch.setenv("PROVISIO_EVENT_LOOP", "trio")
+    with pytest.raises(SettingsError, match="PROVISIO_EVENT_LOOP is invalid"):
+        load_settings(CommonSettings)
+    for kind, uv in (("uvloop", True), ("asyncio", False)):
+        loop = new_event_loop(kind)
+        try:
+            assert isinstance(loop, uvloop.Loop) is uv
+            assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+        finally:
+            loop.close()
