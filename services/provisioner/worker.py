@@ -9,8 +9,6 @@ from typing import Any
 import asyncpg
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from provisio_lib.contract import (
     ChangeGroupMembers,
@@ -54,7 +52,6 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 # How long a tenant's policies (deprovision, one group per user, immutable userName)
 # are reused: `provisio tenant policy` takes effect within this many seconds.
 POLICY_CACHE_S = 5.0
-TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Provisioner:
@@ -84,11 +81,9 @@ class Provisioner:
             results = await self._apply(items, verdicts)
         except TRANSIENT_DB_ERRORS as err:
             raise TransientError(f"postgres: {type(err).__name__}: {err}") from err
-        try:
-            await self._publish(results)
-        except TRANSIENT_REDIS_ERRORS as err:
-            # Committed but not announced: the batch is retried, answered from the inbox.
-            raise TransientError(f"redis: {err}") from err
+        # Sent with the XACK in one pipeline (ReliableConsumer); if Redis fails there, the
+        # batch is handled again and answered from the inbox: committed, then announced.
+        verdicts.publish = lambda pipe: self._add_outcomes(pipe, results)
         self._observe(results, verdicts, items, (time.perf_counter() - started) / max(len(items), 1))
         return verdicts
 
@@ -242,16 +237,20 @@ class Provisioner:
         outcome = Outcome.model_validate({**raw, "redelivered": True})
         return outcome, encode(outcome)
 
+    def _add_outcomes(self, pipe: Any, results: list[tuple[Command, Outcome, bytes]]) -> None:
+        """Each outcome to the gateway waiting for it and to the audit stream."""
+        topo = self.topology
+        for cmd, _outcome, data in results:
+            if cmd.reply_to:
+                pipe.xadd(cmd.reply_to, {DATA_FIELD: data}, maxlen=topo.reply_maxlen, approximate=True)
+                pipe.expire(cmd.reply_to, topo.reply_ttl_s)
+            pipe.xadd(topo.audit_stream_for(cmd.tenant_id), {DATA_FIELD: data}, maxlen=topo.maxlen, approximate=True)
+
     async def _publish(self, results: list[tuple[Command, Outcome, bytes]]) -> None:
         if not results:
             return
-        topo = self.topology
         async with self.redis.pipeline(transaction=False) as pipe:
-            for cmd, _outcome, data in results:
-                if cmd.reply_to:
-                    pipe.xadd(cmd.reply_to, {DATA_FIELD: data}, maxlen=topo.reply_maxlen, approximate=True)
-                    pipe.expire(cmd.reply_to, topo.reply_ttl_s)
-                pipe.xadd(topo.audit_stream_for(cmd.tenant_id), {DATA_FIELD: data}, maxlen=topo.maxlen, approximate=True)
+            self._add_outcomes(pipe, results)
             await pipe.execute()
 
     async def on_dead_letter(self, d: Delivery, error: str) -> None:

@@ -116,3 +116,35 @@ async def test_on_shutdown_a_consumer_finishes_what_it_read_but_did_not_handle(r
     await consumer.finish_own_pending_quietly()
     assert handled == [b"a", b"b", b"c"]
     assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_what_a_handler_publishes_goes_out_with_the_ack_and_redis_failing_there_retries_the_batch(
+    redis_url, redis, stream
+):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    out = stream.replace("commands", "replies")
+    handled: list[list[bytes | None]] = []
+
+    async def answer(batch: list[Delivery]) -> Verdicts:
+        handled.append([d.data for d in batch])
+        first = len(handled) == 1
+
+        def publish(pipe) -> None:
+            if first:  # Redis went away after the handler committed its work
+                raise RedisConnectionError("connection reset")
+            for d in batch:
+                pipe.xadd(out, {"__data__": b"answer-" + (d.data or b"")})
+
+        return Verdicts(publish=publish)
+
+    for body in (b"a", b"b"):
+        await redis.xadd(stream, {"__data__": body})
+    await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
+    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
+                                handler=answer, consumer="worker-1")
+    await consumer.finish_own_pending()
+    assert handled == [[b"a", b"b"], [b"a", b"b"]]  # the same batch, handled again
+    assert [f[b"__data__"] for _, f in await redis.xrange(out)] == [b"answer-a", b"answer-b"]
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+    assert consumer.counters["transient"] == 1 and consumer.counters["acked"] == 2
