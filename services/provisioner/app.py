@@ -50,7 +50,7 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
                          health_port=runtime.health.port)
                 yield
         finally:
-            log.info("provisioner_stopped", **consumer.counters, **worker.counters)
+            log.info("provisioner_stopped", **consumer.counters, **worker.counters, batches=worker.paths)
 
     def begin_shutdown() -> None:
         consumer.stopping.set()

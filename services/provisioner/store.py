@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -107,33 +108,53 @@ async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: u
         raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
 
 
+_BULK_USER_COLS = ("id", "tenant_id", "user_name", "external_id", "active", "display_name", "given_name",
+                   "family_name", "email", "emails", "sso_name", "attributes", "seq_ms", "seq_n")
+_BULK_USER_ROWS = """SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb, sm, sn
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
+         AS r(i, t, u, x, a, d, g, f, e, es, s, at, sm, sn)"""
+
+
+def _bulk_user_columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """Column arrays for ``_BULK_USER_ROWS`` from ``new_user_row``s (jsonb as text)."""
+    return [[json.dumps(r[k]) if k in ("emails", "attributes") else r[k] for r in rows] for k in _BULK_USER_COLS]
+
+
+def new_user_row(tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData, seq: Seq, now: datetime) -> dict[str, Any]:
+    """The users row a create writes, built here so the outcome can be made before the
+    INSERT (``insert_users_with_outcomes``, which writes ``now`` as created_at/updated_at)."""
+    return {**user_values(data), "id": user_id, "tenant_id": tenant_id, "version": 1, "created_at": now,
+            "updated_at": now, "created_by": "scim", "seq_ms": seq[0], "seq_n": seq[1]}
+
+
 async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData, Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
     """Many creates in one statement (the provisioner's fast path; any error aborts it).
     ``rows`` are (tenant_id, user_id, data, seq); returns the inserted rows by id."""
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "id", "tenant_id", "user_name", "external_id", "active", "display_name", "given_name",
-        "family_name", "email", "emails", "sso_name", "attributes", "seq_ms", "seq_n")}
-    for tenant_id, user_id, data, seq in rows:
-        v = user_values(data)
-        cols["id"].append(user_id)
-        cols["tenant_id"].append(tenant_id)
-        for k in ("user_name", "external_id", "active", "display_name", "given_name", "family_name", "email", "sso_name"):
-            cols[k].append(v[k])
-        cols["emails"].append(json.dumps(v["emails"]))
-        cols["attributes"].append(json.dumps(v["attributes"]))
-        cols["seq_ms"].append(seq[0])
-        cols["seq_n"].append(seq[1])
+    values = [{**user_values(data), "id": user_id, "tenant_id": tenant_id, "seq_ms": seq[0], "seq_n": seq[1]}
+              for tenant_id, user_id, data, seq in rows]
     inserted = await conn.fetch(
-        f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
-                              family_name, email, emails, sso_name, attributes, seq_ms, seq_n)
-            SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb, sm, sn
-            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
-                        $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
-                 AS r(i, t, u, x, a, d, g, f, e, es, s, at, sm, sn)
-            RETURNING {USER_COLUMNS}""",
-        *cols.values(),
+        f"""INSERT INTO users ({", ".join(_BULK_USER_COLS)}) {_BULK_USER_ROWS} RETURNING {USER_COLUMNS}""",
+        *_bulk_user_columns(values),
     )
     return {r["id"]: r for r in inserted}
+
+
+async def insert_users_with_outcomes(conn: asyncpg.Connection, rows: list[dict[str, Any]], now: datetime,
+                                     inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
+    """A batch of creates and their inbox rows as ONE statement, outside any explicit
+    transaction: Postgres commits it alone, atomically, in a single round trip (instead of
+    BEGIN, INSERT, INSERT, COMMIT). A taken userName or a redelivered event (inbox key)
+    fails the whole statement and nothing is written."""
+    ev, te, ty, oc = (list(c) for c in zip(*inbox, strict=True))
+    await conn.execute(
+        f"""WITH created AS (
+                INSERT INTO users ({", ".join(_BULK_USER_COLS)}, version, created_at, updated_at, created_by)
+                SELECT r.*, 1, $15::timestamptz, $15::timestamptz, 'scim' FROM ({_BULK_USER_ROWS}) AS r)
+            INSERT INTO inbox (event_id, tenant_id, type, outcome)
+            SELECT e, t, y, o::jsonb FROM unnest($16::uuid[], $17::uuid[], $18::text[], $19::text[]) AS x(e, t, y, o)""",
+        *_bulk_user_columns(rows), now, ev, te, ty, oc,
+    )
 
 
 async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:

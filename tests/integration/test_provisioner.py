@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from datetime import datetime
 import uuid
 
 import pytest
@@ -257,3 +258,36 @@ async def test_a_replace_claimed_late_from_a_dead_worker_does_not_overwrite_a_ne
     assert late["result"] == "unchanged" and any("stale" in n for n in late["notes"])
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", made.resource_id) == "newer"
+
+
+async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was_committed(service_env, redis, topology, tenant, pool, waiter):
+    cmds = [create(tenant, f"sync{i}@x.test", given_name=f"G{i}", emails=({"value": f"s{i}@x.test", "type": "work", "primary": True},),
+                   attributes={"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"}})
+            for i in range(30)]
+    for c in cmds:
+        await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
+    async with running_provisioner(batch_size=500) as app:
+        worker = app.context.get("provisioner")
+        outs = await eventually(lambda: _n_outcomes(redis, topology, tenant, 30), timeout=20)
+        assert worker.paths == {"one_statement": 1, "one_transaction": 0, "careful": 0}
+    assert [o.event_id for o in outs] == [c.event_id for c in cmds] and all(o.result == "applied" for o in outs)
+    async with pool.acquire() as conn:
+        for c, o in zip(cmds, outs, strict=True):
+            row = await conn.fetchrow("SELECT * FROM users WHERE id = $1", c.payload.user_id)
+            stored = await conn.fetchval("SELECT outcome FROM inbox WHERE event_id = $1", c.event_id)
+            # The outcome (made before the INSERT) says what the row holds.
+            assert datetime.fromisoformat(o.resource["created_at"]) == row["created_at"] == row["updated_at"]
+            assert (o.resource["user_name"], o.resource["given_name"], o.resource["version"]) == (row["user_name"], row["given_name"], 1)
+            assert [{k: v for k, v in e.items() if v is not None} for e in o.resource["emails"]] == row["emails"]
+            assert o.resource["attributes"] == row["attributes"]
+            assert row["email"] == c.payload.data.emails[0].value and row["created_by"] == "scim"
+            assert stored["event_id"] == str(c.event_id) and stored["resource"] == json.loads(o.model_dump_json())["resource"]
+    # A redelivered batch of creates changes nothing and is answered from the inbox.
+    for c in cmds[:5]:
+        await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
+    async with running_provisioner(batch_size=500) as app:
+        again = await eventually(lambda: _n_outcomes(redis, topology, tenant, 35), timeout=20)
+        assert app.context.get("provisioner").paths["careful"] == 1
+    assert all(o.redelivered for o in again[30:])
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 30
