@@ -49,6 +49,22 @@ class Ctx:
 
     policy: Any
     seq: Seq = (0, 0)
+    # The fast path's batch-wide reads: users locked up front (id → current row, kept up
+    # to date as the batch changes them) and, when no command of the batch touches
+    # groups, each locked user's groups. None: query per command (the careful path).
+    users: dict[uuid.UUID, Any] | None = None
+    groups: dict[uuid.UUID, list[Any]] | None = None
+
+    async def lock_user(self, conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+        row = self.users.get(user_id) if self.users is not None else None
+        if row is None or row["tenant_id"] != tenant_id:
+            return await store.lock_user(conn, tenant_id, user_id)
+        return row
+
+    def changed(self, row: Any) -> Any:
+        if self.users is not None:
+            self.users[row["id"]] = row
+        return row
 
 
 def is_stale(row: Any, seq: Seq) -> bool:
@@ -76,8 +92,13 @@ def _group_dict(row: Any) -> dict[str, Any]:
     return {"display_name": row["display_name"], "external_id": row["external_id"], "attributes": row["attributes"]}
 
 
-async def _user_result(conn: asyncpg.Connection, row: Any, *, with_groups: bool = True) -> dict[str, Any]:
-    groups = await store.user_groups(conn, row["id"]) if with_groups else []
+async def _user_result(conn: asyncpg.Connection, row: Any, ctx: Ctx | None = None, *, with_groups: bool = True) -> dict[str, Any]:
+    if not with_groups:
+        groups: list[Any] = []
+    elif ctx is not None and ctx.groups is not None and row["id"] in ctx.groups:
+        groups = ctx.groups[row["id"]]
+    else:
+        groups = await store.user_groups(conn, row["id"])
     return store.user_state(row, groups).model_dump(mode="json")
 
 
@@ -98,12 +119,12 @@ def created_user(row: Any) -> Applied:
 
 
 async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
-    row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
+    row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
     if is_stale(row, ctx.seq):
         return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row), notes=["stale: a newer change was applied first"])
+                       resource=await _user_result(conn, row, ctx), notes=["stale: a newer change was applied first"])
     if ctx.policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
         raise PermanentError("mutability", "this tenant does not allow changing userName", field="userName")
     before = _user_dict(row)
@@ -112,27 +133,29 @@ async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, c
     changes = diff(before, after, USER_FIELDS)
     if not changes:
         return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
-                       user_name=row["user_name"], resource=await _user_result(conn, row))
-    new = await store.update_user(conn, row, after_values, seq=ctx.seq)
+                       user_name=row["user_name"], resource=await _user_result(conn, row, ctx))
+    new = ctx.changed(await store.update_user(conn, row, after_values, seq=ctx.seq))
     return Applied(resource_type="User", resource_id=new["id"], user_name=new["user_name"],
-                   resource=await _user_result(conn, new), changes=changes)
+                   resource=await _user_result(conn, new, ctx), changes=changes)
 
 
 async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx: Ctx) -> Applied:
-    row = await store.lock_user(conn, cmd.tenant_id, p.user_id)
+    row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
     if ctx.policy["deprovision"] == "deactivate":
         # Tenant policy: deprovision by deactivation (the user and history stay).
         if not row["active"]:
             return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
-                           user_name=row["user_name"], resource=await _user_result(conn, row),
+                           user_name=row["user_name"], resource=await _user_result(conn, row, ctx),
                            notes=["deactivated instead of deleted"])
-        new = await store.update_user(conn, row, {"active": False}, seq=ctx.seq)
+        new = ctx.changed(await store.update_user(conn, row, {"active": False}, seq=ctx.seq))
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, new), changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
+                       resource=await _user_result(conn, new, ctx), changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
                        notes=["deactivated instead of deleted"])
     await store.delete_user(conn, row["id"])
+    if ctx.users is not None:
+        ctx.users.pop(row["id"], None)
     return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
                    changes=diff(_user_dict(row), None, ("user_name", "active")), notes=["deleted"])
 

@@ -342,8 +342,9 @@ async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, 
 # --------------------------------------------------------------------------- tenants & inbox
 
 
-async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID]) -> None:
-    """Lock every user and group a batch will change, groups first, each in id order.
+async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    """Lock every user and group a batch will change, groups first, each in id order;
+    return the locked users' rows (so the batch need not read them again).
 
     Two workers' batches touching the same rows then queue on the first row they share
     instead of deadlocking (each deadlock costs Postgres's deadlock_timeout, 1 s, and a
@@ -353,10 +354,25 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
         await conn.execute(
             "SELECT 1 FROM groups WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(group_ids))
         )
-    if user_ids:
-        await conn.execute(
-            "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(user_ids))
-        )
+    if not user_ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(user_ids))
+    )
+    return {r["id"]: r for r in rows}
+
+
+async def groups_of_users(conn: asyncpg.Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[GroupRef]]:
+    """``user_groups`` for many users in one query (same order: by display name)."""
+    out: dict[uuid.UUID, list[GroupRef]] = {u: [] for u in user_ids}
+    rows = await conn.fetch(
+        """SELECT DISTINCT m.user_id, g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
+           WHERE m.user_id = ANY($1::uuid[]) ORDER BY m.user_id, g.display_name""",
+        user_ids,
+    )
+    for r in rows:
+        out[r["user_id"]].append(GroupRef(id=r["id"], display_name=r["display_name"]))
+    return out
 
 
 async def tenant_policies(conn: asyncpg.Connection, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:

@@ -135,7 +135,11 @@ class Provisioner:
         # with it), and the careful path then answers it from the inbox.
         if len({c.event_id for _, c in items}) != len(items):
             raise _Fallback("the same event twice in one batch")
-        await _lock_batch(conn, items)
+        users = await _lock_batch(conn, items)
+        # Users' groups read once for the batch, unless a command of it may change groups.
+        groups = None
+        if users and all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items):
+            groups = await store.groups_of_users(conn, list(users))
         policies = await self._policies(conn, {c.tenant_id for _, c in items})
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
@@ -159,7 +163,8 @@ class Provisioner:
                 i = j
             else:
                 cmd = commands[i]
-                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policies[cmd.tenant_id], seqs[i])))]
+                ctx = Ctx(policies[cmd.tenant_id], seqs[i], users=users, groups=groups)
+                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, ctx))]
                 i += 1
             for cmd, applied in pairs:
                 outcome = make_outcome(cmd, applied)
@@ -304,8 +309,9 @@ class Provisioner:
         COMMANDS_FAILED.labels(type=cmd.type, code="dead_letter").inc()
 
 
-async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> None:
-    """Take the row locks of the users and groups the batch changes, in one global order."""
+async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:
+    """Take the row locks of the users and groups the batch changes, in one global order;
+    the locked users' rows by id."""
     users: list[uuid.UUID] = []
     groups: list[uuid.UUID] = []
     for _, cmd in items:
@@ -314,7 +320,7 @@ async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Comm
             users.append(p.user_id)
         elif isinstance(p, ReplaceGroup | ChangeGroupMembers | DeleteGroup):
             groups.append(p.group_id)
-    await store.lock_in_order(conn, users, groups)
+    return await store.lock_in_order(conn, users, groups)
 
 
 class _Fallback(Exception):

@@ -291,3 +291,42 @@ async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was
     assert all(o.redelivered for o in again[30:])
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 30
+
+
+async def _batch_outcomes(redis, topology, tenant, commands, before):
+    """Publish ``commands`` first, then run one provisioner: they arrive as one batch."""
+    for c in commands:
+        await publish_command(redis, topology, c)
+    async with running_provisioner(batch_size=500) as app:
+        outs = await eventually(lambda: _n_outcomes(redis, topology, tenant, before + len(commands)), timeout=20)
+        paths = dict(app.context.get("provisioner").paths)
+    return outs[before:], paths
+
+
+async def test_a_batch_changing_the_same_user_twice_sees_its_own_changes(provisioner, waiter, tenant, redis, topology, pool):
+    made = await waiter.submit(create(tenant, "twice@x.test", display_name="v0"), 10)
+    other = await waiter.submit(create(tenant, "gone@x.test"), 10)
+    group = await waiter.submit(cmd(tenant, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Ops", members=(made.resource_id,)))), 10)
+    await provisioner.stop()
+    uid = made.resource_id
+
+    def replace(name, **kw):
+        return cmd(tenant, ReplaceUser(user_id=uid, data=UserData(user_name="twice@x.test", display_name=name), **kw))
+
+    outs, paths = await _batch_outcomes(redis, topology, tenant, [
+        replace("v1"), replace("v2", expected_version=2),  # 2: what the batch's own first change made it
+        cmd(tenant, DeleteUser(user_id=other.resource_id)),
+    ], before=3)
+    assert paths["one_transaction"] == 1 and paths["careful"] == 0
+    assert [(o.result, o.resource and o.resource["version"]) for o in outs] == [("applied", 2), ("applied", 3), ("applied", None)]
+    assert [o.resource["display_name"] for o in outs[:2]] == ["v1", "v2"]
+    assert all(o.resource["groups"] == [{"id": str(group.resource_id), "display_name": "Ops"}] for o in outs[:2])
+
+    # A batch that also changes groups reads each user's groups after those changes.
+    outs, paths = await _batch_outcomes(redis, topology, tenant, [
+        cmd(tenant, ChangeGroupMembers(group_id=group.resource_id, remove=(uid,))), replace("v4"),
+    ], before=6)
+    assert outs[1].result == "applied" and outs[1].resource["groups"] == [] and outs[1].resource["version"] == 4
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", uid) == "v4"
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE id = $1", other.resource_id) == 0
