@@ -81,8 +81,9 @@ def _broker() -> Any:
         title="replies",
         description=_WIRE
         + "Private reply stream of one gateway process (Command.reply_to): the Outcome of "
-        "each command it is waiting for. Read with XREAD (no group); expires when the "
-        "gateway is gone.",
+        "each command it is waiting for. An entry may instead carry `__outcomes__`, a JSON "
+        "array of Outcomes (one batch's answers to this gateway). Read with XREAD (no group); "
+        "expires when the gateway is gone.",
     )
     async def reply(outcome: Outcome) -> None: ...
 

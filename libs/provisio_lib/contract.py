@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -350,6 +350,22 @@ def decode_outcome(data: bytes | str) -> Outcome:
         return Outcome.model_validate_json(data)
     except ValidationError:
         return Outcome.model_validate(upcast(json.loads(data)))
+
+
+_OUTCOME_LIST: TypeAdapter[list[Outcome]] = TypeAdapter(list[Outcome])
+
+
+def encode_outcomes(encoded: list[bytes]) -> bytes:
+    """Outcomes already ``encode``d, as one JSON array."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def decode_outcomes(data: bytes | str) -> list[Outcome]:
+    """A JSON array of Outcomes (``encode_outcomes``); older versions are upcast one by one."""
+    try:
+        return _OUTCOME_LIST.validate_json(data)
+    except ValidationError:
+        return [Outcome.model_validate(upcast(raw)) for raw in json.loads(data)]
 
 
 # --------------------------------------------------------------------------- JSON Schemas

@@ -16,9 +16,9 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .contract import Command, Outcome, decode_outcome, encode
+from .contract import Command, Outcome, decode_outcome, decode_outcomes, encode
 from .logging import get_logger
-from .topology import DATA_FIELD, Topology
+from .topology import DATA_FIELD, OUTCOMES_FIELD, Topology
 
 log = get_logger(__name__)
 
@@ -174,17 +174,23 @@ class OutcomeWaiter:
                 backoff = min(backoff * 2, 5.0)
 
     def _deliver(self, fields: dict[Any, Any]) -> None:
-        raw = fields.get(DATA_FIELD.encode()) or fields.get(DATA_FIELD)
-        if raw is None:
-            return
+        one = fields.get(_DATA) or fields.get(DATA_FIELD)
+        many = (fields.get(_OUTCOMES) or fields.get(OUTCOMES_FIELD)) if one is None else None
+        if one is None and many is None:
+            return  # e.g. the "hello" entry that starts the stream
         try:
-            outcome = decode_outcome(raw)
+            outcomes = [decode_outcome(one)] if one is not None else decode_outcomes(many)
         except Exception as err:
             log.error("outcome_undecodable", error=str(err))
             return
-        fut = self._pending.get(outcome.event_id)
-        if fut is not None and not fut.done():
-            fut.set_result(outcome)
+        for outcome in outcomes:
+            fut = self._pending.get(outcome.event_id)
+            if fut is not None and not fut.done():
+                fut.set_result(outcome)
+
+
+_DATA = DATA_FIELD.encode()
+_OUTCOMES = OUTCOMES_FIELD.encode()
 
 
 async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_to: str) -> None:

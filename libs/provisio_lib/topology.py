@@ -19,6 +19,9 @@ from uuid import UUID
 PROVISIONER_GROUP = "provisioner"
 AUDITOR_GROUP = "auditor"
 DATA_FIELD = "__data__"  # the one field holding the JSON message (FastStream's name)
+# Reply streams only: one entry answering several requests of the same gateway, a JSON
+# array of Outcomes (the provisioner sends a batch's answers to a gateway as one XADD).
+OUTCOMES_FIELD = "__outcomes__"
 
 
 @dataclass(frozen=True, slots=True)

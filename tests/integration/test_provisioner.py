@@ -19,9 +19,10 @@ from provisio_lib.contract import (
     Source,
     UserData,
     decode_outcome,
+    decode_outcomes,
 )
 from provisio_lib.outcomes import publish_command
-from provisio_lib.topology import DATA_FIELD, PROVISIONER_GROUP
+from provisio_lib.topology import DATA_FIELD, OUTCOMES_FIELD, PROVISIONER_GROUP
 from tests.conftest import eventually, make_tenant, running_provisioner
 
 pytestmark = pytest.mark.integration
@@ -271,6 +272,10 @@ async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was
         outs = await eventually(lambda: _n_outcomes(redis, topology, tenant, 30), timeout=20)
         assert worker.paths == {"one_statement": 1, "one_transaction": 0, "careful": 0}
     assert [o.event_id for o in outs] == [c.event_id for c in cmds] and all(o.result == "applied" for o in outs)
+    # The gateway gets the batch's answers as one reply entry.
+    replies = [f for _, f in await redis.xrange(waiter.stream) if OUTCOMES_FIELD.encode() in f]
+    assert len(replies) == 1
+    assert [o.event_id for o in decode_outcomes(replies[0][OUTCOMES_FIELD.encode()])] == [c.event_id for c in cmds]
     async with pool.acquire() as conn:
         for c, o in zip(cmds, outs, strict=True):
             row = await conn.fetchrow("SELECT * FROM users WHERE id = $1", c.payload.user_id)

@@ -84,3 +84,23 @@ def test_outcome_ok_reflects_result():
     failed = Outcome(result="failed", error={"code": "uniqueness", "message": "taken"}, **base)
     assert not failed.ok
     assert contract.decode_outcome(encode(failed)) == failed
+
+
+def test_several_outcomes_travel_as_one_json_array_and_older_versions_are_upcast(monkeypatch):
+    cmd = make_command()
+    base = dict(event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id, source=SRC,
+                correlation_id="c-1", occurred_at=cmd.occurred_at)
+    outs = [Outcome(result="applied", **base), Outcome(result="failed", error={"code": "uniqueness", "message": "taken"}, **base)]
+    wire = contract.encode_outcomes([encode(o) for o in outs])
+    assert [o["result"] for o in json.loads(wire)] == ["applied", "failed"]
+    assert contract.decode_outcomes(wire) == outs
+    # An entry written by an older version: each element goes through the upcasters.
+    old = [dict(json.loads(encode(o)), version=contract.SCHEMA_VERSION - 1, legacy="x") for o in outs]
+
+    def drop_legacy(raw):
+        return {k: v for k, v in raw.items() if k != "legacy"} | {"version": contract.SCHEMA_VERSION}
+
+    monkeypatch.setitem(contract.UPCASTERS, contract.SCHEMA_VERSION - 1, drop_legacy)
+    assert contract.decode_outcomes(json.dumps(old)) == outs
+    with pytest.raises(ValidationError):
+        contract.decode_outcomes(b'[{"not": "an outcome"}]')
