@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .contract import SCHEMA_VERSION, Command, Outcome
-from .topology import AUDITOR_GROUP, DATA_FIELD, PROVISIONER_GROUP
+from .topology import AUDITOR_GROUP, DATA_FIELD, OUTCOMES_FIELD, PROVISIONER_GROUP
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
@@ -32,6 +32,10 @@ REPLIES = "provisio:{r:<instance>}:replies"
 _WIRE = (
     f"Each stream entry has one field, `{DATA_FIELD}`, holding the message as compact JSON "
     "(readable with `redis-cli XRANGE`). "
+)
+_BATCH = (
+    f"An entry may instead have one field `{OUTCOMES_FIELD}`, a JSON array of Outcomes in commit "
+    "order: the provisioner writes one batch's outcomes as one entry. "
 )
 
 
@@ -65,7 +69,7 @@ def _broker() -> Any:
         description=_WIRE
         + "Every Outcome of the partition's commands, success or failure (including "
         "`dead_letter` failures), published by the provisioner after commit, and a failed "
-        "Outcome (code `refused`) for each SAML login the SAML gateway refuses. Consumer "
+        "Outcome (code `refused`) for each SAML login the SAML gateway refuses. " + _BATCH + "Consumer "
         "group `auditor`; other consumers add their own group.",
     )
     @broker.subscriber(
@@ -81,8 +85,7 @@ def _broker() -> Any:
         title="replies",
         description=_WIRE
         + "Private reply stream of one gateway process (Command.reply_to): the Outcome of "
-        "each command it is waiting for. An entry may instead carry `__outcomes__`, a JSON "
-        "array of Outcomes (one batch's answers to this gateway). Read with XREAD (no group); "
+        "each command it is waiting for. " + _BATCH + "Read with XREAD (no group); "
         "expires when the gateway is gone.",
     )
     async def reply(outcome: Outcome) -> None: ...

@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .logging import get_logger
 from .redis_client import is_cluster_url
-from .topology import DATA_FIELD
+from .topology import DATA_FIELD, OUTCOMES_FIELD
 
 log = get_logger(__name__)
 
@@ -266,8 +266,11 @@ class ReliableConsumer:
             log.warning("own_pending_left_for_others", error=str(err) or type(err).__name__)
 
     async def _dead_letter(self, d: Delivery, error: str) -> None:
+        many = d.fields.get(OUTCOMES_FIELD.encode())
+        original = {DATA_FIELD: d.data} if d.data is not None else {OUTCOMES_FIELD: many} if many is not None else {
+            DATA_FIELD: repr(d.fields)}
         fields: dict[str | bytes, Any] = {
-            DATA_FIELD: d.data if d.data is not None else repr(d.fields),
+            **original,
             "error": error[:2000],
             "deliveries": str(d.deliveries),
             "failed_at": datetime.now(UTC).isoformat(),

@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .contract import Command, Outcome, decode_outcome, decode_outcomes, encode
+from .contract import Command, Outcome, decode_outcome, decode_outcomes, encode, encode_outcomes
 from .logging import get_logger
 from .topology import DATA_FIELD, OUTCOMES_FIELD, Topology
 
@@ -174,12 +174,8 @@ class OutcomeWaiter:
                 backoff = min(backoff * 2, 5.0)
 
     def _deliver(self, fields: dict[Any, Any]) -> None:
-        one = fields.get(_DATA) or fields.get(DATA_FIELD)
-        many = (fields.get(_OUTCOMES) or fields.get(OUTCOMES_FIELD)) if one is None else None
-        if one is None and many is None:
-            return  # e.g. the "hello" entry that starts the stream
         try:
-            outcomes = [decode_outcome(one)] if one is not None else decode_outcomes(many)
+            outcomes = entry_outcomes(fields)
         except Exception as err:
             log.error("outcome_undecodable", error=str(err))
             return
@@ -191,6 +187,22 @@ class OutcomeWaiter:
 
 _DATA = DATA_FIELD.encode()
 _OUTCOMES = OUTCOMES_FIELD.encode()
+
+
+def entry_outcomes(fields: dict[Any, Any]) -> list[Outcome]:
+    """The Outcomes of a reply or audit stream entry: one in ``__data__`` or several in
+    ``__outcomes__`` (a batch's, written with one XADD); none for other entries (a
+    reply stream's "hello"). Raises if the entry's JSON is not Outcomes."""
+    one = fields.get(_DATA) or fields.get(DATA_FIELD)
+    if one is not None:
+        return [decode_outcome(one)]
+    many = fields.get(_OUTCOMES) or fields.get(OUTCOMES_FIELD)
+    return decode_outcomes(many) if many is not None else []
+
+
+def outcome_fields(encoded: list[bytes]) -> dict[str, bytes]:
+    """The fields of one entry carrying ``encoded`` outcomes (see ``entry_outcomes``)."""
+    return {DATA_FIELD: encoded[0]} if len(encoded) == 1 else {OUTCOMES_FIELD: encode_outcomes(encoded)}
 
 
 async def publish_reply(redis: Any, topology: Topology, outcome: Outcome, reply_to: str) -> None:

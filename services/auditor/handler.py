@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import asyncpg
 
-from provisio_lib.contract import Outcome, decode_outcome
+from provisio_lib.contract import Outcome
 from provisio_lib.delivery import Delivery, TransientError, Verdicts
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import AUDIT_RECORDS_WRITTEN
+from provisio_lib.outcomes import entry_outcomes
 
 from .records import AuditRow, audit_row
 from .store import WriteResult, write_batch
@@ -46,11 +47,11 @@ class AuditHandler:
         rows: list[tuple[Delivery, AuditRow]] = []
         for d in batch:
             try:
-                if d.data is None:
-                    raise ValueError(f"entry has no {'__data__'!r} field")
-                outcome: Outcome = decode_outcome(d.data)
-                rows.append((d, audit_row(outcome)))
-            except Exception as err:  # not an Outcome: keep it for a human, don't block the stream
+                outcomes: list[Outcome] = entry_outcomes(d.fields)
+                if not outcomes:
+                    raise ValueError("entry has neither a '__data__' nor an '__outcomes__' field")
+                rows.extend((d, audit_row(outcome)) for outcome in outcomes)
+            except Exception as err:  # not Outcomes: keep it for a human, don't block the stream
                 verdicts.dead[d.entry_id] = f"undecodable outcome: {err}"[:2000]
                 self.counters["undecodable"] += 1
         if rows:
@@ -92,6 +93,8 @@ class AuditHandler:
             except TRANSIENT as err:
                 raise TransientError(f"{type(err).__name__}: {err}") from err
             except asyncpg.PostgresError as err:
+                # The whole entry goes to the dead letters, with all its outcomes (a batch's
+                # entry may hold several); rows already written are skipped on a replay.
                 verdicts.dead[d.entry_id] = f"audit row refused by Postgres: {err}"[:2000]
                 continue
             total.inserted += r.inserted

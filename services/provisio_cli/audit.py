@@ -25,8 +25,8 @@ from uuid import UUID
 
 import typer
 
-from provisio_lib.contract import Outcome, decode_outcome
-from provisio_lib.topology import DATA_FIELD
+from provisio_lib.contract import Outcome
+from provisio_lib.outcomes import entry_outcomes
 
 from .context import CliError, console, database, print_rows, redis, settings, tenant_id, topology
 from .tenants import tenant_app
@@ -328,12 +328,12 @@ async def _read_stream(r: Any, stream: str, queue: asyncio.Queue[Outcome], stop:
         for _stream, entries in resp or ():
             for entry_id, fields in entries:
                 last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                raw = fields.get(DATA_FIELD.encode()) or fields.get(DATA_FIELD)
                 try:
-                    outcome = decode_outcome(raw)
-                except Exception:  # not an outcome: the auditor dead-letters it; tail skips it
+                    outcomes = entry_outcomes(fields)
+                except Exception:  # not outcomes: the auditor dead-letters it; tail skips it
                     continue
-                await queue.put(outcome)
+                for outcome in outcomes:
+                    await queue.put(outcome)
 
 
 def _tail_line(row: dict[str, Any]) -> str:

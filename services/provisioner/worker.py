@@ -23,7 +23,6 @@ from provisio_lib.contract import (
     ReplaceUser,
     decode_command,
     encode,
-    encode_outcomes,
 )
 from provisio_lib.db import UNAVAILABLE_ERRORS
 from provisio_lib.delivery import Delivery, TransientError, Verdicts
@@ -36,7 +35,8 @@ from provisio_lib.observability import (
     COMMANDS_PROCESSED,
     COMMANDS_RETRIED,
 )
-from provisio_lib.topology import DATA_FIELD, OUTCOMES_FIELD, Topology
+from provisio_lib.outcomes import outcome_fields
+from provisio_lib.topology import Topology
 
 from . import store
 from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq
@@ -281,18 +281,19 @@ class Provisioner:
         return outcome, encode(outcome)
 
     def _add_outcomes(self, pipe: Any, results: list[tuple[Command, Outcome, bytes]]) -> None:
-        """Each outcome to the audit stream, and to the gateway waiting for it: one reply
-        entry per gateway per batch (fewer Redis commands for us, fewer entries to read
-        for the gateway)."""
+        """Each outcome to the audit stream and to the gateway waiting for it: one entry per
+        stream per batch (fewer Redis commands here, fewer entries for the readers)."""
         topo = self.topology
         replies: dict[str, list[bytes]] = {}
+        audits: dict[str, list[bytes]] = {}
         for cmd, _outcome, data in results:
             if cmd.reply_to:
                 replies.setdefault(cmd.reply_to, []).append(data)
-            pipe.xadd(topo.audit_stream_for(cmd.tenant_id), {DATA_FIELD: data}, maxlen=topo.maxlen, approximate=True)
+            audits.setdefault(topo.audit_stream_for(cmd.tenant_id), []).append(data)
+        for stream, datas in audits.items():
+            pipe.xadd(stream, outcome_fields(datas), maxlen=topo.maxlen, approximate=True)
         for stream, datas in replies.items():
-            fields = {DATA_FIELD: datas[0]} if len(datas) == 1 else {OUTCOMES_FIELD: encode_outcomes(datas)}
-            pipe.xadd(stream, fields, maxlen=topo.reply_maxlen, approximate=True)
+            pipe.xadd(stream, outcome_fields(datas), maxlen=topo.reply_maxlen, approximate=True)
             pipe.expire(stream, topo.reply_ttl_s)
 
     async def _publish(self, results: list[tuple[Command, Outcome, bytes]]) -> None:

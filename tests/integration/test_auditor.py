@@ -236,3 +236,24 @@ async def test_entries_of_a_dead_worker_are_claimed(service_env, pool, redis, to
         await eventually(lambda: _rows_exactly(pool, 4), timeout=15)
         await eventually(lambda: _zero_pending(redis, topology))
         assert app.context.get("consumer").counters["dead_lettered"] == 0
+
+
+async def test_a_batch_entry_of_several_outcomes_becomes_one_row_each(service_env, pool, redis, topology):
+    from provisio_lib.contract import encode
+    from provisio_lib.outcomes import outcome_fields
+
+    t = await make_tenant(pool)
+    outcomes = [make_outcome(t.id, user=f"b{i}@t.example") for i in range(3)]
+    outcomes.append(make_outcome(t.id, result="failed", code="uniqueness", user="dup@t.example"))
+    stream = topology.audit_stream_for(t.id)
+    async with running_auditor():
+        await redis.xadd(stream, outcome_fields([encode(o) for o in outcomes]))
+        await redis.xadd(stream, outcome_fields([encode(outcomes[0])]))  # one, as __data__ (a redelivery)
+        await redis.xadd(stream, {"__outcomes__": b'[{"not": "an outcome"}]'})
+        await eventually(lambda: _settled(redis, topology, stream, pool, 4), timeout=10)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT event_id, result, user_name FROM audit_log WHERE tenant_id = $1 ORDER BY id", t.id)
+    assert [(r["event_id"], r["result"]) for r in rows] == [(o.event_id, o.result) for o in outcomes]
+    # The undecodable batch entry is dead-lettered as it was (its field kept, not a repr).
+    [(_, dead)] = await redis.xrange(stream + ":dlq")
+    assert dead[b"__outcomes__"] == b'[{"not": "an outcome"}]' and b"undecodable outcome" in dead[b"error"]

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from provisio_lib.contract import Command, CreateUser, Source, UserData, decode_command, decode_outcome, encode
+from provisio_lib.contract import Command, CreateUser, Source, UserData, decode_command, encode
+from provisio_lib.outcomes import entry_outcomes
 from provisio_lib.topology import DATA_FIELD
 from tests.conftest import eventually, make_tenant
 
@@ -129,7 +130,7 @@ async def test_replay_is_applied_at_most_once(env, pool, redis, topology, provis
     audit = topology.audit_stream_for(acme.id)
 
     async def outcomes():
-        return [decode_outcome(f[DATA_FIELD.encode()]) for _, f in await redis.xrange(audit)]
+        return [o for _, f in await redis.xrange(audit) for o in entry_outcomes(f)]
 
     await eventually(lambda: _n(outcomes, 1))
     for _ in range(2):

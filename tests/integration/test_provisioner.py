@@ -18,10 +18,9 @@ from provisio_lib.contract import (
     ReplaceUser,
     Source,
     UserData,
-    decode_outcome,
     decode_outcomes,
 )
-from provisio_lib.outcomes import publish_command
+from provisio_lib.outcomes import entry_outcomes, publish_command
 from provisio_lib.topology import DATA_FIELD, OUTCOMES_FIELD, PROVISIONER_GROUP
 from tests.conftest import eventually, make_tenant, running_provisioner
 
@@ -40,7 +39,7 @@ def create(tenant, name, **data):
 
 async def audit_outcomes(redis, topology, tenant):
     entries = await redis.xrange(topology.audit_stream_for(tenant.id))
-    return [decode_outcome(f[DATA_FIELD.encode()]) for _, f in entries]
+    return [o for _, f in entries for o in entry_outcomes(f)]
 
 
 async def test_create_is_applied_once_and_a_redelivery_gets_the_stored_outcome(provisioner, waiter, pool, tenant, redis, topology):
