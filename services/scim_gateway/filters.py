@@ -44,13 +44,16 @@ from scim2_models.path import (
 from .errors import invalid_filter, invalid_value
 from .schema import ENTERPRISE_SCHEMA, PROVISIO_SCHEMA, Attr, ResourceKind
 
-__all__ = ["SqlFilter", "compile_filter", "compile_sort", "parse_filter", "like_escape"]
+__all__ = ["SqlFilter", "compile_filter", "compile_sort", "fast_eq_filter", "parse_filter", "like_escape"]
 
 
 @dataclass
 class SqlFilter:
     sql: str
     params: list[Any] = field(default_factory=list)
+    # True when the filter matches at most one row through a unique index
+    # (``userName eq``, ``id eq``; for groups also ``displayName eq``).
+    unique: bool = False
 
 
 # The filter IdPs send on almost every call (Entra, Okta: ``userName eq "…"``, also
@@ -507,9 +510,52 @@ def _const_match(actual: str, op: CompareOperator, value: Any) -> bool:
     }[op.value]
 
 
+# ``<attr> eq "string"`` on a column, straight to SQL (no AST, no attribute resolution):
+# (kind, attribute name in lower case) → (column, type, caseExact, unique). The SQL and
+# parameters are those the general compiler makes (a unit test compares them); every
+# other filter takes the general path.
+_EQ_COLUMNS: dict[tuple[str, str], tuple[str, str, bool, bool]] = {
+    ("User", "username"): ("user_name", "string", False, True),
+    ("User", "externalid"): ("external_id", "string", True, False),
+    ("User", "id"): ("id", "uuid", True, True),
+    ("User", "displayname"): ("display_name", "string", False, False),
+    ("Group", "displayname"): ("display_name", "string", False, True),
+    ("Group", "externalid"): ("external_id", "string", True, False),
+    ("Group", "id"): ("id", "uuid", True, True),
+}
+
+
+def fast_eq_filter(kind: ResourceKind, text: str, alias: str, first_param: int) -> SqlFilter | None:
+    """``compile_filter`` for ``<column attribute> eq "string"``; None for anything else."""
+    m = _SIMPLE_EQ.fullmatch(text)
+    if m is None:
+        return None
+    target = _EQ_COLUMNS.get((kind.name, m.group(1).lower()))
+    if target is None:
+        return None
+    raw = m.group(2)
+    if "\\" in raw:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None  # let the grammar report it
+    else:
+        value = raw[1:-1]  # the pattern admits no quote or control character unescaped
+    column, typ, case_exact, unique = target
+    c = _Compiler(kind, alias, first_param)
+    return SqlFilter(c.compare_sql(f"{alias}.{column}", typ, case_exact, CompareOperator.eq, value), c.params, unique)
+
+
 def compile_filter(kind: ResourceKind, text: str, alias: str, first_param: int) -> SqlFilter:
     """``text`` → a SQL boolean expression over table alias ``alias`` whose parameters
     are numbered from ``$first_param``."""
+    fast = fast_eq_filter(kind, text, alias, first_param)
+    if fast is not None:
+        return fast
+    return _compile_general(kind, text, alias, first_param)
+
+
+def _compile_general(kind: ResourceKind, text: str, alias: str, first_param: int) -> SqlFilter:
     ast = parse_filter(text)
     c = _Compiler(kind, alias, first_param)
     return SqlFilter(c.node(ast), c.params)

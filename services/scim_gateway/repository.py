@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from .filters import SqlFilter, compile_filter, compile_sort
+from .filters import SqlFilter, compile_filter, compile_sort, fast_eq_filter
 from .schema import ResourceKind
 
 _USER_COLS = """u.id, u.user_name, u.external_id, u.active, u.display_name, u.given_name,
@@ -26,12 +26,23 @@ ORDER BY m.group_id, u.id"""
 
 
 async def get_user(pool: Any, tenant_id: uuid.UUID, user_id: uuid.UUID, with_groups: bool = True) -> Any:
-    groups = _USER_GROUPS if with_groups else "'[]'::jsonb AS groups"
+    groups = _USER_GROUPS if with_groups else _NO_GROUPS
     return await pool.fetchrow(
         f"SELECT {_USER_COLS}, {groups} FROM users u WHERE u.id = $1 AND u.tenant_id = $2",
         user_id,
         tenant_id,
     )
+
+
+_GROUPS_OF_USER_SQL = """SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
+    ORDER BY g.display_name), '[]'::jsonb)
+  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = $1)"""
+
+
+async def user_groups(pool: Any, user_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A user's groups as ``get_user(with_groups=True)`` returns them in ``groups``."""
+    groups: list[dict[str, Any]] = await pool.fetchval(_GROUPS_OF_USER_SQL, user_id)
+    return groups
 
 
 async def get_group(pool: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> Any:
@@ -47,6 +58,31 @@ async def group_members(pool: Any, tenant_id: uuid.UUID, group_ids: list[uuid.UU
     for r in await pool.fetch(_MEMBERS_SQL, group_ids, tenant_id):
         out[r["group_id"]].append({"id": r["id"], "display": r["display_name"] or r["user_name"]})
     return out
+
+
+def _cols(kind: ResourceKind, with_groups: bool) -> str:
+    if kind.name == "User":
+        return f"{_USER_COLS}, {_USER_GROUPS if with_groups else _NO_GROUPS}"
+    return _GROUP_COLS
+
+
+_NO_GROUPS = "'[]'::jsonb AS groups"
+
+
+def unique_sql(
+    kind: ResourceKind, tenant_id: uuid.UUID, filter_text: str, *, with_groups: bool = True
+) -> tuple[str, list[Any]] | None:
+    """The query for a filter that matches at most one row through a unique index
+    (``userName eq``, ``id eq``, a group's ``displayName eq``): a plain indexed lookup,
+    no window count, sort or offset. None for any other filter."""
+    alias = "u" if kind.name == "User" else "g"
+    f = fast_eq_filter(kind, filter_text, alias, 2)  # None for filters that need the grammar
+    if f is None or not f.unique:
+        return None
+    table = "users" if kind.name == "User" else "groups"
+    return f"SELECT {_cols(kind, with_groups)} FROM {table} {alias} WHERE {alias}.tenant_id = $1 AND {f.sql}", [
+        tenant_id, *f.params
+    ]
 
 
 def search_sql(
@@ -77,11 +113,7 @@ def search_sql(
         params += s.params
         direction = "DESC" if descending else "ASC"
         order = f"{s.sql} {direction} NULLS LAST, {order}"
-    if kind.name == "User":
-        groups = _USER_GROUPS if with_groups else "'[]'::jsonb AS groups"
-        cols = f"{_USER_COLS}, {groups}"
-    else:
-        cols = _GROUP_COLS
+    cols = _cols(kind, with_groups)
     n = len(params)
     sql = (
         f"SELECT {cols}, count(*) OVER () AS total FROM {table} {alias} WHERE {where} "
@@ -103,6 +135,13 @@ async def search(
     with_groups: bool = True,
 ) -> tuple[int, list[Any]]:
     """(totalResults, rows of the page) for a list/search request."""
+    if filter_text and not sort_by:
+        lookup = unique_sql(kind, tenant_id, filter_text, with_groups=with_groups)
+        if lookup is not None:
+            sql, params = lookup
+            rows = await pool.fetch(sql, *params)
+            # at most one row: it is the page when the page starts at 1 and holds any
+            return len(rows), (list(rows) if start_index == 1 and count > 0 else [])
     sql, params, count_sql, count_params = search_sql(
         kind, tenant_id, filter_text=filter_text, start_index=start_index, count=count,
         sort_by=sort_by, descending=descending, with_groups=with_groups,

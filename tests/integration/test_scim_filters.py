@@ -138,3 +138,53 @@ async def test_user_name_eq_uses_the_unique_index(tenant, pool):
     assert [r["user_name"] for r in rows] == ["user42@example.com"]
     text = json.dumps(plan)
     assert "users_user_name_key" in text, text
+
+
+async def test_one_row_lookups_answer_like_the_general_query(users, tenant, pool):
+    """userName eq / id eq take a plain indexed lookup (repository.unique_sql): same rows
+    as the general query (window count, ORDER BY, OFFSET), case-insensitive userName,
+    injection attempts as data, every startIndex/count."""
+    from scim_gateway.repository import unique_sql
+
+    alice = users["alice@example.com"]
+    cases = [
+        'userName eq "ALICE@example.com"', 'USERNAME EQ "Bob@Example.COM"', "userName eq \"o'brien_x@example.com\"",
+        'userName eq "x\\" or \\"1\\"=\\"1"', 'userName eq "\' OR 1=1 --"', 'userName eq "%"', 'userName eq "_"',
+        'userName eq "alice@example.com\'; DROP TABLE users; --"', 'userName eq ""',
+        f'id eq "{alice}"', f'id eq "{alice.upper()}"', f'id eq "{uuid.uuid4()}"', 'id eq "not-a-uuid"',
+    ]
+    for text in cases:
+        lookup = unique_sql(user_kind(), tenant.id, text)
+        assert lookup is not None, text
+        general, params, _, _ = search_sql(
+            user_kind(), tenant.id, filter_text=text, start_index=1, count=100, sort_by=None, descending=False
+        )
+        direct_rows = await pool.fetch(lookup[0], *lookup[1])
+        general_rows = await pool.fetch(general, *params)
+        assert len(direct_rows) <= 1
+        assert [dict(r) for r in direct_rows] == [{k: v for k, v in r.items() if k != "total"} for r in general_rows], text
+    assert unique_sql(user_kind(), tenant.id, 'externalId eq "x"') is None  # not unique
+    assert unique_sql(user_kind(), tenant.id, 'userName co "x"') is None
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        for text in cases:
+            for extra in ({}, {"count": "0"}, {"startIndex": "2"}, {"count": "1"}, {"attributes": "userName"},
+                          {"excludedAttributes": "groups"}):
+                fast = await c.get("/scim/v2/Users", params={"filter": text, **extra}, headers=h)
+                # sortBy takes the general query (ORDER BY): the reference answer
+                slow = await c.get("/scim/v2/Users", params={"filter": text, "sortBy": "userName", **extra}, headers=h)
+                assert fast.status == slow.status == 200, (text, extra)
+                assert await fast.json() == await slow.json(), (text, extra)
+    # the lookup uses the unique index
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO users (id, tenant_id, user_name, emails)
+               SELECT gen_random_uuid(), $1, 'user' || g || '@example.com', '[]'::jsonb
+               FROM generate_series(1, 5000) g""",
+            tenant.id,
+        )
+        await conn.execute("ANALYZE users")
+        sql, params = unique_sql(user_kind(), tenant.id, 'userName eq "User42@Example.com"')  # type: ignore[misc]
+        plan = json.dumps(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *params))
+        assert "users_user_name_key" in plan, plan
+        assert [r["user_name"] for r in await conn.fetch(sql, *params)] == ["user42@example.com"]

@@ -178,3 +178,76 @@ def test_fast_path_leaves_everything_else_to_the_grammar(text):
     from scim_gateway.filters import _simple_eq
 
     assert _simple_eq(text) is None
+
+
+_EQ_TEXTS = [
+    'userName eq "bjensen@example.com"',
+    '  UserName EQ "Bjensen"  ',
+    'USERNAME eq ""',
+    'userName eq "quote \\" back\\\\slash \\u00e9 \\n"',
+    'userName eq "%_--\'"',
+    'userName eq "\' OR 1=1 --"',
+    'userName eq "x\\" or \\"1\\"=\\"1"',
+    'userName eq "alice\'; DROP TABLE users; --"',
+    'externalId eq "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef"',
+    'externalid eq "AbC"',
+    'id eq "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef"',
+    'ID eq "0A21F0F2-8D2A-4F8E-BF98-7363C4AED4EF"',
+    'id eq "not-a-uuid"',
+    'id eq ""',
+    'displayName eq "Engineering"',
+]
+
+
+_DIRECT = {("User", "username"), ("User", "externalid"), ("User", "id"), ("User", "displayname"),
+           ("Group", "displayname"), ("Group", "externalid"), ("Group", "id")}
+_UNIQUE = {("User", "username"), ("User", "id"), ("Group", "displayname"), ("Group", "id")}
+
+
+def _outcome(compile_, *args):
+    try:
+        f = compile_(*args)
+    except ScimError as err:
+        return ("error", err.status, err.scim_type, err.detail)
+    return ("sql", f.sql, f.params)
+
+
+@pytest.mark.parametrize("kind_name", ["User", "Group"])
+@pytest.mark.parametrize("text", [*_EQ_TEXTS, 'userName eq "x"', 'title eq "x"'])
+def test_direct_eq_path_compiles_what_the_grammar_compiles(text, kind_name):
+    from scim_gateway.filters import _compile_general, fast_eq_filter
+
+    kind = user_kind() if kind_name == "User" else group_kind()
+    alias = "u" if kind_name == "User" else "g"
+    general = _outcome(_compile_general, kind, text, alias, 3)
+    assert _outcome(compile_filter, kind, text, alias, 3) == general
+    key = (kind_name, text.split()[0].lower())
+    fast = fast_eq_filter(kind, text, alias, 3)
+    if key not in _DIRECT:
+        assert fast is None
+        return
+    assert fast is not None, text
+    assert ("sql", fast.sql, fast.params) == general
+    assert fast.unique == (key in _UNIQUE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['name.givenName eq "Barbara"', 'title eq "x"', 'userName eq "a" and active eq true', 'userName ne "a"',
+     'userName co "a"', 'userName eq 5', 'userName eq true', 'userName eq null',
+     'urn:ietf:params:scim:schemas:core:2.0:User:userName eq "a"', 'emails[type eq "work"]'],
+)
+def test_everything_else_takes_the_general_path(text):
+    from scim_gateway.filters import _compile_general, fast_eq_filter
+
+    assert fast_eq_filter(user_kind(), text, "u", 2) is None
+    assert _outcome(compile_filter, user_kind(), text, "u", 2) == _outcome(_compile_general, user_kind(), text, "u", 2)
+
+
+@pytest.mark.parametrize("value", ["a\\u0000b", "\\ud800"])
+def test_direct_eq_path_refuses_what_postgres_cannot_hold(value):
+    from scim_gateway.filters import fast_eq_filter
+
+    with pytest.raises(ScimError) as err:
+        fast_eq_filter(user_kind(), f'userName eq "{value}"', "u", 2)
+    assert err.value.status == 400 and err.value.scim_type == "invalidFilter"
