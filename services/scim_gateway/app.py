@@ -6,12 +6,12 @@ token cache) live in ``cleanup_ctx`` and are reached through typed keys (``keys.
 
 from __future__ import annotations
 
-import json
-import uuid
+import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import structlog
 from aiohttp import web
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from provisio_lib import db
 from provisio_lib.logging import get_logger
@@ -22,7 +22,7 @@ from provisio_lib.topology import Topology
 
 from .auth import RateLimiter, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
-from .handlers import ROUTES
+from .handlers import ROUTES, dumps
 from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
 from .openapi import build_openapi
 from .settings import ScimSettings
@@ -38,18 +38,26 @@ _DB_DOWN = db.UNAVAILABLE_ERRORS
 def error_response(err: ScimError) -> web.Response:
     return web.Response(
         status=err.status,
-        body=json.dumps(err.body()).encode(),
+        body=dumps(err.body()),
         content_type=SCIM_CONTENT_TYPE,
         headers=err.headers,
     )
 
 
+# Minted correlation ids: 32 hex digits like uuid4().hex, a random per-process prefix
+# and a counter (unique without a getrandom syscall and a UUID object per request).
+_CID_PREFIX = os.urandom(8).hex()
+_cid_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def _correlation_id(request: web.Request) -> str:
-    raw = request.headers.get("X-Correlation-Id") or request.headers.get("X-Request-Id") or ""
-    raw = raw.strip()
-    if 0 < len(raw) <= 128 and raw.isprintable():
-        return raw
-    return uuid.uuid4().hex
+    headers = request.headers
+    raw = headers.get("X-Correlation-Id") or headers.get("X-Request-Id")
+    if raw:
+        raw = raw.strip()
+        if 0 < len(raw) <= 128 and raw.isprintable():
+            return raw
+    return f"{_CID_PREFIX}{next(_cid_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 @web.middleware
@@ -57,13 +65,16 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Every error is a SCIM Error body; nothing internal leaks (RFC 7644 §3.12)."""
     cid = _correlation_id(request)
     request[CORRELATION_ID] = cid
-    settings = request.app[SETTINGS]
-    with structlog.contextvars.bound_contextvars(correlation_id=cid):
+    # bind/reset rather than bound_contextvars(): the latter copies the whole context
+    # (copy_context) to save the previous values, on every request.
+    tokens = bind_contextvars(correlation_id=cid)
+    try:
         try:
             response = await handler(request)
         except ScimError as err:
             response = error_response(err)
         except web.HTTPRequestEntityTooLarge:
+            settings = request.app[SETTINGS]
             response = error_response(ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes"))
         except web.HTTPException as err:
             if err.status < 400:
@@ -75,12 +86,15 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             response = error_response(ScimError(err.status, detail, headers=headers))
         except _DB_DOWN as err:
             log.warning("database_unavailable", error=str(err), path=request.path)
+            settings = request.app[SETTINGS]
             response = error_response(ScimError(
                 503, "the database is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
             ))
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             response = error_response(ScimError(500, "internal error; it has been logged with the correlation id"))
+    finally:
+        reset_contextvars(**tokens)
     response.headers["X-Correlation-Id"] = cid
     return response
 
@@ -100,8 +114,11 @@ def protected(handler: Handler) -> Handler:
         if wait is not None:
             raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
         request[TENANT] = auth
-        with structlog.contextvars.bound_contextvars(tenant=str(auth.tenant_id)):
+        tokens = bind_contextvars(tenant=auth.tenant_label)
+        try:
             return await handler(request)
+        finally:
+            reset_contextvars(**tokens)
 
     wrapped.__name__ = getattr(handler, "__name__", "handler")
     return wrapped

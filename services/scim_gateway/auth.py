@@ -21,7 +21,7 @@ import hmac
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from provisio_lib.logging import get_logger
@@ -41,6 +41,12 @@ class TenantAuth:
     token_label: str
     immutable_user_name: bool
     rate_limit_per_s: float | None
+    # str(tenant_id), made once per cached lookup (the log context of every request).
+    tenant_label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.tenant_label:
+            object.__setattr__(self, "tenant_label", str(self.tenant_id))
 
 
 _SQL = """

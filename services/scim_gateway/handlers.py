@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from pydantic_core import from_json, to_json
 
 from provisio_lib.contract import (
     ChangeGroupMembers,
@@ -77,10 +78,17 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{BASE_PATH}"
 
 
+def dumps(data: Any) -> bytes:
+    """JSON bytes of a response body: pydantic-core's serializer (~4x faster than
+    json.dumps, compact, UTF-8); json.dumps for what it refuses (lone surrogates)."""
+    try:
+        return to_json(data)
+    except ValueError:
+        return json.dumps(data).encode()
+
+
 def scim_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(data).encode(), content_type=SCIM_CONTENT_TYPE, headers=headers
-    )
+    return web.Response(status=status, body=dumps(data), content_type=SCIM_CONTENT_TYPE, headers=headers)
 
 
 def tenant(request: web.Request) -> TenantAuth:
@@ -95,6 +103,13 @@ async def read_json(request: web.Request) -> Any:
     raw = await request.read()  # client_max_size enforces the body limit (413)
     if not raw:
         raise invalid_syntax("the request body is empty")
+    try:
+        # pydantic-core's parser (jiter) gives the same values as json.loads, ~2x faster;
+        # what it refuses (a BOM, UTF-16, lone surrogate escapes, deep nesting) goes to
+        # json.loads, so the answer (value or error) is json.loads's.
+        return from_json(raw)
+    except ValueError:
+        pass
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -168,29 +183,58 @@ def outcome_error(error: ErrorInfo | None) -> ScimError:
 async def submit(request: web.Request, payload: CommandPayload) -> Outcome:
     """Publish one command and wait for its outcome; failures become ScimErrors."""
     auth = tenant(request)
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings = app[SETTINGS]
+    waiter = app[WAITER]
     command = Command(
+        type=payload.type,
         tenant_id=auth.tenant_id,
-        source=Source(kind="scim", id=str(auth.token_id), label=auth.token_label),
+        source=_source(auth),
         correlation_id=request[CORRELATION_ID],
+        reply_to=waiter.reply_to(),  # set here: the waiter would otherwise copy the command
         payload=payload,
     )
-    retry = {"Retry-After": str(settings.scim_retry_after_s)}
     started = time.perf_counter()
     try:
-        outcome = await request.app[WAITER].submit(command, settings.scim_outcome_timeout_s)
+        outcome = await waiter.submit(command, settings.scim_outcome_timeout_s)
     except OutcomeTimeout:
-        OUTCOME_WAIT.labels(type=payload.type, result="timeout").observe(time.perf_counter() - started)
+        _outcome_wait(payload.type, "timeout").observe(time.perf_counter() - started)
         raise ScimError(
             503,
             "the provisioner did not answer in time; the change is queued and will be applied once",
-            headers=retry,
+            headers={"Retry-After": str(settings.scim_retry_after_s)},
         ) from None
     except BrokerUnavailable:
-        OUTCOME_WAIT.labels(type=payload.type, result="unavailable").observe(time.perf_counter() - started)
-        raise ScimError(503, "the command queue is unavailable; retry later", headers=retry) from None
-    OUTCOME_WAIT.labels(type=payload.type, result="outcome").observe(time.perf_counter() - started)
+        _outcome_wait(payload.type, "unavailable").observe(time.perf_counter() - started)
+        raise ScimError(
+            503, "the command queue is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
+        ) from None
+    _outcome_wait(payload.type, "outcome").observe(time.perf_counter() - started)
     return outcome
+
+
+# Per-token Source and per-(type, result) histogram child, made once: a pydantic model
+# and a prometheus labels() call (lock + tuple) per request add up on the write path.
+_SOURCES: dict[tuple[uuid.UUID, str], Source] = {}
+_WAIT_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def _source(auth: TenantAuth) -> Source:
+    key = (auth.token_id, auth.token_label)
+    found = _SOURCES.get(key)
+    if found is None:
+        if len(_SOURCES) >= 10_000:
+            _SOURCES.clear()
+        found = _SOURCES[key] = Source(kind="scim", id=str(auth.token_id), label=auth.token_label)
+    return found
+
+
+def _outcome_wait(command_type: str, result: str) -> Any:
+    key = (command_type, result)
+    child = _WAIT_CHILDREN.get(key)
+    if child is None:
+        child = _WAIT_CHILDREN[key] = OUTCOME_WAIT.labels(type=command_type, result=result)
+    return child
 
 
 def _committed(outcome: Outcome) -> dict[str, Any]:
@@ -460,7 +504,8 @@ async def patch_user(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     retries = request.app[SETTINGS].scim_write_retries
     for attempt in range(retries + 1):
-        row = await repo.get_user(pool, auth.tenant_id, uid)
+        # The groups are only shown, never patched: read them only if the stored state is the answer.
+        row = await repo.get_user(pool, auth.tenant_id, uid, with_groups=False)
         if row is None:
             raise not_found(f"User {uid}")
         check_if_match(request, row["version"])
@@ -469,7 +514,11 @@ async def patch_user(request: web.Request) -> web.Response:
         require(kind, updated)
         if updated == current:
             # Nothing changes (Entra re-sends PATCHes it already sent): answer the stored state.
-            return _resource_response(request, "User", render_user(row, base_url(request)), row["version"])
+            state = dict(row)
+            attrs, excluded = _projection(request)
+            if _wants(kind, "groups", attrs, excluded):
+                state["groups"] = await repo.user_groups(pool, uid)
+            return _resource_response(request, "User", render_user(state, base_url(request)), row["version"])
         _check_user_name_policy(auth, row["user_name"], updated["userName"])
         data = user_data(updated, keep=unknown_attributes(row["attributes"]))
         outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))

@@ -19,7 +19,6 @@ Paths are parsed with scim2-models' RFC 7644 path grammar.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,7 +262,7 @@ def _seed_from_filter(node: FilterNode, parent: Attr) -> dict[str, Any] | None:
 
 def apply_patch(kind: ResourceKind, resource: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
     """Return a new resource with ``ops`` applied (``ops`` from ``parse_patch``)."""
-    res = copy.deepcopy(resource)
+    res = _copy_json(resource)
     for op in expand(kind, ops):
         assert op.path is not None
         if op.path.lower() in kind.extensions and op.op == "remove":
@@ -272,6 +271,16 @@ def apply_patch(kind: ResourceKind, resource: dict[str, Any], ops: list[Op]) -> 
         target = _parse_path(kind, op.path)
         _apply_one(res, target, op)
     return _prune(res)
+
+
+def _copy_json(value: Any) -> Any:
+    """Deep copy of a JSON tree (dicts, lists, scalars): what copy.deepcopy does for a
+    resource in canonical form, without its memo bookkeeping (~4x faster)."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
 
 
 def _container(res: dict[str, Any], t: _Target, create: bool) -> dict[str, Any] | None:
