@@ -8,6 +8,7 @@ whole batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from provisio_lib.contract import Outcome
+from pydantic import TypeAdapter
+
+from provisio_lib.contract import Change, Outcome
 
 REDACTED = "[redacted]"
 # Attribute names whose values must never reach the audit trail (SCIM `password`,
 # IdP client secrets, tokens in custom attributes).
 _SECRET_NAME = re.compile(r"(password|passwd|secret|token|credential|private_?key)", re.IGNORECASE)
+_CHANGES: TypeAdapter[dict[str, Change]] = TypeAdapter(dict[str, Change])
 MAX_MESSAGE = 2000
 MAX_NOTES = 50
 
@@ -80,23 +84,27 @@ class AuditRow:
 def _text(value: str | None, limit: int | None = None) -> str | None:
     if value is None:
         return None
-    value = value.replace("\x00", "")
-    return value[:limit] if limit else value
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:limit] if limit and len(value) > limit else value
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret(name: str) -> bool:
+    # The same few attribute names come back in every outcome: search each one once.
+    return _SECRET_NAME.search(name) is not None
 
 
 def scrub(value: Any, *, secret: bool = False) -> Any:
     """Redact secret-named keys at any depth; drop NULs Postgres cannot store."""
     if secret:
         return None if value is None else REDACTED
-    if isinstance(value, dict):
-        return {
-            _text(str(k)): scrub(v, secret=bool(_SECRET_NAME.search(str(k))))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
     if isinstance(value, str):
         return _text(value)
+    if isinstance(value, dict):
+        return {_text(str(k)): scrub(v, secret=_is_secret(str(k))) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
     return value
 
 
@@ -111,10 +119,9 @@ def _user_name(outcome: Outcome) -> str | None:
 
 
 def audit_row(outcome: Outcome) -> AuditRow:
-    changes = {
-        name: scrub(change.model_dump(mode="json"), secret=bool(_SECRET_NAME.search(name)))
-        for name, change in outcome.changes.items()
-    }
+    # All changes serialised in one pydantic call (not one per change), then scrubbed.
+    dumped = _CHANGES.dump_python(outcome.changes, mode="json") if outcome.changes else {}
+    changes = {name: scrub(change, secret=_is_secret(name)) for name, change in dumped.items()}
     # A redacted change still says *that* the field changed, never to what.
     for name, value in changes.items():
         if value == REDACTED:

@@ -27,7 +27,11 @@ class PermanentError(Exception):
 
 
 def _scrub(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    # Scalars first, and dict before the Mapping ABC: this runs for every field of every
+    # change, and an ABC isinstance check costs more than the rest of it.
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict | Mapping):
         return {k: ("[redacted]" if k.lower() in SECRET_KEYS else _scrub(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
