@@ -357,22 +357,22 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
     if not user_ids:
         return {}
     rows = await conn.fetch(
-        f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(user_ids))
+        f"""SELECT {USER_COLUMNS}, ({_GROUPS_OF_U}) AS groups FROM users u
+            WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE""",
+        sorted(set(user_ids)),
     )
     return {r["id"]: r for r in rows}
 
 
-async def groups_of_users(conn: asyncpg.Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[GroupRef]]:
-    """``user_groups`` for many users in one query (same order: by display name)."""
-    out: dict[uuid.UUID, list[GroupRef]] = {u: [] for u in user_ids}
-    rows = await conn.fetch(
-        """SELECT DISTINCT m.user_id, g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
-           WHERE m.user_id = ANY($1::uuid[]) ORDER BY m.user_id, g.display_name""",
-        user_ids,
-    )
-    for r in rows:
-        out[r["user_id"]].append(GroupRef(id=r["id"], display_name=r["display_name"]))
-    return out
+# A locked user's groups, read by the same statement (as ``user_groups`` orders them).
+_GROUPS_OF_U = """SELECT coalesce(jsonb_agg(jsonb_build_array(x.id, x.display_name) ORDER BY x.display_name, x.id), '[]')
+    FROM (SELECT DISTINCT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
+          WHERE m.user_id = u.id) AS x"""
+
+
+def locked_groups(row: asyncpg.Record) -> list[GroupRef]:
+    """The groups ``lock_in_order`` read with a user's row."""
+    return [GroupRef(id=uuid.UUID(gid), display_name=name) for gid, name in row["groups"]]
 
 
 async def tenant_policies(conn: asyncpg.Connection, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:

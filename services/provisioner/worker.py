@@ -140,7 +140,7 @@ class Provisioner:
         # Users' groups read once for the batch, unless a command of it may change groups.
         groups = None
         if users and all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items):
-            groups = await store.groups_of_users(conn, list(users))
+            groups = {uid: store.locked_groups(row) for uid, row in users.items()}
         policies = await self._policies(conn, {c.tenant_id for _, c in items})
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
