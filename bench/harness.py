@@ -294,7 +294,7 @@ def provisio_env(dsn: str, prefix: str, **extra: Any) -> dict[str, str]:
         "PROVISIO_REDIS_URL": REDIS_URL,
         "PROVISIO_REDIS_PREFIX": prefix,
         "PROVISIO_PARTITIONS": "8",
-        "PROVISIO_LOG_LEVEL": "WARNING",
+        "PROVISIO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PROVISIO_LOG_FORMAT": "json",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT / "services"), str(ROOT)]),
     })
@@ -357,7 +357,7 @@ def start_profiles(directory: str | None, services: dict[str, Service], label: s
             continue
         path = os.path.join(directory, f"{label}-{name}.txt")
         p = subprocess.Popen([spy, "record", "--pid", str(svc.proc.pid), "--duration", str(int(seconds + 0.999)),
-                              "--rate", "100", "--nonblocking", "--format", "raw", "--output", path],
+                              "--rate", os.environ.get("BENCH_PROFILE_HZ", "100"), "--nonblocking", "--format", "raw", "--output", path],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out.append((name, path, p))
     return out
