@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from provisio_lib.contract import Command, CreateUser, Source, UserData, decode_outcome
-from provisio_lib.outcomes import publish_command
+from provisio_lib.contract import Command, CreateUser, Source, UserData
+from provisio_lib.outcomes import entry_outcomes, publish_command
 from provisio_lib.topology import DATA_FIELD, PROVISIONER_GROUP, Topology
 from tests.conftest import make_tenant
 
@@ -127,8 +127,7 @@ async def test_sigkill_a_provisioner_mid_load_loses_and_doubles_nothing(procs, p
     announced: set[str] = set()
     redelivered = 0
     for stream in topology.audit_streams():
-        for _, fields in await redis.xrange(stream):
-            o = decode_outcome(fields[DATA_FIELD.encode()])
+        for o in [o for _, fields in await redis.xrange(stream) for o in entry_outcomes(fields)]:
             announced.add(str(o.event_id))
             if o.redelivered:
                 redelivered += 1
