@@ -11,6 +11,10 @@ each traced through the pipeline from timestamps the pipeline already records:
   E  → reply stream entry id            COMMIT, then XADD of the outcome
   F  → client receives                  gateway: XREAD wake-up, decode, response, HTTP
 
+A batch of creates only is one statement whose outcome is made *before* it (the
+provisioner's one-statement path): there D is slightly negative (the outcome's time
+precedes the statement's now()) and E holds the whole INSERT + commit + XADD.
+
 All on one host, so one clock. Stream ids have millisecond resolution: the means of B,
 C and E are meaningful, single values are not.
 
@@ -54,6 +58,7 @@ from harness import (  # noqa: E402
     workdir,
     write_results,
 )
+from provisio_lib.outcomes import entry_outcomes  # noqa: E402
 from provisio_lib.topology import DATA_FIELD, Topology  # noqa: E402
 
 SEGMENTS = ("A_gateway_in", "B_encode_xadd", "C_to_transaction", "D_apply", "E_commit_publish", "F_reply_out")
@@ -128,10 +133,8 @@ async def main() -> None:
             replies: dict[str, tuple[float, float]] = {}  # event_id -> (completed, reply xadd)
             async for stream in redis.scan_iter(match=f"{b.prefix}:{{r:*}}:replies"):
                 for _id, fields in await redis.xrange(stream):
-                    raw = fields.get(DATA_FIELD.encode())
-                    if raw:
-                        o = json.loads(raw)
-                        replies[o["event_id"]] = (_ts(o["completed_at"]), _ms(_id))
+                    for o in entry_outcomes(fields):  # one outcome, or a batch's
+                        replies[str(o.event_id)] = (o.completed_at.timestamp(), _ms(_id))
             await redis.aclose()
             db = await asyncpg.connect(dsn)
             applied = {str(r["event_id"]): r["applied_at"].timestamp()

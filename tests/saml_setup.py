@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from defusedxml.ElementTree import fromstring
 
 from provisio_lib import sso
-from provisio_lib.contract import decode_outcome
 from provisio_lib.tokens import generate_token, hash_token
-from provisio_lib.topology import DATA_FIELD, Topology
+from provisio_lib.outcomes import entry_outcomes
+from provisio_lib.topology import Topology
 from saml_gateway.saml import Connection, SamlEngine
 from saml_idp import ATTRIBUTES, SHAPES, TestIdP, b64
 
@@ -138,11 +138,7 @@ async def audit_outcomes(redis: Any, topology: Topology, tenant_id: uuid.UUID) -
     entries = await redis.xrange(topology.audit_stream_for(tenant_id))
     out = []
     for _id, fields in entries:
-        raw = fields.get(DATA_FIELD.encode())
-        if raw:
-            outcome = decode_outcome(raw)
-            if outcome.tenant_id == tenant_id:
-                out.append(outcome)
+        out.extend(o for o in entry_outcomes(fields) if o.tenant_id == tenant_id)
     return out
 
 
