@@ -47,3 +47,34 @@ async def test_user_name_is_unique_per_tenant_ignoring_case(pool, tenant):
         plan = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN SELECT * FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)", tenant.id, "x"))
         assert "users_user_name_key" in plan
+
+
+async def test_a_plan_made_on_an_empty_table_does_not_outlive_the_statement_lifetime(database_url, tenant, monkeypatch):
+    """A new installation's first sync: the userName lookup is prepared while `users` is
+    empty (a sequential-scan plan); once the table has grown, re-preparing after
+    STATEMENT_LIFETIME_S gives the index plan again."""
+    import asyncio
+    import time
+
+    monkeypatch.setattr(db, "STATEMENT_LIFETIME_S", 1)
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    sql = "SELECT id FROM users u WHERE u.tenant_id = $1 AND lower(u.user_name) = lower($2::text)"
+
+    async def per_lookup_s() -> float:
+        t0 = time.perf_counter()
+        for _ in range(30):
+            await pool.fetch(sql, tenant.id, "nobody@x.test")
+        return (time.perf_counter() - t0) / 30
+
+    try:
+        for _ in range(10):  # past Postgres's five custom plans: the generic plan is cached
+            await pool.fetch(sql, tenant.id, "nobody@x.test")
+        await pool.execute(
+            "INSERT INTO users (id, tenant_id, user_name) SELECT gen_random_uuid(), $1, 'u' || i || '@x.test'"
+            " FROM generate_series(1, 20000) i", tenant.id)
+        stale = await per_lookup_s()
+        await asyncio.sleep(1.5)
+        fresh = await per_lookup_s()
+    finally:
+        await pool.close()
+    assert fresh < stale / 5, f"lookups did not get the index plan back: {stale * 1000:.2f} -> {fresh * 1000:.2f} ms"
