@@ -106,20 +106,28 @@ async def write_batch(conn: asyncpg.Connection, rows: list[AuditRow], window_s: 
     result = WriteResult()
     if not rows:
         return result
+    if not any(r.result == "failed" for r in rows):
+        # Nothing to notify: the INSERT alone is atomic, without BEGIN and COMMIT round trips.
+        _count(result, rows, await conn.fetch(INSERT_AUDIT, *_columns(rows)))
+        return result
     async with conn.transaction():
         inserted = await conn.fetch(INSERT_AUDIT, *_columns(rows))
-        result.inserted = len(inserted)
-        result.duplicates = len(rows) - len(inserted)
+        _count(result, rows, inserted)
         failed: dict[uuid.UUID, list[int]] = {}
         for r in inserted:
-            result.by_result[r["result"]] = result.by_result.get(r["result"], 0) + 1
             if r["result"] == "failed":
                 failed.setdefault(r["tenant_id"], []).append(r["id"])
         result.failures = sum(len(v) for v in failed.values())
-        # Sorted, so two auditors lock tenants in the same order (no deadlock).
         for tenant_id in sorted(failed):
             await _queue_notification(conn, tenant_id, sorted(failed[tenant_id]), window_s, result)
     return result
+
+
+def _count(result: WriteResult, rows: list[AuditRow], inserted: list[asyncpg.Record]) -> None:
+    result.inserted = len(inserted)
+    result.duplicates = len(rows) - len(inserted)
+    for r in inserted:
+        result.by_result[r["result"]] = result.by_result.get(r["result"], 0) + 1
 
 
 async def _queue_notification(
