@@ -136,7 +136,23 @@ class _Target:
     value_filter: FilterNode | None = None
 
 
+# Parsed paths, per resource kind: IdPs send the same few paths over and over. A _Target
+# is never changed once _parse_path returns it, so one instance can serve every PATCH.
+_PATHS: dict[tuple[int, str], tuple[ResourceKind, _Target]] = {}
+
+
 def _parse_path(kind: ResourceKind, path: str) -> _Target:
+    hit = _PATHS.get((id(kind), path))
+    if hit is not None and hit[0] is kind:
+        return hit[1]
+    target = _parse_path_uncached(kind, path)
+    if len(_PATHS) >= 1024:
+        _PATHS.clear()
+    _PATHS[(id(kind), path)] = (kind, target)
+    return target
+
+
+def _parse_path_uncached(kind: ResourceKind, path: str) -> _Target:
     try:
         node = Path(path).ast
     except (InvalidPathException, ValueError) as err:

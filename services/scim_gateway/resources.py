@@ -35,6 +35,12 @@ from .schema import (
 # ``attributes`` keyed as SCIM keys it.
 _USER_COLUMN_ATTRS = {"userName", "externalId", "active", "displayName", "emails"}
 
+# Prebuilt for the membership tests of the hot loops (a literal with {} or [] in it is
+# rebuilt on every evaluation). Never mutated.
+_EMPTY_ITEM = (None, {}, "")
+_ABSENT = (None, {}, [])
+_TEXT_TYPES = frozenset({"string", "reference", "binary"})
+
 
 # --------------------------------------------------------------------------- coercion
 
@@ -58,7 +64,7 @@ def coerce(attr: Attr, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise invalid_value(f"{where} must be a list")
         items = [coerce_single(attr, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        items = [v for v in items if v not in (None, {}, "")]
+        items = [v for v in items if v not in _EMPTY_ITEM]
         return _one_primary(items) if attr.type == "complex" else items
     return coerce_single(attr, value, where)
 
@@ -78,6 +84,8 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
     if value is None:
         return None
     t = attr.type
+    if type(value) is str and t in _TEXT_TYPES:  # the common case, as the last branch below
+        return check_text(value, where)
     if t == "complex":
         if attr.free_form:
             if not isinstance(value, dict):
@@ -143,10 +151,11 @@ def check_text(value: str, where: str, max_len: int | None = None) -> str:
     """Postgres text holds neither NUL nor lone UTF-16 surrogates (valid JSON escapes)."""
     if "\x00" in value:
         raise invalid_value(f"{where} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid_value(f"{where} is not valid Unicode text") from None
+    if not value.isascii():  # an ASCII string holds no surrogate: skip the encode
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid_value(f"{where} is not valid Unicode text") from None
     if max_len is not None and len(value) > max_len:
         raise invalid_value(f"{where} is longer than {max_len} characters")
     return value
@@ -176,10 +185,12 @@ def check_json(value: Any, where: str, depth: int = 0) -> Any:
 def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str, Any]) -> None:
     if not isinstance(part, dict):
         raise invalid_value(f"{where} must be an object")
+    attrs = schema.attrs
     for key, value in part.items():
-        if key.lower() == "schemas":
+        low = key.lower()
+        if low == "schemas":
             continue  # some clients repeat "schemas" inside an extension object
-        attr = schema.attr(key)
+        attr = attrs.get(low)  # = schema.attr(key)
         if attr is None:
             raise invalid_syntax(f"unknown attribute {key!r} in {schema.id}")
         if attr.mutability == "readOnly":
@@ -187,7 +198,7 @@ def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str,
         if attr.mutability == "writeOnly":
             continue  # password: never stored (Provisio authenticates through SAML)
         v = coerce(attr, value, attr.name)
-        if v not in (None, {}, []) or (attr.free_form and v == {}):
+        if v not in _ABSENT or (attr.free_form and v == {}):
             out[attr.name] = v  # an empty custom object is a value, not an absence
 
 
