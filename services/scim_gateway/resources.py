@@ -359,7 +359,7 @@ def _iso(value: Any) -> str:
     return str(value)
 
 
-def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False) -> dict[str, Any]:
+def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False, meta: bool = True) -> dict[str, Any]:
     """Rebuild a SCIM User from a users row (or ``UserState.model_dump()``) plus groups.
 
     ``row["groups"]`` is a list of ``{"value", "display"}`` (from the read query) or of
@@ -426,6 +426,8 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False) -> 
     if provisio:
         out[PROVISIO_SCHEMA] = provisio
         out["schemas"].append(PROVISIO_SCHEMA)
+    if not meta:  # canonical_user: normalise drops meta (read-only) anyway
+        return out
     out["meta"] = {
         "resourceType": "User",
         "created": _iso(row["created_at"]),
@@ -577,7 +579,7 @@ def canonical_urn(name: str) -> str:
 
 def canonical_user(kind: ResourceKind, row: Mapping[str, Any]) -> dict[str, Any]:
     """The stored user in the canonical form PATCH works on."""
-    return normalise(kind, render_user(row, "", storage=True))
+    return normalise(kind, render_user(row, "", storage=True, meta=False))
 
 
 def canonical_group(row: Mapping[str, Any], members: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:

@@ -59,3 +59,23 @@ def test_round_trip_through_the_neutral_model():
     assert project(user_kind(), out, ["name.givenName", f"{ENT}:manager"], None) == {
         "schemas": out["schemas"], "id": out["id"], "name": {"givenName": "B"}, ENT: {"manager": out[ENT]["manager"]}}
     assert "title" not in project(user_kind(), out, None, ["TITLE"])
+
+
+def test_canonical_user_is_the_normalised_stored_rendering():
+    # canonical_user renders without meta (read-only: normalise drops it); the result is
+    # the one of normalising the full storage rendering
+    from scim_gateway.resources import canonical_user
+
+    body = {
+        "userName": "bjensen", "externalId": "e-1", "displayName": "Babs", "active": False,
+        "name": {"givenName": "B", "familyName": "J", "formatted": "B J"},
+        "emails": [{"value": "b@x", "type": "work", "primary": True}, {"value": "c@x", "primary": True}],
+        "title": "T", ENT: {"manager": "m-1", "department": "D"}, PRV: {"ssoName": "okta", "custom": {"tier": 3}},
+    }
+    data = user_data(normalise(user_kind(), body), keep={"jit_only": 1})
+    row = {**data.model_dump(), "id": "00000000-0000-0000-0000-000000000001", "version": 3,
+           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",
+           "groups": [{"value": "00000000-0000-0000-0000-000000000002", "display": "G"}]}
+    full = normalise(user_kind(), render_user(row, "", storage=True))
+    assert canonical_user(user_kind(), row) == full
+    assert full["userName"] == "bjensen" and full[ENT]["manager"] == {"value": "m-1"} and "meta" not in full
