@@ -118,25 +118,55 @@ def created_user(row: Any) -> Applied:
     )
 
 
-async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
-    row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
+def _replace_plan(p: ReplaceUser, ctx: Ctx, row: Any) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """What a full replace does to ``row``: ("stale" | "unchanged", None, {}) or
+    ("update", the new values, the changes); PermanentError if it may not."""
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
     if is_stale(row, ctx.seq):
-        return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row, ctx), notes=["stale: a newer change was applied first"])
+        return "stale", None, {}
     if ctx.policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
         raise PermanentError("mutability", "this tenant does not allow changing userName", field="userName")
     before = _user_dict(row)
     after_values = store.user_values(p.data)
     after = {**before, **{k: after_values[k] for k in (*USER_FIELDS, "attributes")}}
     changes = diff(before, after, USER_FIELDS)
-    if not changes:
-        return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
-                       user_name=row["user_name"], resource=await _user_result(conn, row, ctx))
-    new = ctx.changed(await store.update_user(conn, row, after_values, seq=ctx.seq))
-    return Applied(resource_type="User", resource_id=new["id"], user_name=new["user_name"],
-                   resource=await _user_result(conn, new, ctx), changes=changes)
+    return ("update", after_values, changes) if changes else ("unchanged", None, {})
+
+
+async def _replaced(conn: asyncpg.Connection, ctx: Ctx, row: Any, kind: str, changes: dict[str, Any]) -> Applied:
+    """The Applied of a replace planned as ``kind``; ``row`` is the new row after an update."""
+    notes = ["stale: a newer change was applied first"] if kind == "stale" else []
+    return Applied(result="applied" if kind == "update" else "unchanged", resource_type="User",
+                   resource_id=row["id"], user_name=row["user_name"], resource=await _user_result(conn, row, ctx),
+                   changes=changes, notes=notes)
+
+
+async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
+    row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
+    kind, values, changes = _replace_plan(p, ctx, row)
+    if kind == "update":
+        row = ctx.changed(await store.update_user(conn, row, values or {}, seq=ctx.seq))
+    return await _replaced(conn, ctx, row, kind, changes)
+
+
+async def replace_users(conn: asyncpg.Connection, run: list[tuple[Command, Ctx]]) -> list[Applied]:
+    """Full replaces of distinct users (the fast path): planned one by one, written with
+    one UPDATE. Any PermanentError or database error aborts the batch's fast path."""
+    planned = []
+    for cmd, ctx in run:
+        p = cmd.payload
+        assert isinstance(p, ReplaceUser)
+        row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
+        planned.append((ctx, row, *_replace_plan(p, ctx, row)))
+    updates = [(row, values, ctx.seq) for ctx, row, kind, values, _ in planned if kind == "update"]
+    new_rows = await store.update_users_bulk(conn, updates) if updates else {}  # type: ignore[arg-type]
+    out = []
+    for ctx, row, kind, _, changes in planned:
+        if kind == "update":
+            row = ctx.changed(new_rows[row["id"]])
+        out.append(await _replaced(conn, ctx, row, kind, changes))
+    return out
 
 
 async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx: Ctx) -> Applied:

@@ -166,13 +166,23 @@ async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uui
     return row
 
 
-async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any], seq: Seq = (0, 0)) -> asyncpg.Record:
-    """Write ``values`` over ``row``, bump the version, remember the newest stream position."""
-    merged = {k: row[k] for k in ("user_name", "external_id", "active", "display_name", "given_name",
-                                  "family_name", "emails", "sso_name", "attributes")}
+_UPDATABLE = ("user_name", "external_id", "active", "display_name", "given_name", "family_name", "emails",
+              "sso_name", "attributes")
+
+
+def _merged(row: Any, values: dict[str, Any], seq: Seq) -> dict[str, Any]:
+    """``values`` over ``row``'s updatable columns, the primary email derived, the newest
+    stream position kept."""
+    merged = {k: row[k] for k in _UPDATABLE}
     merged.update(values)
     merged["email"] = primary_email(merged["emails"] or [])
-    seq_ms, seq_n = newer(row, seq)
+    merged["seq_ms"], merged["seq_n"] = newer(row, seq)
+    return merged
+
+
+async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any], seq: Seq = (0, 0)) -> asyncpg.Record:
+    """Write ``values`` over ``row``, bump the version, remember the newest stream position."""
+    merged = _merged(row, values, seq)
     try:
         return await conn.fetchrow(
             f"""UPDATE users SET user_name = $2, external_id = $3, active = $4, display_name = $5,
@@ -181,10 +191,33 @@ async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dic
                 WHERE id = $1 RETURNING {USER_COLUMNS}""",
             row["id"], merged["user_name"], merged["external_id"], merged["active"], merged["display_name"],
             merged["given_name"], merged["family_name"], merged["email"], merged["emails"], merged["sso_name"],
-            merged["attributes"], seq_ms, seq_n,
+            merged["attributes"], merged["seq_ms"], merged["seq_n"],
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "userName", merged["user_name"]) from None
+
+
+async def update_users_bulk(conn: asyncpg.Connection, updates: list[tuple[Any, dict[str, Any], Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
+    """``update_user`` for several distinct users in one statement (the fast path; any
+    error, e.g. a userName taken, aborts it). ``updates``: (row, values, seq)."""
+    merged = [(row["id"], _merged(row, values, seq)) for row, values, seq in updates]
+    cols = [[uid for uid, _ in merged]] + [
+        [json.dumps(m[k]) if k in ("emails", "attributes") else m[k] for _, m in merged]
+        for k in (*_UPDATABLE, "email", "seq_ms", "seq_n")
+    ]
+    rows = await conn.fetch(
+        f"""UPDATE users u SET user_name = r.u, external_id = r.x, active = r.a, display_name = r.d,
+                   given_name = r.g, family_name = r.f, emails = r.es::jsonb, sso_name = r.s,
+                   attributes = r.at::jsonb, email = r.e, version = u.version + 1, updated_at = now(),
+                   seq_ms = r.sm, seq_n = r.sn
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                        $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[])
+                 AS r(i, u, x, a, d, g, f, es, s, at, e, sm, sn)
+            WHERE u.id = r.i
+            RETURNING {", ".join("u." + c for c in USER_COLUMNS.split(", "))}""",
+        *cols,
+    )
+    return {r["id"]: r for r in rows}
 
 
 async def user_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[GroupRef]:

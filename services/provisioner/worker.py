@@ -39,7 +39,7 @@ from provisio_lib.outcomes import outcome_fields
 from provisio_lib.topology import Topology
 
 from . import store
-from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq
+from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users
 from .domain import PermanentError
 
 log = get_logger(__name__)
@@ -154,6 +154,11 @@ class Provisioner:
             j = i
             while j < len(commands) and isinstance(commands[j].payload, CreateUser):
                 j += 1
+            # And a run of full replaces of distinct users is one UPDATE (a PATCH burst).
+            k, seen = i, set()
+            while k < len(commands) and isinstance(p := commands[k].payload, ReplaceUser) and p.user_id not in seen:
+                seen.add(p.user_id)
+                k += 1
             if j - i > 1:
                 run = commands[i:j]
                 rows = await store.insert_users_bulk(
@@ -162,6 +167,11 @@ class Provisioner:
                 applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
                 pairs = list(zip(run, applied_run, strict=True))
                 i = j
+            elif k - i > 1:
+                run = commands[i:k]
+                ctxs = [Ctx(policies[c.tenant_id], q, users=users, groups=groups) for c, q in zip(run, seqs[i:k], strict=True)]
+                pairs = list(zip(run, await replace_users(conn, list(zip(run, ctxs, strict=True))), strict=True))
+                i = k
             else:
                 cmd = commands[i]
                 ctx = Ctx(policies[cmd.tenant_id], seqs[i], users=users, groups=groups)

@@ -334,3 +334,36 @@ async def test_a_batch_changing_the_same_user_twice_sees_its_own_changes(provisi
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", uid) == "v4"
         assert await conn.fetchval("SELECT count(*) FROM users WHERE id = $1", other.resource_id) == 0
+
+
+async def test_replaces_of_distinct_users_in_one_batch_are_one_update_with_per_user_outcomes(provisioner, waiter, tenant, redis, topology, pool):
+    made = [await waiter.submit(create(tenant, f"r{i}@x.test", display_name=f"R{i}", emails=({"value": f"r{i}@x.test", "primary": True},)), 10)
+            for i in range(4)]
+    group = await waiter.submit(cmd(tenant, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Team", members=(made[0].resource_id,)))), 10)
+    await provisioner.stop()
+
+    def replace(i, name, email=None, **kw):
+        emails = ({"value": email or f"r{i}@x.test", "primary": True},)
+        return cmd(tenant, ReplaceUser(user_id=made[i].resource_id, data=UserData(user_name=f"r{i}@x.test", display_name=name, emails=emails), **kw))
+
+    outs, paths = await _batch_outcomes(redis, topology, tenant, [
+        replace(0, "R0 new"), replace(1, "R1"),  # the second changes nothing
+        replace(2, "R2 new", email="new2@x.test", expected_version=1), replace(3, "R3 new"),
+    ], before=5)
+    assert paths == {"one_statement": 0, "one_transaction": 1, "careful": 0}
+    assert [(o.result, o.resource["version"], o.resource["display_name"]) for o in outs] == [
+        ("applied", 2, "R0 new"), ("unchanged", 1, "R1"), ("applied", 2, "R2 new"), ("applied", 2, "R3 new")]
+    assert outs[0].resource["groups"] == [{"id": str(group.resource_id), "display_name": "Team"}]
+    assert outs[2].changes["emails"].after == [{"value": "new2@x.test", "primary": True}] and not outs[1].changes
+    async with pool.acquire() as conn:
+        rows = {r["id"]: r for r in await conn.fetch("SELECT id, version, display_name, email FROM users WHERE tenant_id = $1", tenant.id)}
+    assert [(rows[m.resource_id]["version"], rows[m.resource_id]["display_name"]) for m in made] == [
+        (2, "R0 new"), (1, "R1"), (2, "R2 new"), (2, "R3 new")]
+    assert rows[made[2].resource_id]["email"] == "new2@x.test"
+
+    # One replace that may not apply: the batch is redone command by command, only it fails.
+    outs, paths = await _batch_outcomes(redis, topology, tenant, [
+        replace(0, "R0 again"), replace(1, "R1 again", expected_version=7), replace(3, "R3 again"),
+    ], before=9)
+    assert paths["careful"] == 1
+    assert [o.result for o in outs] == ["applied", "failed", "applied"] and outs[1].error.code == "version_mismatch"
