@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import Command, Outcome, decode_outcome, decode_outcomes, encode, encode_outcomes
 from .logging import get_logger
+from .redis_client import dedicated
 from .topology import DATA_FIELD, OUTCOMES_FIELD, Topology
 
 log = get_logger(__name__)
@@ -102,7 +103,9 @@ class OutcomeWaiter:
         self._task: asyncio.Task[None] | None = None
         self._last_id = "$"
         self._stopping = False
-        self.publisher = CommandPublisher(redis, topology)
+        # Each on its own connection: one reader, and one pipeline in flight at a time.
+        self._reader = dedicated(redis)
+        self.publisher = CommandPublisher(dedicated(redis), topology)
 
     async def start(self) -> None:
         # Read from the current end: outcomes only ever answer requests made after start.
@@ -123,6 +126,9 @@ class OutcomeWaiter:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+        for client in {id(c): c for c in (self._reader, self.publisher.redis) if c is not self.redis}.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
         with contextlib.suppress(Exception):
             await self.redis.delete(self.stream)
 
@@ -153,14 +159,14 @@ class OutcomeWaiter:
             try:
                 if loop.time() >= next_refresh:
                     # The TTL removes the stream of a gateway that died; a live one keeps it.
-                    await self.redis.expire(self.stream, self.topology.reply_ttl_s)
+                    await self._reader.expire(self.stream, self.topology.reply_ttl_s)
                     next_refresh = loop.time() + self.topology.reply_ttl_s / 3
                 if self._last_id == "$":
                     # Resolve "$" to a concrete id once, so nothing is skipped between reads.
-                    info = await self.redis.xadd(self.stream, {"hello": "1"}, maxlen=self.topology.reply_maxlen)
-                    await self.redis.expire(self.stream, self.topology.reply_ttl_s)
+                    info = await self._reader.xadd(self.stream, {"hello": "1"}, maxlen=self.topology.reply_maxlen)
+                    await self._reader.expire(self.stream, self.topology.reply_ttl_s)
                     self._last_id = info.decode() if isinstance(info, bytes) else str(info)
-                resp = await self.redis.xread({self.stream: self._last_id}, block=250, count=500)
+                resp = await self._reader.xread({self.stream: self._last_id}, block=250, count=500)
                 backoff = 0.1
                 for _stream, entries in resp or ():
                     for entry_id, fields in entries:

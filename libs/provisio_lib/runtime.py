@@ -55,5 +55,6 @@ async def worker_runtime(
         finally:
             await health.stop()
     finally:
+        await consumer.aclose()
         await pool.close()
         await redis.aclose()
