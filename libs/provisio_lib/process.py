@@ -5,6 +5,7 @@ and a start-up failure (database unreachable, schema not migrated, port taken) a
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,8 +67,19 @@ def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def calm_gc() -> None:
+    """Fewer, cheaper garbage collections on the request path: what exists at start-up
+    (modules, settings, the app) is moved out of the collector's sight, and the youngest
+    generation is collected every 50,000 allocations instead of 700 (every few requests
+    under load), which made collections a source of tail latency and CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run_worker(app: Any, service: str, *, event_loop: str = "uvloop") -> None:
     """Run a FastStream app; its run() turns SIGTERM/SIGINT into a graceful stop."""
+    calm_gc()
     with startup_errors_exit(service):
         with asyncio.Runner(loop_factory=lambda: new_event_loop(event_loop)) as runner:
             runner.run(app.run())
@@ -79,6 +91,7 @@ def serve_http(app: Any, *, host: str, port: int, shutdown_timeout: float, servi
     accepting, let in-flight requests finish (shutdown_timeout), run the cleanup contexts."""
     from aiohttp import web
 
+    calm_gc()
     with startup_errors_exit(service):
         web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_timeout, access_log=None, print=None,
                     loop=new_event_loop(event_loop))

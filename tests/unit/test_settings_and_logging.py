@@ -70,3 +70,17 @@ def test_event_loop_is_uvloop_unless_asked_for_asyncio(monkeypatch):
             assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
         finally:
             loop.close()
+
+
+def test_services_collect_garbage_rarely_and_not_what_start_up_made():
+    import gc
+
+    from provisio_lib.process import calm_gc
+
+    before = gc.get_threshold()
+    try:
+        calm_gc()
+        assert gc.get_threshold()[0] >= 10_000 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
