@@ -67,19 +67,23 @@ def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def calm_gc() -> None:
+def calm_gc(young: int | None = 50_000) -> None:
     """Fewer, cheaper garbage collections on the request path: what exists at start-up
     (modules, settings, the app) is moved out of the collector's sight, and the youngest
-    generation is collected every 50,000 allocations instead of 700 (every few requests
-    under load), which made collections a source of tail latency and CPU."""
+    generation is collected every ``young`` allocations instead of 700 (every few requests
+    under load), which made collections a source of tail latency and CPU (create@32 p99
+    ~65 -> ~30 ms). ``young=None`` keeps Python's thresholds: the auditor, which is off
+    the request path, leaves more cyclic garbage per allocation (its RSS grew from ~90
+    to ~150 MB over 60,000 outcomes with 50,000)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    if young is not None:
+        gc.set_threshold(young, 10, 10)
 
 
-def run_worker(app: Any, service: str, *, event_loop: str = "uvloop") -> None:
+def run_worker(app: Any, service: str, *, event_loop: str = "uvloop", young_gc: int | None = 50_000) -> None:
     """Run a FastStream app; its run() turns SIGTERM/SIGINT into a graceful stop."""
-    calm_gc()
+    calm_gc(young_gc)
     with startup_errors_exit(service):
         with asyncio.Runner(loop_factory=lambda: new_event_loop(event_loop)) as runner:
             runner.run(app.run())

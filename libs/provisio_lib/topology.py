@@ -22,6 +22,9 @@ DATA_FIELD = "__data__"  # the one field holding the JSON message (FastStream's 
 # Reply streams only: one entry answering several requests of the same gateway, a JSON
 # array of Outcomes (the provisioner sends a batch's answers to a gateway as one XADD).
 OUTCOMES_FIELD = "__outcomes__"
+# At most this many Outcomes per audit entry, so a reader's batch of entries is bounded in
+# outcomes (the auditor reads batch_size / MAX_OUTCOMES_PER_ENTRY entries at a time).
+MAX_OUTCOMES_PER_ENTRY = 50
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from .settings import AuditorSettings
 
 def main() -> None:
     settings = start(AuditorSettings, "auditor")
-    run_worker(create_app(settings), "auditor", event_loop=settings.event_loop)
+    run_worker(create_app(settings), "auditor", event_loop=settings.event_loop, young_gc=None)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from provisio_lib.logging import get_logger
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.runtime import worker_runtime
 from provisio_lib.settings import load_settings
-from provisio_lib.topology import AUDITOR_GROUP, Topology
+from provisio_lib.topology import AUDITOR_GROUP, MAX_OUTCOMES_PER_ENTRY, Topology
 
 from .handler import AuditHandler
 from .notifier import Notifier
@@ -74,7 +74,8 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
         streams=topology.audit_streams(),
         group=AUDITOR_GROUP,
         handler=handler,
-        batch_size=settings.batch_size,
+        # Entries, each of up to MAX_OUTCOMES_PER_ENTRY outcomes: at most batch_size outcomes.
+        batch_size=max(1, settings.batch_size // MAX_OUTCOMES_PER_ENTRY),
         claim_idle_ms=settings.claim_idle_ms,
         max_deliveries=settings.max_deliveries,
         min_batch_interval_ms=settings.audit_batch_wait_ms,

@@ -9,7 +9,7 @@ from provisio_lib.settings import CommonSettings
 
 class AuditorSettings(CommonSettings):
     # --- delivery (see provisio_lib.delivery)
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Outcomes per audit batch")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Outcomes per audit batch, at most (read as batch_size / 50 stream entries)")
     audit_batch_wait_ms: int = Field(
         default=200, ge=0, le=10_000,
         description="After a short batch, wait this long before reading again: fewer, larger batches "

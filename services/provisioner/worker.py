@@ -36,7 +36,7 @@ from provisio_lib.observability import (
     COMMANDS_RETRIED,
 )
 from provisio_lib.outcomes import outcome_fields
-from provisio_lib.topology import Topology
+from provisio_lib.topology import MAX_OUTCOMES_PER_ENTRY, Topology
 
 from . import store
 from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users
@@ -301,7 +301,8 @@ class Provisioner:
                 replies.setdefault(cmd.reply_to, []).append(data)
             audits.setdefault(topo.audit_stream_for(cmd.tenant_id), []).append(data)
         for stream, datas in audits.items():
-            pipe.xadd(stream, outcome_fields(datas), maxlen=topo.maxlen, approximate=True)
+            for i in range(0, len(datas), MAX_OUTCOMES_PER_ENTRY):
+                pipe.xadd(stream, outcome_fields(datas[i:i + MAX_OUTCOMES_PER_ENTRY]), maxlen=topo.maxlen, approximate=True)
         for stream, datas in replies.items():
             pipe.xadd(stream, outcome_fields(datas), maxlen=topo.reply_maxlen, approximate=True)
             pipe.expire(stream, topo.reply_ttl_s)
