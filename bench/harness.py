@@ -296,6 +296,8 @@ def provisio_env(dsn: str, prefix: str, **extra: Any) -> dict[str, str]:
         "PROVISIO_PARTITIONS": "8",
         "PROVISIO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PROVISIO_LOG_FORMAT": "json",
+        # Passed through for experiments (e.g. PROVISIO_EVENT_LOOP=asyncio); default uvloop.
+        "PROVISIO_EVENT_LOOP": os.environ.get("PROVISIO_EVENT_LOOP", "uvloop"),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT / "services"), str(ROOT)]),
     })
     env.update({f"PROVISIO_{k.upper()}": str(v) for k, v in extra.items()})
