@@ -177,7 +177,9 @@ class OutcomeWaiter:
             except Exception as err:  # Redis down: keep the futures, reconnect with backoff
                 log.warning("outcome_reader_error", error=str(err), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # At most 1 s: requests are waiting (outcome timeout), so the reader must be
+                # back soon after Redis is; a failed XREAD a second costs nothing.
+                backoff = min(backoff * 2, 1.0)
 
     def _deliver(self, fields: dict[Any, Any]) -> None:
         try:

@@ -19,8 +19,8 @@ from uuid import UUID
 PROVISIONER_GROUP = "provisioner"
 AUDITOR_GROUP = "auditor"
 DATA_FIELD = "__data__"  # the one field holding the JSON message (FastStream's name)
-# Reply streams only: one entry answering several requests of the same gateway, a JSON
-# array of Outcomes (the provisioner sends a batch's answers to a gateway as one XADD).
+# Reply and audit streams: one entry holding several Outcomes as a JSON array (the
+# provisioner writes a batch's outcomes to each stream as one XADD; docs/events.md).
 OUTCOMES_FIELD = "__outcomes__"
 # At most this many Outcomes per audit entry, so a reader's batch of entries is bounded in
 # outcomes (the auditor reads batch_size / MAX_OUTCOMES_PER_ENTRY entries at a time).
