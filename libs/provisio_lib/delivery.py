@@ -34,8 +34,7 @@ from typing import Any
 
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from .logging import get_logger
 from .redis_client import dedicated, is_cluster_url
@@ -187,7 +186,7 @@ class ReliableConsumer:
         backoff = 0.05
         while True:
             try:
-                verdicts = await self.handler(batch)
+                verdicts = await self._verdicts(batch)
                 dead = dict(verdicts.dead)
                 retry = dict(verdicts.retry)
                 for d in batch:
@@ -204,15 +203,6 @@ class ReliableConsumer:
                 log.warning("transient_failure_retrying", size=len(batch), error=str(err), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
-            except Exception as err:  # a handler bug: every entry counts a failed delivery
-                log.exception("batch_handler_failed", size=len(batch))
-                dead, ack = {}, []
-                retry = {d.entry_id: f"{type(err).__name__}: {err}"[:1000] for d in batch}
-                if claimed:
-                    for d in batch:
-                        if d.deliveries >= self.max_deliveries:
-                            dead[d.entry_id] = f"failed {d.deliveries} times: {retry.pop(d.entry_id)}"
-                break
         for d in batch:
             if d.entry_id in dead:
                 await self._dead_letter(d, dead[d.entry_id])
@@ -220,6 +210,16 @@ class ReliableConsumer:
         self.counters["retried"] += len(retry)
         for entry_id, error in retry.items():
             log.warning("delivery_failed_will_retry", stream=batch[0].stream, entry_id=entry_id, error=error)
+
+    async def _verdicts(self, batch: list[Delivery]) -> Verdicts:
+        """The handler's verdicts; a handler bug makes every entry count a failed delivery."""
+        try:
+            return await self.handler(batch)
+        except TransientError:
+            raise
+        except Exception as err:
+            log.exception("batch_handler_failed", size=len(batch))
+            return Verdicts(retry={d.entry_id: f"{type(err).__name__}: {err}"[:1000] for d in batch})
 
     async def _publish_and_ack(self, stream: str, ack: list[str], publish: Callable[[Any], None] | None) -> None:
         """The handler's outcomes, then the XACK, in one pipeline. Redis going away here is
@@ -235,7 +235,9 @@ class ReliableConsumer:
                 if ack:
                     pipe.xack(stream, self.group, *ack)
                 await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+        except (RedisError, OSError) as err:
+            # Any Redis failure here (down, timed out, out of memory) is retried in place:
+            # what the handler did is committed, and must be announced, never dead-lettered.
             raise TransientError(f"redis: {err}") from err
 
     async def aclose(self) -> None:
@@ -277,11 +279,8 @@ class ReliableConsumer:
             log.warning("own_pending_left_for_others", error=str(err) or type(err).__name__)
 
     async def _dead_letter(self, d: Delivery, error: str) -> None:
-        many = d.fields.get(OUTCOMES_FIELD.encode())
-        original = {DATA_FIELD: d.data} if d.data is not None else {OUTCOMES_FIELD: many} if many is not None else {
-            DATA_FIELD: repr(d.fields)}
         fields: dict[str | bytes, Any] = {
-            **original,
+            **_message_fields(d),
             "error": error[:2000],
             "deliveries": str(d.deliveries),
             "failed_at": datetime.now(UTC).isoformat(),
@@ -301,6 +300,15 @@ class ReliableConsumer:
             await pipe.execute()
         self.counters["dead_lettered"] += 1
         log.error("dead_lettered", stream=d.stream, entry_id=d.entry_id, deliveries=d.deliveries, error=error)
+
+
+def _message_fields(d: Delivery) -> dict[str, Any]:
+    """The entry's message as it was: a command or outcome in ``__data__``, a batch of
+    outcomes in ``__outcomes__``; anything else, readably, in ``__data__``."""
+    if d.data is not None:
+        return {DATA_FIELD: d.data}
+    many = d.fields.get(OUTCOMES_FIELD.encode())
+    return {OUTCOMES_FIELD: many} if many is not None else {DATA_FIELD: repr(d.fields)}
 
 
 async def _raw_batch_parser(raw: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:

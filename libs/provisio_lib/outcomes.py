@@ -126,9 +126,10 @@ class OutcomeWaiter:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
-        for client in {id(c): c for c in (self._reader, self.publisher.redis) if c is not self.redis}.values():
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        for client in (self._reader, self.publisher.redis):
+            if client is not self.redis:  # a cluster client is shared, not dedicated
+                with contextlib.suppress(Exception):
+                    await client.aclose()
         with contextlib.suppress(Exception):
             await self.redis.delete(self.stream)
 

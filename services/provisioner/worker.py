@@ -134,20 +134,16 @@ class Provisioner:
         # No inbox lookup here: a redelivered command makes the inbox INSERT at the end
         # fail on its primary key, which rolls this whole transaction back (the change
         # with it), and the careful path then answers it from the inbox.
-        if len({c.event_id for _, c in items}) != len(items):
-            raise _Fallback("the same event twice in one batch")
+        policies = await self._fast_path_policies(conn, items)
         users = await _lock_batch(conn, items)
         # Users' groups read once for the batch, unless a command of it may change groups.
         groups = None
         if users and all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items):
             groups = {uid: store.locked_groups(row) for uid, row in users.items()}
-        policies = await self._policies(conn, {c.tenant_id for _, c in items})
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
         commands = [c for _, c in items]
         seqs = [parse_seq(d.entry_id) for d, _ in items]
-        if any(c.tenant_id not in policies for c in commands):
-            raise _Fallback("unknown tenant")
         i = 0
         while i < len(commands):
             # A run of consecutive creates is one INSERT (order with other commands is kept).
@@ -178,10 +174,7 @@ class Provisioner:
                 pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, ctx))]
                 i += 1
             for cmd, applied in pairs:
-                outcome = make_outcome(cmd, applied)
-                data = encode(outcome)
-                inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
-                results.append((cmd, outcome, data))
+                _record(cmd, applied, results, inbox)
         await store.record_outcomes(conn, inbox)
         for _, outcome, _ in results:
             self.counters[outcome.result] += 1
@@ -190,11 +183,7 @@ class Provisioner:
     async def _apply_creates(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
         """A batch of creates only (an initial sync, a burst of new hires): the rows and
         outcomes are made here, then written with their inbox rows in one statement."""
-        if len({c.event_id for _, c in items}) != len(items):
-            raise _Fallback("the same event twice in one batch")
-        policies = await self._policies(conn, {c.tenant_id for _, c in items})
-        if any(c.tenant_id not in policies for _, c in items):
-            raise _Fallback("unknown tenant")
+        await self._fast_path_policies(conn, items)
         now = datetime.now(UTC)
         rows: list[dict[str, Any]] = []
         results: list[tuple[Command, Outcome, bytes]] = []
@@ -203,14 +192,21 @@ class Provisioner:
             p = cmd.payload
             assert isinstance(p, CreateUser)
             row = store.new_user_row(cmd.tenant_id, p.user_id, p.data, parse_seq(d.entry_id), now)
-            outcome = make_outcome(cmd, created_user(row))
-            data = encode(outcome)
             rows.append(row)
-            inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
-            results.append((cmd, outcome, data))
+            _record(cmd, created_user(row), results, inbox)
         await store.insert_users_with_outcomes(conn, rows, now, inbox)
         self.counters["applied"] += len(results)
         return results
+
+    async def _fast_path_policies(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:
+        """The batch's tenant policies, or _Fallback for what only the careful path handles
+        (an event twice in the batch, an unknown tenant)."""
+        if len({c.event_id for _, c in items}) != len(items):
+            raise _Fallback("the same event twice in one batch")
+        policies = await self._policies(conn, {c.tenant_id for _, c in items})
+        if any(c.tenant_id not in policies for _, c in items):
+            raise _Fallback("unknown tenant")
+        return policies
 
     async def _policies(self, conn: asyncpg.Connection, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
         """Tenant policies, cached for POLICY_CACHE_S: they change rarely (the CLI), and a
@@ -326,6 +322,15 @@ class Provisioner:
         self.counters["failed"] += 1
         COMMANDS_DEAD_LETTERED.labels(type=cmd.type).inc()
         COMMANDS_FAILED.labels(type=cmd.type, code="dead_letter").inc()
+
+
+def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, bytes]],
+            inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
+    """The outcome of an applied command, encoded once for the inbox row and the streams."""
+    outcome = make_outcome(cmd, applied)
+    data = encode(outcome)
+    inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
+    results.append((cmd, outcome, data))
 
 
 async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:

@@ -148,3 +148,32 @@ async def test_what_a_handler_publishes_goes_out_with_the_ack_and_redis_failing_
     assert [f[b"__data__"] for _, f in await redis.xrange(out)] == [b"answer-a", b"answer-b"]
     assert (await redis.xpending(stream, "g"))["pending"] == 0
     assert consumer.counters["transient"] == 1 and consumer.counters["acked"] == 2
+
+
+async def test_a_redis_refusal_while_announcing_is_retried_not_dead_lettered(redis_url, redis, stream):
+    """E.g. Redis out of memory when the outcomes go out: the work is committed, so the
+    batch is retried in place (answered again), never counted towards dead-lettering."""
+    from redis.exceptions import ResponseError
+
+    calls = 0
+
+    async def answer(batch: list[Delivery]) -> Verdicts:
+        nonlocal calls
+        calls += 1
+        refuse = calls == 1
+
+        def publish(pipe) -> None:
+            if refuse:
+                raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+        return Verdicts(publish=publish)
+
+    await redis.xadd(stream, {"__data__": b"a"})
+    await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
+    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
+                                handler=answer, consumer="worker-1", max_deliveries=1)
+    await consumer.finish_own_pending()
+    assert calls == 2 and consumer.counters["transient"] == 1 and consumer.counters["dead_lettered"] == 0
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+    assert await redis.xlen(f"{stream}:dlq") == 0
+    await consumer.aclose()
