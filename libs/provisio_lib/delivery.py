@@ -69,6 +69,10 @@ class Verdicts:
     # Redis commands to send before the XACK, in the same pipeline (the provisioner's
     # outcomes): one round trip instead of two, and the ack never precedes them.
     publish: Callable[[Any], None] | None = None
+    # Called once the outcomes are out and the entries acknowledged: what the handler counts
+    # as done (metrics) is counted there, so a batch handled again because announcing
+    # failed is counted once.
+    announced: Callable[[], None] | None = None
 
 
 BatchHandler = Callable[[list[Delivery]], Awaitable[Verdicts]]
@@ -194,6 +198,8 @@ class ReliableConsumer:
                         dead[d.entry_id] = f"failed {d.deliveries} times: {retry.pop(d.entry_id)}"
                 ack = [d.entry_id for d in batch if d.entry_id not in retry and d.entry_id not in dead]
                 await self._publish_and_ack(batch[0].stream, ack, verdicts.publish)
+                if verdicts.announced is not None:
+                    verdicts.announced()
                 break
             except TransientError as err:
                 self.counters["transient"] += 1

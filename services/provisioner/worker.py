@@ -89,13 +89,18 @@ class Provisioner:
         # Sent with the XACK in one pipeline (ReliableConsumer); if Redis fails there, the
         # batch is handled again and answered from the inbox: committed, then announced.
         verdicts.publish = lambda pipe: self._add_outcomes(pipe, results)
-        self._observe(results, verdicts, items, (time.perf_counter() - started) / max(len(items), 1))
+        per_command_s = (time.perf_counter() - started) / max(len(items), 1)
+        # Counted once announced: a batch handled again because announcing failed counts once.
+        verdicts.announced = lambda: self._observe(results, verdicts, items, per_command_s)
         return verdicts
 
-    @staticmethod
-    def _observe(results: list[tuple[Command, Outcome, bytes]], verdicts: Verdicts,
+    def _observe(self, results: list[tuple[Command, Outcome, bytes]], verdicts: Verdicts,
                  items: list[tuple[Delivery, Command]], per_command_s: float) -> None:
+        seen: set[uuid.UUID] = set()
         for cmd, outcome, _ in results:
+            again = outcome.redelivered or cmd.event_id in seen  # from the inbox, or twice in this batch
+            seen.add(cmd.event_id)
+            self.counters["redelivered" if again else outcome.result] += 1
             COMMANDS_PROCESSED.labels(type=cmd.type, result=outcome.result).inc()
             COMMAND_DURATION.labels(type=cmd.type).observe(per_command_s)
             if outcome.error is not None:
@@ -176,8 +181,6 @@ class Provisioner:
             for cmd, applied in pairs:
                 _record(cmd, applied, results, inbox)
         await store.record_outcomes(conn, inbox)
-        for _, outcome, _ in results:
-            self.counters[outcome.result] += 1
         return results
 
     async def _apply_creates(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
@@ -195,7 +198,6 @@ class Provisioner:
             rows.append(row)
             _record(cmd, created_user(row), results, inbox)
         await store.insert_users_with_outcomes(conn, rows, now, inbox)
-        self.counters["applied"] += len(results)
         return results
 
     async def _fast_path_policies(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:
@@ -231,7 +233,6 @@ class Provisioner:
             if previous is None and cmd.event_id in stored:
                 previous = self._replayed(stored[cmd.event_id])
             if previous is not None:
-                self.counters["redelivered"] += 1
                 results.append((cmd, *previous))
                 continue
             try:
@@ -250,7 +251,6 @@ class Provisioner:
                 continue
             data = encode(outcome)
             done_in_batch[cmd.event_id] = (outcome, data)
-            self.counters[outcome.result] += 1
             results.append((cmd, outcome, data))
         return results
 

@@ -367,3 +367,38 @@ async def test_replaces_of_distinct_users_in_one_batch_are_one_update_with_per_u
     ], before=9)
     assert paths["careful"] == 1
     assert [o.result for o in outs] == ["applied", "failed", "applied"] and outs[1].error.code == "version_mismatch"
+
+
+async def test_a_batch_announced_on_the_second_try_is_counted_once(service_env, tenant, redis, topology, monkeypatch):
+    """Redis refuses the first announcement (say, out of memory): the batch is handled again
+    and answered from the inbox. The commands were applied once, and the metrics say so."""
+    from redis.exceptions import ResponseError
+
+    from provisio_lib.observability import REGISTRY
+    from provisioner.worker import Provisioner
+
+    def processed() -> float:
+        labels = {"type": "user.create", "result": "applied"}
+        return REGISTRY.get_sample_value("provisio_commands_processed_total", labels) or 0.0
+
+    refused: list[int] = []
+    announce = Provisioner._add_outcomes
+
+    def refuse_once(self, pipe, results):
+        if not refused:
+            refused.append(len(results))
+            raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        announce(self, pipe, results)
+
+    monkeypatch.setattr(Provisioner, "_add_outcomes", refuse_once)
+    before = processed()
+    for i in range(3):
+        await publish_command(redis, topology, create(tenant, f"counted{i}@acme.test"))
+    async with running_provisioner(batch_size=500) as app:
+        outs = await eventually(lambda: _n_outcomes(redis, topology, tenant, 3), timeout=20)
+        counters = dict(app.context.get("provisioner").counters)
+        transient = app.context.get("consumer").counters["transient"]
+    assert refused == [3] and transient == 1
+    assert len(outs) == 3 and all(o.redelivered and o.result == "applied" for o in outs)
+    assert counters == {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 3}
+    assert processed() - before == 3
