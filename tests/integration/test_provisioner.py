@@ -402,3 +402,46 @@ async def test_a_batch_announced_on_the_second_try_is_counted_once(service_env, 
     assert len(outs) == 3 and all(o.redelivered and o.result == "applied" for o in outs)
     assert counters == {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 3}
     assert processed() - before == 3
+
+
+async def test_handling_a_batch_leaves_no_cyclic_garbage(service_env, tenant, redis, topology):
+    """The workers collect the young generation only every 50,000 allocations (calm_gc): a
+    reference cycle made per batch piles up until then and costs CPU and tail latency
+    (one closure holding its own Verdicts cost +20 % CPU and doubled p99). Handling a
+    batch must leave nothing that only the cyclic collector can free."""
+    import gc
+
+    from provisio_lib.contract import encode
+    from provisio_lib.delivery import Delivery
+
+    stream = topology.command_stream_for(tenant.id)
+
+    def batch(n: int, start: int) -> list[Delivery]:
+        return [Delivery(stream, f"{1_700_000_000_000 + start + i}-0", {DATA_FIELD.encode(): encode(create(tenant, f"gc{start + i}@acme.test"))})
+                for i in range(n)]
+
+    async with running_provisioner() as app:
+        worker = app.context.get("provisioner")
+
+        async def handle(deliveries: list[Delivery]) -> None:
+            verdicts = await worker.handle(deliveries)
+            async with redis.pipeline(transaction=False) as pipe:
+                verdicts.publish(pipe)
+                await pipe.execute()
+            verdicts.announced()
+
+        await handle(batch(5, 0))  # warm: pools, prepared statements, caches
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(1, 4):
+                await handle(batch(20, 100 * i))
+            gc.collect()
+            garbage = [type(o).__qualname__ for o in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert worker.counters["applied"] == 65
+    assert garbage == []
