@@ -23,7 +23,6 @@ the auditor's unique event id).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -37,7 +36,7 @@ from faststream.redis import RedisBroker, StreamSub
 from redis.exceptions import RedisError
 
 from .logging import get_logger
-from .redis_client import dedicated, is_cluster_url
+from .redis_client import is_cluster_url
 from .topology import DATA_FIELD, OUTCOMES_FIELD
 
 log = get_logger(__name__)
@@ -132,7 +131,6 @@ class ReliableConsumer:
     counters: dict[str, int] = field(
         default_factory=lambda: {"acked": 0, "retried": 0, "dead_lettered": 0, "transient": 0}
     )
-    _acker: Any = field(default=None, repr=False)
 
     def register(self) -> None:
         for stream in self.streams:
@@ -232,10 +230,8 @@ class ReliableConsumer:
         transient: the batch is handled again (the provisioner answers it from its inbox)."""
         if not ack and publish is None:
             return
-        if self._acker is None:
-            self._acker = dedicated(self.redis)  # one pipeline per batch: no pool checkout each time
         try:
-            async with self._acker.pipeline(transaction=False) as pipe:
+            async with self.redis.pipeline(transaction=False) as pipe:
                 if publish is not None:
                     publish(pipe)
                 if ack:
@@ -245,13 +241,6 @@ class ReliableConsumer:
             # Any Redis failure here (down, timed out, out of memory) is retried in place:
             # what the handler did is committed, and must be announced, never dead-lettered.
             raise TransientError(f"redis: {err}") from err
-
-    async def aclose(self) -> None:
-        """Return the connection the acknowledgements use (the client's pool stays open)."""
-        if self._acker is not None and self._acker is not self.redis:
-            with contextlib.suppress(Exception):
-                await self._acker.aclose()
-        self._acker = None
 
     async def finish_own_pending(self, limit: int = 1000) -> int:
         """On shutdown, after the subscribers stopped: handle what this consumer read but

@@ -103,9 +103,10 @@ class OutcomeWaiter:
         self._task: asyncio.Task[None] | None = None
         self._last_id = "$"
         self._stopping = False
-        # Each on its own connection: one reader, and one pipeline in flight at a time.
+        # The reader holds its own connection (one blocking XREAD at a time, no pool
+        # checkout per read); the publisher's pipelines come from the pool as usual.
         self._reader = dedicated(redis)
-        self.publisher = CommandPublisher(dedicated(redis), topology)
+        self.publisher = CommandPublisher(redis, topology)
 
     async def start(self) -> None:
         # Read from the current end: outcomes only ever answer requests made after start.
@@ -126,10 +127,9 @@ class OutcomeWaiter:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
-        for client in (self._reader, self.publisher.redis):
-            if client is not self.redis:  # a cluster client is shared, not dedicated
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        if self._reader is not self.redis:  # a cluster client is shared, not dedicated
+            with contextlib.suppress(Exception):
+                await self._reader.aclose()
         with contextlib.suppress(Exception):
             await self.redis.delete(self.stream)
 

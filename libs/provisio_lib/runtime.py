@@ -55,6 +55,5 @@ async def worker_runtime(
         finally:
             await health.stop()
     finally:
-        await consumer.aclose()
         await pool.close()
         await redis.aclose()

@@ -176,4 +176,3 @@ async def test_a_redis_refusal_while_announcing_is_retried_not_dead_lettered(red
     assert calls == 2 and consumer.counters["transient"] == 1 and consumer.counters["dead_lettered"] == 0
     assert (await redis.xpending(stream, "g"))["pending"] == 0
     assert await redis.xlen(f"{stream}:dlq") == 0
-    await consumer.aclose()
