@@ -438,10 +438,17 @@ async def test_handling_a_batch_leaves_no_cyclic_garbage(service_env, tenant, re
             for i in range(1, 4):
                 await handle(batch(20, 100 * i))
             gc.collect()
-            garbage = [type(o).__qualname__ for o in gc.garbage]
+            # Ours only: the provisioner's own subscribers keep polling Redis meanwhile, and
+            # what FastStream or the drivers leave is not what this test is about.
+            garbage = [type(o).__qualname__ for o in gc.garbage if _ours(o)]
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
     assert worker.counters["applied"] == 65
     assert garbage == []
+
+
+def _ours(obj) -> bool:
+    module = getattr(obj, "__module__", None) if callable(obj) and not isinstance(obj, type) else type(obj).__module__
+    return str(module).split(".")[0] in {"provisioner", "provisio_lib", "auditor", "scim_gateway", "saml_gateway"}
