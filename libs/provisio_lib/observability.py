@@ -241,7 +241,8 @@ class StreamStats:
 
     ``redis`` is a redis.asyncio client (or ``Redis | RedisCluster``), or a zero-argument
     callable returning one (for apps that open Redis in ``cleanup_ctx`` after wiring).
-    Export from the workers (provisioner: commands + dead letters, auditor: audit); in a
+    Export from the workers (provisioner: commands + their dead letters, auditor: audit +
+    its dead letters); in a
     scaled deployment each replica reports the same series, so alert on ``max``.
     """
 
@@ -254,7 +255,7 @@ class StreamStats:
 
     @classmethod
     def for_topology(
-        cls, redis: Any, topology: Topology, kinds: Iterable[str] = ("commands", "dlq", "audit")
+        cls, redis: Any, topology: Topology, kinds: Iterable[str] = ("commands", "dlq", "audit", "audit_dlq")
     ) -> StreamStats:
         streams: list[str] = []
         kinds = set(kinds)
@@ -264,6 +265,8 @@ class StreamStats:
             streams += topology.dead_letter_streams()
         if "audit" in kinds:
             streams += topology.audit_streams()
+        if "audit_dlq" in kinds:
+            streams += topology.audit_dead_letter_streams()
         return cls(redis=redis, streams=streams)
 
     def _client(self) -> Any:

@@ -52,6 +52,11 @@ class Topology:
     def audit_stream(self, partition: int) -> str:
         return f"{self._tag(partition)}:audit"
 
+    def audit_dead_letter_stream(self, partition: int) -> str:
+        """Where the auditor puts audit entries it could not record (ReliableConsumer's
+        ``{stream}:dlq``): undecodable, or refused by Postgres."""
+        return f"{self.audit_stream(partition)}:dlq"
+
     def command_stream_for(self, tenant_id: UUID | str) -> str:
         return self.command_stream(self.partition_of(tenant_id))
 
@@ -69,6 +74,9 @@ class Topology:
 
     def dead_letter_streams(self) -> list[str]:
         return [self.dead_letter_stream(p) for p in range(self.partitions)]
+
+    def audit_dead_letter_streams(self) -> list[str]:
+        return [self.audit_dead_letter_stream(p) for p in range(self.partitions)]
 
     def reply_stream(self, instance: str) -> str:
         """Private reply stream of one gateway process (its own hash tag)."""

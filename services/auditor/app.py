@@ -86,7 +86,7 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
     async def lifespan() -> AsyncIterator[None]:
         try:
             async with worker_runtime(settings, service="auditor", redis=redis, topology=topology,
-                                      consumer=consumer, stream_kinds=("audit",)) as runtime:
+                                      consumer=consumer, stream_kinds=("audit", "audit_dlq")) as runtime:
                 auditor.pool, auditor.health = runtime.pool, runtime.health
                 auditor.notifier = Notifier(auditor.pool, settings)
                 auditor.tasks = [

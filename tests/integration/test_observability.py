@@ -174,6 +174,8 @@ async def test_stream_stats_report_length_pending_and_lag(redis, topology):
     await redis.xack(stream, PROVISIONER_GROUP, entries[0][0])
     dlq = topology.dead_letter_streams()[0]
     await redis.xadd(dlq, {DATA_FIELD: b"{}", "error": "x"})
+    audit_dlq = topology.audit_dead_letter_streams()[1]
+    await redis.xadd(audit_dlq, {DATA_FIELD: b"{}", "error": "y"})
 
     stats = StreamStats.for_topology(redis, topology)
     text = (await render_metrics(stats)).decode()
@@ -182,6 +184,9 @@ async def test_stream_stats_report_length_pending_and_lag(redis, topology):
     assert value(text, "provisio_stream_group_lag", stream=stream, group=PROVISIONER_GROUP) == 3
     assert value(text, "provisio_stream_group_consumers", stream=stream, group=PROVISIONER_GROUP) == 1
     assert value(text, "provisio_stream_length", stream=dlq) == 1
+    # The auditor's dead letters too: the ProvisioDeadLetters alert matches any ":dlq" stream.
+    assert value(text, "provisio_stream_length", stream=audit_dlq) == 1
+    assert value(text, "provisio_stream_length", stream=topology.audit_dead_letter_streams()[0]) == 0
     audit = topology.audit_stream_for(tenant_id)
     assert value(text, "provisio_stream_group_lag", stream=audit, group=AUDITOR_GROUP) == 0
     assert value(text, "provisio_stream_stats_up") == 1

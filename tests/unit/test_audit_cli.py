@@ -66,8 +66,9 @@ def test_email_and_dlq_id_checks():
     assert valid_email("a@b") and valid_email("ops+alerts@acme.example")
     assert not valid_email("nope") and not valid_email("a@b, c@d") and not valid_email("<a@b>")
     topo = Topology(prefix="p", partitions=8)
-    assert parse_id("3:1767225600000-0", topo) == (3, "1767225600000-0")
-    for bad in ("3", "x:1-0", "3:abc", "8:1-0"):
+    assert parse_id("3:1767225600000-0", topo) == ("commands", 3, "1767225600000-0")
+    assert parse_id("audit:3:1767225600000-0", topo) == ("audit", 3, "1767225600000-0")
+    for bad in ("3", "x:1-0", "3:abc", "8:1-0", "audit:8:1-0", "commands:3:1-0", "audit:3"):
         with pytest.raises(CliError) as err:
             parse_id(bad, topo)
         assert err.value.code == 2
