@@ -118,6 +118,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[AuditRow], window_s: 
             if r["result"] == "failed":
                 failed.setdefault(r["tenant_id"], []).append(r["id"])
         result.failures = sum(len(v) for v in failed.values())
+        # Sorted, so two auditors lock tenants in the same order (no deadlock).
         for tenant_id in sorted(failed):
             await _queue_notification(conn, tenant_id, sorted(failed[tenant_id]), window_s, result)
     return result

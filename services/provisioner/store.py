@@ -116,9 +116,14 @@ _BULK_USER_ROWS = """SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb, 
          AS r(i, t, u, x, a, d, g, f, e, es, s, at, sm, sn)"""
 
 
+def _columns(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Column arrays for an unnest() of ``rows`` (jsonb columns as text)."""
+    return [[json.dumps(r[k]) if k in ("emails", "attributes") else r[k] for r in rows] for k in keys]
+
+
 def _bulk_user_columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    """Column arrays for ``_BULK_USER_ROWS`` from ``new_user_row``s (jsonb as text)."""
-    return [[json.dumps(r[k]) if k in ("emails", "attributes") else r[k] for r in rows] for k in _BULK_USER_COLS]
+    """Column arrays for ``_BULK_USER_ROWS`` from ``new_user_row``s."""
+    return _columns(rows, _BULK_USER_COLS)
 
 
 def new_user_row(tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData, seq: Seq, now: datetime) -> dict[str, Any]:
@@ -200,11 +205,8 @@ async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dic
 async def update_users_bulk(conn: asyncpg.Connection, updates: list[tuple[Any, dict[str, Any], Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
     """``update_user`` for several distinct users in one statement (the fast path; any
     error, e.g. a userName taken, aborts it). ``updates``: (row, values, seq)."""
-    merged = [(row["id"], _merged(row, values, seq)) for row, values, seq in updates]
-    cols = [[uid for uid, _ in merged]] + [
-        [json.dumps(m[k]) if k in ("emails", "attributes") else m[k] for _, m in merged]
-        for k in (*_UPDATABLE, "email", "seq_ms", "seq_n")
-    ]
+    merged = [{**_merged(row, values, seq), "id": row["id"]} for row, values, seq in updates]
+    cols = _columns(merged, ("id", *_UPDATABLE, "email", "seq_ms", "seq_n"))
     rows = await conn.fetch(
         f"""UPDATE users u SET user_name = r.u, external_id = r.x, active = r.a, display_name = r.d,
                    given_name = r.g, family_name = r.f, emails = r.es::jsonb, sso_name = r.s,
@@ -220,12 +222,13 @@ async def update_users_bulk(conn: asyncpg.Connection, updates: list[tuple[Any, d
     return {r["id"]: r for r in rows}
 
 
+# A user's groups (a user may be a member twice: by SCIM and by JIT).
+_GROUPS_OF = """SELECT DISTINCT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
+    WHERE m.user_id = {user}"""
+
+
 async def user_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[GroupRef]:
-    rows = await conn.fetch(
-        """SELECT DISTINCT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
-           WHERE m.user_id = $1 ORDER BY g.display_name""",
-        user_id,
-    )
+    rows = await conn.fetch(f"{_GROUPS_OF.format(user='$1')} ORDER BY g.display_name, g.id", user_id)
     return [GroupRef(id=r["id"], display_name=r["display_name"]) for r in rows]
 
 
@@ -375,9 +378,11 @@ async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, 
 # --------------------------------------------------------------------------- tenants & inbox
 
 
-async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID], *,
+                        with_groups: bool = False) -> dict[uuid.UUID, asyncpg.Record]:
     """Lock every user and group a batch will change, groups first, each in id order;
-    return the locked users' rows (so the batch need not read them again).
+    return the locked users' rows (so the batch need not read them again), with each
+    user's groups if ``with_groups`` (see ``locked_groups``).
 
     Two workers' batches touching the same rows then queue on the first row they share
     instead of deadlocking (each deadlock costs Postgres's deadlock_timeout, 1 s, and a
@@ -389,18 +394,18 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
         )
     if not user_ids:
         return {}
+    groups = f", ({_GROUPS_OF_U}) AS groups" if with_groups else ""
     rows = await conn.fetch(
-        f"""SELECT {USER_COLUMNS}, ({_GROUPS_OF_U}) AS groups FROM users u
+        f"""SELECT {USER_COLUMNS}{groups} FROM users u
             WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE""",
         sorted(set(user_ids)),
     )
     return {r["id"]: r for r in rows}
 
 
-# A locked user's groups, read by the same statement (as ``user_groups`` orders them).
-_GROUPS_OF_U = """SELECT coalesce(jsonb_agg(jsonb_build_array(x.id, x.display_name) ORDER BY x.display_name, x.id), '[]')
-    FROM (SELECT DISTINCT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
-          WHERE m.user_id = u.id) AS x"""
+# A locked user's groups, read by the same statement, ordered as ``user_groups`` orders them.
+_GROUPS_OF_U = f"""SELECT coalesce(jsonb_agg(jsonb_build_array(x.id, x.display_name) ORDER BY x.display_name, x.id), '[]')
+    FROM ({_GROUPS_OF.format(user='u.id')}) AS x"""
 
 
 def locked_groups(row: asyncpg.Record) -> list[GroupRef]:

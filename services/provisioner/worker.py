@@ -143,11 +143,11 @@ class Provisioner:
         # fail on its primary key, which rolls this whole transaction back (the change
         # with it), and the careful path then answers it from the inbox.
         policies = await self._fast_path_policies(conn, items)
-        users = await _lock_batch(conn, items)
-        # Users' groups read once for the batch, unless a command of it may change groups.
-        groups = None
-        if users and all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items):
-            groups = {uid: store.locked_groups(row) for uid, row in users.items()}
+        # Users' groups read once for the batch (with the locks), unless a command of it
+        # may change groups.
+        users_only = all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items)
+        users = await _lock_batch(conn, items, with_groups=users_only)
+        groups = {uid: store.locked_groups(row) for uid, row in users.items()} if users and users_only else None
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
         commands = [c for _, c in items]
@@ -336,7 +336,8 @@ def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, by
     results.append((cmd, outcome, data))
 
 
-async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:
+async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], *,
+                      with_groups: bool = False) -> dict[uuid.UUID, Any]:
     """Take the row locks of the users and groups the batch changes, in one global order;
     the locked users' rows by id."""
     users: list[uuid.UUID] = []
@@ -347,7 +348,7 @@ async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Comm
             users.append(p.user_id)
         elif isinstance(p, ReplaceGroup | ChangeGroupMembers | DeleteGroup):
             groups.append(p.group_id)
-    return await store.lock_in_order(conn, users, groups)
+    return await store.lock_in_order(conn, users, groups, with_groups=with_groups)
 
 
 class _Fallback(Exception):

@@ -8,6 +8,7 @@ committed (``Outcome.resource``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -215,26 +216,18 @@ async def submit(request: web.Request, payload: CommandPayload) -> Outcome:
 
 # Per-token Source and per-(type, result) histogram child, made once: a pydantic model
 # and a prometheus labels() call (lock + tuple) per request add up on the write path.
-_SOURCES: dict[tuple[uuid.UUID, str], Source] = {}
-_WAIT_CHILDREN: dict[tuple[str, str], Any] = {}
-
-
 def _source(auth: TenantAuth) -> Source:
-    key = (auth.token_id, auth.token_label)
-    found = _SOURCES.get(key)
-    if found is None:
-        if len(_SOURCES) >= 10_000:
-            _SOURCES.clear()
-        found = _SOURCES[key] = Source(kind="scim", id=str(auth.token_id), label=auth.token_label)
-    return found
+    return _token_source(auth.token_id, auth.token_label)
 
 
+@functools.lru_cache(maxsize=10_000)
+def _token_source(token_id: uuid.UUID, label: str) -> Source:
+    return Source(kind="scim", id=str(token_id), label=label)
+
+
+@functools.lru_cache(maxsize=None)  # command types × 3 results
 def _outcome_wait(command_type: str, result: str) -> Any:
-    key = (command_type, result)
-    child = _WAIT_CHILDREN.get(key)
-    if child is None:
-        child = _WAIT_CHILDREN[key] = OUTCOME_WAIT.labels(type=command_type, result=result)
-    return child
+    return OUTCOME_WAIT.labels(type=command_type, result=result)
 
 
 def _committed(outcome: Outcome) -> dict[str, Any]:

@@ -12,10 +12,12 @@ from .schema import ResourceKind
 _USER_COLS = """u.id, u.user_name, u.external_id, u.active, u.display_name, u.given_name,
 u.family_name, u.emails, u.sso_name, u.attributes, u.version, u.created_at, u.updated_at"""
 
-# The user's groups in the same round trip (RFC 7643 §4.1.2 "groups", read-only).
-_USER_GROUPS = """(SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
+# A user's groups (RFC 7643 §4.1.2 "groups", read-only) as a JSON array.
+_GROUPS_OF = """SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
     ORDER BY g.display_name), '[]'::jsonb)
-  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = u.id)) AS groups"""
+  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = {user})"""
+# ... in the same round trip as the user's row.
+_USER_GROUPS = f"({_GROUPS_OF.format(user='u.id')}) AS groups"
 
 _GROUP_COLS = "g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at"
 
@@ -34,14 +36,9 @@ async def get_user(pool: Any, tenant_id: uuid.UUID, user_id: uuid.UUID, with_gro
     )
 
 
-_GROUPS_OF_USER_SQL = """SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
-    ORDER BY g.display_name), '[]'::jsonb)
-  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = $1)"""
-
-
 async def user_groups(pool: Any, user_id: uuid.UUID) -> list[dict[str, Any]]:
     """A user's groups as ``get_user(with_groups=True)`` returns them in ``groups``."""
-    groups: list[dict[str, Any]] = await pool.fetchval(_GROUPS_OF_USER_SQL, user_id)
+    groups: list[dict[str, Any]] = await pool.fetchval(_GROUPS_OF.format(user="$1"), user_id)
     return groups
 
 
