@@ -19,6 +19,7 @@ from typing import Any
 from provisio_lib.contract import Email, GroupData, UserData
 
 from .errors import ScimError, invalid_syntax, invalid_value
+from .limits import check_values
 from .schema import (
     COMMON,
     ENTERPRISE_SCHEMA,
@@ -63,6 +64,8 @@ def coerce(attr: Attr, value: Any, where: str) -> Any:
             value = [value]  # a single value where a list belongs: lenient
         if not isinstance(value, list):
             raise invalid_value(f"{where} must be a list")
+        if attr.name != "members":  # a group's members are memberships, not resource data
+            check_values(where, value)
         items = [coerce_single(attr, v, f"{where}[{i}]") for i, v in enumerate(value)]
         items = [v for v in items if v not in _EMPTY_ITEM]
         return _one_primary(items) if attr.type == "complex" else items

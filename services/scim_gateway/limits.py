@@ -1,0 +1,95 @@
+"""Bounds on what one SCIM request may make the gateway (and Postgres) do. Pure, no I/O.
+
+One tenant must not be able to stall the others (issue 13 §2): a filter's SQL grows with
+its terms, a PATCH value filter is evaluated against every value of the attribute, and a
+multi-valued attribute with 20,000 values is copied on every write. Real IdPs stay far
+below these limits: Entra ID and Okta filter on one attribute (``userName eq "…"``,
+``externalId eq``, ``displayName eq``) and PATCH with a handful of operations; users carry
+a few emails, phone numbers and addresses.
+
+- A filter (``filter=``, a SearchRequest's ``filter``, a PATCH path's value filter) is at
+  most ``MAX_FILTER_CHARS`` characters (checked before parsing), ``MAX_FILTER_TERMS``
+  comparisons or presence tests, nested at most ``MAX_FILTER_DEPTH`` levels of
+  ``and``/``or``/``not``/``()``/``[]``. Over: 400 ``invalidFilter`` (RFC 7644 §3.12),
+  or ``invalidPath`` for a PATCH path.
+- A PATCH carries at most ``MAX_PATCH_OPERATIONS`` operations.
+- A multi-valued attribute (``emails``, ``phoneNumbers``, …; not a group's ``members``,
+  which is stored as memberships rather than in the resource) holds at most
+  ``MAX_VALUES`` values and ``MAX_VALUES_BYTES`` bytes of JSON. Over: 400
+  ``invalidValue``. RFC 7643 §5 (ServiceProviderConfig) has no place for either;
+  docs/scim.md lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import to_json
+from scim2_models.path import FilterNode, LogicalExpr, Not, ValuePath
+
+from .errors import ScimError
+
+MAX_FILTER_CHARS = 4096
+MAX_FILTER_TERMS = 50
+MAX_FILTER_DEPTH = 8
+MAX_PATCH_OPERATIONS = 1000
+MAX_VALUES = 100
+MAX_VALUES_BYTES = 64 * 1024
+
+
+def check_filter_text(text: str, scim_type: str = "invalidFilter") -> None:
+    """Refuse an oversized filter before the grammar spends time on it."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise ScimError(400, f"the filter is longer than {MAX_FILTER_CHARS} characters", scim_type)
+
+
+def check_filter_tree(node: FilterNode, scim_type: str = "invalidFilter") -> None:
+    """Refuse a parsed filter with too many terms or too deep a nesting."""
+    terms, depth = filter_cost(node)
+    if terms > MAX_FILTER_TERMS:
+        raise ScimError(
+            400, f"the filter has {terms} comparisons; at most {MAX_FILTER_TERMS} are allowed", scim_type
+        )
+    if depth > MAX_FILTER_DEPTH:
+        raise ScimError(
+            400, f"the filter nests {depth} levels deep; at most {MAX_FILTER_DEPTH} are allowed", scim_type
+        )
+
+
+def filter_cost(node: FilterNode) -> tuple[int, int]:
+    """(comparisons and presence tests, deepest nesting) of a filter tree. Iterative: the
+    tree of a deeply nested filter must not hit Python's recursion limit here."""
+    terms = 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(node, 0)]
+    while stack:
+        n, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(n, LogicalExpr):
+            # a or b or c is one level however many terms it chains
+            stack.extend((t, depth + 1) for t in n.terms)
+        elif isinstance(n, Not):
+            stack.append((n.expr, depth + 1))
+        elif isinstance(n, ValuePath):
+            stack.append((n.val_filter, depth + 1))
+        else:
+            terms += 1
+    return terms, deepest
+
+
+def check_values(name: str, items: list[Any]) -> None:
+    """At most MAX_VALUES values and MAX_VALUES_BYTES bytes in one multi-valued attribute."""
+    if len(items) > MAX_VALUES:
+        raise ScimError(400, f"{name} has {len(items)} values; at most {MAX_VALUES} are allowed", "invalidValue")
+    size = _json_size(items) if items else 0
+    if size > MAX_VALUES_BYTES:
+        raise ScimError(
+            400, f"{name} holds {size} bytes of values; at most {MAX_VALUES_BYTES} are allowed", "invalidValue"
+        )
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(to_json(value))
+    except ValueError:  # lone surrogates: the value is refused elsewhere; count characters
+        return len(repr(value))
