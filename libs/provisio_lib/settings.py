@@ -53,6 +53,22 @@ class CommonSettings(BaseSettings):
     )
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or CIDRs of reverse proxies in front of the gateways. "
+        "Only a request from one of them has its X-Forwarded-For read for the client's address "
+        "(per-address limits); empty: the TCP peer is the client",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the entry
+        return value
 
     @field_validator("database_url")
     @classmethod

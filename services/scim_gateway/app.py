@@ -10,6 +10,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
@@ -17,13 +18,27 @@ from provisio_lib import db
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
 from provisio_lib.outcomes import OutcomeWaiter
+from provisio_lib.ratelimit import WindowLimiter, parse_trusted_proxies, source_address
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.topology import Topology
 
-from .auth import RateLimiter, TokenCache
+from .auth import RateLimiter, ReadGate, TenantAuth, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
 from .handlers import ROUTES, dumps
-from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
+from .keys import (
+    AUTH_FAILURES,
+    BASE_PATH,
+    CORRELATION_ID,
+    LIMITER,
+    POOL,
+    READS,
+    REDIS,
+    SETTINGS,
+    TENANT,
+    TOKENS,
+    TRUSTED_PROXIES,
+    WAITER,
+)
 from .openapi import build_openapi
 from .settings import ScimSettings
 
@@ -84,6 +99,8 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 err.status, err.reason
             )
             response = error_response(ScimError(err.status, detail, headers=headers))
+        except asyncpg.QueryCanceledError:
+            response = error_response(_statement_timeout(request))
         except _DB_DOWN as err:
             log.warning("database_unavailable", error=str(err), path=request.path)
             settings = request.app[SETTINGS]
@@ -99,25 +116,76 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+def _statement_timeout(request: web.Request) -> ScimError:
+    """A query ran past PROVISIO_SCIM_STATEMENT_TIMEOUT_S and Postgres cancelled it. For a
+    filtered search that is the filter's cost: 400 tooMany (RFC 7644 §3.12, "more results
+    than the server is willing to calculate or process"); otherwise 503, worth a retry."""
+    settings = request.app[SETTINGS]
+    limit = f"{settings.scim_statement_timeout_s:g} s"
+    searching = request.path.endswith(".search") or (request.method == "GET" and "filter" in request.query)
+    if searching:
+        return ScimError(400, f"the filter took longer than {limit} to evaluate; narrow it", "tooMany")
+    return ScimError(503, f"the query took longer than {limit}; retry later",
+                     headers={"Retry-After": str(settings.scim_retry_after_s)})
+
+
+def _too_many(detail: str, wait: float) -> ScimError:
+    return ScimError(429, detail, headers={"Retry-After": str(max(1, int(wait)))})
+
+
+async def _authenticate(request: web.Request, token: str) -> TenantAuth:
+    """The token's tenant, or 401. Failed attempts are counted per source address across
+    replicas; an address over its limit gets 429 for tokens this process has not already
+    verified, without a database lookup (issue 13 §2)."""
+    app = request.app
+    failures = app[AUTH_FAILURES]
+    if failures.enabled:
+        address = source_address(request.remote, request.headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
+        wait = failures.local_wait(address)
+        if wait is not None:
+            auth = app[TOKENS].cached(token)
+            if auth is not None:
+                return auth
+            raise _too_many("too many failed authentication attempts from this address; retry later", wait)
+    auth = await app[TOKENS].lookup(token)
+    if auth is None:
+        if failures.enabled:
+            wait = await failures.hit(address)
+            if wait is not None:
+                log.warning("scim_auth_failures_limited", source=address)
+                raise _too_many("too many failed authentication attempts from this address; retry later", wait)
+        raise _unauthorized("the bearer token is not valid")
+    return auth
+
+
 def protected(handler: Handler) -> Handler:
-    """Bearer token → tenant (RFC 6750), then the tenant's rate limit."""
+    """Bearer token → tenant (RFC 6750), then the tenant's rate limit; reads also take
+    one of the tenant's read slots (``ReadGate``)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 512:
             raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-        auth = await request.app[TOKENS].lookup(token)
-        if auth is None:
-            raise _unauthorized("the bearer token is not valid")
+        auth = await _authenticate(request, token)
         wait = request.app[LIMITER].check(auth)
         if wait is not None:
             raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
         request[TENANT] = auth
         tokens = bind_contextvars(tenant=auth.tenant_label)
+        slot = None
         try:
+            if request.method == "GET" or request.path.endswith(".search"):
+                # Reads run tenant-chosen queries (filters, sorts, pages); writes read by
+                # primary key and wait on the provisioner, not on the pool.
+                slot = await request.app[READS].acquire(auth.tenant_id)
+                if slot is None:
+                    raise _too_many("too many concurrent reads for this tenant; retry later",
+                                    request.app[SETTINGS].scim_retry_after_s)
             return await handler(request)
         finally:
+            if slot is not None:
+                slot.release()
             reset_contextvars(**tokens)
 
     wrapped.__name__ = getattr(handler, "__name__", "handler")
@@ -138,10 +206,16 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     app = web.Application(client_max_size=settings.scim_max_body, middlewares=[scim_errors])
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.scim_rate_limit_per_s, settings.scim_rate_limit_burst)
+    app[READS] = ReadGate(settings.tenant_reads(), settings.scim_tenant_read_wait_s)
+    app[TRUSTED_PROXIES] = parse_trusted_proxies(settings.trusted_proxies)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         dsn = settings.database_url.get_secret_value()
-        pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        # statement_timeout on every connection of the pool (a session setting, sent at
+        # connect): no tenant's query holds a connection longer than this.
+        timeout_ms = str(int(settings.scim_statement_timeout_s * 1000))
+        pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+                                    server_settings={"statement_timeout": timeout_ms})
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn)  # refuse to serve against the wrong schema
@@ -151,6 +225,9 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
             )
             waiter = OutcomeWaiter(redis, topology, instance)
             tokens = TokenCache(pool, settings.scim_token_cache_s)
+            app[AUTH_FAILURES] = WindowLimiter(
+                redis, topology.key("rl", "scim-auth"), settings.scim_failed_auth_per_min, 60
+            )
             app[POOL] = pool
             app[REDIS] = redis
             app[WAITER] = waiter

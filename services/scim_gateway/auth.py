@@ -10,7 +10,12 @@ per request.
 The rate limit is an in-process token bucket per tenant: with several gateway replicas
 each one allows the configured rate (so the cluster-wide limit is rate × replicas). It
 keeps the request path free of Redis round trips; a Redis-backed limiter is the
-alternative if exact cluster-wide limits are ever needed.
+alternative if exact cluster-wide limits are ever needed. Failed token attempts, on the
+other hand, are counted per source address in Redis (``provisio_lib.ratelimit``), so
+the limit holds across replicas; only failures make that round trip.
+
+``ReadGate`` bounds the reads one tenant runs at once in this process, so one tenant's
+slow searches cannot hold every pooled connection (issue 13 §2).
 """
 
 from __future__ import annotations
@@ -81,6 +86,14 @@ class TokenCache:
             self._used.add(auth.token_id)
         return auth
 
+    def cached(self, token: str) -> TenantAuth | None:
+        """The tenant of ``token`` if a live lookup of it is cached; no query."""
+        hit = self._cache.get(hash_token(token))
+        if hit is not None and hit[0] > time.monotonic() and hit[1] is not None:
+            self._used.add(hit[1].token_id)
+            return hit[1]
+        return None
+
     async def _fetch(self, digest: bytes) -> TenantAuth | None:
         row = await self.pool.fetchrow(_SQL, digest)
         if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
@@ -142,3 +155,31 @@ class RateLimiter:
             return None
         self._buckets[tenant.tenant_id] = (tokens, now)
         return max(1.0, math.ceil((1.0 - tokens) / rate))
+
+
+class ReadGate:
+    """At most ``slots`` concurrent reads per tenant; a read waits at most ``wait_s`` for
+    a slot. One ``asyncio.Semaphore`` per tenant seen (a few hundred bytes each)."""
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        self.slots = slots
+        self.wait_s = wait_s
+        self._sems: dict[uuid.UUID, asyncio.Semaphore] = {}
+
+    def semaphore(self, tenant_id: uuid.UUID) -> asyncio.Semaphore:
+        sem = self._sems.get(tenant_id)
+        if sem is None:
+            sem = self._sems[tenant_id] = asyncio.Semaphore(self.slots)
+        return sem
+
+    async def acquire(self, tenant_id: uuid.UUID) -> asyncio.Semaphore | None:
+        """The tenant's semaphore, acquired; None when no slot freed up in time."""
+        sem = self.semaphore(tenant_id)
+        if not sem.locked():
+            await sem.acquire()  # free: returns at once
+            return sem
+        try:
+            await asyncio.wait_for(sem.acquire(), self.wait_s)
+        except TimeoutError:
+            return None
+        return sem

@@ -8,8 +8,9 @@ import asyncpg
 from aiohttp import web
 
 from provisio_lib.outcomes import OutcomeWaiter
+from provisio_lib.ratelimit import WindowLimiter
 
-from .auth import RateLimiter, TenantAuth, TokenCache
+from .auth import RateLimiter, ReadGate, TenantAuth, TokenCache
 from .settings import ScimSettings
 
 BASE_PATH = "/scim/v2"
@@ -20,6 +21,9 @@ REDIS = web.AppKey("redis", Any)
 WAITER = web.AppKey("waiter", OutcomeWaiter)
 TOKENS = web.AppKey("tokens", TokenCache)
 LIMITER = web.AppKey("limiter", RateLimiter)
+READS = web.AppKey("reads", ReadGate)
+AUTH_FAILURES = web.AppKey("auth_failures", WindowLimiter)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
 
 # Per-request values (aiohttp ``web.RequestKey``).
 CORRELATION_ID = web.RequestKey("correlation_id", str)

@@ -21,10 +21,10 @@ class ScimSettings(CommonSettings):
     scim_retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503/429")
     scim_max_body: int = Field(default=1024 * 1024, ge=1024, description="Request body limit (bytes)")
     scim_rate_limit_per_s: float = Field(
-        default=10000.0,
+        default=200.0,
         ge=0,
         description="Requests per second per tenant per gateway process (0 = unlimited); "
-        "tenants.rate_limit_per_s overrides it",
+        "provisio tenant policy TENANT --rate-limit N overrides it",
     )
     scim_rate_limit_burst: float | None = Field(
         default=None, ge=1, description="Token bucket size; default 2 × the rate"
@@ -37,3 +37,25 @@ class ScimSettings(CommonSettings):
     scim_write_retries: int = Field(
         default=5, ge=0, le=20, description="Re-reads of a PATCH whose version went stale (concurrent writers)"
     )
+    scim_statement_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Postgres statement_timeout of the gateway's connections: a query running longer "
+        "is cancelled (a search with a filter: 400 tooMany; otherwise 503 + Retry-After)",
+    )
+    scim_tenant_reads: int = Field(
+        default=0, ge=0,
+        description="Reads (GET, .search) one tenant may run at once per gateway process; 0 = half of "
+        "PROVISIO_DB_POOL_MAX, so one tenant never holds the whole pool",
+    )
+    scim_tenant_read_wait_s: float = Field(
+        default=2.0, ge=0, le=60,
+        description="How long a read waits for one of its tenant's slots before 429 + Retry-After",
+    )
+    scim_failed_auth_per_min: int = Field(
+        default=30, ge=0,
+        description="Failed bearer-token attempts per source address per minute, across replicas "
+        "(Redis); then 429 until the minute ends (0 = unlimited)",
+    )
+
+    def tenant_reads(self) -> int:
+        return self.scim_tenant_reads or max(1, self.db_pool_max // 2)

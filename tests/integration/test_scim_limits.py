@@ -1,0 +1,183 @@
+"""One tenant must not stall the others (issue 13 §2): statement timeout, per-tenant read
+slots, request limits and failed-authentication limits, against the real gateway,
+Postgres and Redis.
+
+Slow queries are made slow deterministically: the test holds an ACCESS EXCLUSIVE lock on
+the ``groups`` table, so a read of groups waits (holding its pooled connection) until the
+lock is released or its statement times out, while reads of users without their groups
+(``excludedAttributes=groups``) do not touch that table."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.conftest import eventually, make_tenant
+from tests.integration.scim_helpers import bearer, scim_client
+
+pytestmark = pytest.mark.integration
+
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+SLOW_GROUPS = '/scim/v2/Groups?filter=displayName co "x"'
+
+
+async def error_of(r, status, scim_type=None):
+    assert r.status == status, await r.text()
+    assert r.content_type == "application/scim+json"
+    body = await r.json()
+    assert body["schemas"] == [ERROR]
+    assert body["status"] == str(status)
+    if scim_type:
+        assert body.get("scimType") == scim_type
+    return body
+
+
+@asynccontextmanager
+async def groups_locked(pool):
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE groups IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            await tx.rollback()
+
+
+async def lock_waiters(pool) -> int:
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query LIKE '%FROM groups g%'"
+    ))
+
+
+# --------------------------------------------------------------------------- statement timeout
+
+
+async def test_a_slow_filtered_search_times_out_with_400_too_many(service_env, tenant, pool):
+    async with scim_client(scim_statement_timeout_s=0.3) as c, groups_locked(pool):
+        r = await c.get(SLOW_GROUPS, headers=bearer(tenant.token))
+        body = await error_of(r, 400, "tooMany")
+        assert "0.3 s" in body["detail"]
+        r = await c.post("/scim/v2/Groups/.search", headers=bearer(tenant.token),
+                         json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                               "filter": 'displayName co "x"'})
+        await error_of(r, 400, "tooMany")
+
+
+async def test_a_slow_read_by_id_times_out_with_503_and_retry_after(service_env, tenant, pool):
+    async with scim_client(scim_statement_timeout_s=0.3) as c, groups_locked(pool):
+        r = await c.get(f"/scim/v2/Groups/{uuid.uuid4()}", headers=bearer(tenant.token))
+        await error_of(r, 503)
+        assert r.headers["Retry-After"] == "2"
+
+
+async def test_the_statement_timeout_is_set_on_every_pooled_connection(service_env, tenant):
+    from scim_gateway.keys import POOL
+
+    async with scim_client(scim_statement_timeout_s=1.5, db_pool_min=3, db_pool_max=3) as c:
+        conns = [await c.app[POOL].acquire() for _ in range(3)]
+        try:
+            assert [await x.fetchval("SHOW statement_timeout") for x in conns] == ["1500ms"] * 3
+        finally:
+            for x in conns:
+                await c.app[POOL].release(x)
+
+
+# --------------------------------------------------------------------------- per-tenant read slots
+
+
+async def test_one_tenant_holding_its_reads_does_not_block_another_tenant(service_env, tenant, pool):
+    """Tenant A fires more slow reads than the pool has connections; tenant B's
+    ``userName eq`` still completes. Before: A's reads took every pooled connection and
+    B waited until A's queries ended."""
+    other = await make_tenant(pool)
+    async with scim_client(db_pool_min=1, db_pool_max=4, scim_statement_timeout_s=120,
+                           scim_tenant_read_wait_s=0.2) as c:
+        async with groups_locked(pool):
+            a = [asyncio.create_task(c.get(SLOW_GROUPS, headers=bearer(tenant.token))) for _ in range(6)]
+            # A's two slots (half the pool) are stuck on the lock ...
+            await eventually(lambda: _at_least(pool, 2))
+            # ... and its other four reads are refused once their bounded wait is over.
+            await eventually(lambda: _done(a, 4), timeout=30)
+            refused = [t.result() for t in a if t.done()]
+            for r in refused:
+                await error_of(r, 429)
+                assert int(r.headers["Retry-After"]) >= 1
+            assert await lock_waiters(pool) == 2
+            b = await asyncio.wait_for(
+                c.get('/scim/v2/Users?filter=userName eq "nobody@b.example"&excludedAttributes=groups',
+                      headers=bearer(other.token)),
+                timeout=60,  # a hang guard only: before the fix B waited for A's lock
+            )
+            assert b.status == 200, await b.text()
+            assert (await b.json())["totalResults"] == 0
+            assert sum(t.done() for t in a) == 4  # A's two slow reads are still running
+        results = await asyncio.gather(*a)
+        assert sorted(r.status for r in results) == [200, 200, 429, 429, 429, 429]
+
+
+async def _at_least(pool, n):
+    return await lock_waiters(pool) >= n
+
+
+async def _done(tasks, n):
+    return sum(t.done() for t in tasks) >= n
+
+
+# --------------------------------------------------------------------------- failed authentication
+
+
+async def test_failed_tokens_are_limited_per_address_across_replicas(service_env, tenant, pool):
+    other = await make_tenant(pool)
+    async with scim_client(scim_failed_auth_per_min=3) as c, scim_client(scim_failed_auth_per_min=3) as replica:
+        ok = await c.get("/scim/v2/Users", headers=bearer(tenant.token))
+        assert ok.status == 200
+        for i in range(3):
+            await error_of(await c.get("/scim/v2/Users", headers=bearer(f"prv_wrong{i}")), 401)
+        r = await c.get("/scim/v2/Users", headers=bearer("prv_wrong-again"))
+        await error_of(r, 429)
+        assert 1 <= int(r.headers["Retry-After"]) <= 61
+        # the address is now refused without a lookup, for tokens this process has not verified ...
+        await error_of(await c.get("/scim/v2/Users", headers=bearer(other.token)), 429)
+        # ... while a client already verified here keeps working
+        assert (await c.get("/scim/v2/Users", headers=bearer(tenant.token))).status == 200
+        # another replica shares the counter (Redis): its first failure is already over the limit
+        await error_of(await replica.get("/scim/v2/Users", headers=bearer("prv_wrong-there")), 429)
+
+
+async def test_forwarded_for_is_read_only_from_trusted_proxies(service_env, tenant):
+    def via(addr, token="prv_wrong"):
+        return {**bearer(token), "X-Forwarded-For": f"198.51.100.7, {addr}"}
+
+    async with scim_client(scim_failed_auth_per_min=2, trusted_proxies="127.0.0.1/32, ::1") as c:
+        for _ in range(2):
+            await error_of(await c.get("/scim/v2/Users", headers=via("203.0.113.5")), 401)
+        await error_of(await c.get("/scim/v2/Users", headers=via("203.0.113.5")), 429)
+        # another client behind the same proxy is counted on its own
+        await error_of(await c.get("/scim/v2/Users", headers=via("203.0.113.6")), 401)
+    async with scim_client(scim_failed_auth_per_min=2) as c:
+        # no trusted proxy configured: the header is the client's word and is ignored
+        for addr in ("192.0.2.1", "192.0.2.2"):
+            await error_of(await c.get("/scim/v2/Users", headers=via(addr)), 401)
+        await error_of(await c.get("/scim/v2/Users", headers=via("192.0.2.3")), 429)
+
+
+# --------------------------------------------------------------------------- per-tenant rate
+
+
+def test_the_default_rate_limit_is_a_real_limit():
+    """Before: 10,000 requests/s per tenant and process, i.e. no limit at all."""
+    from scim_gateway.auth import RateLimiter, TenantAuth
+    from scim_gateway.settings import ScimSettings
+
+    rate = ScimSettings.model_fields["scim_rate_limit_per_s"].default
+    assert 0 < rate <= 1000
+    limiter = RateLimiter(rate, None)
+    auth = TenantAuth(uuid.uuid4(), uuid.uuid4(), "t", False, None)
+    waits = [limiter.check(auth) for _ in range(int(rate * 2) + 1)]
+    assert waits[:-1] == [None] * int(rate * 2)
+    assert waits[-1] is not None and waits[-1] >= 1
