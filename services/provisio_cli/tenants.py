@@ -53,7 +53,7 @@ def tenant_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")
         async with database() as conn:
             rows = await conn.fetch(
                 """SELECT t.id, t.name, t.deprovision, t.one_group_per_user, t.immutable_user_name,
-                          t.created_at,
+                          coalesce(t.rate_limit_per_s::text, 'default') AS rate_limit, t.created_at,
                           (SELECT count(*) FROM users u WHERE u.tenant_id = t.id) AS users,
                           (SELECT count(*) FROM scim_tokens k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS tokens
                    FROM tenants t ORDER BY t.name"""
@@ -63,7 +63,8 @@ def tenant_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")
     rows = asyncio.run(go())
     print_rows(
         rows,
-        ["name", "id", "users", "tokens", "deprovision", "one_group_per_user", "immutable_user_name", "created_at"],
+        ["name", "id", "users", "tokens", "deprovision", "one_group_per_user", "immutable_user_name", "rate_limit",
+         "created_at"],
         as_json=as_json,
         title="Tenants",
     )
@@ -75,10 +76,16 @@ def tenant_policy(
     deprovision: str | None = typer.Option(None, help="deactivate or delete"),
     one_group_per_user: bool | None = typer.Option(None, "--one-group-per-user/--many-groups-per-user"),
     immutable_user_name: bool | None = typer.Option(None, "--immutable-user-name/--mutable-user-name"),
+    rate_limit: str | None = typer.Option(
+        None, "--rate-limit", metavar="N",
+        help="SCIM requests per second for this tenant, per gateway process (0: unlimited; "
+        "'default': PROVISIO_SCIM_RATE_LIMIT_PER_S)",
+    ),
 ) -> None:
     """Set a tenant's provisioning policies (Splashtop team rules); workers apply them within 5 s."""
     if deprovision is not None and deprovision not in ("deactivate", "delete"):
         raise CliError("--deprovision must be deactivate or delete")
+    rate = _rate_limit(rate_limit)
 
     async def go() -> None:
         async with database() as conn:
@@ -86,12 +93,28 @@ def tenant_policy(
             await conn.execute(
                 """UPDATE tenants SET deprovision = coalesce($2, deprovision),
                        one_group_per_user = coalesce($3, one_group_per_user),
-                       immutable_user_name = coalesce($4, immutable_user_name) WHERE id = $1""",
-                tid, deprovision, one_group_per_user, immutable_user_name,
+                       immutable_user_name = coalesce($4, immutable_user_name),
+                       rate_limit_per_s = CASE WHEN $5 THEN $6::integer ELSE rate_limit_per_s END
+                   WHERE id = $1""",
+                tid, deprovision, one_group_per_user, immutable_user_name, rate_limit is not None, rate,
             )
 
     asyncio.run(go())
     typer.echo(f"updated tenant {tenant}")
+
+
+def _rate_limit(raw: str | None) -> int | None:
+    """--rate-limit: a whole number of requests per second (0: unlimited), or 'default'
+    (NULL: the gateway's PROVISIO_SCIM_RATE_LIMIT_PER_S)."""
+    if raw is None or raw.strip().lower() == "default":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise CliError(f"--rate-limit must be a whole number of requests per second or 'default', not {raw!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise CliError("--rate-limit must be between 0 (unlimited) and 1000000")
+    return value
 
 
 @token_app.command("create")

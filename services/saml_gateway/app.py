@@ -55,6 +55,7 @@ from provisio_lib.redis_client import connect_redis
 from provisio_lib.tokens import hash_token
 from provisio_lib.topology import DATA_FIELD, Topology
 
+from .limits import rate_limits
 from .mapping import MissingClaim, map_claims
 from .pages import error_page, post_form
 from .saml import Connection, Refused, SamlEngine, VerifiedLogin, init_worker, verify_in_worker
@@ -451,6 +452,7 @@ def create_app(settings: SamlSettings) -> web.Application:
     logging.getLogger("saml2").setLevel(logging.CRITICAL)
     topology = Topology(prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen)
     app[TOPOLOGY] = topology
+    app.middlewares.append(rate_limits(settings, topology, lambda: app[REDIS]))  # per-address limits
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         set_service_info("saml_gateway")

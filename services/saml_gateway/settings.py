@@ -55,6 +55,16 @@ class SamlSettings(CommonSettings):
         "pysaml2 is Python code that holds the GIL; processes let verification use more than one core "
         "and keep the event loop's process free",
     )
+    saml_login_per_min: int = Field(
+        default=300, ge=0,
+        description="Login URL calls per source address per minute, across replicas (each signs an "
+        "AuthnRequest and stores a Redis key); 0 = unlimited",
+    )
+    saml_failed_token_per_min: int = Field(
+        default=30, ge=0,
+        description="Failed /saml/token exchanges (unknown code, wrong secret) per source address per "
+        "minute, across replicas; then 429 until the minute ends (0 = unlimited)",
+    )
     saml_connection_cache_s: float = Field(
         default=5.0, ge=0, le=300, description="How long a connection's settings are reused before re-reading"
     )
