@@ -232,6 +232,8 @@ STREAM_METRIC_NAMES = (
     "provisio_stream_group_lag",
     "provisio_stream_group_consumers",
     "provisio_stream_stats_up",
+    "provisio_redis_memory_used_bytes",
+    "provisio_redis_memory_max_bytes",
 )
 
 
@@ -338,7 +340,7 @@ class StreamStats:
             "provisio_stream_stats_up", "1 if the last read of stream stats from Redis worked"
         )
         up.add_metric([], 1)
-        return [length, pending, lag, consumers, up]
+        return [length, pending, lag, consumers, up, *await _memory_families(client)]
 
     def collect(self) -> Iterable[Any]:
         """prometheus-client collector protocol: yield what the last refresh read."""
@@ -347,6 +349,18 @@ class StreamStats:
 
     def describe(self) -> Iterable[Any]:
         return ()  # metrics vary with the topology: don't let the registry pre-describe them
+
+
+async def _memory_families(client: Any) -> list[Any]:
+    """Redis used_memory and maxmemory (INFO memory), for the ProvisioRedisMemoryHigh alert."""
+    from .streamtrim import redis_memory
+
+    used, limit = await redis_memory(client)
+    used_f = GaugeMetricFamily("provisio_redis_memory_used_bytes", "Redis used_memory (INFO memory)")
+    used_f.add_metric([], used)
+    max_f = GaugeMetricFamily("provisio_redis_memory_max_bytes", "Redis maxmemory (0: no limit set)")
+    max_f.add_metric([], limit)
+    return [used_f, max_f]
 
 
 def _text(value: Any) -> str:

@@ -156,6 +156,8 @@ class OutcomeWaiter:
         backoff = 0.1
         loop = asyncio.get_running_loop()
         next_refresh = 0.0
+        next_trim = 0.0
+        trimmed = ""
         while not self._stopping:
             try:
                 if loop.time() >= next_refresh:
@@ -173,6 +175,13 @@ class OutcomeWaiter:
                     for entry_id, fields in entries:
                         self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                         self._deliver(fields)
+                if self._last_id != trimmed and loop.time() >= next_trim:
+                    # What this reader has read is of no further use: trim all of it, at most
+                    # once a second, so the reply stream holds about a second of outcomes
+                    # instead of reply_maxlen of them (issue 13 §2: Redis memory).
+                    await self._reader.xtrim(self.stream, minid=_after(self._last_id), approximate=False)
+                    trimmed = self._last_id
+                    next_trim = loop.time() + 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # Redis down: keep the futures, reconnect with backoff
@@ -192,6 +201,12 @@ class OutcomeWaiter:
             fut = self._pending.get(outcome.event_id)
             if fut is not None and not fut.done():
                 fut.set_result(outcome)
+
+
+def _after(entry_id: str) -> str:
+    """The stream id right after ``entry_id`` (XTRIM MINID keeps ids >= it)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 _DATA = DATA_FIELD.encode()

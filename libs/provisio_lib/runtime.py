@@ -4,6 +4,7 @@ finishing their own pending entries before the pool and Redis close."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from . import db
 from .delivery import ReliableConsumer
 from .observability import HealthServer, StreamStats, postgres_check, redis_check, set_service_info, start_health_server
 from .settings import CommonSettings
+from .streamtrim import stop_task, trim_forever
 from .topology import Topology, ensure_groups
 
 
@@ -49,10 +51,17 @@ async def worker_runtime(
             {"postgres": postgres_check(pool), "redis": redis_check(redis)},
             streams=StreamStats.for_topology(redis, topology, kinds=tuple(stream_kinds)),
         ).start()
+        # Processed entries of the streams this worker's group reads are trimmed by age
+        # (streamtrim.py): Redis memory follows the write rate, not MAXLEN × entry size.
+        trimmer = (
+            asyncio.create_task(trim_forever(redis, list(consumer.streams), s.stream_max_age_s), name="stream-trim")
+            if s.stream_max_age_s > 0 else None
+        )
         try:
             yield WorkerRuntime(pool=pool, health=health)
             await consumer.finish_own_pending_quietly(s.graceful_timeout_s)
         finally:
+            await stop_task(trimmer)
             await health.stop()
     finally:
         await pool.close()

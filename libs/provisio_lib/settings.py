@@ -43,6 +43,11 @@ class CommonSettings(BaseSettings):
     stream_maxlen: int = Field(
         default=1_000_000, ge=1000, description="Approximate MAXLEN of each stream"
     )
+    stream_max_age_s: float = Field(
+        default=300.0, ge=0,
+        description="Processed command and audit entries older than this are trimmed (XTRIM MINID); "
+        "entries not yet read or acknowledged are kept however old. 0 = trim by MAXLEN only",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(
         default="auto", pattern=r"^(auto|json|console)$", description="auto: JSON unless on a TTY"

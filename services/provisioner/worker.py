@@ -295,9 +295,9 @@ class Provisioner:
         topo = self.topology
         replies: dict[str, list[bytes]] = {}
         audits: dict[str, list[bytes]] = {}
-        for cmd, _outcome, data in results:
+        for cmd, outcome, data in results:
             if cmd.reply_to:
-                replies.setdefault(cmd.reply_to, []).append(data)
+                replies.setdefault(cmd.reply_to, []).append(_reply_data(outcome, data))
             audits.setdefault(topo.audit_stream_for(cmd.tenant_id), []).append(data)
         for stream, datas in audits.items():
             for i in range(0, len(datas), MAX_OUTCOMES_PER_ENTRY):
@@ -325,6 +325,18 @@ class Provisioner:
         self.counters["failed"] += 1
         COMMANDS_DEAD_LETTERED.labels(type=cmd.type).inc()
         COMMANDS_FAILED.labels(type=cmd.type, code="dead_letter").inc()
+
+
+# A waiting gateway reads an outcome's result, error and resource, never its changes
+# (field → before/after, for the audit trail): a large outcome goes to the reply stream
+# without them, so a big resource is not copied into Redis a third time (issue 13 §2).
+REPLY_SLIM_BYTES = 16 * 1024
+
+
+def _reply_data(outcome: Outcome, data: bytes) -> bytes:
+    if len(data) <= REPLY_SLIM_BYTES or not outcome.changes:
+        return data
+    return encode(outcome.model_copy(update={"changes": {}}))
 
 
 def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, bytes]],

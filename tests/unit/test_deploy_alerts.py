@@ -41,6 +41,8 @@ def exported_series() -> dict[str, set[str]]:
         "provisio_stream_group_lag": {"stream", "group"},
         "provisio_stream_group_consumers": {"stream", "group"},
         "provisio_stream_stats_up": set(),
+        "provisio_redis_memory_used_bytes": set(),
+        "provisio_redis_memory_max_bytes": set(),
     }
     assert set(stream_labels) == set(observability.STREAM_METRIC_NAMES)
     series.update(stream_labels)
