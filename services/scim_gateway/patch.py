@@ -38,7 +38,7 @@ from scim2_models.path import (
 )
 
 from .errors import ScimError, invalid_path, invalid_syntax, invalid_value
-from .limits import MAX_PATCH_OPERATIONS, check_filter_text, check_filter_tree
+from .limits import MAX_PATCH_OPERATIONS, MAX_VALUES, check_filter_text, check_filter_tree
 from .resources import coerce, coerce_single, parse_member_id
 from .schema import COMMON, PATCH_SCHEMA, Attr, ResourceKind, Schema
 
@@ -420,13 +420,19 @@ def _apply_value_path(res: dict[str, Any], t: _Target, op: Op) -> None:
         return
     items = c.get(attr.name)
     items = list(items) if isinstance(items, list) else []
+    if attr.name != "members" and len(items) > MAX_VALUES:
+        # stored before the limit existed: do not evaluate a filter over all of them
+        raise invalid_value(
+            f"{attr.name} holds {len(items)} values, more than the {MAX_VALUES} allowed; replace it as a whole"
+        )
     hits = [i for i, item in enumerate(items) if matches(t.value_filter, item, attr)]
     if op.op == "remove":
         if t.sub is not None:
             for i in hits:
                 items[i] = {k: v for k, v in items[i].items() if k != t.sub.name}
         else:
-            items = [item for i, item in enumerate(items) if i not in hits]
+            gone = set(hits)  # a set: "i not in hits" over a list was quadratic
+            items = [item for i, item in enumerate(items) if i not in gone]
         c[attr.name] = items
         return
     if t.sub is not None:

@@ -169,3 +169,24 @@ def test_group_members_are_not_capped_like_attributes():
     members = [{"value": str(uuid.uuid4())} for _ in range(MAX_VALUES * 3)]
     group = normalise(group_kind(), {"displayName": "big", "members": members})
     assert len(group["members"]) == MAX_VALUES * 3
+
+
+def test_a_value_filter_is_not_run_over_a_legacy_oversized_attribute():
+    """A user stored before the limit with 20,000 emails: a PATCH value filter over them
+    blocked the event loop; now it is refused and the attribute must be replaced whole."""
+    user = a_user(2)
+    user["emails"] = [{"value": f"e{i}@example.com", "type": "work"} for i in range(20_000)]
+    with pytest.raises(ScimError) as e:
+        apply_patch(user_kind(), user, patch({"op": "remove", "path": 'emails[value eq "e1@example.com"]'}))
+    assert (e.value.status, e.value.scim_type) == (400, "invalidValue")
+    out = apply_patch(user_kind(), user, patch({"op": "replace", "path": "emails", "value": [{"value": "a@b.c"}]}))
+    assert out["emails"] == [{"value": "a@b.c"}]
+
+
+def test_removing_by_filter_from_a_large_member_list_is_linear():
+    import uuid
+
+    members = [{"value": str(uuid.uuid4()), "display": f"u{i}"} for i in range(5000)]
+    group = {"displayName": "g", "members": members}
+    out = apply_patch(group_kind(), group, patch({"op": "remove", "path": 'members[display sw "u1"]'}))
+    assert len(out["members"]) == 5000 - sum(1 for m in members if m["display"].startswith("u1"))
