@@ -135,17 +135,15 @@ def _too_many(detail: str, wait: float) -> ScimError:
 
 async def _authenticate(request: web.Request, token: str) -> TenantAuth:
     """The token's tenant, or 401. Failed attempts are counted per source address across
-    replicas; an address over its limit gets 429 for tokens this process has not already
-    verified, without a database lookup (issue 13 §2)."""
+    replicas; an address over its limit gets 429 for tokens this process has not verified
+    in the last hour, without a database lookup (issue 13 §2). Tokens it has verified
+    are looked up as usual: an IdP sharing an egress address with a guesser keeps working."""
     app = request.app
     failures = app[AUTH_FAILURES]
     if failures.enabled:
         address = source_address(request.remote, request.headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
         wait = failures.local_wait(address)
-        if wait is not None:
-            auth = app[TOKENS].cached(token)
-            if auth is not None:
-                return auth
+        if wait is not None and not app[TOKENS].known(token):
             raise _too_many("too many failed authentication attempts from this address; retry later", wait)
     auth = await app[TOKENS].lookup(token)
     if auth is None:

@@ -37,6 +37,7 @@ log = get_logger(__name__)
 _FLUSH_S = 30.0
 _NEGATIVE_TTL_S = 1.0
 _MAX_ENTRIES = 10_000
+_KNOWN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class TokenCache:
         self.ttl_s = ttl_s
         self._cache: dict[bytes, tuple[float, TenantAuth | None]] = {}
         self._used: set[uuid.UUID] = set()
+        self._known: dict[bytes, float] = {}  # digest -> when last verified (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     async def lookup(self, token: str) -> TenantAuth | None:
@@ -77,6 +79,8 @@ class TokenCache:
             auth = hit[1]
         else:
             auth = await self._fetch(digest)
+            if auth is not None:
+                self._remember(digest)  # once per cache refresh, not per request
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
             ttl = self.ttl_s if auth is not None else min(self.ttl_s, _NEGATIVE_TTL_S)
@@ -86,13 +90,18 @@ class TokenCache:
             self._used.add(auth.token_id)
         return auth
 
-    def cached(self, token: str) -> TenantAuth | None:
-        """The tenant of ``token`` if a live lookup of it is cached; no query."""
-        hit = self._cache.get(hash_token(token))
-        if hit is not None and hit[0] > time.monotonic() and hit[1] is not None:
-            self._used.add(hit[1].token_id)
-            return hit[1]
-        return None
+    def _remember(self, digest: bytes) -> None:
+        if len(self._known) >= _MAX_ENTRIES:
+            self._known.clear()
+        self._known[digest] = time.monotonic()
+
+    def known(self, token: str) -> bool:
+        """Whether this process verified ``token`` within the last ``_KNOWN_S`` seconds
+        (no query). An address over its failed-authentication limit is still served for
+        such tokens (looked up as usual, so revocation holds); unknown ones are refused
+        without a lookup."""
+        seen = self._known.get(hash_token(token))
+        return seen is not None and time.monotonic() - seen < _KNOWN_S
 
     async def _fetch(self, digest: bytes) -> TenantAuth | None:
         row = await self.pool.fetchrow(_SQL, digest)
