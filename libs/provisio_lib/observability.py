@@ -355,7 +355,11 @@ async def _memory_families(client: Any) -> list[Any]:
     """Redis used_memory and maxmemory (INFO memory), for the ProvisioRedisMemoryHigh alert."""
     from .streamtrim import redis_memory
 
-    used, limit = await redis_memory(client)
+    try:
+        used, limit = await redis_memory(client)
+    except Exception as err:  # an INFO shape this client does not give: the stream series still count
+        log.warning("redis_memory_unavailable", error=redact_url(str(err)))
+        return []
     used_f = GaugeMetricFamily("provisio_redis_memory_used_bytes", "Redis used_memory (INFO memory)")
     used_f.add_metric([], used)
     max_f = GaugeMetricFamily("provisio_redis_memory_max_bytes", "Redis maxmemory (0: no limit set)")

@@ -84,6 +84,11 @@ class WindowLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
+    @property
+    def blocking(self) -> bool:
+        """Some address is (or was recently) over its limit in this process."""
+        return bool(self._blocked)
+
     def local_wait(self, address: str) -> int | None:
         """Seconds until ``address`` may try again, if this process knows it is over its
         limit; None otherwise. No I/O."""

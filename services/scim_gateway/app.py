@@ -140,20 +140,24 @@ async def _authenticate(request: web.Request, token: str) -> TenantAuth:
     are looked up as usual: an IdP sharing an egress address with a guesser keeps working."""
     app = request.app
     failures = app[AUTH_FAILURES]
-    if failures.enabled:
-        address = source_address(request.remote, request.headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
-        wait = failures.local_wait(address)
+    if failures.blocking:  # some address is over its limit: is it this one? (no I/O)
+        wait = failures.local_wait(_address(request))
         if wait is not None and not app[TOKENS].known(token):
             raise _too_many("too many failed authentication attempts from this address; retry later", wait)
     auth = await app[TOKENS].lookup(token)
     if auth is None:
         if failures.enabled:
+            address = _address(request)
             wait = await failures.hit(address)
             if wait is not None:
                 log.warning("scim_auth_failures_limited", source=address)
                 raise _too_many("too many failed authentication attempts from this address; retry later", wait)
         raise _unauthorized("the bearer token is not valid")
     return auth
+
+
+def _address(request: web.Request) -> str:
+    return source_address(request.remote, request.headers.get("X-Forwarded-For"), request.app[TRUSTED_PROXIES])
 
 
 def protected(handler: Handler) -> Handler:
