@@ -213,11 +213,12 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         dsn = settings.database_url.get_secret_value()
-        # statement_timeout on every connection of the pool (a session setting, sent at
-        # connect): no tenant's query holds a connection longer than this.
-        timeout_ms = str(int(settings.scim_statement_timeout_s * 1000))
+        # statement_timeout on every connection of the pool (a startup parameter, sent at
+        # connect; no round trip): no tenant's query holds a connection longer than this.
+        timeout_ms = int(settings.scim_statement_timeout_s * 1000)
+        server_settings = {"statement_timeout": str(timeout_ms)} if timeout_ms else {}
         pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-                                    server_settings={"statement_timeout": timeout_ms})
+                                    server_settings=server_settings)
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn)  # refuse to serve against the wrong schema

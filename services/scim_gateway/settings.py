@@ -38,9 +38,10 @@ class ScimSettings(CommonSettings):
         default=5, ge=0, le=20, description="Re-reads of a PATCH whose version went stale (concurrent writers)"
     )
     scim_statement_timeout_s: float = Field(
-        default=5.0, gt=0, le=300,
+        default=5.0, ge=0, le=300,
         description="Postgres statement_timeout of the gateway's connections: a query running longer "
-        "is cancelled (a search with a filter: 400 tooMany; otherwise 503 + Retry-After)",
+        "is cancelled (a search with a filter: 400 tooMany; otherwise 503 + Retry-After). 0: not sent "
+        "at connect (set it on the database role instead, e.g. behind PgBouncer)",
     )
     scim_tenant_reads: int = Field(
         default=0, ge=0,
