@@ -186,3 +186,42 @@ def test_the_default_rate_limit_is_a_real_limit():
     assert waits[: int(rate)] == [None] * int(rate)  # a burst of the rate always passes
     refused = [w for w in waits if w is not None]
     assert refused and min(refused) >= 1  # (the old default's bucket held 20,000)
+
+
+# --------------------------------------------------------------------------- the requests, over HTTP
+
+
+def ors(n, template):
+    return " or ".join(template.format(i=i) for i in range(n))
+
+
+async def test_the_reported_filters_are_refused_at_once(service_env, tenant):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        r = await c.get("/scim/v2/Users", params={"filter": ors(150, 'emails co "x{i}"')}, headers=h)
+        body = await error_of(r, 400, "invalidFilter")
+        assert "150 comparisons" in body["detail"]
+        r = await c.post("/scim/v2/Users/.search", headers=h, json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": ors(2000, 'userName co "x{i}"')})
+        await error_of(r, 400, "invalidFilter")
+        r = await c.post("/scim/v2/.search", headers=h, json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": ors(51, 'displayName co "x{i}"')})
+        await error_of(r, 400, "invalidFilter")
+
+
+async def test_the_reported_patch_is_refused(service_env, tenant, provisioner):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        many = [{"value": f"e{i}@example.com", "type": "work"} for i in range(20_000)]
+        r = await c.post("/scim/v2/Users", json={"userName": "many@example.com", "emails": many}, headers=h)
+        await error_of(r, 400, "invalidValue")
+        r = await c.post("/scim/v2/Users", json={"userName": "few@example.com", "emails": many[:3]}, headers=h)
+        assert r.status == 201, await r.text()
+        uid = (await r.json())["id"]
+        path = "emails[" + ors(500, 'value eq "e{i}@example.com"') + "].type"
+        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": path, "value": "home"}]})
+        await error_of(r, 400, "invalidPath")
