@@ -66,7 +66,14 @@ async def test_age_trimming_keeps_unread_and_unacknowledged_entries(redis, topol
     assert left == ids[1:]
 
 
-async def test_redis_memory_is_read_for_the_alert(redis):
+async def test_redis_memory_is_exported_for_the_alert(redis, topology):
+    from provisio_lib.observability import StreamStats, render_metrics
+    from tests.integration.test_observability import value
+
     used, limit = await redis_memory(redis)
     assert used > 0
-    assert limit >= 0
+    info = await redis.info("memory")
+    assert limit == int(info["maxmemory"])
+    text = (await render_metrics(StreamStats.for_topology(redis, topology))).decode()
+    assert value(text, "provisio_redis_memory_used_bytes") > 0
+    assert value(text, "provisio_redis_memory_max_bytes") == limit
