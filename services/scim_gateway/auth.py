@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
+
 from provisio_lib.logging import get_logger
 from provisio_lib.tokens import hash_token
 
@@ -60,7 +62,10 @@ class TokenCache:
     def __init__(self, pool: Any, ttl_s: float) -> None:
         self.pool = pool
         self.ttl_s = ttl_s
-        self._cache: dict[bytes, tuple[float, TenantAuth | None]] = {}
+        # Least recently used out when full (a spray of unknown tokens must not evict the
+        # ones in use); each entry carries its own expiry, positive and negative TTLs
+        # differ. Not TLRUCache: its timer costs ~10x a dict get, on every request.
+        self._cache: LRUCache[bytes, tuple[float, TenantAuth | None]] = LRUCache(_MAX_ENTRIES)
         self._used: set[uuid.UUID] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -72,8 +77,6 @@ class TokenCache:
             auth = hit[1]
         else:
             auth = await self._fetch(digest)
-            if len(self._cache) >= _MAX_ENTRIES:
-                self._cache.clear()
             ttl = self.ttl_s if auth is not None else min(self.ttl_s, _NEGATIVE_TTL_S)
             if ttl > 0:
                 self._cache[digest] = (now + ttl, auth)
