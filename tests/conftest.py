@@ -209,19 +209,18 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) 
 @asynccontextmanager
 async def running_provisioner(**overrides: Any) -> AsyncIterator[Any]:
     """The provisioner app, in process, on the environment's database and prefix."""
+    from faststream import TestApp
+
     from provisio_lib.settings import load_settings
     from provisioner.app import create_app
     from provisioner.settings import ProvisionerSettings
 
     settings = load_settings(ProvisionerSettings, **{"health_port": 0, "claim_idle_ms": 1000, **overrides})
     app = create_app(settings)
-    async with app.lifespan_context():
-        await app.start()
-        try:
-            yield app
-        finally:
-            app.context.get("consumer").stopping.set()
-            await app.stop()
+    # FastStream's TestApp runs the lifespan and starts the (real) broker, then stops
+    # both; the app's on_shutdown marks the consumer as stopping first.
+    async with TestApp(app):
+        yield app
 
 
 @pytest.fixture

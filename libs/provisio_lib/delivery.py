@@ -1,7 +1,7 @@
 """Reliable consumption of Redis streams by a consumer group, on FastStream.
 
-FastStream reads and acknowledges; it does not retry, claim or dead-letter (a failed
-message just stays pending). This module adds the delivery discipline both workers need:
+FastStream reads a consumer group's entries and claims idle ones (XAUTOCLAIM); it does
+not retry or dead-letter (a failed message just stays pending). This module adds the delivery discipline both workers need:
 
 - each stream gets a **batch subscriber** (XREADGROUP ``>``, up to ``batch_size`` entries)
   and a **claim subscriber** (XAUTOCLAIM of entries idle longer than ``claim_idle_ms``),
@@ -18,6 +18,15 @@ message just stays pending). This module adds the delivery discipline both worke
 
 Delivery is at least once; handlers make applying idempotent (the provisioner's inbox,
 the auditor's unique event id).
+
+Only FastStream's public API is used (``faststream``, ``faststream.redis``,
+``faststream.middlewares``): ``StreamSub`` (batch reads; ``min_idle_time`` for XAUTOCLAIM),
+custom ``parser``/``decoder``, ``AckPolicy.MANUAL``, ``RedisStreamMessage.get_delivery_count``
+and the raw message's documented keys (``BatchStreamMessage``: ``channel``, ``message_ids``,
+``data``). What FastStream has no API for is done beside it with redis-py, on the same
+server: XACK pipelined with the outcomes, dead-lettering (XADD + XACK in MULTI), and
+finishing this consumer's own pending entries on shutdown (docs/events.md, "Workers:
+FastStream and redis-py"). tests/unit/test_faststream_api.py keeps it that way.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.middlewares import AckPolicy
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBatchStreamMessage, RedisBroker, RedisStreamMessage, StreamSub
 from redis.exceptions import RedisError
 
 from .logging import get_logger
@@ -162,7 +171,7 @@ class ReliableConsumer:
             decoder=_message_itself,
         )
 
-        async def on_batch(message: Any) -> None:
+        async def on_batch(message: RedisBatchStreamMessage) -> None:
             started = asyncio.get_running_loop().time()
             raw = message.raw_message
             ids = [_s(i) for i in raw["message_ids"]]
@@ -173,7 +182,7 @@ class ReliableConsumer:
                 if rest > 0:
                     await asyncio.sleep(rest)
 
-        async def on_claim(message: Any) -> None:
+        async def on_claim(message: RedisStreamMessage) -> None:
             raw = message.raw_message
             ids = [_s(i) for i in raw["message_ids"]]
             if not ids:
@@ -309,7 +318,9 @@ def _message_fields(d: Delivery) -> dict[str, Any]:
 async def _raw_batch_parser(raw: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
     """Skip FastStream's decoding of the batch body (it parses every entry's JSON and
     dumps the list again, ~15% of the worker's time): the handler reads the raw entries
-    and decodes each once, against the contract."""
+    and decodes each once, against the contract. FastStream's custom-parser hook: the
+    original parser builds the message (ids, channel, the message's consumer and group)
+    from the raw message without its entries, and ``raw_message`` gets them back."""
     message = await original({**raw, "data": []})
     message.raw_message = raw
     return message

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from cachetools import LRUCache
 from pydantic import ValidationError
 
 from provisio_lib.contract import (
@@ -64,7 +65,8 @@ class Provisioner:
         self.pool = pool
         self.redis = redis
         self.health: Any = None  # the health listener, when one runs
-        self._policy_cache: dict[uuid.UUID, tuple[Any, float]] = {}
+        # Bounded (least recently used out); each entry carries its expiry.
+        self._policy_cache: LRUCache[uuid.UUID, tuple[Any, float]] = LRUCache(10_000)
         self.counters: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 0}
         # Which way the batches went: one statement (creates only), one transaction, or
         # command by command in savepoints (after the others failed).

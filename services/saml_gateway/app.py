@@ -35,6 +35,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import asyncpg
 from aiohttp import web
+from cachetools import LRUCache
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -76,6 +77,9 @@ _NAME = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_RELAY_STATE = 80  # saml-bindings §3.4.3 / §3.5.3: RelayState MUST NOT exceed 80 bytes
 
 
+_MAX_CONNECTIONS = 10_000  # cached (tenant, connection) lookups per process
+
+
 class ConnectionRegistry:
     """Connections by (tenant name, connection name), re-read after a short TTL so a
     removed or changed connection takes effect within seconds on every replica."""
@@ -83,7 +87,9 @@ class ConnectionRegistry:
     def __init__(self, pool: asyncpg.Pool, ttl_s: float) -> None:
         self.pool = pool
         self.ttl_s = ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, Connection | None]] = {}
+        # Least recently used out when full: unknown names (a scan) must not evict the
+        # connections in use.
+        self._cache: LRUCache[tuple[str, str], tuple[float, Connection | None]] = LRUCache(_MAX_CONNECTIONS)
 
     async def get(self, tenant: str, name: str) -> Connection | None:
         key = (tenant, name)
@@ -97,8 +103,6 @@ class ConnectionRegistry:
             tenant, name,
         )
         conn = Connection.from_row(row) if row else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
         self._cache[key] = (now + self.ttl_s, conn)
         return conn
 

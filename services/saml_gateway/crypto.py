@@ -36,6 +36,7 @@ import threading
 from typing import Any
 
 import xmlsec
+from cachetools import LRUCache
 from lxml import etree
 from saml2.sigver import CryptoBackend, CryptoBackendXmlSec1, SignatureError, XmlsecError
 
@@ -77,7 +78,7 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
     def __init__(self, xmlsec1_path: str | None = None) -> None:
         super().__init__()
         self._program = CryptoBackendXmlSec1(xmlsec1_path) if xmlsec1_path else None
-        self._keys: dict[str, Any] = {}
+        self._keys: LRUCache[str, Any] = LRUCache(256)  # least recently used out when full
         self._lock = threading.Lock()
         self.fallbacks = 0  # documents verified by the program (tests, metrics)
 
@@ -92,12 +93,11 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
         with open(path, "rb") as f:
             data = f.read()
         cache_key = f"{fmt}:{data!r}"
-        key = self._keys.get(cache_key)
+        with self._lock:  # an LRU read reorders: verifier threads share it
+            key = self._keys.get(cache_key)
         if key is None:
             key = xmlsec.Key.from_memory(data, fmt, None)
             with self._lock:
-                if len(self._keys) > 256:
-                    self._keys.clear()
                 self._keys[cache_key] = key
         return key
 

@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
+
 from provisio_lib.logging import get_logger
 from provisio_lib.tokens import hash_token
 
@@ -66,9 +68,12 @@ class TokenCache:
     def __init__(self, pool: Any, ttl_s: float) -> None:
         self.pool = pool
         self.ttl_s = ttl_s
-        self._cache: dict[bytes, tuple[float, TenantAuth | None]] = {}
+        # Least recently used out when full (a spray of unknown tokens must not evict the
+        # ones in use); each entry carries its own expiry, positive and negative TTLs
+        # differ. Not TLRUCache: its timer costs ~10x a dict get, on every request.
+        self._cache: LRUCache[bytes, tuple[float, TenantAuth | None]] = LRUCache(_MAX_ENTRIES)
         self._used: set[uuid.UUID] = set()
-        self._known: dict[bytes, float] = {}  # digest -> when last verified (monotonic)
+        self._known: LRUCache[bytes, float] = LRUCache(_MAX_ENTRIES)  # digest -> last verified (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     async def lookup(self, token: str) -> TenantAuth | None:
@@ -81,8 +86,6 @@ class TokenCache:
             auth = await self._fetch(digest)
             if auth is not None:
                 self._remember(digest)  # once per cache refresh, not per request
-            if len(self._cache) >= _MAX_ENTRIES:
-                self._cache.clear()
             ttl = self.ttl_s if auth is not None else min(self.ttl_s, _NEGATIVE_TTL_S)
             if ttl > 0:
                 self._cache[digest] = (now + ttl, auth)
@@ -91,8 +94,6 @@ class TokenCache:
         return auth
 
     def _remember(self, digest: bytes) -> None:
-        if len(self._known) >= _MAX_ENTRIES:
-            self._known.clear()
         self._known[digest] = time.monotonic()
 
     def known(self, token: str) -> bool:

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from scim2_models.exceptions import InvalidPathException
 from scim2_models.path import (
     AttrPath,
@@ -141,7 +142,8 @@ class _Target:
 
 # Parsed paths, per resource kind: IdPs send the same few paths over and over. A _Target
 # is never changed once _parse_path returns it, so one instance can serve every PATCH.
-_PATHS: dict[tuple[int, str], tuple[ResourceKind, _Target]] = {}
+# Least recently used out when full: odd paths must not evict the common ones.
+_PATHS: LRUCache[tuple[int, str], tuple[ResourceKind, _Target]] = LRUCache(1024)
 
 
 def _parse_path(kind: ResourceKind, path: str) -> _Target:
@@ -149,8 +151,6 @@ def _parse_path(kind: ResourceKind, path: str) -> _Target:
     if hit is not None and hit[0] is kind:
         return hit[1]
     target = _parse_path_uncached(kind, path)
-    if len(_PATHS) >= 1024:
-        _PATHS.clear()
     _PATHS[(id(kind), path)] = (kind, target)
     return target
 

@@ -73,6 +73,8 @@ def smtp_env(port: int) -> dict[str, Any]:
 @asynccontextmanager
 async def running_auditor(**overrides: Any) -> AsyncIterator[Any]:
     """The auditor app, in process, on the environment's database and prefix."""
+    from faststream import TestApp
+
     from auditor.app import create_app
     from auditor.settings import AuditorSettings
     from provisio_lib.settings import load_settings
@@ -89,13 +91,10 @@ async def running_auditor(**overrides: Any) -> AsyncIterator[Any]:
     }
     settings = load_settings(AuditorSettings, **{**defaults, **overrides})
     app = create_app(settings)
-    async with app.lifespan_context():
-        await app.start()
-        try:
-            yield app
-        finally:
-            app.context.get("consumer").stopping.set()
-            await app.stop()
+    # FastStream's TestApp runs the lifespan and starts the (real) broker, then stops
+    # both; the app's on_shutdown marks the consumer as stopping first.
+    async with TestApp(app):
+        yield app
 
 
 

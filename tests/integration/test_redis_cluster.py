@@ -126,18 +126,17 @@ async def rc(cluster_url: str) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def running_auditor() -> AsyncIterator[Any]:
     """The auditor app in process, on the environment's database, Redis and prefix."""
+    from faststream import TestApp
+
     from auditor.app import create_app
     from auditor.settings import AuditorSettings
     from provisio_lib.settings import load_settings
 
     app = create_app(load_settings(AuditorSettings, health_port=0, claim_idle_ms=1000))
-    async with app.lifespan_context():
-        await app.start()
-        try:
-            yield app
-        finally:
-            app.context.get("consumer").stopping.set()
-            await app.stop()
+    # FastStream's TestApp runs the lifespan and starts the (real) broker, then stops
+    # both; the app's on_shutdown marks the consumer as stopping first.
+    async with TestApp(app):
+        yield app
 
 
 def _command(tenant_id: uuid.UUID, **kw: Any) -> Command:
