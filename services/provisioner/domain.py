@@ -157,22 +157,6 @@ def adoption_basis(
     return None
 
 
-_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
-
-
-def normalize_domain(value: str) -> str:
-    """A DNS domain name as stored in ``verified_domains`` (lower case, IDNA for
-    non-ASCII); ValueError when it is not one."""
-    raw = value.strip().lower().rstrip(".").removeprefix("@")
-    try:
-        ascii_ = raw.encode("idna").decode("ascii") if not raw.isascii() else raw
-    except UnicodeError:
-        raise ValueError(f"{value!r} is not a domain name") from None
-    if not _DOMAIN.match(ascii_):
-        raise ValueError(f"{value!r} is not a domain name (e.g. example.com)")
-    return ascii_
-
-
 # --------------------------------------------------------------------------- JIT groups (issue 13 §3)
 
 # Entra sends group object IDs in its group claim, and its SCIM provisioning creates the
