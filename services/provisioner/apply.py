@@ -208,14 +208,22 @@ async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx
 
 
 async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, ctx: Ctx) -> Applied:
-    row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
-    changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+    # Entra's SCIM creates a group JIT already made from its object id in a group claim
+    # (externalId = that id): adopt it rather than make a duplicate (issue 13 §3).
+    jit_row = await store.adoptable_jit_group(conn, cmd.tenant_id, p.data.external_id) if p.data.external_id else None
+    if jit_row is not None:
+        row = await store.adopt_group(conn, jit_row, p.data, ctx.seq)
+        changes = diff(_group_dict(jit_row), _group_dict(row), ("display_name", "external_id"))
+    else:
+        row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
+        changes = diff(None, _group_dict(row), ("display_name", "external_id"))
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
                                     one_group_per_user=ctx.policy["one_group_per_user"])
         changes["members"] = {"before": 0, "after": n}
     return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(row).model_dump(mode="json"), changes=changes)
+                   resource=store.group_state(row).model_dump(mode="json"), changes=changes,
+                   notes=["adopted a group JIT created"] if jit_row is not None else [])
 
 
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:

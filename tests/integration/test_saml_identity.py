@@ -4,6 +4,7 @@ from tests/saml_idp.py through the real SAML gateway and provisioner into Postgr
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import uuid
 from typing import Any
@@ -186,3 +187,132 @@ async def test_several_idps_with_verified_domains(gateway: Any, pool: Any, acme:
     got = await _profile(gateway, corp, await _login(gateway, corp, name_id="bob@partner.test",
                                                      attributes=_attrs("bob@partner.test", given="Bob")))
     assert got["user_id"] == str(bob)
+
+
+# ------------------------------------------------------------------ group claims (§3)
+
+
+async def test_entra_group_object_ids_match_groups_and_scim_adopts(gateway: Any, pool: Any, acme: Any,
+                                                                   provisioner: Any) -> None:
+    """Entra sends group object ids; its SCIM creates the groups with externalId = id."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from provisio_lib.settings import load_settings
+    from scim_gateway.app import create_app
+    from scim_gateway.settings import ScimSettings
+
+    sales_id, marketing_id = str(uuid.uuid4()), str(uuid.uuid4())
+    scim = TestClient(TestServer(create_app(load_settings(ScimSettings))))
+    await scim.start_server()
+    auth = {"Authorization": f"Bearer {acme.token}", "Content-Type": "application/scim+json"}
+    schema = ["urn:ietf:params:scim:schemas:core:2.0:Group"]
+    try:
+        made = await scim.post("/scim/v2/Groups", headers=auth,
+                               json={"schemas": schema, "displayName": "Sales", "externalId": sales_id})
+        assert made.status == 201, await made.text()
+        sales = (await made.json())["id"]
+        s = await add_connection(pool, acme.id, "entra", jit="sync")
+        profile = await _profile(gateway, s, await _login(gateway, s, groups=[sales_id, marketing_id, "Support"]))
+        names = sorted(g["display_name"] for g in profile["groups"])
+        assert names == sorted(["Sales", marketing_id, "Support"])  # Sales matched, not duplicated
+        rows = {r["display_name"]: r for r in await pool.fetch("SELECT * FROM groups WHERE tenant_id = $1", acme.id)}
+        assert rows[marketing_id]["external_id"] == marketing_id and rows[marketing_id]["created_by"] == "jit"
+        assert rows["Support"]["external_id"] is None  # not an object id: no externalId invented
+
+        adopted = await scim.post("/scim/v2/Groups", headers=auth,
+                                  json={"schemas": schema, "displayName": "Marketing", "externalId": marketing_id})
+        assert adopted.status == 201, await adopted.text()
+        body = await adopted.json()
+        assert body["id"] == str(rows[marketing_id]["id"]) and body["displayName"] == "Marketing"
+        assert await pool.fetchval("SELECT count(*) FROM groups WHERE tenant_id = $1", acme.id) == 3
+    finally:
+        await scim.close()
+    # The next login matches the adopted group by its externalId: no change, no new group.
+    again = await _profile(gateway, s, await _login(gateway, s, groups=[sales_id, marketing_id, "Support"]))
+    assert sorted(g["display_name"] for g in again["groups"]) == ["Marketing", "Sales", "Support"]
+    assert await pool.fetchval("SELECT count(*) FROM groups WHERE tenant_id = $1", acme.id) == 3
+    assert sales in {g["id"] for g in again["groups"]}
+
+
+# ------------------------------------------------------------------ tenant policies for JIT (§3)
+
+
+async def test_one_group_per_user_holds_for_jit_logins(gateway: Any, pool: Any, provisioner: Any, redis: Any,
+                                                       topology: Any) -> None:
+    tenant = await make_tenant(pool, name=f"team-{uuid.uuid4().hex[:6]}", one_group_per_user=True)
+    s = await add_connection(pool, tenant.id, "entra", jit="sync")
+    profile = await _profile(gateway, s, await _login(gateway, s, groups=["Red", "Blue"]))
+    assert profile["groups"] == []  # signed in; neither membership applied
+
+    async def policy_failures() -> Any:
+        return [o for o in await audit_outcomes(redis, topology, tenant.id)
+                if o.result == "failed" and o.error and o.error.code == "policy"]
+
+    failed = (await eventually(policy_failures))[-1]
+    assert "one group per user" in failed.error.message and "'Blue'" in failed.error.message
+    assert str(failed.resource_id) == profile["user_id"] and failed.user_name == "alice@acme.test"
+    one = await _profile(gateway, s, await _login(gateway, s, groups=["Red"]))
+    assert [g["display_name"] for g in one["groups"]] == ["Red"]
+    both = await _profile(gateway, s, await _login(gateway, s, groups=["Red", "Blue"]))
+    assert [g["display_name"] for g in both["groups"]] == ["Red"]
+    moved = await _profile(gateway, s, await _login(gateway, s, groups=["Blue"]))  # leaving Red first
+    assert [g["display_name"] for g in moved["groups"]] == ["Blue"]
+
+
+async def test_immutable_user_name_covers_email_for_jit_and_scim(gateway: Any, pool: Any, provisioner: Any,
+                                                                 waiter: Any, redis: Any, topology: Any) -> None:
+    from provisio_lib.contract import Command, ReplaceUser, Source, UserData
+
+    tenant = await make_tenant(pool, name=f"splash-{uuid.uuid4().hex[:6]}", immutable_user_name=True)
+    s = await add_connection(pool, tenant.id, "entra", jit="sync")
+    first = await _profile(gateway, s, await _login(gateway, s, attributes=_attrs("alice@acme.test", given="Al")))
+    second = await _profile(gateway, s, await _login(gateway, s, attributes=_attrs("other@acme.test", given="Alice")))
+    assert second["user_id"] == first["user_id"]
+    assert second["attributes"]["email"] == "alice@acme.test" and second["attributes"]["given_name"] == "Alice"
+
+    async def mutability() -> Any:
+        return [o for o in await audit_outcomes(redis, topology, tenant.id) if o.error and o.error.code == "mutability"]
+
+    failed = (await eventually(mutability))[-1]
+    assert failed.error.field == "emails" and "other@acme.test" in failed.error.message
+
+    replace = Command(tenant_id=tenant.id, source=Source(kind="scim", id="t", label="test"), correlation_id="c-1",
+                      payload=ReplaceUser(user_id=uuid.UUID(first["user_id"]), data=UserData(
+                          user_name="alice@acme.test", emails=({"value": "new@acme.test", "primary": True},))))
+    out = await waiter.submit(replace, 10)
+    assert out.result == "failed" and out.error.code == "mutability" and out.error.field == "emails"
+    assert await pool.fetchval("SELECT email FROM users WHERE tenant_id = $1", tenant.id) == "alice@acme.test"
+
+
+# ------------------------------------------------------------------ claim limits (§2)
+
+
+async def test_overlong_claims_are_refused_at_the_gateway(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                          topology: Any) -> None:
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    for attrs, field in ((entra_attributes(["g" * 3000]), "group name"),
+                         (_attrs("a" * 3000 + "@acme.test"), "email")):
+        resp = await _login(gateway, s, attributes=attrs)
+        html = await resp.text()
+        assert resp.status == 400 and f"a {field} of" in html and "the limit is 512" in html and page_is_clean(html)
+    outcomes = [o for o in await audit_outcomes(redis, topology, acme.id) if "refused:claim_too_long" in o.notes]
+    assert len(outcomes) == 2 and all(o.error.code == "invalid_value" for o in outcomes)
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
+
+
+async def test_a_permanent_database_error_fails_at_once(pool: Any, acme: Any, provisioner: Any, waiter: Any) -> None:
+    """A group name too long for its index (as a JitLogin from an older gateway would
+    carry it): Postgres refuses it for good, so the login fails now instead of being
+    retried for minutes into the dead letters while the browser waits."""
+    from provisio_lib.contract import Command, JitLogin, Source
+
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    conn_id = await pool.fetchval("SELECT id FROM sso_connections WHERE tenant_id = $1", acme.id)
+    login = Command(tenant_id=acme.id, source=Source(kind="saml", id=str(conn_id), label=s.name),
+                    correlation_id="c-long", payload=JitLogin(
+                        connection_id=conn_id, connection_name=s.name, mode="sync", name_id="alice@acme.test",
+                        user_name="alice@acme.test", groups=(secrets.token_hex(1500),)))  # incompressible
+    out = await waiter.submit(login, 8)
+    assert out.result == "failed" and out.error.code == "invalid_value"
+    assert "database refused" in out.error.message and login.payload.groups[0][:100] not in out.error.message
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
