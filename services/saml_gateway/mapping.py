@@ -121,9 +121,9 @@ class ClaimTooLong(Exception):
 def check_claims(login: MappedLogin, name_id: str) -> None:
     """Refuse claims that are too long to store, naming the field and the limit."""
 
-    def bounded(field: str, value: str | None, limit: int) -> None:
+    def bounded(field: str, value: str | None, limit: int, label: str | None = None) -> None:
         if value is not None and len(value) > limit:
-            raise ClaimTooLong(field, f"The identity provider sent a {field} of {len(value)} characters; "
+            raise ClaimTooLong(field, f"The identity provider sent a {label or field} of {len(value)} characters; "
                                f"the limit is {limit}. Ask your administrator to shorten the claim.")
 
     bounded("user_name", login.user_name, MAX_INDEXED)
@@ -136,7 +136,7 @@ def check_claims(login: MappedLogin, name_id: str) -> None:
             raise ClaimTooLong("groups", f"The identity provider sent {len(login.groups)} groups; the limit is "
                                f"{MAX_GROUPS}. Ask your administrator to filter the group claim.")
         for group in login.groups:
-            bounded("group name", group, MAX_INDEXED)
+            bounded("groups", group, MAX_INDEXED, "group name")
     for field, value in login.custom.items():
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_CUSTOM_VALUES:
