@@ -279,6 +279,7 @@ class Provisioner:
 
     async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any, seq: tuple[int, int],
                          side: list[tuple[Command, Outcome, bytes]] | None = None) -> Outcome:
+        refused: BaseException | None = None
         try:
             async with conn.transaction():  # savepoint: a failing command rolls back alone
                 if policy is None:
@@ -294,6 +295,7 @@ class Provisioner:
         except PERMANENT_DB_ERRORS as err:
             # The data can never be stored as sent (too long for an index, out of range,
             # against a constraint): a failure now, not retries into the dead letters.
+            refused = err
             outcome = make_outcome(cmd, error=PermanentError("invalid_value", _db_refusal(err)))
         except asyncpg.UniqueViolationError as err:
             if err.constraint_name != "inbox_pkey":
@@ -304,6 +306,12 @@ class Provisioner:
                 await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
         except asyncpg.UniqueViolationError:
             raise _AlreadyApplied(await self._stored_one(conn, cmd.event_id)) from None
+        except PERMANENT_DB_ERRORS:
+            # Not even the failure can be stored (e.g. a NUL in the value it quotes):
+            # poison, left to the dead letters with the database's first complaint.
+            if refused is not None:
+                raise refused from None
+            raise
         return outcome
 
     async def _stored_one(self, conn: asyncpg.Connection, event_id: uuid.UUID) -> Outcome:
