@@ -239,10 +239,26 @@ async def test_entra_group_object_ids_match_groups_and_scim_adopts(gateway: Any,
 
 async def test_one_group_per_user_holds_for_jit_logins(gateway: Any, pool: Any, provisioner: Any, redis: Any,
                                                        topology: Any) -> None:
-    tenant = await make_tenant(pool, name=f"team-{uuid.uuid4().hex[:6]}", one_group_per_user=True)
+    from tests.integration.audit_support import SmtpServer, running_auditor, smtp_env
+
+    tenant = await make_tenant(pool, name=f"team-{uuid.uuid4().hex[:6]}", one_group_per_user=True,
+                               notify_emails=["ops@team.example"])
     s = await add_connection(pool, tenant.id, "entra", jit="sync")
-    profile = await _profile(gateway, s, await _login(gateway, s, groups=["Red", "Blue"]))
-    assert profile["groups"] == []  # signed in; neither membership applied
+    smtp = SmtpServer().start()
+    try:
+        async with running_auditor(**smtp_env(smtp.port)):
+            profile = await _profile(gateway, s, await _login(gateway, s, groups=["Red", "Blue"]))
+            assert profile["groups"] == []  # signed in; neither membership applied
+
+            async def mailed() -> Any:
+                return smtp.inbox.messages
+
+            mail = (await eventually(mailed))[0]
+    finally:
+        smtp.stop()
+    assert "(policy)" in mail["Subject"] and "one group per user" in mail.get_content()
+    rows = await pool.fetch("SELECT result, error_code FROM audit_log WHERE tenant_id = $1 ORDER BY id", tenant.id)
+    assert sorted((r["result"], r["error_code"]) for r in rows) == [("applied", None), ("failed", "policy")]
 
     async def policy_failures() -> Any:
         return [o for o in await audit_outcomes(redis, topology, tenant.id)
