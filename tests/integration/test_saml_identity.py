@@ -332,3 +332,37 @@ async def test_a_permanent_database_error_fails_at_once(pool: Any, acme: Any, pr
     assert out.result == "failed" and out.error.code == "invalid_value"
     assert "database refused" in out.error.message and login.payload.groups[0][:100] not in out.error.message
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
+
+
+async def test_scim_cannot_change_email_under_immutable_user_name(pool: Any, provisioner: Any) -> None:
+    """Splashtop: neither userName nor email may change — through SCIM as through JIT."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from provisio_lib.settings import load_settings
+    from scim_gateway.app import create_app
+    from scim_gateway.settings import ScimSettings
+
+    tenant = await make_tenant(pool, name=f"splash-{uuid.uuid4().hex[:6]}", immutable_user_name=True)
+    scim = TestClient(TestServer(create_app(load_settings(ScimSettings))))
+    await scim.start_server()
+    auth = {"Authorization": f"Bearer {tenant.token}", "Content-Type": "application/scim+json"}
+    try:
+        made = await scim.post("/scim/v2/Users", headers=auth, json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "dana@acme.test",
+            "emails": [{"value": "dana@acme.test", "type": "work", "primary": True}]})
+        assert made.status == 201, await made.text()
+        uid = (await made.json())["id"]
+        patch = await scim.patch(f"/scim/v2/Users/{uid}", headers=auth, json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "x@acme.test"},
+                           {"op": "replace", "path": "displayName", "value": "Dana"}]})
+        body = await patch.json()
+        assert patch.status == 400 and body["scimType"] == "mutability" and "email" in body["detail"], body
+        # A change that keeps the email still goes through.
+        ok = await scim.patch(f"/scim/v2/Users/{uid}", headers=auth, json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "displayName", "value": "Dana"}]})
+        assert ok.status == 200, await ok.text()
+    finally:
+        await scim.close()
+    assert await pool.fetchval("SELECT email FROM users WHERE tenant_id = $1", tenant.id) == "dana@acme.test"
