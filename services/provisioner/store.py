@@ -15,7 +15,7 @@ import asyncpg
 
 from provisio_lib.contract import GroupData, GroupRef, GroupState, UserData, UserState
 
-from .domain import PermanentError, looks_like_object_id, match_group_claims, primary_email
+from .domain import PermanentError, looks_like_object_id, match_group_claims, one_group_refusals, primary_email
 
 USER_COLUMNS = (
     "id, tenant_id, user_name, external_id, active, display_name, given_name, family_name, "
@@ -352,13 +352,19 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
     if missing:
         raise PermanentError("invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members")
     if one_group_per_user:
-        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue).
-        clash = await conn.fetch(
-            """SELECT DISTINCT u.user_name, g.display_name FROM memberships m
+        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue);
+        # the rule itself is domain.one_group_refusals, shared with JIT logins.
+        others = await conn.fetch(
+            """SELECT DISTINCT m.user_id, m.group_id, u.user_name, g.display_name FROM memberships m
                JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
-               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3 LIMIT 5""",
+               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3""",
             tenant_id, user_ids, group_id,
         )
+        kept: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for r in others:
+            kept.setdefault(r["user_id"], set()).add(r["group_id"])
+        refused = {uid for uid, groups in kept.items() if one_group_refusals(groups, [group_id])[1]}
+        clash = [r for r in others if r["user_id"] in refused][:5]
         if clash:
             who = ", ".join(f"{r['user_name']} (in {r['display_name']})" for r in clash)
             raise PermanentError("policy", f"this tenant allows one group per user: {who}", field="members")
