@@ -68,22 +68,6 @@ def primary_email(emails: Iterable[Mapping[str, Any]]) -> str | None:
     return str(emails[0]["value"]) if emails else None
 
 
-def reconcile_jit_groups(
-    claimed: Iterable[str], jit_member_of: Mapping[str, Any]
-) -> tuple[list[str], list[Any]]:
-    """Group names to join and group ids to leave, so that the JIT-sourced memberships
-    equal the claim. ``jit_member_of`` maps lower-case group name → group id of the
-    memberships JIT added earlier; memberships SCIM manages are never in it."""
-    wanted = {}
-    for name in claimed:
-        name = name.strip()
-        if name:
-            wanted.setdefault(name.lower(), name)
-    join = [wanted[k] for k in sorted(wanted) if k not in jit_member_of]
-    leave = [gid for k, gid in sorted(jit_member_of.items()) if k not in wanted]
-    return join, leave
-
-
 def jit_updates(current: Mapping[str, Any], login: Mapping[str, Any]) -> dict[str, Any]:
     """Fields a `sync` login changes: the mapped values the IdP sent that differ."""
     updates: dict[str, Any] = {}
