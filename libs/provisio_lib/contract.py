@@ -268,6 +268,7 @@ ErrorCode = Literal[
     "mutability",  # tenant policy: userName immutable
     "policy",  # tenant policy refused it (e.g. one group per user)
     "user_not_found",  # JIT off and no such user
+    "not_linked",  # a JIT login matched a user its connection is not authoritative for
     "dead_letter",  # failed too often, moved to the dead-letter stream
     "refused",  # a SAML login the gateway refused (signature, audience, replay, ...)
     "internal",  # a bug: the message says what

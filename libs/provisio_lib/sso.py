@@ -20,6 +20,9 @@ DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
 JIT_MODES = ("off", "create", "sync")
+# What an absent groups claim means (issue 13 §3): "auto" = no groups once the
+# connection has sent a groups claim; "none" = always no groups; "unchanged" = keep.
+GROUPS_ABSENT = ("auto", "none", "unchanged")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 NAME_ID = "NameID"  # the user_name source when no claim is mapped to it
 
@@ -216,3 +219,19 @@ def describe(info: IdpInfo) -> dict[str, Any]:
             f"{s} (expires {d:%Y-%m-%d})" for s, d in zip(info.cert_subjects, info.cert_not_after, strict=True)
         ],
     }
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+
+
+def normalize_domain(value: str) -> str:
+    """A DNS domain name as stored in a connection's ``verified_domains`` (lower case,
+    IDNA for non-ASCII); MappingError when it is not one."""
+    raw = value.strip().lower().rstrip(".").removeprefix("@")
+    try:
+        ascii_ = raw.encode("idna").decode("ascii") if not raw.isascii() else raw
+    except UnicodeError:
+        raise MappingError(f"{value!r} is not a domain name") from None
+    if not _DOMAIN.match(ascii_):
+        raise MappingError(f"{value!r} is not a domain name (e.g. example.com)")
+    return ascii_

@@ -29,6 +29,15 @@ class SsoCliSettings(CommonSettings):
     saml_public_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://[^\s]+$")
 
 
+GROUPS_ABSENT_HELP = ("What a login without a groups claim means (IdPs omit it when the user has no groups): "
+                      "auto (no groups once this connection has sent one), none, or unchanged")
+
+
+def _check_groups_absent(value: str | None) -> None:
+    if value is not None and value not in sso.GROUPS_ABSENT:
+        raise CliError(f"unknown --groups-absent-means {value!r}; choose one of: {', '.join(sso.GROUPS_ABSENT)}")
+
+
 def _settings() -> SsoCliSettings:
     return load_settings(SsoCliSettings)
 
@@ -63,9 +72,11 @@ def add(
     allow_idp_initiated: bool = typer.Option(False, "--allow-idp-initiated", help="Accept unsolicited responses"),
     map_: list[str] = typer.Option([], "--map", help="FIELD=CLAIM (repeatable): override a field or add a custom one"),
     require: list[str] = typer.Option([], "--require", help="FIELD (repeatable): refuse logins without it"),
+    groups_absent: str = typer.Option("auto", "--groups-absent-means", help=GROUPS_ABSENT_HELP),
 ) -> None:
     """Add an SSO connection from the IdP's metadata; prints its URLs and the app secret."""
     name = name.strip().lower()
+    _check_groups_absent(groups_absent)
     if preset not in PRESETS:
         raise CliError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if jit not in sso.JIT_MODES:
@@ -94,10 +105,10 @@ def add(
                 await conn.execute(
                     """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata,
                            jit_mode, app_url, allow_idp_initiated, attribute_map, required_attributes,
-                           sp_cert_pem, sp_key_pem, app_secret_hash)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                           sp_cert_pem, sp_key_pem, app_secret_hash, groups_absent)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
                     uuid.uuid4(), tid, name, preset, info.entity_id, raw.decode("utf-8", "replace"),
-                    jit, app_url, allow_idp_initiated, amap, required, cert_pem, key_pem, secret_hash,
+                    jit, app_url, allow_idp_initiated, amap, required, cert_pem, key_pem, secret_hash, groups_absent,
                 )
             except asyncpg.UniqueViolationError:
                 raise CliError(f"tenant {tenant!r} already has an SSO connection named {name!r}") from None
@@ -147,9 +158,11 @@ def update(
     allow_idp_initiated: bool | None = typer.Option(None, "--allow-idp-initiated/--no-idp-initiated"),
     map_: list[str] = typer.Option([], "--map", help="FIELD=CLAIM (repeatable), on top of the current map"),
     require: list[str] | None = typer.Option(None, "--require", help="FIELD (repeatable): replaces the list"),
+    groups_absent: str | None = typer.Option(None, "--groups-absent-means", help=GROUPS_ABSENT_HELP),
 ) -> None:
     """Change a connection in place: the SP key, URLs and app secret stay, so the IdP and
     the app need no change (e.g. new IdP metadata when its signing certificate rolls over)."""
+    _check_groups_absent(groups_absent)
     if jit is not None and jit not in sso.JIT_MODES:
         raise CliError(f"unknown --jit {jit!r}; choose one of: {', '.join(sso.JIT_MODES)}")
     if app_url is not None and not app_url.startswith(("https://", "http://")):
@@ -179,10 +192,10 @@ def update(
                 """UPDATE sso_connections SET idp_metadata = coalesce($2, idp_metadata),
                        jit_mode = coalesce($3, jit_mode), app_url = coalesce($4, app_url),
                        allow_idp_initiated = coalesce($5, allow_idp_initiated), attribute_map = $6,
-                       required_attributes = $7, updated_at = now()
+                       required_attributes = $7, groups_absent = coalesce($8, groups_absent), updated_at = now()
                    WHERE id = $1""",
                 row["id"], raw.decode("utf-8", "replace") if raw is not None else None, jit, app_url,
-                allow_idp_initiated, amap, required,
+                allow_idp_initiated, amap, required, groups_absent,
             )
 
     asyncio.run(go())
@@ -215,6 +228,8 @@ def show(tenant: str, name: str, as_json: bool = typer.Option(False, "--json", h
         "attribute_map": row["attribute_map"],
         "required": list(row["required_attributes"]),
         "app_secret": "set" if row["app_secret_hash"] else "none (run `provisio sso secret`)",
+        "verified_domains": list(row["verified_domains"]),
+        "groups_absent_means": row["groups_absent"],
     }
     if as_json:
         typer.echo(json.dumps(info))
@@ -223,6 +238,8 @@ def show(tenant: str, name: str, as_json: bool = typer.Option(False, "--json", h
         typer.echo(line)
     for key in ("idp_entity_id", "preset", "jit", "app_url", "allow_idp_initiated", "required", "app_secret"):
         typer.echo(f"{key + ':':<18}{info[key]}")
+    typer.echo(f"{'verified domains:':<18}{', '.join(info['verified_domains']) or '(none)'}")
+    typer.echo(f"{'groups absent:':<18}{info['groups_absent_means']}")
     typer.echo("attribute map:")
     for field, claims in info["attribute_map"].items():
         typer.echo(f"  {field} <- {' | '.join(claims)}")
@@ -275,3 +292,96 @@ def secret(tenant: str, name: str) -> None:
     value = asyncio.run(go())
     typer.echo(f"new app secret for {name.strip().lower()} (store it now, it is not shown again):")
     typer.echo(value)
+
+
+@app.command("domains")
+def domains(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+    add_: list[str] = typer.Option([], "--add", help="DOMAIN (repeatable): verified for this connection"),
+    remove_: list[str] = typer.Option([], "--remove", help="DOMAIN (repeatable)"),
+) -> None:
+    """Email domains verified for a connection: on a first sign-in it may take over an
+    existing user whose email is in one of them (e.g. a user SCIM created). Without
+    --add/--remove, list them."""
+    try:
+        added = [sso.normalize_domain(d) for d in add_]
+        removed = [sso.normalize_domain(d) for d in remove_]
+    except sso.MappingError as err:
+        raise CliError(str(err)) from None
+
+    async def go() -> tuple[list[str], list[tuple[str, str]]]:
+        async with database() as conn, conn.transaction():
+            row = await _connection(conn, tenant, name)
+            current = [d for d in row["verified_domains"] if d not in removed]
+            current += [d for d in dict.fromkeys(added) if d not in current]
+            # A domain verified for two connections of a tenant makes both authoritative
+            # for the same users: allowed (one IdP migrating to another), but said.
+            others = await conn.fetch(
+                """SELECT name, d FROM sso_connections, unnest(verified_domains) AS d
+                   WHERE tenant_id = $1 AND id <> $2 AND d = ANY($3::text[])""",
+                row["tenant_id"], row["id"], added)
+            if added or removed:
+                await conn.execute(
+                    "UPDATE sso_connections SET verified_domains = $2, updated_at = now() WHERE id = $1",
+                    row["id"], current)
+            return current, [(r["name"], r["d"]) for r in others]
+
+    current, others = asyncio.run(go())
+    for other, domain in others:
+        typer.echo(f"note: {domain} is also verified for connection {other}")
+    typer.echo(f"verified domains of {name.strip().lower()}: {', '.join(current) or '(none)'}")
+
+
+@app.command("link")
+def link(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+    user: str = typer.Argument(..., help="The user: userName or id"),
+    name_id: str = typer.Argument(..., help="The NameID the IdP sends for this user"),
+) -> None:
+    """Link an IdP identity (this connection's NameID) to an existing user: its logins
+    through this connection then sign in as that user."""
+    if not name_id.strip() or len(name_id) > 512:
+        raise CliError("NAMEID must be 1-512 characters")
+
+    async def go() -> str:
+        async with database() as conn, conn.transaction():
+            row = await _connection(conn, tenant, name)
+            found = await conn.fetchrow(
+                "SELECT id, user_name FROM users WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR id::text = $2)",
+                row["tenant_id"], user.strip())
+            if found is None:
+                raise CliError(f"tenant {tenant!r} has no user {user!r}")
+            taken = await conn.fetchval(
+                "SELECT u.user_name FROM user_identities i JOIN users u ON u.id = i.user_id "
+                "WHERE i.connection_id = $1 AND i.name_id = $2 AND i.user_id <> $3", row["id"], name_id, found["id"])
+            if taken:
+                raise CliError(f"NameID {name_id!r} of {name} is linked to {taken!r}; unlink it first")
+            await conn.execute(
+                """INSERT INTO user_identities (tenant_id, connection_id, name_id, user_id, linked_by)
+                   VALUES ($1, $2, $3, $4, 'cli')
+                   ON CONFLICT (connection_id, user_id) DO UPDATE SET name_id = EXCLUDED.name_id,
+                       linked_by = 'cli', linked_at = now()""",
+                row["tenant_id"], row["id"], name_id, found["id"])
+            return str(found["user_name"])
+
+    user_name = asyncio.run(go())
+    typer.echo(f"linked NameID {name_id!r} of {name.strip().lower()} to user {user_name}")
+
+
+@app.command("unlink")
+def unlink(tenant: str, name: str, name_id: str) -> None:
+    """Remove the link of a NameID: its next login is matched anew (and refused where the
+    connection is not authoritative for the user its claims name)."""
+
+    async def go() -> int:
+        async with database() as conn:
+            row = await _connection(conn, tenant, name)
+            status = await conn.execute(
+                "DELETE FROM user_identities WHERE connection_id = $1 AND name_id = $2", row["id"], name_id)
+            return int(status.split()[-1])
+
+    if not asyncio.run(go()):
+        raise CliError(f"NameID {name_id!r} is not linked on {name.strip().lower()}")
+    typer.echo(f"unlinked NameID {name_id!r} of {name.strip().lower()}")

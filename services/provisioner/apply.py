@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from provisio_lib.contract import (
+    Change,
     ChangeGroupMembers,
     Command,
     CreateGroup,
@@ -27,10 +28,21 @@ from provisio_lib.contract import (
     ReplaceGroup,
     ReplaceUser,
     UserData,
+    encode,
 )
 
 from . import store
-from .domain import USER_FIELDS, PermanentError, diff, jit_updates, reconcile_jit_groups
+from .domain import (
+    USER_FIELDS,
+    PermanentError,
+    adoption_basis,
+    diff,
+    groups_claim,
+    immutable_change,
+    jit_updates,
+    one_group_refusals,
+    sso_name_refusal,
+)
 
 
 Seq = tuple[int, int]
@@ -82,6 +94,8 @@ class Applied:
     resource: dict[str, Any] | None = None
     changes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Policy failures of a command applied otherwise (see side_outcomes).
+    failures: list[PermanentError] = field(default_factory=list)
 
 
 def _user_dict(row: Any) -> dict[str, Any]:
@@ -125,10 +139,10 @@ def _replace_plan(p: ReplaceUser, ctx: Ctx, row: Any) -> tuple[str, dict[str, An
         raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
     if is_stale(row, ctx.seq):
         return "stale", None, {}
-    if ctx.policy["immutable_user_name"] and p.data.user_name.lower() != row["user_name"].lower():
-        raise PermanentError("mutability", "this tenant does not allow changing userName", field="userName")
-    before = _user_dict(row)
     after_values = store.user_values(p.data)
+    if ctx.policy["immutable_user_name"] and (what := immutable_change(ctx.policy, row, after_values)):
+        raise PermanentError("mutability", f"this tenant does not allow changing {what}", field=what)
+    before = _user_dict(row)
     after = {**before, **{k: after_values[k] for k in (*USER_FIELDS, "attributes")}}
     changes = diff(before, after, USER_FIELDS)
     return ("update", after_values, changes) if changes else ("unchanged", None, {})
@@ -194,14 +208,22 @@ async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx
 
 
 async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, ctx: Ctx) -> Applied:
-    row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
-    changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+    # Entra's SCIM creates a group JIT already made from its object id in a group claim
+    # (externalId = that id): adopt it rather than make a duplicate (issue 13 §3).
+    jit_row = await store.adoptable_jit_group(conn, cmd.tenant_id, p.data.external_id) if p.data.external_id else None
+    if jit_row is not None:
+        row = await store.adopt_group(conn, jit_row, p.data, ctx.seq)
+        changes = diff(_group_dict(jit_row), _group_dict(row), ("display_name", "external_id"))
+    else:
+        row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
+        changes = diff(None, _group_dict(row), ("display_name", "external_id"))
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
                                     one_group_per_user=ctx.policy["one_group_per_user"])
         changes["members"] = {"before": 0, "after": n}
     return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(row).model_dump(mode="json"), changes=changes)
+                   resource=store.group_state(row).model_dump(mode="json"), changes=changes,
+                   notes=["adopted a group JIT created"] if jit_row is not None else [])
 
 
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
@@ -259,9 +281,43 @@ async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, c
 
 
 async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ctx) -> Applied:
+    """A SAML login: find the user by its identity link (connection, NameID); an unlinked
+    login may create a user, or adopt the user its userName/email claim matches only
+    where the connection is authoritative for that user (domain.adoption_basis)."""
     notes = ["groups_overage"] if p.groups_overage else []
-    row = await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
-    login = p.model_dump()
+    connections = await store.login_connections(conn, cmd.tenant_id)
+    this = next((c for c in connections if c["id"] == p.connection_id), None)
+    if this is None:  # removed while the login was on its way
+        raise PermanentError("policy", f"the SSO connection {p.connection_name!r} no longer exists", field="connection")
+    names = [c["name"] for c in connections]
+    row = await store.user_by_identity(conn, cmd.tenant_id, p.connection_id, p.name_id)
+    link = row is None
+    if row is None:
+        row = await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
+    if row is not None:
+        refusal = sso_name_refusal(row["sso_name"], p.connection_name, names)
+        if refusal:
+            raise PermanentError("policy", refusal, field="ssoName")
+    if row is not None and link:
+        linked_here = await store.identity_name_id(conn, p.connection_id, row["id"]) is not None
+        basis = adoption_basis(
+            connection_name=p.connection_name, connection_names=names, verified_domains=this["verified_domains"],
+            linked_here=linked_here, user_sso_name=row["sso_name"], user_email=row["email"],
+            user_name=row["user_name"])
+        if basis is None:
+            raise PermanentError(
+                "not_linked",
+                f"this sign-in (NameID {p.name_id!r}) matches the existing user {row['user_name']!r}, but the "
+                f"connection {p.connection_name!r} is not authoritative for it (it did not create the user, the "
+                f"user's ssoName does not name it, the user's email domain is not verified for it, and the tenant "
+                f"has other SSO connections): an administrator must link the account", field="name_id")
+        notes.append(f"linked:{basis}")
+    failures: list[PermanentError] = []
+    claimed = p.groups
+    if p.groups is not None:
+        await store.mark_groups_claim_seen(conn, p.connection_id)
+    elif not p.groups_overage:
+        claimed = groups_claim(None, this["groups_absent"], this["groups_claim_seen"])
     if row is None:
         if p.mode == "off":
             raise PermanentError("user_not_found", f"no user {p.user_name!r} in this tenant and JIT is off for connection {p.connection_name!r}")
@@ -271,42 +327,85 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
             sso_name=p.connection_name, attributes={"custom": dict(p.custom)} if p.custom else {},
         )
         row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
+        await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
         changes = diff(None, _user_dict(row), USER_FIELDS)
-        if p.groups:
-            await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups)
-            changes["groups.jit"] = {"before": [], "after": sorted(p.groups)}
+        if claimed:
+            joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures)
+            if joined:
+                changes["groups.jit"] = Change(before=[], after=joined)
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"])
+                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"],
+                       failures=failures)
     if not row["active"]:
         raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
+    if link:
+        await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
     if p.mode != "sync":
         # off / create: an existing user is left exactly as it is (Splashtop create-only).
         return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
                        resource=await _user_result(conn, row), notes=notes)
     changes = {}
-    updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login)
+    updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login := p.model_dump())
+    if "emails" in updates and (what := immutable_change(ctx.policy, {"user_name": row["user_name"], "email": row["email"]},
+                                                         {"user_name": row["user_name"], "email": login["email"]})):
+        # The login still signs in; the change the tenant forbids is not made, and says so.
+        del updates["emails"]
+        failures.append(PermanentError("mutability", f"this tenant does not allow changing {what}: the identity "
+                                       f"provider sent {login['email']!r} for {row['user_name']!r}, which keeps "
+                                       f"{row['email']!r}", field=what))
     if updates:
         before = _user_dict(row)
         row = await store.update_user(conn, row, updates, seq=ctx.seq)
         changes = diff(before, _user_dict(row), USER_FIELDS)
-    if p.groups is not None and not p.groups_overage:
-        before_groups = await store.jit_memberships(conn, row["id"])
-        joined, left = await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, before_groups)
-        if joined or left:
-            changes["groups.jit"] = {"before": sorted(before_groups), "after": sorted(g.lower() for g in p.groups)}
+    if claimed is not None:
+        before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
+        if await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True) is not None:
+            after_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
+            if after_groups != before_groups:
+                changes["groups.jit"] = Change(before=before_groups, after=after_groups)
     return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
-                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes)
+                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes,
+                   failures=failures)
 
 
-async def _sync_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, claimed: tuple[str, ...],
-                           current: dict[str, uuid.UUID] | None = None) -> tuple[list[str], list[uuid.UUID]]:
-    current = current if current is not None else {}
-    join, leave = reconcile_jit_groups(claimed, current)
-    ids = await store.ensure_groups_by_name(conn, tenant_id, join)
-    for name in join:
-        await store.add_members(conn, tenant_id, ids[name.lower()], [user_id], "jit")
-    await store.remove_user_from_groups(conn, user_id, leave, "jit")
-    return join, leave
+async def _sync_jit_groups(conn: asyncpg.Connection, ctx: Ctx, tenant_id: uuid.UUID, user: Any, claimed: tuple[str, ...],
+                           failures: list[PermanentError], *, sync: bool = False) -> list[str] | None:
+    """Make the user's JIT memberships equal the claim (``sync``) or add the claim's groups
+    (a new user). Joins that break "one group per user" are not made: a failure for the
+    audit trail instead. Returns the displayNames of the groups joined."""
+    ids = await store.resolve_jit_groups(conn, tenant_id, list(claimed))
+    claim_of = {gid: claim for claim, gid in ids.items()}
+    current = await store.jit_member_groups(conn, user["id"]) if sync else {}
+    join = [gid for gid in dict.fromkeys(ids.values()) if gid not in current]
+    leave = [gid for gid in current if gid not in claim_of]
+    if ctx.policy["one_group_per_user"]:
+        member = await store.member_of(conn, user["id"])
+        kept = {gid for gid, sources in member.items() if gid not in leave or "scim" in sources}
+        _, refused = one_group_refusals(kept, join)
+        if refused:
+            join = [gid for gid in join if gid not in refused]
+            failures.append(PermanentError(
+                "policy", f"this tenant allows one group per user: {user['user_name']!r} was not added to "
+                f"{', '.join(repr(claim_of[g]) for g in refused)} (the sign-in itself went ahead)", field="groups"))
+    for gid in join:
+        await store.add_members(conn, tenant_id, gid, [user["id"]], "jit")
+    await store.remove_user_from_groups(conn, user["id"], leave, "jit")
+    return [claim_of[g] for g in join]
+
+
+def side_outcomes(cmd: Command, applied: Applied) -> list[tuple[Command, Outcome, bytes]]:
+    """The policy failures of a command that was otherwise applied (a JIT login whose
+    groups break "one group per user", whose email the tenant keeps): a failed outcome
+    each, for the audit trail and so the failure mail. Its event id is derived from the
+    command's (a redelivery records it once), and it goes to no waiting gateway: the
+    login itself succeeded."""
+    out = []
+    for i, err in enumerate(applied.failures):
+        side = cmd.model_copy(update={"event_id": uuid.uuid5(cmd.event_id, f"policy-{i}"), "reply_to": None})
+        outcome = make_outcome(side, error=err).model_copy(
+            update={"resource_id": applied.resource_id, "user_name": applied.user_name})
+        out.append((side, outcome, encode(outcome)))
+    return out
 
 
 HANDLERS = {

@@ -15,7 +15,7 @@ import asyncpg
 
 from provisio_lib.contract import GroupData, GroupRef, GroupState, UserData, UserState
 
-from .domain import PermanentError, primary_email
+from .domain import PermanentError, looks_like_object_id, match_group_claims, one_group_refusals, primary_email
 
 USER_COLUMNS = (
     "id, tenant_id, user_name, external_id, active, display_name, given_name, family_name, "
@@ -247,6 +247,50 @@ async def find_user_for_login(conn: asyncpg.Connection, tenant_id: uuid.UUID, us
     )
 
 
+async def login_connections(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[asyncpg.Record]:
+    """The tenant's SSO connections, as the JIT identity rules need them."""
+    return await conn.fetch(
+        """SELECT id, name, verified_domains, groups_absent, groups_claim_seen
+           FROM sso_connections WHERE tenant_id = $1 ORDER BY name""",
+        tenant_id,
+    )
+
+
+async def user_by_identity(conn: asyncpg.Connection, tenant_id: uuid.UUID, connection_id: uuid.UUID,
+                           name_id: str) -> asyncpg.Record | None:
+    """The user linked to (connection, NameID), locked."""
+    return await conn.fetchrow(
+        f"""SELECT {", ".join("u." + c for c in USER_COLUMNS.split(", "))} FROM user_identities i
+            JOIN users u ON u.id = i.user_id
+            WHERE i.connection_id = $1 AND i.name_id = $2 AND u.tenant_id = $3 FOR NO KEY UPDATE OF u""",
+        connection_id, name_id, tenant_id,
+    )
+
+
+async def identity_name_id(conn: asyncpg.Connection, connection_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+    """The NameID a connection has linked to this user, if any."""
+    return await conn.fetchval(
+        "SELECT name_id FROM user_identities WHERE connection_id = $1 AND user_id = $2", connection_id, user_id)
+
+
+async def link_identity(conn: asyncpg.Connection, tenant_id: uuid.UUID, connection_id: uuid.UUID, name_id: str,
+                        user_id: uuid.UUID, linked_by: str = "jit") -> None:
+    """Link (connection, NameID) to the user; the user's earlier NameID on this
+    connection, if any, is replaced (a NameID change at the IdP)."""
+    await conn.execute(
+        """INSERT INTO user_identities (tenant_id, connection_id, name_id, user_id, linked_by)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (connection_id, user_id) DO UPDATE SET name_id = EXCLUDED.name_id,
+               linked_by = EXCLUDED.linked_by, linked_at = now()""",
+        tenant_id, connection_id, name_id, user_id, linked_by,
+    )
+
+
+async def mark_groups_claim_seen(conn: asyncpg.Connection, connection_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE sso_connections SET groups_claim_seen = true WHERE id = $1 AND NOT groups_claim_seen", connection_id)
+
+
 # --------------------------------------------------------------------------- groups
 
 
@@ -308,13 +352,19 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
     if missing:
         raise PermanentError("invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members")
     if one_group_per_user:
-        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue).
-        clash = await conn.fetch(
-            """SELECT DISTINCT u.user_name, g.display_name FROM memberships m
+        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue);
+        # the rule itself is domain.one_group_refusals, shared with JIT logins.
+        others = await conn.fetch(
+            """SELECT DISTINCT m.user_id, m.group_id, u.user_name, g.display_name FROM memberships m
                JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
-               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3 LIMIT 5""",
+               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3""",
             tenant_id, user_ids, group_id,
         )
+        kept: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for r in others:
+            kept.setdefault(r["user_id"], set()).add(r["group_id"])
+        refused = {uid for uid, groups in kept.items() if one_group_refusals(groups, [group_id])[1]}
+        clash = [r for r in others if r["user_id"] in refused][:5]
         if clash:
             who = ", ".join(f"{r['user_name']} (in {r['display_name']})" for r in clash)
             raise PermanentError("policy", f"this tenant allows one group per user: {who}", field="members")
@@ -356,6 +406,70 @@ async def ensure_groups_by_name(conn: asyncpg.Connection, tenant_id: uuid.UUID, 
         tenant_id, [n.lower() for n in names],
     )
     return {r["k"]: r["id"] for r in rows}
+
+
+async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, claims: list[str]) -> dict[str, uuid.UUID]:
+    """Claim value → group id: matched by externalId, then displayName (domain.
+    match_group_claims); a group first seen in a claim is created, with the claim as its
+    externalId when it looks like an Entra object id (so Entra's SCIM adopts it later)."""
+    if not claims:
+        return {}
+    select = """SELECT id, display_name, external_id FROM groups
+                WHERE tenant_id = $1 AND (external_id = ANY($2::text[]) OR lower(display_name) = ANY($3::text[]))"""
+    args = (tenant_id, claims, [c.lower() for c in claims])
+    found, missing = match_group_claims(claims, [dict(r) for r in await conn.fetch(select, *args)])
+    if not missing:
+        return found
+    await conn.execute(
+        """INSERT INTO groups (id, tenant_id, display_name, external_id, created_by)
+           SELECT gen_random_uuid(), $1, n, x, 'jit' FROM unnest($2::text[], $3::text[]) AS r(n, x)
+           ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING""",
+        tenant_id, missing, [c if looks_like_object_id(c) else None for c in missing],
+    )
+    found, _ = match_group_claims(claims, [dict(r) for r in await conn.fetch(select, *args)])
+    return found
+
+
+async def jit_member_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """The groups JIT made this user a member of: id → displayName."""
+    rows = await conn.fetch(
+        """SELECT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
+           WHERE m.user_id = $1 AND m.source = 'jit'""",
+        user_id,
+    )
+    return {r["id"]: r["display_name"] for r in rows}
+
+
+async def member_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[uuid.UUID, set[str]]:
+    """Every group of the user → the sources of its memberships."""
+    out: dict[uuid.UUID, set[str]] = {}
+    for r in await conn.fetch("SELECT group_id, source FROM memberships WHERE user_id = $1", user_id):
+        out.setdefault(r["group_id"], set()).add(r["source"])
+    return out
+
+
+async def adoptable_jit_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, external_id: str) -> asyncpg.Record | None:
+    """A group JIT created from a claim with this externalId (a SCIM create adopts it)."""
+    return await conn.fetchrow(
+        f"""SELECT {GROUP_COLUMNS} FROM groups WHERE tenant_id = $1 AND external_id = $2 AND created_by = 'jit'
+            ORDER BY created_at LIMIT 1 FOR NO KEY UPDATE""",
+        tenant_id, external_id,
+    )
+
+
+async def adopt_group(conn: asyncpg.Connection, row: asyncpg.Record, data: GroupData, seq: Seq) -> asyncpg.Record:
+    """SCIM takes over a JIT-created group: its displayName and attributes, and it is
+    SCIM's from now on (JIT memberships stay JIT's)."""
+    seq_ms, seq_n = newer(row, seq)
+    try:
+        return await conn.fetchrow(
+            f"""UPDATE groups SET display_name = $2, external_id = $3, attributes = $4, created_by = 'scim',
+                       version = version + 1, updated_at = now(), seq_ms = $5, seq_n = $6
+                WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
+            row["id"], data.display_name, data.external_id, dict(data.attributes), seq_ms, seq_n,
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise _unique(err, "displayName", data.display_name) from None
 
 
 async def jit_memberships(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, uuid.UUID]:

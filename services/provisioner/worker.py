@@ -40,7 +40,7 @@ from provisio_lib.outcomes import outcome_fields
 from provisio_lib.topology import MAX_OUTCOMES_PER_ENTRY, Topology
 
 from . import store
-from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users
+from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users, side_outcomes
 from .domain import PermanentError
 
 log = get_logger(__name__)
@@ -52,6 +52,24 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.QueryCanceledError,
 )
+# Never worth retrying: the data itself is refused (SQLSTATE classes 22 data exception,
+# 23 integrity constraint violation — but unique violations, which can be races or the
+# inbox key, are handled apart — and 54 program limit exceeded, e.g. an index row too big).
+PERMANENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
+    asyncpg.ExclusionViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
+
+def _db_refusal(err: BaseException) -> str:
+    """What the database refused, for the outcome (one line; no values, which may be huge)."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"the database refused this data: {first[:300]}"
+
+
 # How long a tenant's policies (deprovision, one group per user, immutable userName)
 # are reused: `provisio tenant policy` takes effect within this many seconds.
 POLICY_CACHE_S = 5.0
@@ -240,11 +258,12 @@ class Provisioner:
             if previous is not None:
                 results.append((cmd, *previous))
                 continue
+            side: list[tuple[Command, Outcome, bytes]] = []  # policy failures of an applied command
             try:
                 with structlog.contextvars.bound_contextvars(
                     correlation_id=cmd.correlation_id, event_id=str(cmd.event_id), tenant=str(cmd.tenant_id)
                 ):
-                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id), parse_seq(d.entry_id))
+                    outcome = await self._apply_one(conn, cmd, policies.get(cmd.tenant_id), parse_seq(d.entry_id), side)
             except TRANSIENT_DB_ERRORS:
                 raise
             except _AlreadyApplied as race:
@@ -257,9 +276,12 @@ class Provisioner:
             data = encode(outcome)
             done_in_batch[cmd.event_id] = (outcome, data)
             results.append((cmd, outcome, data))
+            results.extend(side)
         return results
 
-    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any, seq: tuple[int, int]) -> Outcome:
+    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any, seq: tuple[int, int],
+                         side: list[tuple[Command, Outcome, bytes]] | None = None) -> Outcome:
+        refused: BaseException | None = None
         try:
             async with conn.transaction():  # savepoint: a failing command rolls back alone
                 if policy is None:
@@ -267,9 +289,16 @@ class Provisioner:
                 applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policy, seq))
                 outcome = make_outcome(cmd, applied)
                 await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
-                return outcome
+            if side is not None:
+                side.extend(side_outcomes(cmd, applied))
+            return outcome
         except PermanentError as err:
             outcome = make_outcome(cmd, error=err)
+        except PERMANENT_DB_ERRORS as err:
+            # The data can never be stored as sent (too long for an index, out of range,
+            # against a constraint): a failure now, not retries into the dead letters.
+            refused = err
+            outcome = make_outcome(cmd, error=PermanentError("invalid_value", _db_refusal(err)))
         except asyncpg.UniqueViolationError as err:
             if err.constraint_name != "inbox_pkey":
                 raise
@@ -279,6 +308,12 @@ class Provisioner:
                 await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
         except asyncpg.UniqueViolationError:
             raise _AlreadyApplied(await self._stored_one(conn, cmd.event_id)) from None
+        except PERMANENT_DB_ERRORS:
+            # Not even the failure can be stored (e.g. a NUL in the value it quotes):
+            # poison, left to the dead letters with the database's first complaint.
+            if refused is not None:
+                raise refused from None
+            raise
         return outcome
 
     async def _stored_one(self, conn: asyncpg.Connection, event_id: uuid.UUID) -> Outcome:
@@ -348,6 +383,8 @@ def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, by
     data = encode(outcome)
     inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
     results.append((cmd, outcome, data))
+    if applied.failures:
+        results.extend(side_outcomes(cmd, applied))
 
 
 async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], *,

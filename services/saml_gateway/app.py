@@ -57,7 +57,7 @@ from provisio_lib.tokens import hash_token
 from provisio_lib.topology import DATA_FIELD, Topology
 
 from .limits import rate_limits
-from .mapping import MissingClaim, map_claims
+from .mapping import ClaimTooLong, MissingClaim, check_claims, map_claims
 from .pages import error_page, post_form
 from .saml import Connection, Refused, SamlEngine, VerifiedLogin, init_worker, verify_in_worker
 from .settings import SamlSettings
@@ -210,10 +210,14 @@ async def acs(request: web.Request) -> web.StreamResponse:
                               reference=correlation, title="Please try again")
         mapped = map_claims(conn.attribute_map, conn.required_attributes, verified.name_id,
                             verified.name_id_format, verified.attributes)
+        check_claims(mapped, verified.name_id)
     except Refused as refusal:
         return await _refuse(request, conn, refusal, correlation, started)
     except MissingClaim as missing:
         refusal = Refused("missing_claim", str(missing), 400, user_name=verified.name_id, field=missing.field)
+        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
+    except ClaimTooLong as too_long:
+        refusal = Refused("claim_too_long", str(too_long), 400, user_name=verified.name_id[:512], field=too_long.field)
         return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
 
     try:
@@ -264,11 +268,15 @@ async def acs(request: web.Request) -> web.StreamResponse:
         SAML_LOGINS_REFUSED.labels(reason=err.code if err else "failed").inc()
         if err and err.code == "user_not_found":
             message = "You have no account here yet, and this sign-in does not create accounts. Ask your administrator."
+        elif err and err.code == "not_linked":
+            # Issue 13 §1: an existing account is never taken over on a claim alone.
+            message = ("An account with your name or email already exists, but it is not linked to this sign-in "
+                       "method. An administrator must link the account before you can sign in this way.")
         elif err and err.code in ("invalid_value", "policy", "uniqueness", "mutability"):
             message = f"Your account could not be set up: {err.message}."
         else:  # internal errors and dead letters: details are in the audit trail, not here
             message = "Your account could not be set up. Please try again later or contact support."
-        return error_page(403 if err and err.code in ("user_not_found", "policy") else 422, message,
+        return error_page(403 if err and err.code in ("user_not_found", "policy", "not_linked") else 422, message,
                           reference=correlation)
     SAML_LOGINS_ACCEPTED.labels(mode=conn.jit_mode).inc()
 

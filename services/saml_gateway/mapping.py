@@ -97,3 +97,50 @@ def map_claims(
         groups=groups,
         groups_overage=overage,
     )
+
+
+# Claim limits, checked before any command is sent (issue 13 §2: a 3,000-character claim
+# used to reach Postgres's index limit and be retried for minutes). Values that sit in a
+# btree index (NameID, userName, email, group names) get SCIM's bound of 512 characters
+# (scim_gateway.resources._INDEXED_MAX); the rest are generous but finite.
+MAX_INDEXED = 512
+MAX_NAME = 1024  # givenName, familyName, displayName
+MAX_CUSTOM = 4096  # each value of a custom (mapped) field
+MAX_CUSTOM_VALUES = 100  # values of one custom field
+MAX_GROUPS = 1000  # Entra sends at most 150 (then the overage claim); Okta/Google filters more
+
+
+class ClaimTooLong(Exception):
+    """A claim is longer (or has more values) than Provisio accepts; the message says which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def check_claims(login: MappedLogin, name_id: str) -> None:
+    """Refuse claims that are too long to store, naming the field and the limit."""
+
+    def bounded(field: str, value: str | None, limit: int, label: str | None = None) -> None:
+        if value is not None and len(value) > limit:
+            raise ClaimTooLong(field, f"The identity provider sent a {label or field} of {len(value)} characters; "
+                               f"the limit is {limit}. Ask your administrator to shorten the claim.")
+
+    bounded("user_name", login.user_name, MAX_INDEXED)
+    bounded("NameID", name_id, MAX_INDEXED)
+    bounded("email", login.email, MAX_INDEXED)
+    for field in ("given_name", "family_name", "display_name"):
+        bounded(field, getattr(login, field), MAX_NAME)
+    if login.groups is not None:
+        if len(login.groups) > MAX_GROUPS:
+            raise ClaimTooLong("groups", f"The identity provider sent {len(login.groups)} groups; the limit is "
+                               f"{MAX_GROUPS}. Ask your administrator to filter the group claim.")
+        for group in login.groups:
+            bounded("groups", group, MAX_INDEXED, "group name")
+    for field, value in login.custom.items():
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_CUSTOM_VALUES:
+            raise ClaimTooLong(field, f"The identity provider sent {len(values)} values of {field}; the limit is "
+                               f"{MAX_CUSTOM_VALUES}.")
+        for v in values:
+            bounded(field, v, MAX_CUSTOM)

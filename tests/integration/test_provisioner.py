@@ -113,7 +113,7 @@ async def test_groups_members_and_one_group_per_user(provisioner, waiter, pool):
 
 
 async def test_jit_create_sync_and_group_claims(provisioner, waiter, pool, tenant):
-    conn_id = uuid.uuid4()
+    conn_id = await _sso_connection(pool, tenant, "entra")
 
     def login(mode, **kw):
         return cmd(tenant, JitLogin(connection_id=conn_id, connection_name="entra", mode=mode, name_id="n", **kw))
@@ -144,9 +144,19 @@ async def test_jit_create_sync_and_group_claims(provisioner, waiter, pool, tenan
     assert {g["display_name"] for g in overage.resource["groups"]} == {"Eng", "Ops", "QA"}
 
 
+async def _sso_connection(pool, tenant, name):
+    """A connection row (JIT logins name one; the provisioner reads its settings)."""
+    conn_id = uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
+           VALUES ($1, $2, $3, 'entra', 'https://idp.test/', '<md/>')""", conn_id, tenant.id, name)
+    return conn_id
+
+
 async def test_jit_matches_a_user_scim_created_by_email(provisioner, waiter, pool, tenant):
     made = await waiter.submit(create(tenant, "frank.scim", emails=({"value": "Frank@Acme.test", "primary": True},)), 10)
-    out = await waiter.submit(cmd(tenant, JitLogin(connection_id=uuid.uuid4(), connection_name="okta", mode="create",
+    conn_id = await _sso_connection(pool, tenant, "okta")  # the tenant's only connection: it may adopt
+    out = await waiter.submit(cmd(tenant, JitLogin(connection_id=conn_id, connection_name="okta", mode="create",
                                                    name_id="frank@acme.test", user_name="frank@acme.test", email="frank@acme.test")), 10)
     assert out.resource_id == made.resource_id and out.result == "unchanged"
     async with pool.acquire() as conn:

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from typing import Any
 
 import pytest
 
@@ -143,3 +145,41 @@ def test_metadata_from_a_url(env: dict[str, str], tmp_path: object, tenant: obje
                            env=env), "cannot download metadata")
     finally:
         server.shutdown()
+
+
+async def test_sso_domains_groups_absent_and_links(env: dict[str, str], pool: Any, tmp_path: Any, tenant: Any) -> None:
+    name = tenant.name
+    md = tmp_path / "entra.xml"
+    md.write_text(TestIdP("https://sts.windows.test/dom/").metadata())
+    assert cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra",
+               "--groups-absent-means", "none", env=env).returncode == 0
+    one_error_line(cli("sso", "update", name, "entra", "--groups-absent-means", "maybe", env=env),
+                   "unknown --groups-absent-means 'maybe'")
+    assert cli("sso", "update", name, "entra", "--groups-absent-means", "unchanged", env=env).returncode == 0
+    assert await pool.fetchval("SELECT groups_absent FROM sso_connections WHERE name = 'entra'") == "unchanged"
+
+    added = cli("sso", "domains", name, "entra", "--add", "Example.COM", "--add", "@acme.test", env=env)
+    assert added.returncode == 0, added.stderr
+    assert "example.com, acme.test" in added.stdout
+    one_error_line(cli("sso", "domains", name, "entra", "--add", "not a domain", env=env), "is not a domain name")
+    removed = cli("sso", "domains", name, "entra", "--remove", "example.com", env=env)
+    assert removed.returncode == 0 and "entra: acme.test" in removed.stdout
+    listed = cli("sso", "domains", name, "entra", env=env)
+    assert listed.stdout.strip().endswith("acme.test")
+    info = json.loads(cli("sso", "show", name, "entra", "--json", env=env).stdout)
+    assert info["verified_domains"] == ["acme.test"] and info["groups_absent_means"] == "unchanged"
+    assert "verified domains: acme.test" in cli("sso", "show", name, "entra", env=env).stdout
+
+    uid = uuid.uuid4()
+    await pool.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'Bob@acme.test')", uid, tenant.id)
+    linked = cli("sso", "link", name, "entra", "bob@acme.test", "00u-bob", env=env)
+    assert linked.returncode == 0, linked.stderr
+    row = await pool.fetchrow("SELECT user_id, linked_by FROM user_identities WHERE name_id = '00u-bob'")
+    assert row["user_id"] == uid and row["linked_by"] == "cli"
+    one_error_line(cli("sso", "link", name, "entra", "nobody", "x", env=env), "has no user 'nobody'")
+    other = uuid.uuid4()
+    await pool.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'eve')", other, tenant.id)
+    one_error_line(cli("sso", "link", name, "entra", "eve", "00u-bob", env=env), "unlink it first")
+    assert cli("sso", "unlink", name, "entra", "00u-bob", env=env).returncode == 0
+    assert await pool.fetchval("SELECT count(*) FROM user_identities") == 0
+    one_error_line(cli("sso", "unlink", name, "entra", "00u-bob", env=env), "is not linked")

@@ -263,8 +263,15 @@ async def test_jit_sync_updates_fields_and_only_jit_memberships(gateway: Any, po
     assert [(r["display_name"], r["source"]) for r in rows] == [
         ("Engineering", "jit"), ("Finance", "scim"), ("Sales", "jit")]  # Beta removed, Finance kept
 
-    # No group claim at all: memberships are left as they are.
+    # No group claim at all, from a connection that sent one before: the IdP omits the
+    # attribute when the user has no groups (issue 13 §3), so JIT's memberships go.
     no_groups = {k: v for k, v in attrs.items() if "groups" not in k}
+    await _profile(gateway, s, await _login(gateway, s, attributes=no_groups))
+    rows = await pool.fetch("SELECT source FROM memberships WHERE user_id = $1", user_id)
+    assert [r["source"] for r in rows] == ["scim"]
+    # Set to `--groups-absent-means unchanged`, an absent claim leaves memberships as they are.
+    await _profile(gateway, s, await _login(gateway, s, attributes=attrs))
+    await pool.execute("UPDATE sso_connections SET groups_absent = 'unchanged' WHERE tenant_id = $1", acme.id)
     await _profile(gateway, s, await _login(gateway, s, attributes=no_groups))
     assert await pool.fetchval("SELECT count(*) FROM memberships WHERE user_id = $1", user_id) == 3
 
