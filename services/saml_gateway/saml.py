@@ -491,6 +491,15 @@ class _AuthnResponse(AuthnResponse):
     def verify_recipient(self, recipient: Any) -> bool:
         return True
 
+    def get_subject(self, keys: Any = None) -> Any:
+        # pysaml2 says "No valid subject confirmation" (invalid); the documented reason
+        # for an assertion without a bearer confirmation is "subject".
+        subject = self.assertion.subject if self.assertion is not None else None
+        if subject is not None and not any(sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+                                           for sc in subject.subject_confirmation or []):
+            raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
+        return super().get_subject(keys)
+
     def decrypt_assertions(self, encrypted_assertions: Any, decr_txt: Any, issuer: Any = None,
                            verified: bool = False) -> Any:
         from saml2 import extension_elements_to_elements, saml, samlp

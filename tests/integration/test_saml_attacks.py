@@ -372,6 +372,10 @@ def test_not_yet_valid(engines: Any, conn: Connection, make: Any, idp: TestIdP) 
         ("InResponseTo mismatch", "//saml:SubjectConfirmationData", {"attr": "InResponseTo", "value": "id-other"},
          "recipient"),
         ("no NameID", "//saml:Subject/saml:NameID", {"remove": True}, "subject"),
+        ("no SubjectConfirmation", "//saml:SubjectConfirmation", {"remove": True}, "subject"),
+        ("sender-vouches only", "//saml:SubjectConfirmation", {"attr": "Method",
+                                                               "value": "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches"},
+         "subject"),
     ],
 )
 def test_wrong_content_validly_signed(engines: Any, conn: Connection, make: Any, idp: TestIdP, case: str, xpath: str,
