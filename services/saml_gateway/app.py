@@ -3,6 +3,8 @@
 Routes (``{tenant}`` is the tenant's name, ``{connection}`` the connection's):
 
 - ``GET  /saml/{tenant}/{connection}/metadata`` — SP metadata for the IdP admin;
+- ``GET  /saml/{tenant}/{connection}/certificate`` — the SP certificate (PEM), for
+  IdPs that take the encryption certificate as a file;
 - ``GET  /saml/{tenant}/{connection}/login`` — the JIT login URL: an SP-initiated
   AuthnRequest (HTTP-Redirect), ``RelayState`` kept; the request id waits in Redis;
 - ``POST /saml/{tenant}/{connection}/acs`` — the ACS (HTTP-POST binding);
@@ -157,6 +159,14 @@ async def metadata(request: web.Request) -> web.Response:
     conn = await _connection(request)
     xml = await _run(request, request.app[ENGINE].sp_metadata, conn)
     return web.Response(text=xml, content_type="application/samlmetadata+xml")
+
+
+async def certificate(request: web.Request) -> web.Response:
+    """The connection's SP certificate (PEM; also in the metadata as use="encryption"):
+    the file Entra ID's "Token encryption" and Okta's "Encryption Certificate" ask for."""
+    conn = await _connection(request)
+    return web.Response(text=conn.sp_cert_pem, content_type="application/x-pem-file",
+                        headers={"Content-Disposition": f'attachment; filename="{conn.tenant_name}-{conn.name}.pem"'})
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -511,6 +521,7 @@ def create_app(settings: SamlSettings) -> web.Application:
     add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/metadata", metadata)
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/login", login)
+    app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/certificate", certificate)
     app.router.add_post(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/acs", acs)
     app.router.add_post("/saml/token", token)
     return app

@@ -57,6 +57,12 @@ async def test_sp_metadata(gateway: Any, pool: Any, acme: Any) -> None:
     assert 'use="encryption"' in xml and 'use="signing"' in xml
     assert 'AuthnRequestsSigned="true"' in xml
     assert "PRIVATE KEY" not in xml
+    # The encryption certificate as a file, for Entra's "Token encryption" upload.
+    cert = await gateway.get(f"/saml/{s.tenant}/entra/certificate")
+    assert cert.status == 200
+    pem = await cert.text()
+    assert pem.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE" not in pem
+    assert s.sp_cert_b64[:64] in pem.replace("\n", "") and s.sp_cert_b64[:64] in xml
 
 
 async def test_unknown_connection_is_a_404_page(gateway: Any, acme: Any) -> None:
