@@ -3,13 +3,15 @@
 Everything here is synchronous and CPU-bound: the app runs it in a thread pool so the
 event loop never waits for XML parsing or signature checks.
 
-pysaml2 verifies signatures, decrypts, checks the status, NotBefore/NotOnOrAfter and
-an AudienceRestriction *when present*. It lets through what ``verify_response`` then
-refuses (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings §3.5.5.2): a missing
-Destination or AudienceRestriction, an Issuer other than the connection's IdP (an
-assertion of one IdP inside another's response), a Recipient other than our ACS, more
-than one assertion, SHA-1 signatures, and (through Redis, in the app) replays and
-unknown InResponseTo.
+pysaml2 verifies signatures and checks the status and NotBefore/NotOnOrAfter;
+decryption is ours (xmlenc.py, through either crypto backend). ``verify_response``
+refuses what pysaml2 lets through (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings
+§3.5.5.2): a missing Destination or AudienceRestriction, an Issuer other than the
+connection's IdP (an assertion of one IdP inside another's response), a Recipient other
+than our ACS, more than one assertion, signature algorithms outside the allow-list, and
+(through Redis, in the app) replays and unknown InResponseTo. Destination, Audience and
+Recipient are taken out of pysaml2's hands (``_AuthnResponse``) so each refusal has its
+documented reason and names the values, instead of pysaml2's bare ``Exception``.
 """
 
 from __future__ import annotations
