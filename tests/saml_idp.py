@@ -254,18 +254,21 @@ class Encryption:
 
 
 # Entra ID: "Microsoft Entra ID uses AES-256 to encrypt the SAML assertion data"
-# (learn.microsoft.com/entra/identity/enterprise-apps/howto-saml-token-encryption), the
-# key with RSA-OAEP. The markup is Microsoft's STS serializer, as AD FS sends it in SAML-P
-# responses (e.g. the AD FS response in Cisco's CUCM SAML SSO troubleshooting guide):
+# (learn.microsoft.com/entra/identity/enterprise-apps/howto-saml-token-encryption). No
+# captured Entra response was found in public sources; the markup is that of Microsoft's
+# STS serializer as AD FS sends it in SAML-P responses and Microsoft's STS in WS-Trust
+# tokens (e.g. the AD FS response in Cisco's CUCM SAML SSO troubleshooting guide):
 # unprefixed EncryptedAssertion and KeyInfo, xenc: on EncryptedData, e: on EncryptedKey,
 # rsa-oaep-mgf1p with an explicit <DigestMethod .../xmldsig#sha1/> (the OAEP default),
 # the recipient named by X509IssuerSerial, and ISO 10126 (random) CBC padding (.NET).
 # Okta: the app's "Assertion Encryption" with Encryption Algorithm AES128/256-CBC or
 # AES128/256-GCM and Key Transport RSA-OAEP or RSA-1.5 (Okta's advanced SAML settings,
-# as Salesforce's "Enable Asserted Encryption with SSO" help page walks through them);
-# markup with saml2:/xenc:/ds: prefixes, the EncryptedKey inline in ds:KeyInfo carrying
-# the certificate, <ds:DigestMethod .../xmldsig#sha1/> inside rsa-oaep-mgf1p (the shape
-# of login.gov's documented response example and other OpenSAML-style IdPs).
+# as Salesforce's "Enable Asserted Encryption with SSO" help page walks through them).
+# No captured Okta response was found in public sources, so the markup is the common
+# OpenSAML-style one: saml2:/xenc:/ds: prefixes, the EncryptedKey inline in ds:KeyInfo
+# with the recipient's certificate (as in login.gov's documented response example,
+# GSA-TTS/identity-dev-docs), and rsa-oaep-mgf1p with a <ds:DigestMethod
+# .../xmldsig#sha1/> child (as OpenSAML writes it, e.g. the Dutch eID responses).
 ENCRYPTIONS = {
     "entra": Encryption("entra"),
     "okta": Encryption("okta"),  # AES256-CBC, RSA-OAEP: Okta's defaults
