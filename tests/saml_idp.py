@@ -7,7 +7,8 @@ committed). Responses come in the shapes the real IdPs send:
 - Google Workspace: response signed, admin-chosen attribute names;
 - Okta: response and assertion signed;
 - JumpCloud: assertion signed, ``memberOf`` groups;
-and any of them with the assertion encrypted to the SP's certificate.
+and any of them with the assertion encrypted to the SP's certificate, as Entra ID and
+Okta encrypt it (``encrypt_assertion``; see ``ENCRYPTIONS`` for the shapes and sources).
 
 Attack helpers (``tests/saml_attacks.py``) rework these responses as XML.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.attribute_converter import AttributeConverter
@@ -139,21 +143,20 @@ class TestIdP:
         sign_response: bool = False,
         sign_assertion: bool = True,
         encrypt_cert: str | None = None,
+        encryption: str = "entra",
         sp_metadata: str | None = None,
         sign_alg: str = SIG_RSA_SHA256,
         digest_alg: str = DIGEST_SHA256,
         lifetime_minutes: int | None = None,
         issuer: str | None = None,
     ) -> str:
-        """A SAML Response as XML text."""
+        """A SAML Response as XML text. ``encrypt_cert`` (the SP's certificate, base64
+        DER as in its metadata) encrypts the assertion the way ``ENCRYPTIONS[encryption]``
+        says; a response signature is then made over the EncryptedAssertion, as IdPs do."""
         server = self.server(sp_metadata)
         if lifetime_minutes is not None:
             server.config.setattr("idp", "policy", None)
         nid = NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=name_id)
-        kwargs: dict[str, Any] = {}
-        if encrypt_cert:
-            kwargs.update(encrypt_assertion=True, encrypt_cert_assertion=encrypt_cert,
-                          encrypt_assertion_self_contained=True)
         resp = server.create_authn_response(
             identity=attributes or {},
             in_response_to=in_response_to,
@@ -161,14 +164,16 @@ class TestIdP:
             sp_entity_id=sp_entity_id,
             name_id=nid,
             authn=AUTHN,
-            sign_response=sign_response,
+            sign_response=sign_response and not encrypt_cert,
             sign_assertion=sign_assertion,
             sign_alg=sign_alg,
             digest_alg=digest_alg,
             issuer=issuer,
-            **kwargs,
         )
-        return str(resp)
+        if not encrypt_cert:
+            return str(resp)
+        xml = encrypt_assertion(str(resp), encrypt_cert, ENCRYPTIONS[encryption])
+        return sign_xml(xml, self.keys, assertion=False, response=True) if sign_response else xml
 
 
 def b64(xml: str | bytes) -> str:
@@ -225,3 +230,181 @@ SHAPES = {
     "okta": (True, True),
     "jumpcloud": (False, True),
 }
+
+
+# ------------------------------------------------------------------ XML Encryption as IdPs send it
+
+XENC = "http://www.w3.org/2001/04/xmlenc#"
+XENC11 = "http://www.w3.org/2009/xmlenc11#"
+DSIG = "http://www.w3.org/2000/09/xmldsig#"
+SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
+SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """How an IdP encrypts an assertion: the markup style, the content encryption and
+    the key transport (with the OAEP DigestMethod child and xmlenc11 MGF, when sent)."""
+
+    style: str  # "entra" or "okta"
+    data: str = XENC + "aes256-cbc"
+    key_transport: str = XENC + "rsa-oaep-mgf1p"
+    oaep_digest: str | None = DSIG + "sha1"
+    mgf: str | None = None
+
+
+# Entra ID: "Microsoft Entra ID uses AES-256 to encrypt the SAML assertion data"
+# (learn.microsoft.com/entra/identity/enterprise-apps/howto-saml-token-encryption). No
+# captured Entra response was found in public sources; the markup is that of Microsoft's
+# STS serializer as AD FS sends it in SAML-P responses and Microsoft's STS in WS-Trust
+# tokens (e.g. the AD FS response in Cisco's CUCM SAML SSO troubleshooting guide):
+# unprefixed EncryptedAssertion and KeyInfo, xenc: on EncryptedData, e: on EncryptedKey,
+# rsa-oaep-mgf1p with an explicit <DigestMethod .../xmldsig#sha1/> (the OAEP default),
+# the recipient named by X509IssuerSerial, and ISO 10126 (random) CBC padding (.NET).
+# Okta: the app's "Assertion Encryption" with Encryption Algorithm AES128/256-CBC or
+# AES128/256-GCM and Key Transport RSA-OAEP or RSA-1.5 (Okta's advanced SAML settings,
+# as Salesforce's "Enable Asserted Encryption with SSO" help page walks through them).
+# No captured Okta response was found in public sources, so the markup is the common
+# OpenSAML-style one: saml2:/xenc:/ds: prefixes, the EncryptedKey inline in ds:KeyInfo
+# with the recipient's certificate (as in login.gov's documented response example,
+# GSA-TTS/identity-dev-docs), and rsa-oaep-mgf1p with a <ds:DigestMethod
+# .../xmldsig#sha1/> child (as OpenSAML writes it, e.g. the Dutch eID responses).
+ENCRYPTIONS = {
+    "entra": Encryption("entra"),
+    "okta": Encryption("okta"),  # AES256-CBC, RSA-OAEP: Okta's defaults
+    "okta-aes128-cbc": Encryption("okta", data=XENC + "aes128-cbc"),
+    "okta-aes256-gcm": Encryption("okta", data=XENC11 + "aes256-gcm"),
+    "okta-aes128-gcm": Encryption("okta", data=XENC11 + "aes128-gcm"),
+    # xmlenc-core1 §5.5.2 RSA-OAEP with SHA-256 and MGF1-SHA-256 (ITfoxtec, newer IdPs)
+    "xmlenc11-oaep-sha256": Encryption("okta", data=XENC11 + "aes256-gcm", key_transport=XENC11 + "rsa-oaep",
+                                       oaep_digest=XENC + "sha256", mgf=XENC11 + "mgf1sha256"),
+    # Refused: RSA-1_5 key transport (Okta still offers "RSA-1.5").
+    "okta-rsa-1_5": Encryption("okta", key_transport=XENC + "rsa-1_5", oaep_digest=None),
+    # Refused: 3DES content encryption (pysaml2's own IdP default).
+    "tripledes": Encryption("okta", data=XENC + "tripledes-cbc"),
+}
+_HASHES = {DSIG + "sha1": hashes.SHA1, XENC + "sha256": hashes.SHA256}
+_MGFS = {XENC11 + "mgf1sha1": hashes.SHA1, XENC11 + "mgf1sha256": hashes.SHA256}
+
+
+def _load_cert(cert: str) -> x509.Certificate:
+    if "BEGIN CERTIFICATE" in cert:
+        return x509.load_pem_x509_certificate(cert.encode())
+    return x509.load_der_x509_certificate(base64.b64decode("".join(cert.split())))
+
+
+def _encrypt_content(alg: str, plain: bytes) -> tuple[bytes, bytes]:
+    """(content key, IV + ciphertext [+ tag]) for xmlenc-core1 §5.2 algorithms."""
+    size = 16 if "128" in alg else 32
+    key = os.urandom(size)
+    if alg.endswith("-gcm"):
+        iv = os.urandom(12)
+        return key, iv + AESGCM(key).encrypt(iv, plain, None)
+    if alg.endswith("tripledes-cbc"):
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+
+        key = os.urandom(24)
+        iv = os.urandom(8)
+        pad = 8 - len(plain) % 8
+        enc = Cipher(TripleDES(key), modes.CBC(iv)).encryptor()
+        return key, iv + enc.update(plain + os.urandom(pad - 1) + bytes([pad])) + enc.finalize()
+    iv = os.urandom(16)
+    pad = 16 - len(plain) % 16
+    # ISO 10126 padding (random octets, then the length), as .NET writes it; xmlenc-core1
+    # §5.2.1 lets the padding octets be arbitrary.
+    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return key, iv + enc.update(plain + os.urandom(pad - 1) + bytes([pad])) + enc.finalize()
+
+
+def _wrap_key(cert: x509.Certificate, enc: Encryption, key: bytes) -> bytes:
+    public = cert.public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    if enc.key_transport.endswith("rsa-1_5"):
+        return public.encrypt(key, padding.PKCS1v15())
+    digest = _HASHES[enc.oaep_digest or DSIG + "sha1"]
+    mgf = _MGFS[enc.mgf] if enc.mgf else hashes.SHA1
+    return public.encrypt(key, padding.OAEP(mgf=padding.MGF1(mgf()), algorithm=digest(), label=None))
+
+
+def encrypted_assertion_xml(assertion_xml: bytes, cert: str, enc: Encryption) -> str:
+    """An EncryptedAssertion holding ``assertion_xml`` (xenc#Element), in ``enc``'s markup."""
+    certificate = _load_cert(cert)
+    key, blob = _encrypt_content(enc.data, assertion_xml)
+    wrapped = base64.b64encode(_wrap_key(certificate, enc, key)).decode()
+    data = base64.b64encode(blob).decode()
+    if enc.style == "entra":
+        params = f'<DigestMethod Algorithm="{enc.oaep_digest}"/>' if enc.oaep_digest else ""
+        return (
+            f'<EncryptedAssertion xmlns="{SAML_NS}"><xenc:EncryptedData Type="{XENC}Element" xmlns:xenc="{XENC}">'
+            f'<xenc:EncryptionMethod Algorithm="{enc.data}"/><KeyInfo xmlns="{DSIG}">'
+            f'<e:EncryptedKey xmlns:e="{XENC}"><e:EncryptionMethod Algorithm="{enc.key_transport}">{params}'
+            f'</e:EncryptionMethod><KeyInfo><ds:X509Data xmlns:ds="{DSIG}"><ds:X509IssuerSerial>'
+            f"<ds:X509IssuerName>{certificate.issuer.rfc4514_string()}</ds:X509IssuerName>"
+            f"<ds:X509SerialNumber>{certificate.serial_number}</ds:X509SerialNumber></ds:X509IssuerSerial>"
+            f"</ds:X509Data></KeyInfo><e:CipherData><e:CipherValue>{wrapped}</e:CipherValue></e:CipherData>"
+            f"</e:EncryptedKey></KeyInfo><xenc:CipherData><xenc:CipherValue>{data}</xenc:CipherValue>"
+            f"</xenc:CipherData></xenc:EncryptedData></EncryptedAssertion>"
+        )
+    params = f'<ds:DigestMethod Algorithm="{enc.oaep_digest}"/>' if enc.oaep_digest else ""
+    if enc.mgf:
+        params += f'<xenc11:MGF xmlns:xenc11="{XENC11}" Algorithm="{enc.mgf}"/>'
+    cert_b64 = base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+    return (
+        f'<saml2:EncryptedAssertion xmlns:saml2="{SAML_NS}"><xenc:EncryptedData xmlns:xenc="{XENC}" '
+        f'Id="_{secrets.token_hex(16)}" Type="{XENC}Element"><xenc:EncryptionMethod Algorithm="{enc.data}"/>'
+        f'<ds:KeyInfo xmlns:ds="{DSIG}"><xenc:EncryptedKey Id="_{secrets.token_hex(16)}">'
+        f'<xenc:EncryptionMethod Algorithm="{enc.key_transport}">{params}</xenc:EncryptionMethod>'
+        f"<ds:KeyInfo><ds:X509Data><ds:X509Certificate>{cert_b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>"
+        f"<xenc:CipherData><xenc:CipherValue>{wrapped}</xenc:CipherValue></xenc:CipherData></xenc:EncryptedKey>"
+        f"</ds:KeyInfo><xenc:CipherData><xenc:CipherValue>{data}</xenc:CipherValue></xenc:CipherData>"
+        f"</xenc:EncryptedData></saml2:EncryptedAssertion>"
+    )
+
+
+def encrypt_assertion(xml: str, cert: str, enc: Encryption) -> str:
+    """``xml`` (a Response) with its Assertion replaced by an EncryptedAssertion."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode())
+    assertion = root.find(f"{{{SAML_NS}}}Assertion")
+    encrypted = etree.fromstring(encrypted_assertion_xml(etree.tostring(assertion), cert, enc).encode())
+    root.replace(assertion, encrypted)
+    return etree.tostring(root, encoding="unicode")
+
+
+def sign_xml(xml: str, keys: KeyPair, *, assertion: bool = True, response: bool = False,
+             sign_method: str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+             digest_method: str = "http://www.w3.org/2001/04/xmlenc#sha256") -> str:
+    """Sign the (plain) assertion and/or the response, enveloped with exclusive c14n, as
+    IdPs do, with the algorithms named (python-xmlsec; any the library offers, weak ones
+    included, for the refusal tests). Existing signatures of those elements are replaced."""
+    import xmlsec
+    from lxml import etree
+
+    transforms = {t.href: t for t in (getattr(xmlsec.constants, n) for n in dir(xmlsec.constants)
+                                      if n.startswith("Transform"))
+                  if hasattr(t, "href")}
+    root = etree.fromstring(xml.encode())
+    targets = root.findall(f"{{{SAML_NS}}}Assertion") if assertion else []
+    if response:
+        targets.append(root)  # last: the response signature covers the assertion's
+    for el in targets:
+        for old in el.findall(f"{{{DSIG}}}Signature"):
+            el.remove(old)
+        sig = xmlsec.template.create(el, xmlsec.constants.TransformExclC14N, transforms[sign_method])
+        issuer = el.find(f"{{{SAML_NS}}}Issuer")
+        if issuer is not None:
+            issuer.addnext(sig)
+        else:
+            el.insert(0, sig)
+        ref = xmlsec.template.add_reference(sig, transforms[digest_method], uri="#" + el.get("ID"))
+        xmlsec.template.add_transform(ref, xmlsec.constants.TransformEnveloped)
+        xmlsec.template.add_transform(ref, xmlsec.constants.TransformExclC14N)
+        xmlsec.template.add_x509_data(xmlsec.template.ensure_key_info(sig))
+        ctx = xmlsec.SignatureContext()
+        ctx.register_id(el, "ID")
+        key = xmlsec.Key.from_memory(keys.key_pem, xmlsec.constants.KeyDataFormatPem)
+        key.load_cert_from_memory(keys.cert_pem, xmlsec.constants.KeyDataFormatPem)
+        ctx.key = key
+        ctx.sign(sig)
+    return etree.tostring(root, encoding="unicode")

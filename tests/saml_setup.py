@@ -42,6 +42,7 @@ class Setup:
         sign_response, sign_assertion = SHAPES.get(self.preset, (False, True))
         if shape == "encrypted":
             kw["encrypt_cert"] = self.sp_cert_b64
+            kw.setdefault("encryption", "okta" if self.preset == "okta" else "entra")
         elif shape == "response":
             sign_response, sign_assertion = True, False
         elif shape == "both":

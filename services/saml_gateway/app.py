@@ -3,6 +3,8 @@
 Routes (``{tenant}`` is the tenant's name, ``{connection}`` the connection's):
 
 - ``GET  /saml/{tenant}/{connection}/metadata`` — SP metadata for the IdP admin;
+- ``GET  /saml/{tenant}/{connection}/certificate`` — the SP certificate (PEM), for
+  IdPs that take the encryption certificate as a file;
 - ``GET  /saml/{tenant}/{connection}/login`` — the JIT login URL: an SP-initiated
   AuthnRequest (HTTP-Redirect), ``RelayState`` kept; the request id waits in Redis;
 - ``POST /saml/{tenant}/{connection}/acs`` — the ACS (HTTP-POST binding);
@@ -162,6 +164,14 @@ async def metadata(request: web.Request) -> web.Response:
     conn = await _connection(request)
     xml = await _run(request, request.app[ENGINE].sp_metadata, conn)
     return web.Response(text=xml, content_type="application/samlmetadata+xml")
+
+
+async def certificate(request: web.Request) -> web.Response:
+    """The connection's SP certificate (PEM; also in the metadata as use="encryption"):
+    the file Entra ID's "Token encryption" and Okta's "Encryption Certificate" ask for."""
+    conn = await _connection(request)
+    return web.Response(text=conn.sp_cert_pem, content_type="application/x-pem-file",
+                        headers={"Content-Disposition": f'attachment; filename="{conn.tenant_name}-{conn.name}.pem"'})
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -397,19 +407,25 @@ async def token(request: web.Request) -> web.Response:
         return _token_error(400, "invalid_request", "code is missing")
     key = _code_key(app[TOPOLOGY], code)
     raw = await app[REDIS].get(key)
-    if raw is None:
-        return _token_error(400, "invalid_grant", "the code is unknown, already used or expired")
-    entry = json.loads(raw)
-    conn = await app[REGISTRY].by_id(uuid.UUID(entry["connection_id"]))
-    if conn is None or conn.app_secret_hash is None or not hmac.compare_digest(
-        hash_token(secret.strip()), bytes(conn.app_secret_hash)
-    ):
-        return _token_error(401, "invalid_client", "the app secret does not belong to this code's connection")
+    entry = json.loads(raw) if raw is not None else None
+    # One answer for an unknown, used or expired code and for a code issued to another
+    # connection than the secret's (RFC 6749 §5.2 invalid_grant: "issued to another
+    # client"), so a stolen code cannot be tested for validity without its secret. The
+    # same lookup runs either way (no timing difference) and the hashes are compared in
+    # constant time.
+    conn = await app[REGISTRY].by_id(uuid.UUID(entry["connection_id"]) if entry else _NO_CONNECTION)
+    valid = hmac.compare_digest(hash_token(secret.strip()), bytes(conn.app_secret_hash or b"") if conn else b"")
+    if entry is None or conn is None or not valid:
+        return _token_error(400, "invalid_grant", _BAD_GRANT)
     # Delete only after the caller proved who it is; DEL's count makes it single use
     # even when two exchanges race.
     if await app[REDIS].delete(key) != 1:
-        return _token_error(400, "invalid_grant", "the code is unknown, already used or expired")
+        return _token_error(400, "invalid_grant", _BAD_GRANT)
     return web.json_response(entry["profile"], headers={"Cache-Control": "no-store"})
+
+
+_NO_CONNECTION = uuid.UUID(int=0)
+_BAD_GRANT = "the code is unknown, already used or expired, or the app secret is not its connection's"
 
 
 def _token_error(status: int, error: str, description: str) -> web.Response:
@@ -519,6 +535,7 @@ def create_app(settings: SamlSettings) -> web.Application:
     add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/metadata", metadata)
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/login", login)
+    app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/certificate", certificate)
     app.router.add_post(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/acs", acs)
     app.router.add_post("/saml/token", token)
     return app

@@ -27,11 +27,12 @@ outside the canonicalisation/enveloped set) are handed to the program itself: a 
 with the program's verdict by construction.
 
 Failures raise ``SignatureError``/``XmlsecError`` as pysaml2's backend does, so pysaml2
-handles both backends alike.
+handles both backends alike. Decryption is shared by both backends (``xmlenc.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 import threading
 from typing import Any
 
@@ -40,13 +41,12 @@ from cachetools import LRUCache
 from lxml import etree
 from saml2.sigver import CryptoBackend, CryptoBackendXmlSec1, SignatureError, XmlsecError
 
+from .xmlenc import DECRYPT_FAILED, DecryptFailed, PolicyRefusal, decrypt_document, load_private_key
+
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
-XENC_NS = "http://www.w3.org/2001/04/xmlenc#"
 _SIGNATURE = f"{{{DSIG_NS}}}Signature"
 _REFERENCE = f"{{{DSIG_NS}}}Reference"
 _TRANSFORM = f"{{{DSIG_NS}}}Transform"
-_ENCRYPTED_DATA = f"{{{XENC_NS}}}EncryptedData"
-_ENCRYPTED_KEY = f"{{{XENC_NS}}}EncryptedKey"
 # Transforms the binding runs exactly as the program does (the ones SAML uses,
 # saml-core §5.4.4); anything else goes to the program.
 _PLAIN_TRANSFORMS = frozenset(
@@ -79,6 +79,7 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
         super().__init__()
         self._program = CryptoBackendXmlSec1(xmlsec1_path) if xmlsec1_path else None
         self._keys: LRUCache[str, Any] = LRUCache(256)  # least recently used out when full
+        self._private_keys: LRUCache[bytes, Any] = LRUCache(256)
         self._lock = threading.Lock()
         self.fallbacks = 0  # documents verified by the program (tests, metrics)
 
@@ -174,24 +175,8 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
     # ----------------------------------------------------------------- decrypt
 
     def decrypt(self, enctext: Any, key_file: str) -> str:
-        data = enctext if isinstance(enctext, bytes) else str(enctext).encode("utf-8")
-        try:
-            root = etree.fromstring(data, _parser())
-            enc = _find_from(root, _ENCRYPTED_DATA)
-            if enc is None:
-                raise XmlsecError("no EncryptedData")
-            manager = xmlsec.KeysManager()
-            manager.add_key(self._key(key_file, xmlsec.constants.KeyDataFormatPem))
-            # EncryptedKey elements referenced by RetrievalMethod (the program's
-            # --id-attr:Id EncryptedKey).
-            for ek in root.iter(_ENCRYPTED_KEY):
-                if ek.get("Id"):
-                    xmlsec.tree.add_ids(ek, ["Id"])
-            ctx = xmlsec.EncryptionContext(manager)
-            ctx.decrypt(enc)
-        except (xmlsec.Error, etree.XMLSyntaxError) as err:
-            raise XmlsecError(f"decryption failed: {err}") from None
-        return etree.tostring(root, encoding="unicode")
+        # One decryptor for both backends, with the algorithm allow-list (xmlenc.py).
+        return decrypt_with_key_file(enctext, key_file, self._private_keys, self._lock)
 
     # Signing and encrypting are the IdP's business; an SP only verifies and decrypts
     # (AuthnRequests are signed over the redirect query string, not with XML DSig).
@@ -210,6 +195,44 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
         if self._program is None:
             raise NotImplementedError("XML encryption needs the xmlsec1 program")
         return self._program.encrypt_assertion(statement, enc_key, template, key_type, node_xpath)
+
+
+class CryptoBackendProgram(CryptoBackendXmlSec1):
+    """pysaml2's ``xmlsec1`` program backend (every signature check forks the program),
+    decrypting with the shared decryptor: the program (1.2.x) cannot decrypt
+    ``xmlenc11#rsa-oaep`` or OAEP with SHA-256, and has no algorithm allow-list."""
+
+    def __init__(self, xmlsec_binary: str) -> None:
+        super().__init__(xmlsec_binary)
+        self._private_keys: LRUCache[bytes, Any] = LRUCache(256)
+        self._lock = threading.Lock()
+
+    def decrypt(self, enctext: Any, key_file: str) -> str:
+        return decrypt_with_key_file(enctext, key_file, self._private_keys, self._lock)
+
+
+def decrypt_with_key_file(enctext: Any, key_file: str, cache: MutableMapping[bytes, Any], lock: threading.Lock) -> str:
+    """pysaml2's ``decrypt(enctext, key_file)`` contract: the document with the assertion
+    decrypted in place. Refusals raise ``PolicyRefusal``, which pysaml2 lets through: a
+    refused algorithm, and a ciphertext this key cannot decrypt (pysaml2 would swallow
+    ``XmlsecError`` and carry on without the assertion; a connection has one key)."""
+    data = enctext if isinstance(enctext, bytes) else str(enctext).encode("utf-8")
+    with open(key_file, "rb") as f:
+        pem = f.read()
+    key = cache.get(pem)
+    if key is None:
+        try:
+            key = load_private_key(pem)
+        except (ValueError, TypeError, DecryptFailed):
+            raise XmlsecError("the decryption key is not an RSA private key") from None
+        with lock:
+            if len(cache) > 256:
+                cache.clear()
+            cache[pem] = key
+    try:
+        return decrypt_document(data, key)
+    except DecryptFailed:
+        raise PolicyRefusal("decrypt", DECRYPT_FAILED) from None
 
 
 def _postorder(el: Any) -> Any:

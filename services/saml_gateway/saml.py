@@ -3,13 +3,15 @@
 Everything here is synchronous and CPU-bound: the app runs it in a thread pool so the
 event loop never waits for XML parsing or signature checks.
 
-pysaml2 verifies signatures, decrypts, checks the status, NotBefore/NotOnOrAfter and
-an AudienceRestriction *when present*. It lets through what ``verify_response`` then
-refuses (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings §3.5.5.2): a missing
-Destination or AudienceRestriction, an Issuer other than the connection's IdP (an
-assertion of one IdP inside another's response), a Recipient other than our ACS, more
-than one assertion, SHA-1 signatures, and (through Redis, in the app) replays and
-unknown InResponseTo.
+pysaml2 verifies signatures and checks the status and NotBefore/NotOnOrAfter;
+decryption is ours (xmlenc.py, through either crypto backend). ``verify_response``
+refuses what pysaml2 lets through (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings
+§3.5.5.2): a missing Destination or AudienceRestriction, an Issuer other than the
+connection's IdP (an assertion of one IdP inside another's response), a Recipient other
+than our ACS, more than one assertion, signature algorithms outside the allow-list, and
+(through Redis, in the app) replays and unknown InResponseTo. Destination, Audience and
+Recipient are taken out of pysaml2's hands (``_AuthnResponse``) so each refusal has its
+documented reason and names the values, instead of pysaml2's bare ``Exception``.
 """
 
 from __future__ import annotations
@@ -31,18 +33,19 @@ from saml2 import BINDING_HTTP_POST, time_util
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
 from saml2.metadata import entity_descriptor
+from saml2.response import AuthnResponse
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from provisio_lib.sso import parse_idp_metadata, sp_urls
 
 from . import schema
-from .crypto import CryptoBackendXmlsecBinding
+from .crypto import CryptoBackendProgram, CryptoBackendXmlsecBinding
+from .xmlenc import PolicyRefusal, check_signature_elements, signature_algorithm_problem
 
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
-# SHA-1 (xmldsig-core §6.2/§6.4.2 names) is broken for signatures: refused.
-_WEAK_ALGORITHMS = ("#rsa-sha1", "#dsa-sha1", "#hmac-sha1", "#sha1", "rsa-sha1", "ecdsa-sha1")
+_SHOWN = 3  # at most this many received values on a refusal page, each cut to 200 characters
 
 
 class Refused(Exception):
@@ -130,6 +133,7 @@ class SamlEngine:
         self._clients: dict[uuid.UUID, tuple[datetime, Saml2Client]] = {}
         self._lock = threading.Lock()
         self.binding = CryptoBackendXmlsecBinding(xmlsec1_path)
+        self.program = CryptoBackendProgram(xmlsec1_path)
         self.schema_validator: Any = None
         if schema_validator == "libxml2":
             schema.install()
@@ -200,9 +204,9 @@ class SamlEngine:
         sp_config = SPConfig()
         sp_config.load(config)
         sp_config.attribute_converters = []
-        client = Saml2Client(config=sp_config)
-        if self.backend == "xmlsec":
-            client.sec.crypto = self.binding
+        client = _Client(config=sp_config)
+        client.response_class = type("ConnectionAuthnResponse", (_AuthnResponse,), {"connection": conn})
+        client.sec.crypto = self.binding if self.backend == "xmlsec" else self.program
         # pysaml2 keeps every identity it sees in memory (client.users): not needed,
         # and unbounded.
         client.users = _NoIdentityCache()
@@ -235,7 +239,8 @@ class SamlEngine:
         """Every check that needs no shared state. Raise :class:`Refused`."""
         now = now or datetime.now(UTC)
         xml = self._decode(saml_response)
-        self._precheck(xml)
+        root = self._precheck(xml)
+        self._check_issuers(conn, root)
         client = self.client(conn)
         resp = self._parse(client, xml)
         return self._postcheck(conn, resp, now)
@@ -254,7 +259,7 @@ class SamlEngine:
             raise Refused("too_large", "The SAML response is larger than this service accepts.", 413)
         return xml
 
-    def _precheck(self, xml: bytes) -> None:
+    def _precheck(self, xml: bytes) -> Any:
         try:
             root = safe_fromstring(xml, forbid_dtd=True, forbid_entities=True, forbid_external=True)
         except DefusedXmlException:
@@ -277,12 +282,24 @@ class SamlEngine:
                               "to this application.", 403)
         if count != 1:
             raise Refused("assertions", f"The SAML response must hold exactly one assertion (it holds {count}).", 400)
-        for tag in ("SignatureMethod", "DigestMethod"):
-            for el in root.iter(f"{{{DSIG_NS}}}{tag}"):
-                alg = (el.get("Algorithm") or "").lower()
-                if alg.endswith(_WEAK_ALGORITHMS):
-                    raise Refused("weak_signature", "The response is signed with SHA-1, which is refused; "
-                                  "configure the identity provider to sign with SHA-256.", 403)
+        # The algorithms of every Signature in the message (an allow-list); the ones in
+        # an encrypted assertion are judged when it is decrypted (xmlenc.py).
+        try:
+            check_signature_elements(root)
+        except PolicyRefusal as refusal:
+            raise Refused(refusal.reason, refusal.message, refusal.status) from None
+        return root
+
+    def _check_issuers(self, conn: Connection, root: Any) -> None:
+        """saml-core §3.2.2/§2.3.3: the response's Issuer (when present) and a plain
+        assertion's are the connection's IdP. Checked before pysaml2, which would look
+        for another IdP's keys, find none and blame the signature (an encrypted
+        assertion's Issuer is checked by ``_AuthnResponse`` once decrypted)."""
+        issuer = root.find(f"{{{SAML_NS}}}Issuer")
+        if issuer is not None:
+            _check_issuer(conn, issuer.text, "response")
+        for assertion in root.findall(f"{{{SAML_NS}}}Assertion"):
+            _check_issuer(conn, _el_text(assertion.find(f"{{{SAML_NS}}}Issuer")), "assertion")
 
     def _parse(self, client: Saml2Client, xml: bytes) -> Any:
         from saml2.response import StatusError
@@ -293,6 +310,10 @@ class SamlEngine:
         try:
             with schema.validating_with(self.schema_validator):
                 resp = client.parse_authn_request_response(encoded, BINDING_HTTP_POST, outstanding={})
+        except Refused:
+            raise
+        except PolicyRefusal as refusal:
+            raise Refused(refusal.reason, refusal.message, refusal.status) from None
         except DecryptError:
             raise Refused("decrypt", "The assertion could not be decrypted with this connection's key; give the "
                           "identity provider this connection's current SP metadata.", 403) from None
@@ -321,28 +342,41 @@ class SamlEngine:
         assertion = assertions[0]
         if response.signature is None and assertion.signature is None:
             raise Refused("signature", "Neither the response nor the assertion is signed.", 403)
+        # The signatures pysaml2 verified (the response's, and the assertion's, decrypted
+        # or not) use allowed algorithms: the pre-check saw the same ones, this makes it
+        # hold whatever path pysaml2 took.
+        for signature in (response.signature, assertion.signature):
+            if signature is not None:
+                problem = _signature_problem(signature)
+                if problem:
+                    raise Refused("weak_signature", problem)
         # saml-core §3.2.2: Issuer of the response is optional, but when present it is
         # the IdP's; the assertion's Issuer is required (§2.3.3) and must be the IdP that
         # signed it for this connection.
         response_issuer = _text(response.issuer)
         assertion_issuer = _text(assertion.issuer)
-        if response_issuer is not None and response_issuer != conn.idp_entity_id:
-            raise Refused("issuer", "The response comes from another identity provider than this connection's.")
-        if assertion_issuer != conn.idp_entity_id:
-            raise Refused("issuer", "The assertion was issued by another identity provider than this connection's.")
+        if response_issuer is not None:
+            _check_issuer(conn, response_issuer, "response")
+        _check_issuer(conn, assertion_issuer, "assertion")
         # saml-bindings §3.5.5.2: Destination must be our ACS. All four IdPs set it.
         if response.destination != urls.acs:
-            raise Refused("destination", "The response is addressed to another service (Destination).")
+            raise Refused("destination", "The response is addressed to another service: its Destination is "
+                          f"{_shown([response.destination])}, this connection's ACS (Reply URL) is \"{urls.acs}\".")
         # saml-profiles §4.1.4.2: the assertion MUST contain an AudienceRestriction
         # including the SP's entity id.
         conditions = assertion.conditions
         restrictions = list(getattr(conditions, "audience_restriction", None) or [])
         if not restrictions:
-            raise Refused("audience", "The assertion has no AudienceRestriction.")
+            raise Refused("audience", "The assertion has no AudienceRestriction; it must name this connection's "
+                          f"SP entity ID \"{urls.entity_id}\".")
         for restriction in restrictions:
             audiences = [_text(a) for a in restriction.audience or []]
             if urls.entity_id not in audiences:
-                raise Refused("audience", "The assertion is meant for another service (Audience).")
+                # Entra's "Identifier mismatch", the most common set-up mistake: say
+                # what was received and what the IdP must send instead.
+                raise Refused("audience", f"The assertion is meant for another service: its Audience is "
+                              f"{_shown(audiences)}, but this connection's SP entity ID (Identifier) is "
+                              f"\"{urls.entity_id}\". Set the identity provider's Identifier (Entity ID) to it.")
 
         skew = timedelta(seconds=self.skew_s)
         expiries: list[datetime] = []
@@ -377,7 +411,10 @@ class SamlEngine:
                 continue
             confirmed = True
         if not confirmed:
-            raise Refused("recipient", "The assertion is not confirmed for this service (Recipient/InResponseTo).")
+            recipients = [sc.subject_confirmation_data.recipient for sc in bearer if sc.subject_confirmation_data]
+            raise Refused("recipient", "The assertion is not confirmed for this service: its bearer "
+                          f"SubjectConfirmationData has Recipient {_shown(recipients)} (this connection's ACS is "
+                          f"\"{urls.acs}\") or an InResponseTo other than the response's, or is not valid yet.")
         if not expiries:
             raise Refused("expired", "The assertion has no NotOnOrAfter, so a replay could not be detected.", 400)
         expires_at = min(expiries)
@@ -425,6 +462,95 @@ def verify_in_worker(conn: Connection, saml_response: str) -> VerifiedLogin:
 class _NoIdentityCache:
     def add_information_about_person(self, _info: Any) -> None:
         return None
+
+
+class _AuthnResponse(AuthnResponse):
+    """pysaml2's AuthnResponse without the checks ``_postcheck`` makes with a reason of
+    its own and the values involved (Destination, Audience, Recipient), where pysaml2
+    raises a bare ``Exception`` or returns nothing; and with the issuer of a decrypted
+    assertion checked before pysaml2 looks for that issuer's keys. Everything else
+    (signatures, decryption, times, status) is pysaml2's."""
+
+    connection: Connection | None = None  # set on the per-connection subclass
+
+    def _verify(self) -> Any:
+        destination, self.response.destination = self.response.destination, None
+        try:
+            return super()._verify()
+        finally:
+            self.response.destination = destination
+
+    def condition_ok(self, lax: bool = False) -> Any:
+        conditions = self.assertion.conditions
+        if conditions is None:
+            return super().condition_ok(lax)
+        restrictions, conditions.audience_restriction = conditions.audience_restriction, []
+        try:
+            return super().condition_ok(lax)
+        finally:
+            conditions.audience_restriction = restrictions
+
+    def verify_recipient(self, recipient: Any) -> bool:
+        return True
+
+    def get_subject(self, keys: Any = None) -> Any:
+        # pysaml2 says "No valid subject confirmation" (invalid); the documented reason
+        # for an assertion without a bearer confirmation is "subject".
+        subject = self.assertion.subject if self.assertion is not None else None
+        if subject is not None and not any(sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+                                           for sc in subject.subject_confirmation or []):
+            raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
+        return super().get_subject(keys)
+
+    def decrypt_assertions(self, encrypted_assertions: Any, decr_txt: Any, issuer: Any = None,
+                           verified: bool = False) -> Any:
+        from saml2 import extension_elements_to_elements, saml, samlp
+
+        if self.connection is not None:
+            for encrypted in encrypted_assertions:
+                for assertion in extension_elements_to_elements(encrypted.extension_elements or [], [saml, samlp]):
+                    _check_issuer(self.connection, _text(getattr(assertion, "issuer", None)), "assertion")
+        return super().decrypt_assertions(encrypted_assertions, decr_txt, issuer, verified)
+
+
+class _Client(Saml2Client):
+    """A ``Saml2Client`` that parses authentication responses with ``_AuthnResponse``."""
+
+    response_class: type[_AuthnResponse] = _AuthnResponse
+
+    def _parse_response(self, xmlstr: Any, response_cls: Any, service: Any, binding: Any,
+                        outstanding_certs: Any = None, **kwargs: Any) -> Any:
+        if response_cls is AuthnResponse:
+            response_cls = self.response_class
+        return super()._parse_response(xmlstr, response_cls, service, binding, outstanding_certs, **kwargs)
+
+
+def _check_issuer(conn: Connection, issuer: str | None, what: str) -> None:
+    value = (issuer or "").strip() or None
+    if what == "assertion" and value is None:
+        raise Refused("issuer", "The assertion names no Issuer.")
+    if value is not None and value != conn.idp_entity_id:
+        raise Refused("issuer", f"The {what} was issued by {_shown([value])}, not by this connection's identity "
+                      f"provider \"{conn.idp_entity_id}\" (check the IdP metadata given to this connection).")
+
+
+def _signature_problem(signature: Any) -> str | None:
+    info = signature.signed_info
+    if info is None:
+        return "The signature has no SignedInfo."
+    method = info.signature_method.algorithm if info.signature_method is not None else None
+    digests = [ref.digest_method.algorithm if ref.digest_method is not None else None for ref in info.reference or []]
+    return signature_algorithm_problem(method, digests)
+
+
+def _shown(values: list[Any]) -> str:
+    """Received values for a refusal page (escaped by the page), few and short."""
+    shown = [f'"{str(v).strip()[:200]}"' for v in values if v is not None and str(v).strip()][:_SHOWN]
+    return ", ".join(shown) if shown else "(none)"
+
+
+def _el_text(el: Any) -> str | None:
+    return el.text if el is not None else None
 
 
 def _text(node: Any) -> str | None:

@@ -57,6 +57,12 @@ async def test_sp_metadata(gateway: Any, pool: Any, acme: Any) -> None:
     assert 'use="encryption"' in xml and 'use="signing"' in xml
     assert 'AuthnRequestsSigned="true"' in xml
     assert "PRIVATE KEY" not in xml
+    # The encryption certificate as a file, for Entra's "Token encryption" upload.
+    cert = await gateway.get(f"/saml/{s.tenant}/entra/certificate")
+    assert cert.status == 200
+    pem = await cert.text()
+    assert pem.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE" not in pem
+    assert s.sp_cert_b64[:64] in pem.replace("\n", "") and s.sp_cert_b64[:64] in xml
 
 
 async def test_unknown_connection_is_a_404_page(gateway: Any, acme: Any) -> None:
@@ -121,8 +127,16 @@ async def test_code_is_single_use_short_lived_and_bound_to_the_connection(
     s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
     other = await add_connection(pool, acme.id, "okta", preset="okta")
     code = code_of(await post_acs(gateway, s, s.response()))
-    wrong_secret = await exchange(gateway, s, code, secret=other.secret)
-    assert wrong_secret.status == 401 and (await wrong_secret.json())["error"] == "invalid_client"
+    # A known code with another connection's secret, or with a made-up one, gets the
+    # answer an unknown code gets: nothing tells a code holder without the secret that
+    # the code is valid (before: 401 for a known code, 400 for an unknown one).
+    unknown = await exchange(gateway, s, "x" * 43)
+    assert unknown.status == 400
+    for bad in (other.secret, "pas_" + "A" * 40):
+        wrong_secret = await exchange(gateway, s, code, secret=bad)
+        assert wrong_secret.status == unknown.status
+        assert await wrong_secret.json() == await unknown.json()
+        assert (await wrong_secret.json())["error"] == "invalid_grant"
     no_auth = await gateway.post("/saml/token", data={"code": code})
     assert no_auth.status == 401
     assert (await exchange(gateway, s, code)).status == 200  # the failed tries did not burn it
@@ -431,6 +445,57 @@ async def test_verification_runs_off_the_event_loop(gateway: Any, pool: Any, acm
     await asyncio.gather(*(post_acs(gateway, s, s.response(sign_response=False, sign_assertion=False))
                            for _ in range(4)))
     assert len(seen) == 4 and all(name.startswith("saml-verify") for name in seen), seen
+
+
+@pytest.mark.parametrize("backend", ["xmlsec", "xmlsec1"])
+async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[str, str], topology: Any, pool: Any,
+                                                           acme: Any, provisioner: Any, redis: Any,
+                                                           backend: str) -> None:
+    """Entra ID (assertion signed, AES-256-CBC, RSA-OAEP with its SHA-1 DigestMethod) and
+    Okta (response and assertion signed; AES-GCM among its options) through the real
+    gateway on either backend: signed in. The refusals name what is refused."""
+    client = await start_gateway(saml_crypto_backend=backend)
+    try:
+        entra = await add_connection(pool, acme.id, "entra", preset="entra")
+        okta = await add_connection(pool, acme.id, "okta", preset="okta")
+        for s, encryption in ((entra, "entra"), (okta, "okta"), (okta, "okta-aes256-gcm")):
+            xml = s.response(in_response_to=await sp_login(client, s), shape="encrypted", encryption=encryption,
+                             groups=["Sales"])
+            assert "rsa-oaep-mgf1p" in xml and 'DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"' in xml
+            profile = await _profile(client, s, await post_acs(client, s, xml))
+            assert profile["user_name"] == "alice@acme.test" and profile["groups"][0]["display_name"] == "Sales"
+
+        from saml_idp import ENCRYPTIONS, encrypt_assertion, sign_xml
+
+        # RSA-SHA1 inside the EncryptedAssertion (accepted before: never looked at).
+        plain = entra.response(in_response_to=await sp_login(client, entra), sign_assertion=False)
+        sha1 = encrypt_assertion(sign_xml(plain, entra.idp.keys, sign_method="http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+                                          digest_method="http://www.w3.org/2000/09/xmldsig#sha1"),
+                                 entra.sp_cert_b64, ENCRYPTIONS["entra"])
+        resp = await post_acs(client, entra, sha1)
+        await _assert_refused(resp, redis, topology, acme.id, "weak_signature")
+        assert "RSA-SHA1" in await resp.text()
+        rsa15 = okta.response(in_response_to=await sp_login(client, okta), shape="encrypted",
+                              encryption="okta-rsa-1_5")
+        resp = await post_acs(client, okta, rsa15)
+        await _assert_refused(resp, redis, topology, acme.id, "weak_encryption")
+        assert "RSA-1_5" in await resp.text() and "RSA-OAEP" in await resp.text()
+    finally:
+        await client.close()
+
+
+async def test_wrong_audience_page_names_expected_and_received(gateway: Any, pool: Any, acme: Any, redis: Any,
+                                                              topology: Any) -> None:
+    """Entra's "Identifier mismatch": the page says `audience`'s documented message with
+    both values (before: "The SAML response was refused (Exception)")."""
+    s = await add_connection(pool, acme.id, "entra")
+    xml = atk.sign(atk.edit(s.response(in_response_to=await sp_login(gateway, s), sign_assertion=False),
+                            "//saml:Audience", value="spn:00000000-1111-2222-3333-444444444444"), s.idp.keys)
+    resp = await post_acs(gateway, s, xml)
+    await _assert_refused(resp, redis, topology, acme.id, "audience")
+    html = await resp.text()
+    assert "spn:00000000-1111-2222-3333-444444444444" in html and s.urls.entity_id in html
+    assert "Exception" not in html
 
 
 async def test_plain_pysaml2_backends_selectable(service_env: dict[str, str], topology: Any, pool: Any, acme: Any,
