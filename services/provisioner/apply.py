@@ -7,6 +7,7 @@ outcome is still recorded — a redelivery gets the same answer back.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from provisio_lib.contract import (
 
 from . import store
 from .domain import USER_FIELDS, PermanentError, diff, jit_updates, reconcile_jit_groups
+from .events import EventSpec, member_event
 
 
 Seq = tuple[int, int]
@@ -82,6 +84,8 @@ class Applied:
     resource: dict[str, Any] | None = None
     changes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Events besides the resource's own (memberships, JIT-made groups): events.events_of.
+    extra_events: list[EventSpec] = field(default_factory=list)
 
 
 def _user_dict(row: Any) -> dict[str, Any]:
@@ -196,12 +200,20 @@ async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx
 async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, ctx: Ctx) -> Applied:
     row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
     changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+    added: list[uuid.UUID] = []
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"])
+                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added)
         changes["members"] = {"before": 0, "after": n}
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(row).model_dump(mode="json"), changes=changes)
+    resource = store.group_state(row).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   extra_events=_member_events(resource, row["id"], added, []))
+
+
+def _member_events(group: dict[str, Any] | None, group_id: uuid.UUID, added: list[uuid.UUID],
+                   removed: list[uuid.UUID], source: str = "scim") -> list[EventSpec]:
+    return ([member_event("added", group, group_id, u, source) for u in added]
+            + [member_event("removed", group, group_id, u, source) for u in removed])
 
 
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
@@ -213,28 +225,34 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
                        resource=store.group_state(row).model_dump(mode="json"), notes=["stale: a newer change was applied first"])
     changes = diff(_group_dict(row), {"display_name": p.data.display_name, "external_id": p.data.external_id,
                                       "attributes": dict(p.data.attributes)}, ("display_name", "external_id"))
+    added_ids: list[uuid.UUID] = []
+    removed_ids: list[uuid.UUID] = []
     if p.data.members is not None:
         # Full replace of the members SCIM manages; JIT memberships are not SCIM's to drop.
         current = await store.member_ids(conn, row["id"], "scim")
         wanted = list(dict.fromkeys(p.data.members))
         added = await store.add_members(conn, cmd.tenant_id, row["id"], [u for u in wanted if u not in current], "scim",
-                                        one_group_per_user=ctx.policy["one_group_per_user"])
-        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim")
+                                        one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
+        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim",
+                                             removed=removed_ids)
         if added or removed:
             changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
     if not changes:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
     new = await store.update_group(conn, row, p.data, seq=ctx.seq)
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+    resource = store.group_state(new).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
 
 
 async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
+    added_ids: list[uuid.UUID] = []
+    removed_ids: list[uuid.UUID] = []
     added = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"])
-    removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim")
+                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
+    removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim", removed=removed_ids)
     if not added and not removed:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
@@ -244,8 +262,9 @@ async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupM
         changes["members.added"] = {"before": None, "after": [str(u) for u in p.add][:100]}
     if p.remove:
         changes["members.removed"] = {"before": [str(u) for u in p.remove][:100], "after": None}
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+    resource = store.group_state(new).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
 
 
 async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, ctx: Ctx) -> Applied:
@@ -272,11 +291,13 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         )
         row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
         changes = diff(None, _user_dict(row), USER_FIELDS)
+        extra: list[EventSpec] = []
         if p.groups:
-            await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups)
+            await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, events=extra)
             changes["groups.jit"] = {"before": [], "after": sorted(p.groups)}
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"])
+                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"],
+                       extra_events=extra)
     if not row["active"]:
         raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
     if p.mode != "sync":
@@ -289,24 +310,43 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         before = _user_dict(row)
         row = await store.update_user(conn, row, updates, seq=ctx.seq)
         changes = diff(before, _user_dict(row), USER_FIELDS)
+    extra = []
     if p.groups is not None and not p.groups_overage:
         before_groups = await store.jit_memberships(conn, row["id"])
-        joined, left = await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, before_groups)
+        joined, left = await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, before_groups, events=extra)
         if joined or left:
             changes["groups.jit"] = {"before": sorted(before_groups), "after": sorted(g.lower() for g in p.groups)}
     return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
-                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes)
+                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes,
+                   extra_events=extra)
 
 
 async def _sync_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, claimed: tuple[str, ...],
-                           current: dict[str, uuid.UUID] | None = None) -> tuple[list[str], list[uuid.UUID]]:
+                           current: dict[str, uuid.UUID] | None = None,
+                           events: list[EventSpec] | None = None) -> tuple[list[str], list[uuid.UUID]]:
+    """``events`` collects group.created for the groups made here and the membership events."""
     current = current if current is not None else {}
     join, leave = reconcile_jit_groups(claimed, current)
-    ids = await store.ensure_groups_by_name(conn, tenant_id, join)
+    made: list[Any] = []
+    ids = await store.ensure_groups_by_name(conn, tenant_id, join, created=made)
+    states = {r["id"]: store.group_state(r).model_dump(mode="json") for r in made}
+    if events is not None:
+        events.extend(EventSpec("group.created", "Group", r["id"], dumps_json(states[r["id"]])) for r in made)
     for name in join:
-        await store.add_members(conn, tenant_id, ids[name.lower()], [user_id], "jit")
-    await store.remove_user_from_groups(conn, user_id, leave, "jit")
+        added: list[uuid.UUID] = []
+        gid = ids[name.lower()]
+        await store.add_members(conn, tenant_id, gid, [user_id], "jit", added=added)
+        if events is not None and added:
+            events.append(member_event("added", states.get(gid), gid, user_id, "jit"))
+    left: list[uuid.UUID] = []
+    await store.remove_user_from_groups(conn, user_id, leave, "jit", removed=left)
+    if events is not None:
+        events.extend(member_event("removed", None, gid, user_id, "jit") for gid in left)
     return join, leave
+
+
+def dumps_json(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 HANDLERS = {
