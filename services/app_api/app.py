@@ -43,7 +43,7 @@ TOPOLOGY = web.AppKey("topology", Topology)
 KEYS = web.AppKey("keys", Any)
 SIGNAL = web.AppKey("signal", Any)
 LIMITER = web.AppKey("limiter", Any)
-KEY = "api_key"  # request key: the caller's Auth
+KEY = web.RequestKey("api_key", Any)  # the caller's Auth
 
 
 class ApiError(Exception):
