@@ -37,7 +37,10 @@ def sequence(xid: int, id_: int) -> str:
 def parse_sequence(value: str) -> tuple[int, int]:
     if not SEQUENCE_RE.match(value):
         raise FeedCursorError("after must be the sequence (next_cursor) of an event from this API")
-    return int(value[:16], 16), int(value[16:], 16)
+    xid, id_ = int(value[:16], 16), int(value[16:], 16)
+    if id_ >= 2**63:  # ids are bigint: a larger one was never made here
+        raise FeedCursorError("after must be the sequence (next_cursor) of an event from this API")
+    return xid, id_
 
 
 def type_patterns(raw: str | None) -> list[str] | None:

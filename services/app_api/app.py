@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -175,6 +176,9 @@ def protected(handler: Handler) -> Handler:
     return wrapped
 
 
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
 async def _tenant(request: web.Request, given: str) -> uuid.UUID:
     """The tenant named (or id'd) ``given``, if the caller's key may read it. A key for
     one tenant gets 403 for any other, whether or not it exists (no existence oracle)."""
@@ -184,6 +188,8 @@ async def _tenant(request: web.Request, given: str) -> uuid.UUID:
         if given not in (str(auth.key.tenant_id), auth.tenant_name):
             raise ApiError(403, "forbidden", "this API key is not for that tenant")
         return auth.key.tenant_id
+    if not _TENANT_RE.match(given):  # names are [a-z0-9-] (tenants_name_format) or a uuid
+        raise ApiError(404, "not_found", "no such tenant")
     row = await request.app[POOL].fetchval("SELECT id FROM tenants WHERE name = $1 OR id::text = $1", given)
     if row is None:
         raise ApiError(404, "not_found", f"no tenant {given!r}")

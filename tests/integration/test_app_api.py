@@ -395,8 +395,11 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
         assert {e["tenant"] for e in await all_events(c, key_a, 1)} == {a.name}
         assert {e["tenant"] for e in await all_events(c, key_all, 2)} == {a.name, b.name}
         assert {e["tenant"] for e in await all_events(c, key_all, 1, tenant=b.name)} == {b.name}
-        r = await c.get("/api/v1/tenants/no-such-tenant/users", headers=key_all)
-        assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+        for name in ("no-such-tenant", "bad%00name", "x" * 300, "%C3%A9t%C3%A9"):
+            r = await c.get(f"/api/v1/tenants/{name}/users", headers=key_all)
+            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found", name
+        r = await c.get("/api/v1/events", params={"tenant": "nul\x00"}, headers=key_all)
+        assert r.status == 404
         r = await c.get(f"/api/v1/tenants/{a.name}/users", headers=key_a)
         assert r.status == 200 and [u["user_name"] for u in (await r.json())["data"]] == ["a@x.test"]
 
@@ -409,7 +412,9 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
         r = await c.get(f"/api/v1/tenants/{a.name}/users", headers=key_a)
         assert r.status == 401
 
-        for params in ({"after": "nope"}, {"limit": "5000"}, {"wait": "-1"}, {"wait": "nan"}, {"types": "'; drop"}):
+        r = await c.get("/api/v1/events", params={"after": "f" * 16 + "7" + "f" * 15}, headers=key_all)
+        assert r.status == 200 and (await r.json())["data"] == []
+        for params in ({"after": "nope"}, {"after": "0" * 16 + "f" * 16}, {"limit": "5000"}, {"wait": "-1"}, {"wait": "nan"}, {"types": "'; drop"}):
             r = await c.get("/api/v1/events", params=params, headers=key_all)
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_parameter", params
         r = await c.get("/api/v1/nothing", headers=key_all)

@@ -74,7 +74,8 @@ def test_sequence_and_type_patterns():
     s = events_feed.sequence(0x1234, 7)
     assert events_feed.parse_sequence(s) == (0x1234, 7)
     assert events_feed.sequence(9, 100) < events_feed.sequence(10, 1)  # string order is feed order
-    for bad in ("", "xyz", "0" * 31, "G" * 32, "0" * 33):
+    assert events_feed.parse_sequence("f" * 16 + "7" + "f" * 15) == (2**64 - 1, 2**63 - 1)
+    for bad in ("", "xyz", "0" * 31, "G" * 32, "0" * 33, "0" * 16 + "8" + "0" * 15):
         with pytest.raises(events_feed.FeedCursorError):
             events_feed.parse_sequence(bad)
     assert events_feed.type_patterns("user.*, group.member_added") == ["user.%", r"group.member\_added"]
