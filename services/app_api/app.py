@@ -21,12 +21,13 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from provisio_lib import api_keys, db, directory, events_feed
 from provisio_lib.code_exchange import ExchangeError, exchange_code, secret_hash_from_db
 from provisio_lib.logging import get_logger
-from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
+from provisio_lib.observability import REGISTRY, add_health_routes, postgres_check, redis_check, set_service_info
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.topology import Topology
 
@@ -45,6 +46,13 @@ KEYS = web.AppKey("keys", Any)
 SIGNAL = web.AppKey("signal", Any)
 LIMITER = web.AppKey("limiter", Any)
 KEY = web.RequestKey("api_key", Any)  # the caller's Auth
+
+EVENTS_SERVED = Counter("provisio_app_api_events_served", "Events returned by GET /api/v1/events",
+                        registry=REGISTRY)
+LONG_POLLS_WAITING = Gauge("provisio_app_api_long_polls_waiting", "Events requests waiting for a new event now",
+                           registry=REGISTRY)
+EVENTS_PRUNED = Counter("provisio_events_pruned", "Events deleted past PROVISIO_EVENTS_RETENTION_DAYS",
+                        registry=REGISTRY)
 
 
 class ApiError(Exception):
@@ -384,8 +392,13 @@ async def list_events(request: web.Request) -> web.Response:
         remaining = deadline - loop.time()
         if data or remaining <= 0:
             break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), remaining)
+        LONG_POLLS_WAITING.inc()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), remaining)
+        finally:
+            LONG_POLLS_WAITING.dec()
+    EVENTS_SERVED.inc(len(data))
     next_cursor = data[-1]["sequence"] if data else after_raw
     return web.json_response({"data": data, "next_cursor": next_cursor})
 
@@ -505,6 +518,7 @@ async def prune_events(pool: Any, retention_days: float) -> int:
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     deleted = await events_feed.prune(pool, cutoff)
     if deleted:
+        EVENTS_PRUNED.inc(deleted)
         log.info("events_pruned", deleted=deleted, older_than=cutoff.isoformat())
     return deleted
 
