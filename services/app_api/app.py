@@ -29,6 +29,7 @@ from provisio_lib.code_exchange import ExchangeError, exchange_code, secret_hash
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import REGISTRY, add_health_routes, postgres_check, redis_check, set_service_info
 from provisio_lib.redis_client import connect_redis
+from provisio_lib.tokens import hash_token
 from provisio_lib.topology import Topology
 
 from .openapi import build_openapi
@@ -112,12 +113,14 @@ class KeyCache:
     def __init__(self, pool: Any, ttl_s: float) -> None:
         self.pool = pool
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Auth | None]] = {}
+        # By the key's SHA-256: the process never keeps keys in clear.
+        self._cache: dict[bytes, tuple[float, Auth | None]] = {}
         self._used: set[uuid.UUID] = set()
 
     async def lookup(self, key: str) -> Auth | None:
         now = time.monotonic()
-        hit = self._cache.get(key)
+        digest = hash_token(key)
+        hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             auth = hit[1]
         else:
@@ -131,7 +134,7 @@ class KeyCache:
                 self._cache.clear()
             ttl = self.ttl_s if auth is not None else min(self.ttl_s, 1.0)
             if ttl > 0:
-                self._cache[key] = (now + ttl, auth)
+                self._cache[digest] = (now + ttl, auth)
         if auth is not None:
             self._used.add(auth.key.id)
         return auth
