@@ -410,7 +410,18 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
     Two workers' batches touching the same rows then queue on the first row they share
     instead of deadlocking (each deadlock costs Postgres's deadlock_timeout, 1 s, and a
     retried batch). NO KEY UPDATE, because no key changes: it does not block the KEY SHARE
-    locks that foreign keys take when memberships are inserted."""
+    locks that foreign keys take when memberships are inserted.
+
+    Before any row lock, a transaction-level advisory lock per resource (sorted): they
+    assign no transaction id, so a batch that must wait for another's resource gets its
+    xid only after that batch committed, and the event feed's (xid, id) order is then the
+    commit order of each resource's changes (docs/events.md). Without them, a batch that
+    had locked another row first (and so had an xid) could wait on this row and commit
+    its change after a batch with a higher xid. Waiting here holds no lock, so this adds
+    no deadlock."""
+    keys = sorted({advisory_key(i) for i in (*group_ids, *user_ids)})
+    if keys:
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
     if group_ids:
         await conn.execute(
             "SELECT 1 FROM groups WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(group_ids))
@@ -424,6 +435,11 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
         sorted(set(user_ids)),
     )
     return {r["id"]: r for r in rows}
+
+
+def advisory_key(resource_id: uuid.UUID) -> int:
+    """A resource's advisory lock key: its id's first 64 bits (random in a uuid4)."""
+    return int.from_bytes(resource_id.bytes[:8], "big", signed=True)
 
 
 # A locked user's groups, read by the same statement, ordered as ``user_groups`` orders them.

@@ -225,6 +225,51 @@ async def test_concurrent_commits_become_visible_in_cursor_order_only(pool, tena
         await pool.release(late)
 
 
+async def test_a_batch_waiting_for_anothers_resource_has_no_xid_so_the_feed_keeps_commit_order(pool, tenant):
+    """Two batches change user Y; the second also changes X (locked first in id order).
+    Had it taken X's row lock (and so an xid) before queueing on Y, its change to Y,
+    committed second, would sort first in the feed. It queues on Y's advisory lock
+    instead, holding no xid, and is ordered after the batch it waited for."""
+    x, y = sorted([uuid.uuid4(), uuid.uuid4()])
+    async with pool.acquire() as conn:
+        for uid in (x, y):
+            await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", uid, tenant.id, f"{uid}@x")
+
+    async def write(conn, label):
+        outcome = json.dumps({"completed_at": "2026-01-01T00:00:00+00:00", "source": {"kind": "scim", "label": "t"},
+                              "correlation_id": label, "resource": {"who": label}, "changes": {}})
+        await store.record_outcomes(conn, [(uuid.uuid4(), tenant.id, "user.replace", outcome)],
+                                    [(1, EventSpec("user.updated", "User", y))])
+
+    first, second = await pool.acquire(), await pool.acquire()
+    try:
+        t1, t2 = first.transaction(), second.transaction()
+        await t1.start()
+        await store.lock_in_order(first, [y], [])
+        second_pid = await second.fetchval("SELECT pg_backend_pid()")
+        await t2.start()
+        waiting = asyncio.create_task(store.lock_in_order(second, [x, y], []))
+
+        async def queued():
+            return await pool.fetchrow("SELECT wait_event_type, backend_xid FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                                       second_pid)
+        row = await eventually(queued, timeout=30)
+        assert row["backend_xid"] is None  # no xid while it waits: it cannot sort before `first`
+        await write(first, "first")
+        await t1.commit()
+        await waiting
+        await write(second, "second")
+        await t2.commit()
+    finally:
+        await pool.release(first)
+        await pool.release(second)
+
+    async def both():
+        evs = await events_feed.read_events(pool, [tenant.id], None, 10)
+        return evs if len(evs) == 2 else None
+    assert [e["data"]["who"] for e in await eventually(both, timeout=60)] == ["first", "second"]
+
+
 async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_order(service_env, pool, redis, topology):
     """Two provisioners apply one tenant's commands (the tenant's partition is shared,
     so both take batches of it) while other transactions commit out of order; a reader
