@@ -82,6 +82,11 @@ class Topology:
         """Private reply stream of one gateway process (its own hash tag)."""
         return f"{self.prefix}:{{r:{instance}}}:replies"
 
+    def events_channel(self) -> str:
+        """Pub/sub channel the provisioner publishes a tenant id on after committing events
+        for it: the App API's long-polls wake on it (a hint; the feed is in Postgres)."""
+        return f"{self.prefix}:events"
+
     def key(self, *parts: str) -> str:
         """A plain key under the prefix (e.g. SAML replay cache, rate limits)."""
         return ":".join((self.prefix, *parts))

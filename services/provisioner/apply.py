@@ -7,6 +7,7 @@ outcome is still recorded — a redelivery gets the same answer back.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from .domain import (
     one_group_refusals,
     sso_name_refusal,
 )
+from .events import EventSpec, member_event
 
 
 Seq = tuple[int, int]
@@ -96,6 +98,8 @@ class Applied:
     notes: list[str] = field(default_factory=list)
     # Policy failures of a command applied otherwise (see side_outcomes).
     failures: list[PermanentError] = field(default_factory=list)
+    # Events besides the resource's own (memberships, JIT-made groups): events.events_of.
+    extra_events: list[EventSpec] = field(default_factory=list)
 
 
 def _user_dict(row: Any) -> dict[str, Any]:
@@ -217,13 +221,21 @@ async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, c
     else:
         row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
         changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+    added: list[uuid.UUID] = []
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"])
+                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added)
         changes["members"] = {"before": 0, "after": n}
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(row).model_dump(mode="json"), changes=changes,
-                   notes=["adopted a group JIT created"] if jit_row is not None else [])
+    resource = store.group_state(row).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   notes=["adopted a group JIT created"] if jit_row is not None else [],
+                   extra_events=_member_events(resource, row["id"], added, []))
+
+
+def _member_events(group: dict[str, Any] | None, group_id: uuid.UUID, added: list[uuid.UUID],
+                   removed: list[uuid.UUID], source: str = "scim") -> list[EventSpec]:
+    return ([member_event("added", group, group_id, u, source) for u in added]
+            + [member_event("removed", group, group_id, u, source) for u in removed])
 
 
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
@@ -235,28 +247,34 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
                        resource=store.group_state(row).model_dump(mode="json"), notes=["stale: a newer change was applied first"])
     changes = diff(_group_dict(row), {"display_name": p.data.display_name, "external_id": p.data.external_id,
                                       "attributes": dict(p.data.attributes)}, ("display_name", "external_id"))
+    added_ids: list[uuid.UUID] = []
+    removed_ids: list[uuid.UUID] = []
     if p.data.members is not None:
         # Full replace of the members SCIM manages; JIT memberships are not SCIM's to drop.
         current = await store.member_ids(conn, row["id"], "scim")
         wanted = list(dict.fromkeys(p.data.members))
         added = await store.add_members(conn, cmd.tenant_id, row["id"], [u for u in wanted if u not in current], "scim",
-                                        one_group_per_user=ctx.policy["one_group_per_user"])
-        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim")
+                                        one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
+        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim",
+                                             removed=removed_ids)
         if added or removed:
             changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
     if not changes:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
     new = await store.update_group(conn, row, p.data, seq=ctx.seq)
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+    resource = store.group_state(new).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
 
 
 async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
+    added_ids: list[uuid.UUID] = []
+    removed_ids: list[uuid.UUID] = []
     added = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"])
-    removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim")
+                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
+    removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim", removed=removed_ids)
     if not added and not removed:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
@@ -266,8 +284,9 @@ async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupM
         changes["members.added"] = {"before": None, "after": [str(u) for u in p.add][:100]}
     if p.remove:
         changes["members.removed"] = {"before": [str(u) for u in p.remove][:100], "after": None}
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   resource=store.group_state(new).model_dump(mode="json"), changes=changes)
+    resource = store.group_state(new).model_dump(mode="json")
+    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
+                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
 
 
 async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, ctx: Ctx) -> Applied:
@@ -329,13 +348,14 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
         await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
         changes = diff(None, _user_dict(row), USER_FIELDS)
+        extra: list[EventSpec] = []
         if claimed:
-            joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures)
+            joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, events=extra)
             if joined:
                 changes["groups.jit"] = Change(before=[], after=joined)
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
                        resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"],
-                       failures=failures)
+                       failures=failures, extra_events=extra)
     if not row["active"]:
         raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
     if link:
@@ -357,23 +377,30 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         before = _user_dict(row)
         row = await store.update_user(conn, row, updates, seq=ctx.seq)
         changes = diff(before, _user_dict(row), USER_FIELDS)
+    extra: list[EventSpec] = []
     if claimed is not None:
         before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
-        if await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True) is not None:
+        if await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True, events=extra) is not None:
             after_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
             if after_groups != before_groups:
                 changes["groups.jit"] = Change(before=before_groups, after=after_groups)
     return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
                    user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes,
-                   failures=failures)
+                   failures=failures, extra_events=extra)
 
 
 async def _sync_jit_groups(conn: asyncpg.Connection, ctx: Ctx, tenant_id: uuid.UUID, user: Any, claimed: tuple[str, ...],
-                           failures: list[PermanentError], *, sync: bool = False) -> list[str] | None:
+                           failures: list[PermanentError], *, sync: bool = False,
+                           events: list[EventSpec] | None = None) -> list[str] | None:
     """Make the user's JIT memberships equal the claim (``sync``) or add the claim's groups
     (a new user). Joins that break "one group per user" are not made: a failure for the
-    audit trail instead. Returns the displayNames of the groups joined."""
-    ids = await store.resolve_jit_groups(conn, tenant_id, list(claimed))
+    audit trail instead. Returns the displayNames of the groups joined. ``events``
+    collects group.created for the groups made here and the membership events."""
+    made: list[Any] = []
+    ids = await store.resolve_jit_groups(conn, tenant_id, list(claimed), created=made)
+    states = {r["id"]: store.group_state(r).model_dump(mode="json") for r in made}
+    if events is not None:
+        events.extend(EventSpec("group.created", "Group", r["id"], dumps_json(states[r["id"]])) for r in made)
     claim_of = {gid: claim for claim, gid in ids.items()}
     current = await store.jit_member_groups(conn, user["id"]) if sync else {}
     join = [gid for gid in dict.fromkeys(ids.values()) if gid not in current]
@@ -388,8 +415,14 @@ async def _sync_jit_groups(conn: asyncpg.Connection, ctx: Ctx, tenant_id: uuid.U
                 "policy", f"this tenant allows one group per user: {user['user_name']!r} was not added to "
                 f"{', '.join(repr(claim_of[g]) for g in refused)} (the sign-in itself went ahead)", field="groups"))
     for gid in join:
-        await store.add_members(conn, tenant_id, gid, [user["id"]], "jit")
-    await store.remove_user_from_groups(conn, user["id"], leave, "jit")
+        added: list[uuid.UUID] = []
+        await store.add_members(conn, tenant_id, gid, [user["id"]], "jit", added=added)
+        if events is not None and added:
+            events.append(member_event("added", states.get(gid), gid, user["id"], "jit"))
+    left: list[uuid.UUID] = []
+    await store.remove_user_from_groups(conn, user["id"], leave, "jit", removed=left)
+    if events is not None:
+        events.extend(member_event("removed", None, gid, user["id"], "jit") for gid in left)
     return [claim_of[g] for g in join]
 
 
@@ -406,6 +439,10 @@ def side_outcomes(cmd: Command, applied: Applied) -> list[tuple[Command, Outcome
             update={"resource_id": applied.resource_id, "user_name": applied.user_name})
         out.append((side, outcome, encode(outcome)))
     return out
+
+
+def dumps_json(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 HANDLERS = {

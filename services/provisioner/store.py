@@ -16,6 +16,7 @@ import asyncpg
 from provisio_lib.contract import GroupData, GroupRef, GroupState, UserData, UserState
 
 from .domain import PermanentError, looks_like_object_id, match_group_claims, one_group_refusals, primary_email
+from .events import EventSpec
 
 USER_COLUMNS = (
     "id, tenant_id, user_name, external_id, active, display_name, given_name, family_name, "
@@ -152,13 +153,17 @@ async def insert_users_with_outcomes(conn: asyncpg.Connection, rows: list[dict[s
     BEGIN, INSERT, INSERT, COMMIT). A taken userName or a redelivered event (inbox key)
     fails the whole statement and nothing is written."""
     ev, te, ty, oc = (list(c) for c in zip(*inbox, strict=True))
+    # One user.created event per create, in the same statement (the outbox, docs/events.md).
+    events = [(n, EventSpec("user.created", "User", r["id"])) for n, r in enumerate(rows, 1)]
     await conn.execute(
         f"""WITH created AS (
                 INSERT INTO users ({", ".join(_BULK_USER_COLS)}, version, created_at, updated_at, created_by)
-                SELECT r.*, 1, $15::timestamptz, $15::timestamptz, 'scim' FROM ({_BULK_USER_ROWS}) AS r)
-            INSERT INTO inbox (event_id, tenant_id, type, outcome)
-            SELECT e, t, y, o::jsonb FROM unnest($16::uuid[], $17::uuid[], $18::text[], $19::text[]) AS x(e, t, y, o)""",
-        *_bulk_user_columns(rows), now, ev, te, ty, oc,
+                SELECT r.*, 1, $15::timestamptz, $15::timestamptz, 'scim' FROM ({_BULK_USER_ROWS}) AS r),
+            x AS (SELECT e, t, y, o::jsonb AS o, n
+                  FROM unnest($16::uuid[], $17::uuid[], $18::text[], $19::text[]) WITH ORDINALITY AS x(e, t, y, o, n)),
+            inbox_rows AS (INSERT INTO inbox (event_id, tenant_id, type, outcome) SELECT e, t, y, o FROM x)
+            """ + _EVENTS_INSERT.format(k="$20", ty="$21", rt="$22", ri="$23", d="$24", ch="$25"),
+        *_bulk_user_columns(rows), now, ev, te, ty, oc, *event_columns(events),
     )
 
 
@@ -342,8 +347,10 @@ async def delete_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM groups WHERE id = $1", group_id)
 
 
-async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str, *, one_group_per_user: bool = False) -> int:
-    """Add memberships; unknown user ids are refused (RFC 7644 §3.5.2: invalidValue)."""
+async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str, *, one_group_per_user: bool = False,
+                      added: list[uuid.UUID] | None = None) -> int:
+    """Add memberships; unknown user ids are refused (RFC 7644 §3.5.2: invalidValue).
+    ``added`` collects the user ids actually added (for the member events)."""
     if not user_ids:
         return 0
     found = {r["id"] for r in await conn.fetch(
@@ -368,21 +375,29 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
         if clash:
             who = ", ".join(f"{r['user_name']} (in {r['display_name']})" for r in clash)
             raise PermanentError("policy", f"this tenant allows one group per user: {who}", field="members")
+    sql = """INSERT INTO memberships (tenant_id, group_id, user_id, source)
+           SELECT $1, $2, unnest($3::uuid[]), $4 ON CONFLICT DO NOTHING"""
+    if added is not None:
+        rows = await conn.fetch(sql + " RETURNING user_id", tenant_id, group_id, sorted(user_ids), source)
+        added.extend(r["user_id"] for r in rows)
+        return len(rows)
     status = await conn.execute(
-        """INSERT INTO memberships (tenant_id, group_id, user_id, source)
-           SELECT $1, $2, unnest($3::uuid[]), $4 ON CONFLICT DO NOTHING""",
-        tenant_id, group_id, sorted(user_ids), source,  # one row order for every writer
+        sql, tenant_id, group_id, sorted(user_ids), source,  # one row order for every writer
     )
     return int(status.split()[-1])
 
 
-async def remove_members(conn: asyncpg.Connection, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str) -> int:
+async def remove_members(conn: asyncpg.Connection, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str,
+                         removed: list[uuid.UUID] | None = None) -> int:
+    """``removed`` collects the user ids actually removed (for the member events)."""
     if not user_ids:
         return 0
-    status = await conn.execute(
-        "DELETE FROM memberships WHERE group_id = $1 AND source = $2 AND user_id = ANY($3::uuid[])",
-        group_id, source, user_ids,
-    )
+    sql = "DELETE FROM memberships WHERE group_id = $1 AND source = $2 AND user_id = ANY($3::uuid[])"
+    if removed is not None:
+        rows = await conn.fetch(sql + " RETURNING user_id", group_id, source, user_ids)
+        removed.extend(r["user_id"] for r in rows)
+        return len(rows)
+    status = await conn.execute(sql, group_id, source, user_ids)
     return int(status.split()[-1])
 
 
@@ -391,27 +406,12 @@ async def member_ids(conn: asyncpg.Connection, group_id: uuid.UUID, source: str)
         "SELECT user_id FROM memberships WHERE group_id = $1 AND source = $2", group_id, source)}
 
 
-async def ensure_groups_by_name(conn: asyncpg.Connection, tenant_id: uuid.UUID, names: list[str]) -> dict[str, uuid.UUID]:
-    """Group ids by lower-case name, creating missing groups (JIT group claims)."""
-    if not names:
-        return {}
-    await conn.execute(
-        """INSERT INTO groups (id, tenant_id, display_name, created_by)
-           SELECT gen_random_uuid(), $1, n, 'jit' FROM unnest($2::text[]) AS n
-           ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING""",
-        tenant_id, names,
-    )
-    rows = await conn.fetch(
-        "SELECT id, lower(display_name) AS k FROM groups WHERE tenant_id = $1 AND lower(display_name) = ANY($2::text[])",
-        tenant_id, [n.lower() for n in names],
-    )
-    return {r["k"]: r["id"] for r in rows}
-
-
-async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, claims: list[str]) -> dict[str, uuid.UUID]:
+async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, claims: list[str],
+                             created: list[asyncpg.Record] | None = None) -> dict[str, uuid.UUID]:
     """Claim value → group id: matched by externalId, then displayName (domain.
     match_group_claims); a group first seen in a claim is created, with the claim as its
-    externalId when it looks like an Entra object id (so Entra's SCIM adopts it later)."""
+    externalId when it looks like an Entra object id (so Entra's SCIM adopts it later).
+    ``created`` collects the rows of the groups made here (for group.created events)."""
     if not claims:
         return {}
     select = """SELECT id, display_name, external_id FROM groups
@@ -420,12 +420,14 @@ async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, cla
     found, missing = match_group_claims(claims, [dict(r) for r in await conn.fetch(select, *args)])
     if not missing:
         return found
-    await conn.execute(
-        """INSERT INTO groups (id, tenant_id, display_name, external_id, created_by)
+    made = await conn.fetch(
+        f"""INSERT INTO groups (id, tenant_id, display_name, external_id, created_by)
            SELECT gen_random_uuid(), $1, n, x, 'jit' FROM unnest($2::text[], $3::text[]) AS r(n, x)
-           ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING""",
+           ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING RETURNING {GROUP_COLUMNS}""",
         tenant_id, missing, [c if looks_like_object_id(c) else None for c in missing],
     )
+    if created is not None:
+        created.extend(made)
     found, _ = match_group_claims(claims, [dict(r) for r in await conn.fetch(select, *args)])
     return found
 
@@ -472,21 +474,16 @@ async def adopt_group(conn: asyncpg.Connection, row: asyncpg.Record, data: Group
         raise _unique(err, "displayName", data.display_name) from None
 
 
-async def jit_memberships(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, uuid.UUID]:
-    rows = await conn.fetch(
-        """SELECT g.id, lower(g.display_name) AS k FROM memberships m JOIN groups g ON g.id = m.group_id
-           WHERE m.user_id = $1 AND m.source = 'jit'""",
-        user_id,
-    )
-    return {r["k"]: r["id"] for r in rows}
-
-
-async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, group_ids: list[uuid.UUID], source: str) -> None:
+async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, group_ids: list[uuid.UUID], source: str,
+                                  removed: list[uuid.UUID] | None = None) -> None:
+    """``removed`` collects the group ids the user actually left (for the member events)."""
     if group_ids:
-        await conn.execute(
-            "DELETE FROM memberships WHERE user_id = $1 AND source = $2 AND group_id = ANY($3::uuid[])",
+        rows = await conn.fetch(
+            "DELETE FROM memberships WHERE user_id = $1 AND source = $2 AND group_id = ANY($3::uuid[]) RETURNING group_id",
             user_id, source, group_ids,
         )
+        if removed is not None:
+            removed.extend(r["group_id"] for r in rows)
 
 
 # --------------------------------------------------------------------------- tenants & inbox
@@ -501,7 +498,18 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
     Two workers' batches touching the same rows then queue on the first row they share
     instead of deadlocking (each deadlock costs Postgres's deadlock_timeout, 1 s, and a
     retried batch). NO KEY UPDATE, because no key changes: it does not block the KEY SHARE
-    locks that foreign keys take when memberships are inserted."""
+    locks that foreign keys take when memberships are inserted.
+
+    Before any row lock, a transaction-level advisory lock per resource (sorted): they
+    assign no transaction id, so a batch that must wait for another's resource gets its
+    xid only after that batch committed, and the event feed's (xid, id) order is then the
+    commit order of each resource's changes (docs/events.md). Without them, a batch that
+    had locked another row first (and so had an xid) could wait on this row and commit
+    its change after a batch with a higher xid. Waiting here holds no lock, so this adds
+    no deadlock."""
+    keys = sorted({advisory_key(i) for i in (*group_ids, *user_ids)})
+    if keys:
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
     if group_ids:
         await conn.execute(
             "SELECT 1 FROM groups WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(group_ids))
@@ -515,6 +523,11 @@ async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], gro
         sorted(set(user_ids)),
     )
     return {r["id"]: r for r in rows}
+
+
+def advisory_key(resource_id: uuid.UUID) -> int:
+    """A resource's advisory lock key: its id's first 64 bits (random in a uuid4)."""
+    return int.from_bytes(resource_id.bytes[:8], "big", signed=True)
 
 
 # A locked user's groups, read by the same statement, ordered as ``user_groups`` orders them.
@@ -540,22 +553,51 @@ async def stored_outcomes(conn: asyncpg.Connection, event_ids: list[uuid.UUID]) 
     return {r["event_id"]: r["outcome"] for r in rows}
 
 
-async def record_outcome(conn: asyncpg.Connection, event_id: uuid.UUID, tenant_id: uuid.UUID, type_: str, outcome_json: str) -> None:
-    await conn.execute(
-        "INSERT INTO inbox (event_id, tenant_id, type, outcome) VALUES ($1, $2, $3, $4::text::jsonb)",
-        event_id, tenant_id, type_, outcome_json,
-    )
+async def record_outcome(conn: asyncpg.Connection, event_id: uuid.UUID, tenant_id: uuid.UUID, type_: str, outcome_json: str,
+                         events: list[EventSpec] | tuple[EventSpec, ...] = ()) -> None:
+    """One command's inbox row and its events (the careful path, in its savepoint)."""
+    await record_outcomes(conn, [(event_id, tenant_id, type_, outcome_json)], [(1, e) for e in events])
 
 
-async def record_outcomes(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
-    """Inbox rows for a whole batch in one statement: (event_id, tenant_id, type, outcome JSON)."""
+# The outbox (docs/events.md): each event row is joined to its command's inbox row by
+# position (k, 1-based) and takes source, correlation id, time, and unless given its data
+# and changes, from the outcome JSON the statement parses once for the inbox. The ORDER BY
+# makes the identity ids follow the events' order within the batch.
+_EVENTS_INSERT = """INSERT INTO events (tenant_id, type, occurred_at, source, correlation_id, command_id,
+                                   resource_type, resource_id, data, changes)
+    SELECT x.t, v.ty, (x.o->>'completed_at')::timestamptz, x.o->'source', x.o->>'correlation_id', x.e, v.rt, v.ri,
+           coalesce(v.d::jsonb, x.o->'resource', 'null'::jsonb), CASE WHEN v.ch THEN x.o->'changes' END
+    FROM unnest({k}::int[], {ty}::text[], {rt}::text[], {ri}::uuid[], {d}::text[], {ch}::bool[])
+         WITH ORDINALITY AS v(k, ty, rt, ri, d, ch, n)
+    JOIN x ON x.n = v.k ORDER BY v.n"""
+
+
+def event_columns(events: list[tuple[int, EventSpec]]) -> list[list[Any]]:
+    """Column arrays for ``_EVENTS_INSERT`` from (outcome position, EventSpec)."""
+    return [[k for k, _ in events], [e.type for _, e in events], [e.resource_type for _, e in events],
+            [e.resource_id for _, e in events], [e.data for _, e in events], [e.with_changes for _, e in events]]
+
+
+async def record_outcomes(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, str, str]],
+                          events: list[tuple[int, EventSpec]] | None = None) -> None:
+    """Inbox rows for a whole batch and their events in one statement: rows are (event_id,
+    tenant_id, type, outcome JSON); events (position in rows, 1-based; EventSpec)."""
     if not rows:
         return
     ev, te, ty, oc = zip(*rows, strict=True)
+    if not events:
+        await conn.execute(
+            """INSERT INTO inbox (event_id, tenant_id, type, outcome)
+               SELECT e, t, y, o::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS x(e, t, y, o)""",
+            list(ev), list(te), list(ty), list(oc),
+        )
+        return
     await conn.execute(
-        """INSERT INTO inbox (event_id, tenant_id, type, outcome)
-           SELECT e, t, y, o::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS x(e, t, y, o)""",
-        list(ev), list(te), list(ty), list(oc),
+        """WITH x AS (SELECT e, t, y, o::jsonb AS o, n
+                      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS x(e, t, y, o, n)),
+                inbox_rows AS (INSERT INTO inbox (event_id, tenant_id, type, outcome) SELECT e, t, y, o FROM x)
+           """ + _EVENTS_INSERT.format(k="$5", ty="$6", rt="$7", ri="$8", d="$9", ch="$10"),
+        list(ev), list(te), list(ty), list(oc), *event_columns(events),
     )
 
 

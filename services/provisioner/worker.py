@@ -42,6 +42,7 @@ from provisio_lib.topology import MAX_OUTCOMES_PER_ENTRY, Topology
 from . import store
 from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users, side_outcomes
 from .domain import PermanentError
+from .events import EventSpec, events_of
 
 log = get_logger(__name__)
 
@@ -170,6 +171,7 @@ class Provisioner:
         groups = {uid: store.locked_groups(row) for uid, row in users.items()} if users and users_only else None
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
+        events: list[tuple[int, EventSpec]] = []
         commands = [c for _, c in items]
         seqs = [parse_seq(d.entry_id) for d, _ in items]
         i = 0
@@ -202,8 +204,8 @@ class Provisioner:
                 pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, ctx))]
                 i += 1
             for cmd, applied in pairs:
-                _record(cmd, applied, results, inbox)
-        await store.record_outcomes(conn, inbox)
+                _record(cmd, applied, results, inbox, events)
+        await store.record_outcomes(conn, inbox, events)
         return results
 
     async def _apply_creates(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
@@ -288,7 +290,8 @@ class Provisioner:
                     raise PermanentError("invalid_value", f"unknown tenant {cmd.tenant_id}", field="tenant")
                 applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policy, seq))
                 outcome = make_outcome(cmd, applied)
-                await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode())
+                await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode(),
+                                           outcome_events(cmd, outcome, applied.extra_events))
             if side is not None:
                 side.extend(side_outcomes(cmd, applied))
             return outcome
@@ -342,6 +345,13 @@ class Provisioner:
         for stream, datas in replies.items():
             pipe.xadd(stream, outcome_fields(datas), maxlen=topo.reply_maxlen, approximate=True)
             pipe.expire(stream, topo.reply_ttl_s)
+        # Wake the App API's long-polls (docs/events.md): a hint only, after commit, one
+        # PUBLISH per tenant with new events; the events themselves are in Postgres.
+        changed = {str(cmd.tenant_id) for cmd, outcome, _ in results
+                   if outcome.result != "failed" and not outcome.redelivered
+                   and (outcome.result == "applied" or cmd.type == "jit.login")}
+        for tenant in sorted(changed):
+            pipe.publish(topo.events_channel(), tenant)
 
     async def _publish(self, results: list[tuple[Command, Outcome, bytes]]) -> None:
         if not results:
@@ -377,14 +387,23 @@ def _reply_data(outcome: Outcome, data: bytes) -> bytes:
 
 
 def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, bytes]],
-            inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
-    """The outcome of an applied command, encoded once for the inbox row and the streams."""
+            inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]], events: list[tuple[int, EventSpec]] | None = None) -> None:
+    """The outcome of an applied command, encoded once for the inbox row and the streams;
+    its events (the outbox) joined to the inbox row by position."""
     outcome = make_outcome(cmd, applied)
     data = encode(outcome)
     inbox.append((cmd.event_id, cmd.tenant_id, cmd.type, data.decode()))
     results.append((cmd, outcome, data))
     if applied.failures:
         results.extend(side_outcomes(cmd, applied))
+    if events is not None:
+        n = len(inbox)
+        events.extend((n, e) for e in outcome_events(cmd, outcome, applied.extra_events))
+
+
+def outcome_events(cmd: Command, outcome: Outcome, extra: list[EventSpec]) -> list[EventSpec]:
+    return events_of(cmd, outcome.result, outcome.resource_type, outcome.resource_id, outcome.user_name,
+                     outcome.resource, outcome.changes, outcome.notes, extra)
 
 
 async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], *,

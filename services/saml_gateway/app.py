@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -42,6 +41,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from provisio_lib import db
+from provisio_lib.code_exchange import ExchangeError, code_key, exchange_code
 from provisio_lib.contract import Command, ErrorInfo, JitLogin, Outcome, Source, encode
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import (
@@ -55,7 +55,6 @@ from provisio_lib.observability import (
 )
 from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout, OutcomeWaiter
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.tokens import hash_token
 from provisio_lib.topology import DATA_FIELD, Topology
 
 from .limits import rate_limits
@@ -133,7 +132,7 @@ def _seen_key(topo: Topology, conn_id: uuid.UUID, assertion_id: str) -> str:
 
 
 def _code_key(topo: Topology, code: str) -> str:
-    return topo.key("saml", "code", hashlib.sha256(code.encode()).hexdigest())
+    return code_key(topo, code)
 
 
 def _correlation(request: web.Request) -> str:
@@ -403,29 +402,15 @@ async def token(request: web.Request) -> web.Response:
             code = (await request.post()).get("code")
     except Exception:
         return _token_error(400, "invalid_request", "the body must be a form or JSON object with a code")
-    if not isinstance(code, str) or not code or len(code) > 256:
-        return _token_error(400, "invalid_request", "code is missing")
-    key = _code_key(app[TOPOLOGY], code)
-    raw = await app[REDIS].get(key)
-    entry = json.loads(raw) if raw is not None else None
-    # One answer for an unknown, used or expired code and for a code issued to another
-    # connection than the secret's (RFC 6749 §5.2 invalid_grant: "issued to another
-    # client"), so a stolen code cannot be tested for validity without its secret. The
-    # same lookup runs either way (no timing difference) and the hashes are compared in
-    # constant time.
-    conn = await app[REGISTRY].by_id(uuid.UUID(entry["connection_id"]) if entry else _NO_CONNECTION)
-    valid = hmac.compare_digest(hash_token(secret.strip()), bytes(conn.app_secret_hash or b"") if conn else b"")
-    if entry is None or conn is None or not valid:
-        return _token_error(400, "invalid_grant", _BAD_GRANT)
-    # Delete only after the caller proved who it is; DEL's count makes it single use
-    # even when two exchanges race.
-    if await app[REDIS].delete(key) != 1:
-        return _token_error(400, "invalid_grant", _BAD_GRANT)
-    return web.json_response(entry["profile"], headers={"Cache-Control": "no-store"})
+    async def secret_hash_of(connection_id: uuid.UUID) -> bytes | None:
+        conn = await app[REGISTRY].by_id(connection_id)
+        return bytes(conn.app_secret_hash) if conn is not None and conn.app_secret_hash is not None else None
 
-
-_NO_CONNECTION = uuid.UUID(int=0)
-_BAD_GRANT = "the code is unknown, already used or expired, or the app secret is not its connection's"
+    try:  # shared with the App API's POST /api/v1/saml/token (provisio_lib.code_exchange)
+        profile = await exchange_code(app[REDIS], app[TOPOLOGY], code, secret.strip(), secret_hash_of)
+    except ExchangeError as err:
+        return _token_error(err.status, err.error, err.description)
+    return web.json_response(profile, headers={"Cache-Control": "no-store"})
 
 
 def _token_error(status: int, error: str, description: str) -> web.Response:

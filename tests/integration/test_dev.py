@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
-    scim, saml = free_port(), free_port()
+    scim, saml, app_api = free_port(), free_port(), free_port()
     env = {**os.environ, **service_env, "PROVISIO_SCIM_PORT": str(scim), "PROVISIO_SAML_PORT": str(saml),
+           "PROVISIO_APP_API_PORT": str(app_api),
            "PROVISIO_DEV_DIR": str(tmp_path), "PROVISIO_LOG_FORMAT": "json"}
     # Workers' health listeners on free ports, so parallel stacks never clash.
     env["PROVISIO_HEALTH_PORT"] = "0"
@@ -36,10 +37,11 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
             token = m.group(1) if m else None
         assert token, "".join(lines)
         assert f"http://127.0.0.1:{scim}/scim/v2" in "".join(lines)
+        assert f"http://127.0.0.1:{app_api}/api/v1" in "".join(lines)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
         body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "dev@demo.test"}
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # the gateway may still be binding its port
+            for _ in range(300):  # the gateway may still be binding its port (five services start)
                 try:
                     async with http.post(f"http://127.0.0.1:{scim}/scim/v2/Users", json=body, headers=headers) as r:
                         status, created = r.status, await r.json(content_type=None)
@@ -48,6 +50,15 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
                     time.sleep(0.1)
         assert status == 201, created
         assert created["userName"] == "dev@demo.test"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):  # the App API is one of the stack's services
+                try:
+                    async with http.get(f"http://127.0.0.1:{app_api}/readyz") as r:
+                        ready = r.status
+                    break
+                except aiohttp.ClientConnectionError:
+                    time.sleep(0.1)
+        assert ready == 200
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground group
         out, _ = proc.communicate(timeout=40)

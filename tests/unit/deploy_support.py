@@ -26,15 +26,17 @@ SETTINGS_MODULES = {
     "saml": "saml_gateway.settings",
     "provisioner": "provisioner.settings",
     "auditor": "auditor.settings",
+    "app-api": "app_api.settings",
     "migrate": "provisio_cli.context",
 }
 # Ports the operators rely on (PREAMBLE "Interfaces already fixed").
-SERVICE_PORTS = {"scim": 8081, "saml": 8082, "provisioner": 9101, "auditor": 9102}
+SERVICE_PORTS = {"scim": 8081, "saml": 8082, "app-api": 8083, "provisioner": 9101, "auditor": 9102}
 COMMANDS = {
     "scim": ["serve", "scim"],
     "saml": ["serve", "saml"],
     "provisioner": ["work", "provisioner"],
     "auditor": ["work", "auditor"],
+    "app-api": ["serve", "app-api"],
     "migrate": ["migrate"],
 }
 

@@ -129,7 +129,7 @@ def test_every_file_parses_with_kind_and_name():
 def test_base_renders_with_kustomize():
     docs = rendered(BASE)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("Deployment") == 4 and kinds.count("ScaledObject") == 2
+    assert kinds.count("Deployment") == 5 and kinds.count("ScaledObject") == 2
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "provisio" for d in docs)
 
 
