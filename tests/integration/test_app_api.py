@@ -147,7 +147,10 @@ async def test_scim_changes_become_events_in_order_with_state_and_changes(servic
 
 
 async def test_jit_logins_make_sso_login_and_resource_events(service_env, pool, tenant, provisioner, waiter):
-    conn_id = uuid.uuid4()
+    conn_id = uuid.uuid4()  # a real connection row: the provisioner reads its settings and links to it
+    await pool.execute(
+        """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
+           VALUES ($1, $2, 'okta-prod', 'okta', 'https://idp.test/', '<md/>')""", conn_id, tenant.id)
 
     def login(**kw):
         return Command(tenant_id=tenant.id, source=Source(kind="saml", id=str(conn_id), label="okta-prod"),
@@ -498,8 +501,12 @@ async def test_saml_code_exchange_on_the_app_api(service_env, pool, tenant, redi
     profile = {"user_id": str(uuid.uuid4()), "email": "x@y.test"}
     await redis.set(code_key(topology, "the-code"), json.dumps({"connection_id": str(conn_id), "profile": profile}), ex=60)
     async with app_client() as c:
+        # A wrong secret gets the unknown code's answer (one answer: a code cannot be probed).
         r = await c.post("/api/v1/saml/token", data={"code": "the-code"}, headers={"Authorization": "Bearer wrong"})
-        assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_client"
+        wrong = await r.json()
+        assert r.status == 400 and wrong["error"]["code"] == "invalid_grant"
+        r = await c.post("/api/v1/saml/token", data={"code": "no-such-code"}, headers={"Authorization": f"Bearer {secret}"})
+        assert r.status == 400 and await r.json() == wrong
         r = await c.post("/api/v1/saml/token", json={"code": "the-code"}, headers={"Authorization": f"Bearer {secret}"})
         assert r.status == 200 and await r.json() == profile and r.headers["Cache-Control"] == "no-store"
         r = await c.post("/api/v1/saml/token", json={"code": "the-code"}, headers={"Authorization": f"Bearer {secret}"})

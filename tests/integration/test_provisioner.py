@@ -274,15 +274,18 @@ async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was
     cmds = [create(tenant, f"sync{i}@x.test", given_name=f"G{i}", emails=({"value": f"s{i}@x.test", "type": "work", "primary": True},),
                    attributes={"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"}})
             for i in range(30)]
+    # A reply stream no waiter reads: a reading waiter trims what it has read.
+    replies_to = waiter.stream + ":probe"
     for c in cmds:
-        await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
+        await publish_command(redis, topology, c.model_copy(update={"reply_to": replies_to}))
     async with running_provisioner(batch_size=500) as app:
         worker = app.context.get("provisioner")
         outs = await eventually(lambda: _n_outcomes(redis, topology, tenant, 30), timeout=20)
         assert worker.paths == {"one_statement": 1, "one_transaction": 0, "careful": 0}
     assert [o.event_id for o in outs] == [c.event_id for c in cmds] and all(o.result == "applied" for o in outs)
     # The gateway gets the batch's answers as one reply entry.
-    replies = [f for _, f in await redis.xrange(waiter.stream) if OUTCOMES_FIELD.encode() in f]
+    replies = [f for _, f in await redis.xrange(replies_to) if OUTCOMES_FIELD.encode() in f]
+    await redis.delete(replies_to)
     assert len(replies) == 1
     assert [o.event_id for o in decode_outcomes(replies[0][OUTCOMES_FIELD.encode()])] == [c.event_id for c in cmds]
     async with pool.acquire() as conn:

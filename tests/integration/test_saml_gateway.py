@@ -457,7 +457,10 @@ async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[st
     client = await start_gateway(saml_crypto_backend=backend)
     try:
         entra = await add_connection(pool, acme.id, "entra", preset="entra")
-        okta = await add_connection(pool, acme.id, "okta", preset="okta")
+        # Okta in a tenant of its own: the user JIT made through Entra signs in only
+        # through Entra (its ssoName; issue 13 §1).
+        globex = await make_tenant(pool, name=f"globex-{uuid.uuid4().hex[:6]}")
+        okta = await add_connection(pool, globex.id, "okta", preset="okta")
         for s, encryption in ((entra, "entra"), (okta, "okta"), (okta, "okta-aes256-gcm")):
             xml = s.response(in_response_to=await sp_login(client, s), shape="encrypted", encryption=encryption,
                              groups=["Sales"])
@@ -478,7 +481,7 @@ async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[st
         rsa15 = okta.response(in_response_to=await sp_login(client, okta), shape="encrypted",
                               encryption="okta-rsa-1_5")
         resp = await post_acs(client, okta, rsa15)
-        await _assert_refused(resp, redis, topology, acme.id, "weak_encryption")
+        await _assert_refused(resp, redis, topology, globex.id, "weak_encryption")
         assert "RSA-1_5" in await resp.text() and "RSA-OAEP" in await resp.text()
     finally:
         await client.close()
