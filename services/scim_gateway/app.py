@@ -22,7 +22,7 @@ from provisio_lib.topology import Topology
 
 from .auth import RateLimiter, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
-from .handlers import ROUTES, dumps
+from .handlers import ROUTES, dumps, public_url
 from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
 from .openapi import build_openapi
 from .settings import ScimSettings
@@ -129,9 +129,7 @@ def _unauthorized(detail: str) -> ScimError:
 
 
 async def openapi_view(request: web.Request) -> web.Response:
-    public = request.app[SETTINGS].scim_public_url
-    server = str(public).rstrip("/") if public else f"{request.scheme}://{request.host}"
-    return web.json_response(build_openapi(ROUTES, server))
+    return web.json_response(build_openapi(ROUTES, public_url(request.app[SETTINGS])))
 
 
 def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Application:

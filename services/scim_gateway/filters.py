@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from scim2_models.exceptions import InvalidFilterException
@@ -386,14 +386,16 @@ class _Compiler:
             if sub is None:
                 raise invalid_filter(f"{t.attr.name} has no value sub-attribute to compare")
             var = self.fresh()
-            if sub.type == "boolean":
-                inner = self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", op, value)
-            else:
-                inner = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, op, value)
             if op == CompareOperator.ne:
                 # "emails ne x": no email equals x (not: some email differs from x)
                 eq = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, CompareOperator.eq, value) if sub.type != "boolean" else self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", CompareOperator.eq, value)
                 return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {eq})"
+            # Built only here: each comparison binds parameters, and a parameter the SQL
+            # never uses makes Postgres refuse the statement (a 500 before, for "ne").
+            if sub.type == "boolean":
+                inner = self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", op, value)
+            else:
+                inner = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, op, value)
             return f"EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {inner})"
         if isinstance(t, _Members):
             return self.compare_link("m", "mu", "group_id", "user_id", "users", t.sub, op, value)
@@ -459,6 +461,12 @@ class _Compiler:
                 raise invalid_filter(f"{op.value} cannot compare dateTime values")
             if when.tzinfo is None:
                 raise invalid_filter(f"{value!r} has no time zone")
+            try:
+                # Postgres compares in UTC: 0001-01-01T00:00:00+14:00 is before year 1
+                # there, which Python cannot represent (an OverflowError, a 500 before).
+                when = when.astimezone(timezone.utc)
+            except (OverflowError, ValueError):
+                raise invalid_filter(f"{value!r} is outside the range of dates this server stores") from None
             return f"({expr} {_SYM[op]} {self.param(when)}::timestamptz)"
         # strings
         if isinstance(value, bool):

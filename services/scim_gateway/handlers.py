@@ -48,6 +48,7 @@ from .resources import (
     member_ids,
     normalise,
     project,
+    refresh_name,
     render_group,
     render_user,
     require,
@@ -73,10 +74,17 @@ _MAX_START_INDEX = 2**62
 
 
 def base_url(request: web.Request) -> str:
-    public = request.app[SETTINGS].scim_public_url
+    return public_url(request.app[SETTINGS]) + BASE_PATH
+
+
+def public_url(settings: Any) -> str:
+    """The gateway's external base URL: PROVISIO_SCIM_PUBLIC_URL, else derived from its
+    port. Never from the request's Host header: a forged Host would otherwise become the
+    Location of a 201 and the meta.location an IdP stores (issue 13 §5)."""
+    public = settings.scim_public_url
     if public is not None:
-        return str(public).rstrip("/") + BASE_PATH
-    return f"{request.scheme}://{request.host}{BASE_PATH}"
+        return str(public).rstrip("/")
+    return f"http://127.0.0.1:{settings.scim_port}"
 
 
 def dumps(data: Any) -> bytes:
@@ -115,6 +123,9 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid_syntax(f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        # json.loads recurses per nesting level; jiter refused it above for the same reason.
+        raise invalid_syntax("the request body nests too deeply") from None
 
 
 def parse_id(raw: str, what: str) -> uuid.UUID:
@@ -132,7 +143,9 @@ def if_match_version(request: web.Request) -> int | None:
     tags = [t.strip() for t in raw.split(",")]
     for t in tags:
         t = t.removeprefix("W/").strip('"')
-        if t.isdigit():
+        # isdigit() alone accepts "²" or "١" (int() refuses them: a 500 before); an
+        # ETag this server issued is ASCII digits of a bigint.
+        if t.isascii() and t.isdigit() and len(t) <= 18:
             return int(t)
     return -1  # an ETag this server never issued: never matches
 
@@ -503,7 +516,7 @@ async def patch_user(request: web.Request) -> web.Response:
             raise not_found(f"User {uid}")
         check_if_match(request, row["version"])
         current = canonical_user(kind, row)
-        updated = normalise(kind, apply_patch(kind, current, ops))
+        updated = refresh_name(current, normalise(kind, apply_patch(kind, current, ops)))
         require(kind, updated)
         if updated == current:
             # Nothing changes (Entra re-sends PATCHes it already sent): answer the stored state.

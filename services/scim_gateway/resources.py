@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from provisio_lib.contract import Email, GroupData, UserData
+from provisio_lib.names import refresh_formatted
 
 from .errors import ScimError, invalid_syntax, invalid_value
 from .schema import (
@@ -239,6 +240,13 @@ def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
         core_part[key] = value
     _normalise_schema_part(kind.core, core_part, kind.core.id, out)
     return out
+
+
+def refresh_name(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with name.formatted recomputed when a PATCH changed givenName/familyName
+    (or another part) without sending formatted (see ``provisio_lib.names``)."""
+    fresh = refresh_formatted(before.get("name"), after.get("name"))
+    return after if fresh is None else {**after, "name": fresh}
 
 
 def require(kind: ResourceKind, resource: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ class ScimSettings(CommonSettings):
     scim_public_url: AnyHttpUrl | None = Field(
         default=None,
         description="External base URL (https://scim.example.com); used for meta.location and "
-        "Location headers. Unset: derived from the request (Host, X-Forwarded-Proto).",
+        "Location headers. Unset: http://127.0.0.1:<PROVISIO_SCIM_PORT> (never the request's Host).",
     )
     scim_outcome_timeout_s: float = Field(
         default=10.0, gt=0, le=120, description="Wait for the provisioner's outcome, then 503"
