@@ -225,6 +225,8 @@ class _Compiler:
         attr = ext.attr(name)
         if attr is None:
             raise invalid_filter(f"unknown attribute {str(ap)!r} in filter")
+        if (ext.id, attr.name) in kind.sso_aliases and not sub:
+            return _Column(f"{a}.sso_name", "string", True)  # stored as Provisio's ssoName
         if ext.id == PROVISIO_SCHEMA:
             if attr.name == "ssoName":
                 return _Column(f"{a}.sso_name", "string", True)
@@ -381,6 +383,15 @@ class _Compiler:
                 return self.compare_json_bool(f"({t.base} #> {self.param(list(t.path))}::text[])", op, value)
             expr = f"({t.base} #>> {self.param(list(t.path))}::text[])"
             return self.compare_sql(expr, "string", t.attr.case_exact, op, value)
+        if isinstance(t, _JsonMulti) and t.attr.type != "complex" and t.sub is None:
+            # a multi-valued simple attribute (a tenant's extension: "skills": ["a", "b"]):
+            # compared element by element; "ne" means no element equals the value
+            var = self.fresh()
+            elem = f"({var}.v #>> '{{}}')"
+            neg = op == CompareOperator.ne
+            cond = self.compare_sql(elem, "string", t.attr.case_exact, CompareOperator.eq if neg else op, value)
+            found = f"EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {cond})"
+            return f"NOT {found}" if neg else found
         if isinstance(t, _JsonMulti):
             sub = t.attr.child(t.sub or "value")
             if sub is None:
