@@ -113,3 +113,30 @@ async def test_patch_of_given_name_recomputes_formatted(service_env, pool, provi
         assert (await r.json())["name"]["formatted"] == "Ada, Countess of Lovelace"
         r = await c.get(f"/scim/v2/Users/{u['id']}", headers=h)
         assert (await r.json())["name"] == {"formatted": "Ada, Countess of Lovelace", "givenName": "Ada", "familyName": "King"}
+
+
+async def test_group_etag_changes_when_a_member_user_is_deleted(service_env, pool, provisioner):
+    tenant = await make_tenant(pool, deprovision="delete")
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        a = await _user(c, h, "a@example.com")
+        b = await _user(c, h, "b@example.com")
+        r = await c.post("/scim/v2/Groups", headers=h, json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Team",
+            "members": [{"value": a["id"]}, {"value": b["id"]}]})
+        assert r.status == 201, await r.text()
+        group = await r.json()
+        tag = r.headers["ETag"]
+        r = await c.get(f"/scim/v2/Groups/{group['id']}", headers={**h, "If-None-Match": tag})
+        assert r.status == 304
+        assert (await c.delete(f"/scim/v2/Users/{a['id']}", headers=h)).status == 204
+        r = await c.get(f"/scim/v2/Groups/{group['id']}", headers={**h, "If-None-Match": tag})
+        assert r.status == 200, "the member list changed: If-None-Match must not answer 304"
+        body = await r.json()
+        assert [m["value"] for m in body["members"]] == [b["id"]]
+        assert r.headers["ETag"] != tag and body["meta"]["version"] == r.headers["ETag"]
+        assert body["meta"]["lastModified"] >= group["meta"]["lastModified"]
+        # an If-Match with the old version is refused (412), the new one accepted
+        r = await c.patch(f"/scim/v2/Groups/{group['id']}", headers={**h, "If-Match": tag},
+                          json=patch_body({"op": "replace", "path": "displayName", "value": "Team 2"}))
+        assert r.status == 412
