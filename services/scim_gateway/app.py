@@ -15,7 +15,13 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from provisio_lib import db
 from provisio_lib.logging import get_logger
-from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
+from provisio_lib.observability import (
+    add_health_routes,
+    metrics_listener,
+    postgres_check,
+    redis_check,
+    set_service_info,
+)
 from provisio_lib.outcomes import OutcomeWaiter
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.topology import Topology
@@ -167,7 +173,11 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     for method, rel, handler, needs_auth, _summary in ROUTES:
         app.router.add_route(method, BASE_PATH + rel, protected(handler) if needs_auth else handler)
     app.router.add_get("/openapi.json", openapi_view)
-    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    checks = {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])}
+    # /healthz and /readyz stay on the public port (probes, compose); /metrics only on
+    # the operator listener.
+    add_health_routes(app, checks, metrics_route=False)
+    app.cleanup_ctx.append(metrics_listener(settings.scim_host, settings.scim_metrics_port, checks))
     set_service_info("scim-gateway")
     return app
 

@@ -10,6 +10,10 @@ from provisio_lib.settings import CommonSettings
 class ScimSettings(CommonSettings):
     scim_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
     scim_port: int = Field(default=8081, ge=1, le=65535)
+    scim_metrics_port: int = Field(
+        default=9181, ge=0, le=65535,
+        description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
+    )
     scim_public_url: AnyHttpUrl | None = Field(
         default=None,
         description="External base URL (https://scim.example.com); used for meta.location and "
