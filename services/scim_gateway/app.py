@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -22,14 +23,29 @@ from provisio_lib.observability import (
     redis_check,
     set_service_info,
 )
+from provisio_lib.contract import Source, encode
 from provisio_lib.outcomes import OutcomeWaiter
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.topology import Topology
+from provisio_lib.topology import DATA_FIELD, Topology
 
 from .auth import RateLimiter, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
 from .handlers import ROUTES, dumps, public_url
-from .keys import BASE_PATH, CORRELATION_ID, LIMITER, POOL, REDIS, SETTINGS, TENANT, TOKENS, WAITER
+from .keys import (
+    BASE_PATH,
+    BODY,
+    CORRELATION_ID,
+    LIMITER,
+    POOL,
+    REDIS,
+    REFUSALS,
+    SETTINGS,
+    TENANT,
+    TOKENS,
+    TOPOLOGY,
+    WAITER,
+)
+from .refusals import RECORDED_STATUSES, RefusalSampler, refusal_outcome, refused_operation
 from .openapi import build_openapi
 from .settings import ScimSettings
 
@@ -79,9 +95,12 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             response = await handler(request)
         except ScimError as err:
             response = error_response(err)
+            await audit_refusal(request, err)
         except web.HTTPRequestEntityTooLarge:
             settings = request.app[SETTINGS]
-            response = error_response(ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes"))
+            err = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes")
+            response = error_response(err)
+            await audit_refusal(request, err)
         except web.HTTPException as err:
             if err.status < 400:
                 raise
@@ -105,6 +124,39 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+async def audit_refusal(request: web.Request, err: ScimError) -> None:
+    """Put a refusal of a tenant's write on its audit stream (see ``refusals``): sampled,
+    and never in the way of the answer."""
+    if err.status not in RECORDED_STATUSES or err.audited or TENANT not in request:
+        return
+    operation = refused_operation(request.method, request.path.removeprefix(BASE_PATH))
+    if operation is None:
+        return
+    auth = request[TENANT]
+    app = request.app
+    suppressed = app[REFUSALS].admit((auth.tenant_id, err.status))
+    if suppressed is None:
+        return
+    outcome = refusal_outcome(
+        tenant_id=auth.tenant_id,
+        source=Source(kind="scim", id=str(auth.token_id), label=auth.token_label),
+        correlation_id=request[CORRELATION_ID],
+        occurred_at=datetime.now(UTC),
+        operation=operation,
+        status=err.status,
+        detail=err.detail,
+        scim_type=err.scim_type,
+        body=request.get(BODY),
+        suppressed=suppressed,
+    )
+    try:
+        topology = app[TOPOLOGY]
+        await app[REDIS].xadd(topology.audit_stream_for(auth.tenant_id), {DATA_FIELD: encode(outcome)},
+                              maxlen=topology.maxlen, approximate=True)
+    except Exception as err2:  # Redis down: the answer still goes out; the log keeps it
+        log.warning("scim_refusal_audit_failed", error=str(err2), status=err.status)
+
+
 def protected(handler: Handler) -> Handler:
     """Bearer token → tenant (RFC 6750), then the tenant's rate limit."""
 
@@ -116,10 +168,10 @@ def protected(handler: Handler) -> Handler:
         auth = await request.app[TOKENS].lookup(token)
         if auth is None:
             raise _unauthorized("the bearer token is not valid")
+        request[TENANT] = auth  # also for the audit record of a 429
         wait = request.app[LIMITER].check(auth)
         if wait is not None:
             raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
-        request[TENANT] = auth
         tokens = bind_contextvars(tenant=auth.tenant_label)
         try:
             return await handler(request)
@@ -142,6 +194,7 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     app = web.Application(client_max_size=settings.scim_max_body, middlewares=[scim_errors])
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.scim_rate_limit_per_s, settings.scim_rate_limit_burst)
+    app[REFUSALS] = RefusalSampler()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         dsn = settings.database_url.get_secret_value()
@@ -159,6 +212,7 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
             app[REDIS] = redis
             app[WAITER] = waiter
             app[TOKENS] = tokens
+            app[TOPOLOGY] = topology
             await waiter.start()
             tokens.start()
             log.info("scim_gateway_ready", reply_stream=waiter.stream)

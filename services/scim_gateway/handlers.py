@@ -38,7 +38,7 @@ from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout
 from . import repository as repo
 from .auth import TenantAuth
 from .errors import SCIM_CONTENT_TYPE, ScimError, invalid_syntax, invalid_value, not_found
-from .keys import BASE_PATH, CORRELATION_ID, POOL, SETTINGS, TENANT, TOKENS, WAITER
+from .keys import BASE_PATH, BODY, CORRELATION_ID, POOL, SETTINGS, TENANT, TOKENS, WAITER
 from .patch import apply_patch, parse_patch, plan_group_patch
 from .resources import (
     canonical_group,
@@ -127,11 +127,13 @@ async def read_json(request: web.Request) -> Any:
         # pydantic-core's parser (jiter) gives the same values as json.loads, ~2x faster;
         # what it refuses (a BOM, UTF-16, lone surrogate escapes, deep nesting) goes to
         # json.loads, so the answer (value or error) is json.loads's.
-        return from_json(raw)
+        body = request[BODY] = from_json(raw)
+        return body
     except ValueError:
         pass
     try:
-        return json.loads(raw)
+        body = request[BODY] = json.loads(raw)
+        return body
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid_syntax(f"the request body is not valid JSON: {err}") from None
     except RecursionError:
@@ -202,7 +204,9 @@ def outcome_error(error: ErrorInfo | None) -> ScimError:
     detail = error.message
     if error.code == "policy":
         detail = f"tenant policy: {error.message}"
-    return ScimError(status, detail, scim_type)
+    err = ScimError(status, detail, scim_type)
+    err.audited = True  # the provisioner's failed Outcome is the audit record
+    return err
 
 
 async def submit(request: web.Request, payload: CommandPayload) -> Outcome:

@@ -8,8 +8,10 @@ import asyncpg
 from aiohttp import web
 
 from provisio_lib.outcomes import OutcomeWaiter
+from provisio_lib.topology import Topology
 
 from .auth import RateLimiter, TenantAuth, TokenCache
+from .refusals import RefusalSampler
 from .settings import ScimSettings
 
 BASE_PATH = "/scim/v2"
@@ -20,7 +22,10 @@ REDIS = web.AppKey("redis", Any)
 WAITER = web.AppKey("waiter", OutcomeWaiter)
 TOKENS = web.AppKey("tokens", TokenCache)
 LIMITER = web.AppKey("limiter", RateLimiter)
+TOPOLOGY = web.AppKey("topology", Topology)
+REFUSALS = web.AppKey("refusals", RefusalSampler)
 
 # Per-request values (aiohttp ``web.RequestKey``).
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 TENANT = web.RequestKey("tenant", TenantAuth)
+BODY = web.RequestKey("body", object)  # the parsed JSON body (for the refusal record)
