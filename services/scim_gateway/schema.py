@@ -16,7 +16,6 @@ from typing import Any
 
 from provisio_lib.scim_extensions import (
     PRESET_SSO_ALIASES,
-    SPLASHTOP_SCHEMA,
     UNDECLARED_DEFAULT,
     UNDECLARED_MODES,
     SchemaDocumentError,
