@@ -508,7 +508,7 @@ def render_user(
     if provisio:
         out[PROVISIO_SCHEMA] = provisio
         out["schemas"].append(PROVISIO_SCHEMA)
-    _render_extensions(out, attributes, row.get("sso_name"), kind)
+    _render_extensions(out, attributes, row.get("sso_name"), kind, storage)
     if not meta:  # canonical_user: normalise drops meta (read-only) anyway
         return out
     out["meta"] = {
@@ -522,14 +522,14 @@ def render_user(
 
 
 def _render_extensions(
-    out: dict[str, Any], attributes: Mapping[str, Any], sso_name: Any, kind: ResourceKind | None
+    out: dict[str, Any], attributes: Mapping[str, Any], sso_name: Any, kind: ResourceKind | None, storage: bool
 ) -> None:
     """A tenant's extension data (declared, or stored as sent), and the preset attributes
     that show Provisio's ssoName under another URN (Splashtop's)."""
     for key, value in attributes.items():
         if key.startswith("urn:") and key not in _BUILT_IN_KEYS and isinstance(value, dict) and value:
             ext = kind.extensions.get(key.lower()) if kind is not None else None
-            if ext is not None:
+            if ext is not None and not storage:  # kept in the form PATCH works on
                 value = {k: v for k, v in value.items() if (a := ext.attr(k)) is None or a.returned != "never"}
             out[key] = value
             out["schemas"].append(key)

@@ -116,3 +116,15 @@ def test_patch_by_undeclared_urn_paths_in_store_mode():
         apply_patch(kind(undeclared="reject"), {"userName": "a"}, patch(
             {"op": "add", "path": f"{urn}:CustomAttribute", "value": "v"}))
     assert e.value.scim_type == "invalidPath" and urn in e.value.detail
+
+
+def test_returned_never_is_hidden_but_kept_through_a_patch():
+    doc = {"id": EXT, "attributes": [{"name": "pin", "type": "string", "returned": "never"},
+                                     {"name": "x", "type": "string"}]}
+    k = kind(doc)
+    row = {"id": "00000000-0000-0000-0000-000000000002", "user_name": "a", "active": True,
+           "attributes": {EXT: {"pin": "1234", "x": "1"}}}
+    assert render_user(row, "", meta=False, kind=k)[EXT] == {"x": "1"}
+    view = canonical_user(k, row)
+    after = normalise(k, apply_patch(k, view, patch({"op": "replace", "path": f"{EXT}:x", "value": "2"})))
+    assert user_data(after).attributes[EXT] == {"pin": "1234", "x": "2"}
