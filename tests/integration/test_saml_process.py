@@ -30,7 +30,7 @@ async def test_serves_and_stops_on_sigterm(service_env: dict[str, str]) -> None:
                             stderr=subprocess.PIPE)
     try:
         ready = False
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for _ in range(100):
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
