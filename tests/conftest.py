@@ -160,6 +160,9 @@ def service_env(database_url: str, redis_url: str, redis_prefix: str, monkeypatc
         "PROVISIO_REDIS_PREFIX": redis_prefix,
         "PROVISIO_PARTITIONS": "4",
         "PROVISIO_LOG_FORMAT": "json",
+        # The gateways' operator (metrics) listeners on any free port: tests run side by side.
+        "PROVISIO_SCIM_METRICS_PORT": "0",
+        "PROVISIO_SAML_METRICS_PORT": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -527,8 +527,12 @@ def add_health_routes(
     *,
     streams: StreamStats | None = None,
     http_metrics: bool = True,
+    metrics_route: bool = True,
 ) -> None:
     """Add ``/healthz``, ``/readyz`` and ``/metrics`` to ``app`` (before it starts).
+
+    ``metrics_route=False`` leaves ``/metrics`` out: the gateways serve it on their
+    operator listener (``metrics_listener``), never on the public port.
 
     ``checks`` maps a name to an async check, e.g.
     ``{"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])}``.
@@ -539,7 +543,8 @@ def add_health_routes(
     app[_STATE] = {"draining": False}
     app.router.add_get("/healthz", _healthz, allow_head=True)
     app.router.add_get("/readyz", _readyz, allow_head=True)
-    app.router.add_get("/metrics", _metrics)
+    if metrics_route:
+        app.router.add_get("/metrics", _metrics)
     if http_metrics:
         app.middlewares.insert(0, metrics_middleware)
 
@@ -552,6 +557,9 @@ def add_health_routes(
 
 
 # --------------------------------------------------------------------------- workers
+
+
+_LISTENER: web.AppKey[Any] = web.AppKey("provisio_metrics_listener", object)
 
 
 class HealthServer:
@@ -597,8 +605,39 @@ class HealthServer:
         await self.stop()
 
 
+def metrics_listener(host: str, port: int, checks: Mapping[str, Check]) -> Callable[[web.Application], Any]:
+    """A gateway's operator listener (``/metrics``, ``/healthz``, ``/readyz`` on ``port``),
+    run for the life of ``app`` as a cleanup context: ``app.cleanup_ctx.append(...)``.
+
+    The public port (SCIM 8081, SAML 8082) answers IdPs and browsers from anywhere; the
+    metrics name tenants' routes and rates, so they are served only here, on a port the
+    Service/Ingress does not publish (as the workers' 9101/9102)."""
+
+    async def run(app: web.Application) -> Any:
+        server = HealthServer(host, port, checks)
+        await server.start()
+        app[_LISTENER] = server
+
+        async def drain(_app: web.Application) -> None:
+            server.mark_draining()
+
+        app.on_shutdown.append(drain)
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    return run
+
+
 def start_health_server(
     host: str, port: int, checks: Mapping[str, Check], *, streams: StreamStats | None = None
 ) -> HealthServer:
     """A worker's health/metrics listener; use as ``async with`` or ``await .start()``."""
     return HealthServer(host, port, checks, streams=streams)
+
+
+def operator_port(app: web.Application) -> int:
+    """The port a running gateway's operator listener (``metrics_listener``) bound."""
+    server: HealthServer = app[_LISTENER]
+    return server.port

@@ -12,7 +12,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
-from . import apikeys, audit, dlq, sso
+from . import apikeys, audit, dlq, scim_schema, sso
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="scim-token")
+app.add_typer(scim_schema.app, name="scim-schema")
 app.add_typer(sso.app, name="sso")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")

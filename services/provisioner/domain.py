@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from provisio_lib.contract import Change
+from provisio_lib.names import refresh_formatted
 
 # Never recorded in an outcome or the audit trail, whatever the IdP sends.
 SECRET_KEYS = frozenset({"password", "secret", "token"})
@@ -86,6 +87,7 @@ def jit_updates(current: Mapping[str, Any], login: Mapping[str, Any]) -> dict[st
         if merged != (attrs.get("custom") or {}):
             attrs["custom"] = merged
             updates["attributes"] = attrs
+    _refresh_formatted_name(current, updates)
     return updates
 
 
@@ -214,3 +216,25 @@ def immutable_change(policy: Mapping[str, Any], before: Mapping[str, Any], after
     if old and (new or "").lower() != old.lower():
         return "emails"
     return None
+
+
+def _refresh_formatted_name(current: Mapping[str, Any], updates: dict[str, Any]) -> None:
+    """A sync login that changes given/family name recomputes the stored name.formatted
+    (kept in ``attributes["name"]``), which would otherwise name the old person."""
+    if "given_name" not in updates and "family_name" not in updates:
+        return
+    attrs = dict(updates.get("attributes") or current.get("attributes") or {})
+    stored = attrs.get("name")
+    if not isinstance(stored, dict):
+        return
+    before = {**stored, "givenName": current.get("given_name"), "familyName": current.get("family_name")}
+    after = {
+        **stored,
+        "givenName": updates.get("given_name", current.get("given_name")),
+        "familyName": updates.get("family_name", current.get("family_name")),
+    }
+    fresh = refresh_formatted(before, after)
+    if fresh is None:
+        return
+    attrs["name"] = {k: v for k, v in fresh.items() if k not in ("givenName", "familyName")}
+    updates["attributes"] = attrs

@@ -238,6 +238,17 @@ async def user_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[Grou
 
 
 async def delete_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    # The user's memberships go with it (ON DELETE CASCADE), so each of its groups gets a
+    # new version first: a group's ETag covers its members (RFC 7644 §3.14), and an
+    # If-None-Match with the old one must not answer 304 with a stale member list.
+    # Groups are locked in id order, as lock_in_order does.
+    await conn.execute(
+        """UPDATE groups g SET version = g.version + 1, updated_at = now()
+           FROM (SELECT id FROM groups WHERE id IN (SELECT group_id FROM memberships WHERE user_id = $1)
+                 ORDER BY id FOR NO KEY UPDATE) AS s
+           WHERE g.id = s.id""",
+        user_id,
+    )
     await conn.execute("DELETE FROM users WHERE id = $1", user_id)
 
 

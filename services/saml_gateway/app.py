@@ -49,6 +49,7 @@ from provisio_lib.observability import (
     SAML_LOGINS_ACCEPTED,
     SAML_LOGINS_REFUSED,
     add_health_routes,
+    metrics_listener,
     postgres_check,
     redis_check,
     set_service_info,
@@ -517,7 +518,10 @@ def create_app(settings: SamlSettings) -> web.Application:
             await app[POOL].close()
 
     app.cleanup_ctx.append(resources)
-    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    checks = {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])}
+    # /metrics only on the operator listener, never on the public port (issue 13 §5)
+    add_health_routes(app, checks, metrics_route=False)
+    app.cleanup_ctx.append(metrics_listener(settings.saml_host, settings.saml_metrics_port, checks))
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/metadata", metadata)
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/login", login)
     app.router.add_get(f"/saml/{{tenant:{_NAME}}}/{{connection:{_NAME}}}/certificate", certificate)

@@ -17,6 +17,10 @@ class SamlSettings(CommonSettings):
                             description="asyncio (default for the SAML gateway) or uvloop")
     saml_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
     saml_port: int = Field(default=8082, ge=1, le=65535)
+    saml_metrics_port: int = Field(
+        default=9182, ge=0, le=65535,
+        description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
+    )
     saml_public_url: str = Field(
         default="http://127.0.0.1:8082",
         pattern=r"^https?://[^\s/]+(/[^\s]*)?$",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -16,29 +17,40 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from provisio_lib import db
 from provisio_lib.logging import get_logger
-from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
+from provisio_lib.observability import (
+    add_health_routes,
+    metrics_listener,
+    postgres_check,
+    redis_check,
+    set_service_info,
+)
+from provisio_lib.contract import Source, encode
 from provisio_lib.outcomes import OutcomeWaiter
 from provisio_lib.ratelimit import WindowLimiter, parse_trusted_proxies, source_address
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.topology import Topology
+from provisio_lib.topology import DATA_FIELD, Topology
 
 from .auth import RateLimiter, ReadGate, TenantAuth, TokenCache
 from .errors import SCIM_CONTENT_TYPE, ScimError
-from .handlers import ROUTES, dumps
+from .handlers import ROUTES, dumps, public_url
 from .keys import (
     AUTH_FAILURES,
     BASE_PATH,
+    BODY,
     CORRELATION_ID,
     LIMITER,
     POOL,
     READS,
     REDIS,
+    REFUSALS,
     SETTINGS,
     TENANT,
     TOKENS,
+    TOPOLOGY,
     TRUSTED_PROXIES,
     WAITER,
 )
+from .refusals import RECORDED_STATUSES, RefusalSampler, refusal_outcome, refused_operation
 from .openapi import build_openapi
 from .settings import ScimSettings
 
@@ -88,9 +100,12 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             response = await handler(request)
         except ScimError as err:
             response = error_response(err)
+            await audit_refusal(request, err)
         except web.HTTPRequestEntityTooLarge:
             settings = request.app[SETTINGS]
-            response = error_response(ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes"))
+            err = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes")
+            response = error_response(err)
+            await audit_refusal(request, err)
         except web.HTTPException as err:
             if err.status < 400:
                 raise
@@ -160,6 +175,39 @@ def _address(request: web.Request) -> str:
     return source_address(request.remote, request.headers.get("X-Forwarded-For"), request.app[TRUSTED_PROXIES])
 
 
+async def audit_refusal(request: web.Request, err: ScimError) -> None:
+    """Put a refusal of a tenant's write on its audit stream (see ``refusals``): sampled,
+    and never in the way of the answer."""
+    if err.status not in RECORDED_STATUSES or err.audited or TENANT not in request:
+        return
+    operation = refused_operation(request.method, request.path.removeprefix(BASE_PATH))
+    if operation is None:
+        return
+    auth = request[TENANT]
+    app = request.app
+    suppressed = app[REFUSALS].admit((auth.tenant_id, err.status))
+    if suppressed is None:
+        return
+    outcome = refusal_outcome(
+        tenant_id=auth.tenant_id,
+        source=Source(kind="scim", id=str(auth.token_id), label=auth.token_label),
+        correlation_id=request[CORRELATION_ID],
+        occurred_at=datetime.now(UTC),
+        operation=operation,
+        status=err.status,
+        detail=err.detail,
+        scim_type=err.scim_type,
+        body=request.get(BODY),
+        suppressed=suppressed,
+    )
+    try:
+        topology = app[TOPOLOGY]
+        await app[REDIS].xadd(topology.audit_stream_for(auth.tenant_id), {DATA_FIELD: encode(outcome)},
+                              maxlen=topology.maxlen, approximate=True)
+    except Exception as err2:  # Redis down: the answer still goes out; the log keeps it
+        log.warning("scim_refusal_audit_failed", error=str(err2), status=err.status)
+
+
 def protected(handler: Handler) -> Handler:
     """Bearer token → tenant (RFC 6750), then the tenant's rate limit; reads also take
     one of the tenant's read slots (``ReadGate``)."""
@@ -170,10 +218,10 @@ def protected(handler: Handler) -> Handler:
         if scheme.lower() != "bearer" or not token or len(token) > 512:
             raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
         auth = await _authenticate(request, token)
+        request[TENANT] = auth  # also for the audit record of a 429
         wait = request.app[LIMITER].check(auth)
         if wait is not None:
             raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
-        request[TENANT] = auth
         tokens = bind_contextvars(tenant=auth.tenant_label)
         slot = None
         try:
@@ -199,9 +247,7 @@ def _unauthorized(detail: str) -> ScimError:
 
 
 async def openapi_view(request: web.Request) -> web.Response:
-    public = request.app[SETTINGS].scim_public_url
-    server = str(public).rstrip("/") if public else f"{request.scheme}://{request.host}"
-    return web.json_response(build_openapi(ROUTES, server))
+    return web.json_response(build_openapi(ROUTES, public_url(request.app[SETTINGS])))
 
 
 def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Application:
@@ -210,6 +256,7 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     app[LIMITER] = RateLimiter(settings.scim_rate_limit_per_s, settings.scim_rate_limit_burst)
     app[READS] = ReadGate(settings.tenant_reads(), settings.scim_tenant_read_wait_s)
     app[TRUSTED_PROXIES] = parse_trusted_proxies(settings.trusted_proxies)
+    app[REFUSALS] = RefusalSampler()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         dsn = settings.database_url.get_secret_value()
@@ -235,6 +282,7 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
             app[REDIS] = redis
             app[WAITER] = waiter
             app[TOKENS] = tokens
+            app[TOPOLOGY] = topology
             await waiter.start()
             tokens.start()
             log.info("scim_gateway_ready", reply_stream=waiter.stream)
@@ -249,7 +297,11 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
     for method, rel, handler, needs_auth, _summary in ROUTES:
         app.router.add_route(method, BASE_PATH + rel, protected(handler) if needs_auth else handler)
     app.router.add_get("/openapi.json", openapi_view)
-    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    checks = {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])}
+    # /healthz and /readyz stay on the public port (probes, compose); /metrics only on
+    # the operator listener.
+    add_health_routes(app, checks, metrics_route=False)
+    app.cleanup_ctx.append(metrics_listener(settings.scim_host, settings.scim_metrics_port, checks))
     set_service_info("scim-gateway")
     return app
 

@@ -34,6 +34,8 @@ from cachetools import LRUCache
 from provisio_lib.logging import get_logger
 from provisio_lib.tokens import hash_token
 
+from .schema import ResourceKind, tenant_user_kind
+
 log = get_logger(__name__)
 
 _FLUSH_S = 30.0
@@ -51,6 +53,9 @@ class TenantAuth:
     rate_limit_per_s: float | None
     # str(tenant_id), made once per cached lookup (the log context of every request).
     tenant_label: str = field(default="", compare=False)
+    # The tenant's User kind: built-in + declared extension schemas and its undeclared-
+    # extension setting (issue 13 §4); read with the token, so it costs no query.
+    user_kind: ResourceKind | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tenant_label:
@@ -58,7 +63,10 @@ class TenantAuth:
 
 
 _SQL = """
-SELECT t.id, t.label, t.token_hash, t.tenant_id, n.immutable_user_name, n.rate_limit_per_s
+SELECT t.id, t.label, t.token_hash, t.tenant_id, n.immutable_user_name, n.rate_limit_per_s,
+       n.scim_undeclared_extensions,
+       (SELECT json_agg(json_build_object('preset', e.preset, 'document', e.document) ORDER BY e.urn)::text
+        FROM scim_schema_extensions e WHERE e.tenant_id = n.id) AS scim_extensions
 FROM scim_tokens t JOIN tenants n ON n.id = t.tenant_id
 WHERE t.token_hash = $1 AND t.revoked_at IS NULL
 """
@@ -115,6 +123,7 @@ class TokenCache:
             token_label=row["label"],
             immutable_user_name=row["immutable_user_name"],
             rate_limit_per_s=float(rate) if rate is not None else None,
+            user_kind=tenant_user_kind(row["scim_extensions"] or "[]", row["scim_undeclared_extensions"]),
         )
 
     def start(self) -> None:

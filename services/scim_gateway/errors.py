@@ -11,6 +11,10 @@ ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
 class ScimError(Exception):
+    # True when the provisioner refused the command: its failed Outcome is already in
+    # the audit trail, so the gateway does not record the refusal again.
+    audited = False
+
     def __init__(
         self,
         status: int,

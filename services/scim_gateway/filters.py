@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from scim2_models.exceptions import InvalidFilterException
@@ -229,6 +229,8 @@ class _Compiler:
         attr = ext.attr(name)
         if attr is None:
             raise invalid_filter(f"unknown attribute {str(ap)!r} in filter")
+        if (ext.id, attr.name) in kind.sso_aliases and not sub:
+            return _Column(f"{a}.sso_name", "string", True)  # stored as Provisio's ssoName
         if ext.id == PROVISIO_SCHEMA:
             if attr.name == "ssoName":
                 return _Column(f"{a}.sso_name", "string", True)
@@ -385,19 +387,30 @@ class _Compiler:
                 return self.compare_json_bool(f"({t.base} #> {self.param(list(t.path))}::text[])", op, value)
             expr = f"({t.base} #>> {self.param(list(t.path))}::text[])"
             return self.compare_sql(expr, "string", t.attr.case_exact, op, value)
+        if isinstance(t, _JsonMulti) and t.attr.type != "complex" and t.sub is None:
+            # a multi-valued simple attribute (a tenant's extension: "skills": ["a", "b"]):
+            # compared element by element; "ne" means no element equals the value
+            var = self.fresh()
+            elem = f"({var}.v #>> '{{}}')"
+            neg = op == CompareOperator.ne
+            cond = self.compare_sql(elem, "string", t.attr.case_exact, CompareOperator.eq if neg else op, value)
+            found = f"EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {cond})"
+            return f"NOT {found}" if neg else found
         if isinstance(t, _JsonMulti):
             sub = t.attr.child(t.sub or "value")
             if sub is None:
                 raise invalid_filter(f"{t.attr.name} has no value sub-attribute to compare")
             var = self.fresh()
-            if sub.type == "boolean":
-                inner = self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", op, value)
-            else:
-                inner = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, op, value)
             if op == CompareOperator.ne:
                 # "emails ne x": no email equals x (not: some email differs from x)
                 eq = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, CompareOperator.eq, value) if sub.type != "boolean" else self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", CompareOperator.eq, value)
                 return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {eq})"
+            # Built only here: each comparison binds parameters, and a parameter the SQL
+            # never uses makes Postgres refuse the statement (a 500 before, for "ne").
+            if sub.type == "boolean":
+                inner = self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", op, value)
+            else:
+                inner = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, op, value)
             return f"EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {inner})"
         if isinstance(t, _Members):
             return self.compare_link("m", "mu", "group_id", "user_id", "users", t.sub, op, value)
@@ -463,6 +476,12 @@ class _Compiler:
                 raise invalid_filter(f"{op.value} cannot compare dateTime values")
             if when.tzinfo is None:
                 raise invalid_filter(f"{value!r} has no time zone")
+            try:
+                # Postgres compares in UTC: 0001-01-01T00:00:00+14:00 is before year 1
+                # there, which Python cannot represent (an OverflowError, a 500 before).
+                when = when.astimezone(timezone.utc)
+            except (OverflowError, ValueError):
+                raise invalid_filter(f"{value!r} is outside the range of dates this server stores") from None
             return f"({expr} {_SYM[op]} {self.param(when)}::timestamptz)"
         # strings
         if isinstance(value, bool):

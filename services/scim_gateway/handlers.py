@@ -38,7 +38,7 @@ from provisio_lib.outcomes import BrokerUnavailable, OutcomeTimeout
 from . import repository as repo
 from .auth import TenantAuth
 from .errors import SCIM_CONTENT_TYPE, ScimError, invalid_syntax, invalid_value, not_found
-from .keys import BASE_PATH, CORRELATION_ID, POOL, SETTINGS, TENANT, WAITER
+from .keys import BASE_PATH, BODY, CORRELATION_ID, POOL, SETTINGS, TENANT, TOKENS, WAITER
 from .patch import apply_patch, parse_patch, plan_group_patch
 from .resources import (
     canonical_group,
@@ -47,7 +47,9 @@ from .resources import (
     group_data,
     member_ids,
     normalise,
+    fold_sso_aliases,
     project,
+    refresh_name,
     render_group,
     render_user,
     require,
@@ -58,6 +60,7 @@ from .resources import (
 from .schema import (
     LIST_SCHEMA,
     SEARCH_SCHEMA,
+    ResourceKind,
     all_schemas,
     group_kind,
     resource_types,
@@ -73,10 +76,17 @@ _MAX_START_INDEX = 2**62
 
 
 def base_url(request: web.Request) -> str:
-    public = request.app[SETTINGS].scim_public_url
+    return public_url(request.app[SETTINGS]) + BASE_PATH
+
+
+def public_url(settings: Any) -> str:
+    """The gateway's external base URL: PROVISIO_SCIM_PUBLIC_URL, else derived from its
+    port. Never from the request's Host header: a forged Host would otherwise become the
+    Location of a 201 and the meta.location an IdP stores (issue 13 §5)."""
+    public = settings.scim_public_url
     if public is not None:
-        return str(public).rstrip("/") + BASE_PATH
-    return f"{request.scheme}://{request.host}{BASE_PATH}"
+        return str(public).rstrip("/")
+    return f"http://127.0.0.1:{settings.scim_port}"
 
 
 def dumps(data: Any) -> bytes:
@@ -97,6 +107,15 @@ def tenant(request: web.Request) -> TenantAuth:
     return auth
 
 
+def tenant_user_kind(request: web.Request) -> ResourceKind:
+    """The User kind of the request's tenant (its declared extension schemas)."""
+    return tenant(request).user_kind or user_kind()
+
+
+def _kind_of(request: web.Request, kind_name: str) -> ResourceKind:
+    return tenant_user_kind(request) if kind_name == "User" else group_kind()
+
+
 async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if request.headers.get("Content-Type") and ctype not in _JSON_TYPES:
@@ -108,13 +127,18 @@ async def read_json(request: web.Request) -> Any:
         # pydantic-core's parser (jiter) gives the same values as json.loads, ~2x faster;
         # what it refuses (a BOM, UTF-16, lone surrogate escapes, deep nesting) goes to
         # json.loads, so the answer (value or error) is json.loads's.
-        return from_json(raw)
+        body = request[BODY] = from_json(raw)
+        return body
     except ValueError:
         pass
     try:
-        return json.loads(raw)
+        body = request[BODY] = json.loads(raw)
+        return body
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid_syntax(f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        # json.loads recurses per nesting level; jiter refused it above for the same reason.
+        raise invalid_syntax("the request body nests too deeply") from None
 
 
 def parse_id(raw: str, what: str) -> uuid.UUID:
@@ -132,7 +156,9 @@ def if_match_version(request: web.Request) -> int | None:
     tags = [t.strip() for t in raw.split(",")]
     for t in tags:
         t = t.removeprefix("W/").strip('"')
-        if t.isdigit():
+        # isdigit() alone accepts "²" or "١" (int() refuses them: a 500 before); an
+        # ETag this server issued is ASCII digits of a bigint.
+        if t.isascii() and t.isdigit() and len(t) <= 18:
             return int(t)
     return -1  # an ETag this server never issued: never matches
 
@@ -178,7 +204,9 @@ def outcome_error(error: ErrorInfo | None) -> ScimError:
     detail = error.message
     if error.code == "policy":
         detail = f"tenant policy: {error.message}"
-    return ScimError(status, detail, scim_type)
+    err = ScimError(status, detail, scim_type)
+    err.audited = True  # the provisioner's failed Outcome is the audit record
+    return err
 
 
 async def submit(request: web.Request, payload: CommandPayload) -> Outcome:
@@ -243,7 +271,7 @@ def _projection(request: web.Request) -> tuple[list[str] | None, list[str] | Non
 def _resource_response(
     request: web.Request, kind_name: str, resource: dict[str, Any], version: int, status: int = 200
 ) -> web.Response:
-    kind = user_kind() if kind_name == "User" else group_kind()
+    kind = _kind_of(request, kind_name)
     attrs, excluded = _projection(request)
     body = project(kind, resource, attrs, excluded)
     headers = {"ETag": etag(version)}
@@ -260,13 +288,29 @@ async def service_provider_config_view(request: web.Request) -> web.Response:
     return scim_json(service_provider_config(base_url(request), s.scim_max_results, s.scim_max_body))
 
 
+async def _discovery_kind(request: web.Request) -> ResourceKind | None:
+    """Discovery needs no token; with one, the answer includes that tenant's declared
+    extension schemas (and only that tenant's). A token sent but not valid is a 401."""
+    raw = request.headers.get("Authorization")
+    if raw is None:
+        return None
+    scheme, _, token = raw.partition(" ")
+    token = token.strip()
+    auth = None
+    if scheme.lower() == "bearer" and token and len(token) <= 512:
+        auth = await request.app[TOKENS].lookup(token)
+    if auth is None:
+        raise ScimError(401, "the bearer token is not valid", headers={"WWW-Authenticate": 'Bearer realm="scim"'})
+    return auth.user_kind
+
+
 async def resource_types_view(request: web.Request) -> web.Response:
-    items = resource_types(base_url(request))
+    items = resource_types(base_url(request), await _discovery_kind(request))
     return scim_json(_list(items, 1))
 
 
 async def resource_type_view(request: web.Request) -> web.Response:
-    for item in resource_types(base_url(request)):
+    for item in resource_types(base_url(request), await _discovery_kind(request)):
         if item["id"] == request.match_info["id"]:
             return scim_json(item)
     raise not_found(f"ResourceType {request.match_info['id']!r}")
@@ -274,12 +318,12 @@ async def resource_type_view(request: web.Request) -> web.Response:
 
 async def schemas_view(request: web.Request) -> web.Response:
     base = base_url(request)
-    return scim_json(_list([s.to_scim(base) for s in all_schemas()], 1))
+    return scim_json(_list([s.to_scim(base) for s in all_schemas(await _discovery_kind(request))], 1))
 
 
 async def schema_view(request: web.Request) -> web.Response:
     wanted = request.match_info["id"]
-    for s in all_schemas():
+    for s in all_schemas(await _discovery_kind(request)):
         if s.id.lower() == wanted.lower():
             return scim_json(s.to_scim(base_url(request)))
     raise not_found(f"Schema {wanted!r}")
@@ -311,7 +355,7 @@ async def _search(
     excluded: list[str] | None,
 ) -> web.Response:
     settings = request.app[SETTINGS]
-    kind = user_kind() if kind_name == "User" else group_kind()
+    kind = _kind_of(request, kind_name)
     # RFC 7644 §3.4.2.4: < 1 is read as 1; past the end is an empty page. Clamped so
     # that any integer a client sends fits Postgres's bigint OFFSET.
     start_index = min(max(1, start_index), _MAX_START_INDEX)
@@ -335,7 +379,7 @@ async def _search(
     )
     base = base_url(request)
     if kind_name == "User":
-        items = [render_user(r, base) for r in rows]
+        items = [render_user(r, base, kind=kind) for r in rows]
     else:
         members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
         items = [render_group(r, members.get(r["id"]) if wants_links else None, base) for r in rows]
@@ -442,22 +486,23 @@ async def get_user(request: web.Request) -> web.Response:
     uid = parse_id(request.match_info["id"], "User")
     auth = tenant(request)
     attrs, excluded = _projection(request)
-    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, _wants(user_kind(), "groups", attrs, excluded))
+    kind = tenant_user_kind(request)
+    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, _wants(kind, "groups", attrs, excluded))
     if row is None:
         raise not_found(f"User {uid}")
     if not_modified(request, row["version"]):
         return web.Response(status=304, headers={"ETag": etag(row["version"])})
-    return _resource_response(request, "User", render_user(row, base_url(request)), row["version"])
+    return _resource_response(request, "User", render_user(row, base_url(request), kind=kind), row["version"])
 
 
 def _user_response(request: web.Request, state: dict[str, Any], status: int = 200) -> web.Response:
-    resource = render_user(state, base_url(request))
+    resource = render_user(state, base_url(request), kind=tenant_user_kind(request))
     return _resource_response(request, "User", resource, int(state["version"]), status)
 
 
 async def create_user(request: web.Request) -> web.Response:
-    kind = user_kind()
-    resource = normalise(kind, await read_json(request))
+    kind = tenant_user_kind(request)
+    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request)))
     require(kind, resource)
     data = user_data(resource)
     outcome = await submit(request, CreateUser(user_id=uuid.uuid4(), data=data))
@@ -466,10 +511,10 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def replace_user(request: web.Request) -> web.Response:
     """PUT: full replace (Okta's update)."""
-    kind = user_kind()
+    kind = tenant_user_kind(request)
     uid = parse_id(request.match_info["id"], "User")
     auth = tenant(request)
-    resource = normalise(kind, await read_json(request))
+    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request)))
     require(kind, resource)
     row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
     if row is None:
@@ -490,7 +535,7 @@ def _check_user_name_policy(auth: TenantAuth, old: str, new: str) -> None:
 async def patch_user(request: web.Request) -> web.Response:
     """PATCH: applied here to the state read (version v), sent as ReplaceUser(v); a
     concurrent change (version_mismatch) makes it re-read and re-apply."""
-    kind = user_kind()
+    kind = tenant_user_kind(request)
     uid = parse_id(request.match_info["id"], "User")
     auth = tenant(request)
     ops = parse_patch(await read_json(request))
@@ -502,8 +547,15 @@ async def patch_user(request: web.Request) -> web.Response:
         if row is None:
             raise not_found(f"User {uid}")
         check_if_match(request, row["version"])
-        current = canonical_user(kind, row)
-        updated = normalise(kind, apply_patch(kind, current, ops))
+        view = canonical_user(kind, row)  # with the aliased extension values (Splashtop ssoName)
+        # "store": extension data already stored stays; new undeclared paths were
+        # already refused by apply_patch when the tenant rejects them.
+        updated = refresh_name(view, normalise(kind, apply_patch(kind, view, ops), undeclared="store"))
+        if kind.sso_aliases:
+            current = fold_sso_aliases(kind, view, view)
+            updated = fold_sso_aliases(kind, updated, view)
+        else:
+            current = view
         require(kind, updated)
         if updated == current:
             # Nothing changes (Entra re-sends PATCHes it already sent): answer the stored state.
@@ -511,7 +563,7 @@ async def patch_user(request: web.Request) -> web.Response:
             attrs, excluded = _projection(request)
             if _wants(kind, "groups", attrs, excluded):
                 state["groups"] = await repo.user_groups(pool, uid)
-            return _resource_response(request, "User", render_user(state, base_url(request)), row["version"])
+            return _resource_response(request, "User", render_user(state, base_url(request), kind=kind), row["version"])
         _check_user_name_policy(auth, row["user_name"], updated["userName"])
         data = user_data(updated, keep=unknown_attributes(row["attributes"]))
         outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))
@@ -677,7 +729,7 @@ async def root_search(request: web.Request) -> web.Response:
     pages: list[list[dict[str, Any]]] = []
     errors: list[ScimError] = []
     offset = start - 1
-    for kind in (user_kind(), group_kind()):
+    for kind in (tenant_user_kind(request), group_kind()):
         try:
             total, _ = await repo.search(pool, kind, auth.tenant_id, filter_text=req["filter"], start_index=1, count=0,
                                          sort_by=None, descending=False)
@@ -695,7 +747,7 @@ async def root_search(request: web.Request) -> web.Response:
                                         count=take, sort_by=None, descending=False)
         offset = max(0, offset - total)
         if kind.name == "User":
-            items = [render_user(r, base) for r in rows]
+            items = [render_user(r, base, kind=kind) for r in rows]
         else:
             members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if rows else {}
             items = [render_group(r, members.get(r["id"]), base) for r in rows]

@@ -40,7 +40,7 @@ from scim2_models.path import (
 
 from .errors import ScimError, invalid_path, invalid_syntax, invalid_value
 from .limits import MAX_PATCH_OPERATIONS, MAX_VALUES, check_filter_text, check_filter_tree
-from .resources import coerce, coerce_single, parse_member_id
+from .resources import check_json, coerce, coerce_single, parse_member_id
 from .schema import COMMON, PATCH_SCHEMA, Attr, ResourceKind, Schema
 
 OPS = ("add", "replace", "remove")
@@ -106,6 +106,8 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
             if op.path.lower() in kind.extensions and isinstance(op.value, dict) and op.op != "remove":
                 ext = kind.extensions[op.path.lower()]
                 out.extend(Op(op.op, f"{ext.id}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
+            elif _undeclared_object(kind, op):
+                out.extend(Op(op.op, f"{op.path}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
             else:
                 out.append(op)
             continue
@@ -118,6 +120,10 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
             if low in ("schemas", "id", "meta"):
                 continue  # Okta echoes id (and Entra schemas) in path-less values
             ext = kind.extensions.get(low)
+            if ext is None and low.startswith("urn:") and kind.undeclared == "store" and isinstance(value, dict):
+                # an undeclared extension's object (Entra's path-less form): one op per key
+                out.extend(Op(op.op, f"{key}:{k}", v) for k, v in value.items() if k.lower() != "schemas")
+                continue
             if ext is not None or low == kind.core.id.lower():
                 if not isinstance(value, dict):
                     raise invalid_value(f"{key} must be an object")
@@ -126,6 +132,21 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
                 continue
             out.append(Op(op.op, key, value))
     return out
+
+
+def _undeclared_object(kind: ResourceKind, op: Op) -> bool:
+    """``path`` is a whole undeclared extension (``urn:...:<Name>:2.0:User``) and ``value``
+    its attributes, in "store" mode. Told from ``urn:...:User:<attr>`` by its last
+    segment being the resource type's name (RFC 7643 §3.3 extension URNs end with it)."""
+    path = op.path or ""
+    return (
+        kind.undeclared == "store"
+        and op.op != "remove"
+        and isinstance(op.value, dict)
+        and path.lower().startswith("urn:")
+        and path.rpartition(":")[2] == kind.name
+        and path.lower() != kind.core.id.lower()
+    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -291,9 +312,52 @@ def apply_patch(kind: ResourceKind, resource: dict[str, Any], ops: list[Op]) -> 
         if op.path.lower() in kind.extensions and op.op == "remove":
             res.pop(kind.extensions[op.path.lower()].id, None)
             continue
+        if kind.undeclared == "store" and _apply_undeclared(kind, res, op):
+            continue
         target = _parse_path(kind, op.path)
         _apply_one(res, target, op)
     return _prune(res)
+
+
+def _apply_undeclared(kind: ResourceKind, res: dict[str, Any], op: Op) -> bool:
+    """An op on extension data under a URN the tenant has not declared, in "store" mode:
+    Entra sends ``urn:...:<Name>:2.0:User:<attr>`` paths for attributes an admin mapped.
+    Applied as sent (no schema to check types against); False when the path is not one."""
+    path = op.path or ""
+    low = path.lower()
+    if not low.startswith("urn:") or low == kind.core.id.lower() or low.startswith(kind.core.id.lower() + ":"):
+        return False
+    for urn in kind.extensions:
+        if low == urn or low.startswith(urn + ":"):
+            return False
+    if "[" in path or '"' in path:
+        raise invalid_path(f"{path!r}: value filters need a declared extension schema (provisio scim-schema add)")
+    whole = next((k for k in res if k.lower() == low), None)
+    if op.op == "remove" and (whole is not None or path.rpartition(":")[2] == kind.name):
+        if whole is not None:
+            res.pop(whole)
+        return True
+    urn, _, name = path.rpartition(":")
+    if whole is not None or not name or urn.lower() in ("urn", "") or name == kind.name:
+        raise invalid_path(f"{path!r}: name an attribute of the extension (urn:...:User:attribute)")
+    top, _, sub = name.partition(".")
+    key = next((k for k in res if k.lower() == urn.lower()), urn)
+    part = res.get(key) if isinstance(res.get(key), dict) else {}
+    part = dict(part)
+    value = None if op.op == "remove" else check_json(op.value, path)
+    if sub:
+        inner = dict(part.get(top) or {}) if isinstance(part.get(top), dict) else {}
+        if value is None:
+            inner.pop(sub, None)
+        else:
+            inner[sub] = value
+        part[top] = inner
+    elif value is None:
+        part.pop(top, None)
+    else:
+        part[top] = value
+    res[key] = part
+    return True
 
 
 def _copy_json(value: Any) -> Any:

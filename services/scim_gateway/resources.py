@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from provisio_lib.contract import Email, GroupData, UserData
+from provisio_lib.names import refresh_formatted
 
 from .errors import ScimError, invalid_syntax, invalid_value
 from .limits import check_values
@@ -41,6 +42,8 @@ _USER_COLUMN_ATTRS = {"userName", "externalId", "active", "displayName", "emails
 _EMPTY_ITEM = (None, {}, "")
 _ABSENT = (None, {}, [])
 _TEXT_TYPES = frozenset({"string", "reference", "binary"})
+_BUILT_IN_KEYS = frozenset({ENTERPRISE_SCHEMA, PROVISIO_SCHEMA})
+_BUILT_IN = frozenset(u.lower() for u in (ENTERPRISE_SCHEMA, PROVISIO_SCHEMA))
 
 
 # --------------------------------------------------------------------------- coercion
@@ -205,8 +208,11 @@ def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str,
             out[attr.name] = v  # an empty custom object is a value, not an absence
 
 
-def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
-    """Canonical form of a resource body; raises ScimError (400) on what it cannot take."""
+def normalise(kind: ResourceKind, body: Any, undeclared: str | None = None) -> dict[str, Any]:
+    """Canonical form of a resource body; raises ScimError (400) on what it cannot take.
+
+    Extension data under a URN ``kind`` does not declare follows ``undeclared`` (default:
+    the kind's tenant setting): "store" keeps it as sent, "reject" refuses it."""
     if not isinstance(body, dict):
         raise invalid_syntax("the request body must be a JSON object")
     out: dict[str, Any] = {}
@@ -232,7 +238,8 @@ def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
                 continue
             ext = kind.extensions.get(low)
             if ext is None:
-                raise invalid_syntax(f"unknown schema extension {key!r}")
+                _undeclared_part(kind, key, value, undeclared or kind.undeclared, out)
+                continue
             part: dict[str, Any] = {}
             if value is not None:
                 _normalise_schema_part(ext, value, ext.id, part)
@@ -244,10 +251,82 @@ def normalise(kind: ResourceKind, body: Any) -> dict[str, Any]:
     return out
 
 
+def refresh_name(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with name.formatted recomputed when a PATCH changed givenName/familyName
+    (or another part) without sending formatted (see ``provisio_lib.names``)."""
+    fresh = refresh_formatted(before.get("name"), after.get("name"))
+    return after if fresh is None else {**after, "name": fresh}
+
+
+def _undeclared_part(kind: ResourceKind, key: str, value: Any, mode: str, out: dict[str, Any]) -> None:
+    """Extension data no schema of this tenant declares (issue 13 §4)."""
+    if mode != "store":
+        raise invalid_syntax(
+            f"unknown schema extension {key!r}: not declared for this tenant "
+            "(an operator declares it with `provisio scim-schema add`)"
+        )
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid_value(f"{key} must be an object of extension attributes")
+    part = {k: v for k, v in value.items() if k.lower() != "schemas" and v is not None}
+    check_json(part, key)
+    if part:
+        # One key per URN whatever case the IdP used this time (URNs compare
+        # case-insensitively, RFC 8141 §3.1 for the NID; SCIM treats schema URIs so).
+        for existing in [k for k in out if k.lower() == key.lower()]:
+            del out[existing]
+        out[key] = part
+
+
+def fold_sso_aliases(
+    kind: ResourceKind, resource: dict[str, Any], before: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Move an aliased extension attribute (the Splashtop preset's ssoName) onto Provisio's
+    ssoName, which is what is stored (the sso_name column). With ``before`` (a PATCH), the
+    one of the two that changed wins; else the extension's value, when sent, wins."""
+    if not kind.sso_aliases:
+        return resource
+    out = dict(resource)
+    prov = dict(out.get(PROVISIO_SCHEMA) or {})
+    for urn, name in kind.sso_aliases:
+        ext = dict(out.get(urn) or {})
+        if name not in ext and (before is None or name not in (before.get(urn) or {})):
+            continue
+        value = ext.pop(name, None)
+        if before is not None:
+            old_alias = (before.get(urn) or {}).get(name)
+            old_prov = (before.get(PROVISIO_SCHEMA) or {}).get("ssoName")
+            if value == old_alias and prov.get("ssoName") != old_prov:
+                value = prov.get("ssoName")  # Provisio's ssoName is the one that changed
+        if value is None:
+            prov.pop("ssoName", None)
+        else:
+            prov["ssoName"] = value
+        if ext:
+            out[urn] = ext
+        else:
+            out.pop(urn, None)
+    if prov:
+        out[PROVISIO_SCHEMA] = prov
+    else:
+        out.pop(PROVISIO_SCHEMA, None)
+    return out
+
+
 def require(kind: ResourceKind, resource: Mapping[str, Any]) -> None:
     for attr in kind.core.attrs.values():
         if attr.required and not resource.get(attr.name):
             raise ScimError(400, f"{attr.name} is required", "invalidValue")
+    for urn, schema in kind.extensions.items():
+        if urn in _BUILT_IN:
+            continue
+        part = resource.get(schema.id)
+        if not isinstance(part, dict):
+            continue  # the extension itself is optional (schemaExtensions required: false)
+        for attr in schema.attrs.values():
+            if attr.required and part.get(attr.name) in _ABSENT + ("",) and (schema.id, attr.name) not in kind.sso_aliases:
+                raise ScimError(400, f"{schema.id}:{attr.name} is required", "invalidValue")
 
 
 # --------------------------------------------------------------------------- to the contract
@@ -257,11 +336,12 @@ def unknown_attributes(stored: Mapping[str, Any] | None) -> dict[str, Any]:
     """Keys of a stored ``attributes`` that no SCIM schema here describes (written by
     another path, e.g. a future JIT mapping): a SCIM PUT/PATCH keeps them as they are."""
     core = user_schema()
-    known_urns = {ENTERPRISE_SCHEMA, PROVISIO_SCHEMA}
+    # Every "urn:" key is extension data SCIM manages (declared or stored as sent): a
+    # PUT without it removes it, as RFC 7644 §3.5.1 says of a replace.
     return {
         k: v
         for k, v in (stored or {}).items()
-        if k not in ("name", "custom") and k not in known_urns and core.attr(k) is None
+        if k not in ("name", "custom") and not k.startswith("urn:") and core.attr(k) is None
     }
 
 
@@ -362,7 +442,9 @@ def _iso(value: Any) -> str:
     return str(value)
 
 
-def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False, meta: bool = True) -> dict[str, Any]:
+def render_user(
+    row: Mapping[str, Any], base: str, *, storage: bool = False, meta: bool = True, kind: ResourceKind | None = None
+) -> dict[str, Any]:
     """Rebuild a SCIM User from a users row (or ``UserState.model_dump()``) plus groups.
 
     ``row["groups"]`` is a list of ``{"value", "display"}`` (from the read query) or of
@@ -429,6 +511,7 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False, met
     if provisio:
         out[PROVISIO_SCHEMA] = provisio
         out["schemas"].append(PROVISIO_SCHEMA)
+    _render_extensions(out, attributes, row.get("sso_name"), kind, storage)
     if not meta:  # canonical_user: normalise drops meta (read-only) anyway
         return out
     out["meta"] = {
@@ -439,6 +522,26 @@ def render_user(row: Mapping[str, Any], base: str, *, storage: bool = False, met
         "version": etag(int(row["version"])),
     }
     return out
+
+
+def _render_extensions(
+    out: dict[str, Any], attributes: Mapping[str, Any], sso_name: Any, kind: ResourceKind | None, storage: bool
+) -> None:
+    """A tenant's extension data (declared, or stored as sent), and the preset attributes
+    that show Provisio's ssoName under another URN (Splashtop's)."""
+    for key, value in attributes.items():
+        if key.startswith("urn:") and key not in _BUILT_IN_KEYS and isinstance(value, dict) and value:
+            ext = kind.extensions.get(key.lower()) if kind is not None else None
+            if ext is not None and not storage:  # kept in the form PATCH works on
+                value = {k: v for k, v in value.items() if (a := ext.attr(k)) is None or a.returned != "never"}
+            out[key] = value
+            out["schemas"].append(key)
+    if kind is not None and sso_name is not None:
+        for urn, name in kind.sso_aliases:
+            if urn not in out:
+                out[urn] = {}
+                out["schemas"].append(urn)
+            out[urn][name] = sso_name
 
 
 def render_group(row: Mapping[str, Any], members: Iterable[Mapping[str, Any]] | None, base: str) -> dict[str, Any]:
@@ -581,8 +684,9 @@ def canonical_urn(name: str) -> str:
 
 
 def canonical_user(kind: ResourceKind, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored user in the canonical form PATCH works on."""
-    return normalise(kind, render_user(row, "", storage=True, meta=False))
+    """The stored user in the canonical form PATCH works on. Stored extension data is
+    kept even if the tenant now rejects undeclared extensions (it was accepted once)."""
+    return normalise(kind, render_user(row, "", storage=True, meta=False, kind=kind), undeclared="store")
 
 
 def canonical_group(row: Mapping[str, Any], members: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:

@@ -10,8 +10,17 @@ filters, /Schemas) reads these tables, so an attribute is declared exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cache
+import json
+from functools import cache, lru_cache
 from typing import Any
+
+from provisio_lib.scim_extensions import (
+    PRESET_SSO_ALIASES,
+    UNDECLARED_DEFAULT,
+    UNDECLARED_MODES,
+    SchemaDocumentError,
+    validate_schema_document,
+)
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -184,6 +193,12 @@ class ResourceKind:
     endpoint: str  # "/Users"
     core: Schema
     extensions: dict[str, Schema]  # lower-case URN -> Schema
+    # Extension data under a URN no schema declares: "reject" (400 naming the URN) or
+    # "store" (kept as sent and returned). A tenant's kind carries its own setting.
+    undeclared: str = "reject"
+    # (extension URN, attribute name) pairs stored in the sso_name column, as Provisio's
+    # own ssoName is (the Splashtop preset's ssoName).
+    sso_aliases: tuple[tuple[str, str], ...] = ()
 
     def schema_for_urn(self, urn: str) -> Schema | None:
         if urn.lower() == self.core.id.lower():
@@ -201,8 +216,12 @@ def group_kind() -> ResourceKind:
     return ResourceKind("Group", "/Groups", group_schema(), {})
 
 
-def all_schemas() -> list[Schema]:
-    return [user_schema(), group_schema(), enterprise_schema(), provisio_schema()]
+def all_schemas(kind: ResourceKind | None = None) -> list[Schema]:
+    """The schemas /Schemas lists; with a tenant's User kind, its declared ones too."""
+    out = [user_schema(), group_schema(), enterprise_schema(), provisio_schema()]
+    if kind is not None:
+        out.extend(custom_extensions(kind))
+    return out
 
 
 # --------------------------------------------------------------------------- discovery
@@ -235,7 +254,8 @@ def service_provider_config(base: str, max_results: int, max_body: int) -> dict[
     }
 
 
-def resource_types(base: str) -> list[dict[str, Any]]:
+def resource_types(base: str, kind: ResourceKind | None = None) -> list[dict[str, Any]]:
+    declared = [{"schema": e.id, "required": False} for e in custom_extensions(kind)] if kind else []
     return [
         {
             "schemas": [RESOURCE_TYPE_SCHEMA],
@@ -247,6 +267,7 @@ def resource_types(base: str) -> list[dict[str, Any]]:
             "schemaExtensions": [
                 {"schema": ENTERPRISE_SCHEMA, "required": False},
                 {"schema": PROVISIO_SCHEMA, "required": False},
+                *declared,
             ],
             "meta": {"resourceType": "ResourceType", "location": f"{base}/ResourceTypes/User"},
         },
@@ -261,3 +282,54 @@ def resource_types(base: str) -> list[dict[str, Any]]:
             "meta": {"resourceType": "ResourceType", "location": f"{base}/ResourceTypes/Group"},
         },
     ]
+
+
+# --------------------------------------------------------------------------- tenant extensions
+#
+# Entra ID admins add attributes under their own URN
+# (urn:ietf:params:scim:schemas:extension:<Name>:2.0:User:<attr>) and Splashtop's Entra
+# mapping sends urn:ietf:params:scim:schemas:extension:Splashtop:2.0:User:ssoName. A
+# tenant declares such an extension with an RFC 7643 §7 schema document
+# (``provisio scim-schema add``); the gateway's User kind for that tenant then knows it.
+
+
+def parse_schema_document(doc: Any) -> Schema:
+    """An RFC 7643 §7 schema document (a User extension) → Schema, or SchemaDocumentError."""
+    validate_schema_document(doc)
+    attrs = {a["name"].lower(): _from_scim(a) for a in doc["attributes"]}
+    sid = doc["id"]
+    return Schema(
+        id=sid,
+        name=doc.get("name") or sid.rsplit(":", 1)[-1],
+        description=doc.get("description") or doc.get("name") or sid,
+        attrs=attrs,
+    )
+
+
+@lru_cache(maxsize=1024)
+def tenant_user_kind(declared_json: str, undeclared: str) -> ResourceKind:
+    """The User kind of a tenant: the built-in extensions plus the tenant's declared ones.
+
+    ``declared_json`` is the tenant's rows as the token lookup reads them (a JSON list of
+    ``{"preset", "document"}``); cached on that text, so the kind (and the PATCH path
+    cache keyed on it) is made once per distinct declaration, not per request."""
+    base = user_kind()
+    extensions = dict(base.extensions)
+    aliases: list[tuple[str, str]] = []
+    for row in json.loads(declared_json or "[]"):
+        try:
+            schema = parse_schema_document(row.get("document"))
+        except SchemaDocumentError:
+            continue  # validated by the CLI; a hand-edited row must not break the tenant
+        extensions[schema.id.lower()] = schema
+        aliases.extend(PRESET_SSO_ALIASES.get(row.get("preset") or "", ()))
+    mode = undeclared if undeclared in UNDECLARED_MODES else UNDECLARED_DEFAULT
+    return replace(base, extensions=extensions, undeclared=mode, sso_aliases=tuple(aliases))
+
+
+BUILT_IN_URNS = frozenset(u.lower() for u in (USER_SCHEMA, GROUP_SCHEMA, ENTERPRISE_SCHEMA, PROVISIO_SCHEMA))
+
+
+def custom_extensions(kind: ResourceKind) -> list[Schema]:
+    """The kind's extensions beyond the built-in ones (a tenant's declared schemas)."""
+    return [s for k, s in kind.extensions.items() if k not in BUILT_IN_URNS]

@@ -10,10 +10,14 @@ from provisio_lib.settings import CommonSettings
 class ScimSettings(CommonSettings):
     scim_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
     scim_port: int = Field(default=8081, ge=1, le=65535)
+    scim_metrics_port: int = Field(
+        default=9181, ge=0, le=65535,
+        description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
+    )
     scim_public_url: AnyHttpUrl | None = Field(
         default=None,
         description="External base URL (https://scim.example.com); used for meta.location and "
-        "Location headers. Unset: derived from the request (Host, X-Forwarded-Proto).",
+        "Location headers. Unset: http://127.0.0.1:<PROVISIO_SCIM_PORT> (never the request's Host).",
     )
     scim_outcome_timeout_s: float = Field(
         default=10.0, gt=0, le=120, description="Wait for the provisioner's outcome, then 503"

@@ -23,13 +23,14 @@ def free_port() -> int:
 
 
 async def test_serves_and_stops_on_sigterm(service_env: dict[str, str]) -> None:
-    port = free_port()
-    env = {**os.environ, **service_env, "PROVISIO_SAML_PORT": str(port), "PROVISIO_SAML_HOST": "127.0.0.1"}
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, **service_env, "PROVISIO_SAML_PORT": str(port), "PROVISIO_SAML_HOST": "127.0.0.1",
+           "PROVISIO_SAML_METRICS_PORT": str(metrics_port)}
     proc = subprocess.Popen([sys.executable, "-m", "saml_gateway"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         ready = False
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for _ in range(100):
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
@@ -43,6 +44,8 @@ async def test_serves_and_stops_on_sigterm(service_env: dict[str, str]) -> None:
             async with http.get(f"http://127.0.0.1:{port}/saml/nope/nope/metadata") as resp:
                 assert resp.status == 404
             async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 404  # public port: no metrics
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
                 assert "provisio_http_requests" in await resp.text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

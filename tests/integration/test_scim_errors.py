@@ -49,7 +49,7 @@ async def test_last_used_at_is_written_in_batches(service_env, tenant, pool):
     assert await pool.fetchval("SELECT last_used_at FROM scim_tokens WHERE tenant_id = $1", tenant.id) is not None
 
 
-async def test_bad_bodies_are_400(service_env, tenant):
+async def test_bad_bodies_are_400(service_env, pool, tenant):
     async with scim_client() as c:
         h = bearer(tenant.token)
         await error_of(await c.post("/scim/v2/Users", data=b"{not json", headers=h), 400, "invalidSyntax")
@@ -59,7 +59,13 @@ async def test_bad_bodies_are_400(service_env, tenant):
         await error_of(await c.post("/scim/v2/Users", json={"userName": ""}, headers=h), 400, "invalidValue")
         body = await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "shoeSize": 44}, headers=h), 400, "invalidSyntax")
         assert "shoeSize" in body["detail"]
-        await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": {}}, headers=h), 400, "invalidSyntax")
+        # An undeclared extension is stored by default (issue 13 §4), but must be an object;
+        # a tenant that rejects undeclared extensions gets a 400 naming the URN.
+        await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": "x"}, headers=h), 400, "invalidValue")
+        await pool.execute("UPDATE tenants SET scim_undeclared_extensions = 'reject' WHERE id = $1", tenant.id)
+        async with scim_client(scim_token_cache_s=0) as strict:
+            body = await error_of(await strict.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": {}}, headers=h), 400, "invalidSyntax")
+            assert "urn:example:ext:1.0:User" in body["detail"]
         await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "active": "maybe"}, headers=h), 400, "invalidValue")
         await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "emails": "x"}, headers=h), 400, "invalidValue")
         await error_of(await c.post("/scim/v2/Users", json={"userName": "x" * 600}, headers=h), 400, "invalidValue")

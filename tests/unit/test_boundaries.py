@@ -23,6 +23,8 @@ PURE = [
     "services/auditor/digest.py",
     "libs/provisio_lib/contract.py",
     "libs/provisio_lib/topology.py",
+    "libs/provisio_lib/scim_extensions.py",
+    "libs/provisio_lib/names.py",
 ]
 
 

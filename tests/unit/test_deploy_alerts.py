@@ -12,7 +12,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from provisio_lib import observability
 
-from .deploy_support import ROOT, SERVICE_PORTS
+from .deploy_support import METRICS_PORTS, ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -96,7 +96,7 @@ def test_compose_prometheus_scrapes_every_service():
         [name] = sd["names"]
         scraped[name] = sd["port"]
         assert job["job_name"] == f"provisio-{name}"  # the alerts match job=~"provisio.*"
-    assert scraped == SERVICE_PORTS
+    assert scraped == METRICS_PORTS
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     prometheus = compose["services"]["prometheus"]
     assert prometheus["profiles"] == ["monitoring"]  # not started by a plain `up`

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .deploy_support import ROOT, SERVICE_PORTS
+from .deploy_support import METRICS_PORTS, ROOT, SERVICE_PORTS
 
 pytestmark = pytest.mark.unit
 
@@ -112,7 +112,7 @@ def test_health_check_and_ports(instructions):
     [check] = [i.args for i in stage if i.op == "HEALTHCHECK"]
     assert "/healthz" in check
     exposed = {int(p) for i in stage if i.op == "EXPOSE" for p in i.args.split()}
-    assert exposed == set(SERVICE_PORTS.values())
+    assert exposed == set(SERVICE_PORTS.values()) | set(METRICS_PORTS.values())
     for port in SERVICE_PORTS.values():
         assert str(port) in check
 

@@ -19,6 +19,7 @@ from provisio_lib.topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology
 from .deploy_support import (
     COMMANDS,
     ROOT,
+    METRICS_PORTS,
     SERVICE_PORTS,
     all_service_vars,
     env_vars,
@@ -174,6 +175,20 @@ def test_every_deployment_has_a_disruption_budget(m, service):
     assert len(budgets) == 1, service
     spec = budgets[0]["spec"]
     assert ("minAvailable" in spec) != ("maxUnavailable" in spec)
+
+
+@pytest.mark.parametrize("service", ("scim", "saml"))
+def test_gateway_metrics_are_scraped_on_the_operator_port_only(m, service):
+    template = m.one("Deployment", f"provisio-{service}")["spec"]["template"]
+    c = m.container(service)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["metrics"] == METRICS_PORTS[service] != SERVICE_PORTS[service]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORTS[service])
+    settings = assert_settings_load(service, m.container_env(c), m.where, strict=False)
+    assert getattr(settings, f"{service}_metrics_port") == METRICS_PORTS[service]
+    # the Service (and so the Ingress) publishes the public port only
+    svc = m.one("Service", f"provisio-{service}")
+    assert all(p["targetPort"] != "metrics" and p["targetPort"] != METRICS_PORTS[service] for p in svc["spec"]["ports"])
 
 
 @pytest.mark.parametrize("service", ("scim", "saml"))

@@ -79,3 +79,19 @@ def test_canonical_user_is_the_normalised_stored_rendering():
     full = normalise(user_kind(), render_user(row, "", storage=True))
     assert canonical_user(user_kind(), row) == full
     assert full["userName"] == "bjensen" and full[ENT]["manager"] == {"value": "m-1"} and "meta" not in full
+
+
+def test_refusal_sampler_bounds_records_and_counts_the_rest():
+    from scim_gateway.refusals import RefusalSampler, refused_operation
+
+    s = RefusalSampler(rate=0.5, burst=3)
+    key = ("tenant", 400)
+    assert [s.admit(key, now=0.0) for _ in range(3)] == [0, 0, 0]
+    assert [s.admit(key, now=0.0) for _ in range(5)] == [None] * 5
+    assert s.admit(key, now=2.0) == 5  # the next record says how many were skipped
+    assert s.admit(("other", 400), now=2.0) == 0  # per tenant and status
+    assert refused_operation("POST", "/Users") == ("user.create", "User", None)
+    assert refused_operation("PATCH", "/Groups/00000000-0000-0000-0000-000000000001")[0] == "group.replace"
+    assert refused_operation("GET", "/Users") is None
+    assert refused_operation("POST", "/Users/.search") is None
+    assert refused_operation("DELETE", "/Users/not-an-id") is None
