@@ -7,7 +7,7 @@ readable line naming the variable. Nothing else in Provisio reads ``os.environ``
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,7 +101,7 @@ def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> 
     return "; ".join(lines)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings from the environment; raise SettingsError with a readable message."""
     try:
         return cls(**overrides)

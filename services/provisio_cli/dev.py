@@ -12,6 +12,7 @@ everything too, and `provisio dev` exits 1 naming it and its port setting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -62,9 +63,16 @@ class DevService:
 SERVICES: tuple[DevService, ...] = (
     DevService("provisioner", "PROVISIO_PROVISIONER_HEALTH_PORT", 9101, fallback_var="PROVISIO_HEALTH_PORT"),
     DevService("auditor", "PROVISIO_AUDITOR_HEALTH_PORT", 9102, fallback_var="PROVISIO_HEALTH_PORT"),
-    DevService("scim_gateway", "PROVISIO_SCIM_PORT", 8081, banner="SCIM base URL", url="http://127.0.0.1:{port}/scim/v2"),
-    DevService("saml_gateway", "PROVISIO_SAML_PORT", 8082, banner="SAML gateway",
-               url="http://127.0.0.1:{port}  (per connection: /saml/" + DEMO_TENANT + "/<connection>/metadata, /login, /acs)"),
+    DevService(
+        "scim_gateway", "PROVISIO_SCIM_PORT", 8081, banner="SCIM base URL", url="http://127.0.0.1:{port}/scim/v2"
+    ),
+    DevService(
+        "saml_gateway",
+        "PROVISIO_SAML_PORT",
+        8082,
+        banner="SAML gateway",
+        url="http://127.0.0.1:{port}  (per connection: /saml/" + DEMO_TENANT + "/<connection>/metadata, /login, /acs)",
+    ),
 )
 
 
@@ -128,7 +136,8 @@ async def _demo_token(conn: Any, token_file: Path) -> tuple[str, str | None]:
     saved = token_file.read_text().strip() if token_file.is_file() else ""
     if saved and await conn.fetchval(
         "SELECT 1 FROM scim_tokens WHERE tenant_id = $1 AND token_hash = $2 AND revoked_at IS NULL",
-        tid, hash_token(saved),
+        tid,
+        hash_token(saved),
     ):
         return saved, None
     revoked = await conn.fetchval(
@@ -139,7 +148,9 @@ async def _demo_token(conn: Any, token_file: Path) -> tuple[str, str | None]:
     token = generate_token()
     await conn.execute(
         "INSERT INTO scim_tokens (id, tenant_id, label, token_hash) VALUES ($1, $2, 'dev', $3)",
-        uuid.uuid4(), tid, hash_token(token),
+        uuid.uuid4(),
+        tid,
+        hash_token(token),
     )
     # Only the hash is in the database; the token itself stays here, readable by its owner.
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -227,9 +238,13 @@ def _run(base: Path, env: dict[str, str], started: list[Any], *, seed: bool) -> 
     ports = service_ports(env)
     busy = [s for s in SERVICES if not _port_free(ports[s.module])]
     if busy:
-        raise CliError("; ".join(
-            f"port {ports[s.module]} ({s.port_var}, for {s.module}) is in use: stop what listens there "
-            f"or set {s.port_var} to a free port" for s in busy))
+        raise CliError(
+            "; ".join(
+                f"port {ports[s.module]} ({s.port_var}, for {s.module}) is in use: stop what listens there "
+                f"or set {s.port_var} to a free port"
+                for s in busy
+            )
+        )
     derive_urls(env, ports)
 
     if not env.get("PROVISIO_DATABASE_URL"):
@@ -254,8 +269,9 @@ def _run(base: Path, env: dict[str, str], started: list[Any], *, seed: bool) -> 
             env.pop(name, None)
         mail_note = f"{catcher.folder}/*.eml (a mail catcher on 127.0.0.1:{catcher.port})"
     try:
-        token, token_note = asyncio.run(_prepare(
-            env["PROVISIO_DATABASE_URL"], env["PROVISIO_REDIS_URL"], seed, base / devstack.TOKEN_FILE))
+        token, token_note = asyncio.run(
+            _prepare(env["PROVISIO_DATABASE_URL"], env["PROVISIO_REDIS_URL"], seed, base / devstack.TOKEN_FILE)
+        )
     except (OSError, db.SchemaError) as err:
         raise CliError(f"cannot prepare the database: {err}") from None
 
@@ -265,7 +281,10 @@ def _run(base: Path, env: dict[str, str], started: list[Any], *, seed: bool) -> 
         # Own session: Ctrl-C reaches only `provisio dev`, which stops the services
         # first (SIGTERM, graceful) and the embedded servers after them.
         proc = subprocess.Popen(
-            [sys.executable, "-m", svc.module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", svc.module],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         procs.append((svc, proc))
@@ -274,10 +293,8 @@ def _run(base: Path, env: dict[str, str], started: list[Any], *, seed: bool) -> 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     code = 0
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop everything, exit 0
         code = _supervise(procs, ports, stop, lambda: _banner(base, env, ports, token, token_note, mail_note, started))
-    except KeyboardInterrupt:
-        pass
     typer.echo("stopping services ...")
     for _, proc in procs:
         if proc.poll() is None:
@@ -291,8 +308,9 @@ def _run(base: Path, env: dict[str, str], started: list[Any], *, seed: bool) -> 
     return code
 
 
-def _supervise(procs: list[tuple[DevService, subprocess.Popen[bytes]]], ports: dict[str, int],
-               stop: threading.Event, on_ready: Any) -> int:
+def _supervise(
+    procs: list[tuple[DevService, subprocess.Popen[bytes]]], ports: dict[str, int], stop: threading.Event, on_ready: Any
+) -> int:
     """Wait for every service's /readyz, then call ``on_ready``; return 1 as soon as a
     service exits (or is not up in time), 0 when asked to stop."""
     pending = {svc.module for svc, _ in procs}
@@ -304,22 +322,34 @@ def _supervise(procs: list[tuple[DevService, subprocess.Popen[bytes]]], ports: d
                 typer.echo(
                     f"error: {svc.module} exited with code {proc.returncode} {when} (its last lines are above; "
                     f"it listens on port {ports[svc.module]}, set by {svc.port_var}: if that port is taken, "
-                    "set it to a free one); stopping the stack", err=True)
+                    "set it to a free one); stopping the stack",
+                    err=True,
+                )
                 return 1
         if pending:
             pending = {m for m in pending if not _ready(ports[m])}
             if not pending:
                 on_ready()
             elif time.monotonic() > deadline:
-                typer.echo(f"error: not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))} "
-                           "(their /readyz does not answer 200; see the lines above); stopping the stack", err=True)
+                typer.echo(
+                    f"error: not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))} "
+                    "(their /readyz does not answer 200; see the lines above); stopping the stack",
+                    err=True,
+                )
                 return 1
         time.sleep(0.2)
     return 0
 
 
-def _banner(base: Path, env: dict[str, str], ports: dict[str, int], token: str | None, token_note: str | None,
-            mail_note: str, started: list[Any]) -> None:
+def _banner(
+    base: Path,
+    env: dict[str, str],
+    ports: dict[str, int],
+    token: str | None,
+    token_note: str | None,
+    mail_note: str,
+    started: list[Any],
+) -> None:
     shared = {k: env[k] for k in devstack.SHARED_VARS if env.get(k)}
     env_file = devstack.write_env(base, shared)
     embedded_pg = any(isinstance(s, EmbeddedPostgres) for s in started)
@@ -328,15 +358,21 @@ def _banner(base: Path, env: dict[str, str], ports: dict[str, int], token: str |
     for svc in SERVICES:
         if svc.banner and svc.url:
             lines.append(f"  {svc.banner:<14}: {svc.url.format(port=ports[svc.module])}")
-    lines.append(f"  {'Postgres':<14}: {'embedded, data in ' + str(base / 'postgres') if embedded_pg else 'PROVISIO_DATABASE_URL'}")
-    lines.append(f"  {'Redis':<14}: {('embedded, ' + env['PROVISIO_REDIS_URL']) if embedded_rd else 'PROVISIO_REDIS_URL'}")
+    lines.append(
+        f"  {'Postgres':<14}: {'embedded, data in ' + str(base / 'postgres') if embedded_pg else 'PROVISIO_DATABASE_URL'}"
+    )
+    lines.append(
+        f"  {'Redis':<14}: {('embedded, ' + env['PROVISIO_REDIS_URL']) if embedded_rd else 'PROVISIO_REDIS_URL'}"
+    )
     lines.append(f"  {'Failure mail':<14}: {mail_note}")
     if token:
         lines.append(f"  {'Tenant':<14}: {DEMO_TENANT}")
         lines.append(f"  {'SCIM token':<14}: {token}  (kept in {base / devstack.TOKEN_FILE})")
         if token_note:
             lines.append(f"  {'':<14}  {token_note}")
-        lines.append(f"  Try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{ports['scim_gateway']}/scim/v2/Users")
+        lines.append(
+            f"  Try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{ports['scim_gateway']}/scim/v2/Users"
+        )
     lines.append(f"  The provisio CLI finds this stack by itself (from {env_file}); for other tools:")
     lines.extend(f"    {line}" for line in devstack.export_lines(shared))
     lines.append("")

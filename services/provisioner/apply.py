@@ -8,13 +8,15 @@ outcome is still recorded — a redelivery gets the same answer back.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
 from provisio_lib.contract import (
+    Change,
     ChangeGroupMembers,
     Command,
     CreateGroup,
@@ -31,7 +33,6 @@ from provisio_lib.contract import (
 
 from . import store
 from .domain import USER_FIELDS, PermanentError, diff, jit_updates, reconcile_jit_groups
-
 
 Seq = tuple[int, int]
 
@@ -75,8 +76,8 @@ def is_stale(row: Any, seq: Seq) -> bool:
 class Applied:
     """What one command did, before it becomes an Outcome."""
 
-    result: str = "applied"
-    resource_type: str | None = None
+    result: Literal["applied", "unchanged", "failed"] = "applied"
+    resource_type: Literal["User", "Group"] | None = None
     resource_id: uuid.UUID | None = None
     user_name: str | None = None
     resource: dict[str, Any] | None = None
@@ -199,7 +200,7 @@ async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, c
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
                                     one_group_per_user=ctx.policy["one_group_per_user"])
-        changes["members"] = {"before": 0, "after": n}
+        changes["members"] = Change(before=0, after=n)
     return Applied(resource_type="Group", resource_id=row["id"],
                    resource=store.group_state(row).model_dump(mode="json"), changes=changes)
 
@@ -221,7 +222,7 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
                                         one_group_per_user=ctx.policy["one_group_per_user"])
         removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim")
         if added or removed:
-            changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
+            changes["members"] = Change(before=None, after=f"+{added} -{removed}")
     if not changes:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
@@ -274,7 +275,7 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         changes = diff(None, _user_dict(row), USER_FIELDS)
         if p.groups:
             await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups)
-            changes["groups.jit"] = {"before": [], "after": sorted(p.groups)}
+            changes["groups.jit"] = Change(before=[], after=sorted(p.groups))
         return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
                        resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"])
     if not row["active"]:
@@ -293,7 +294,7 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         before_groups = await store.jit_memberships(conn, row["id"])
         joined, left = await _sync_jit_groups(conn, cmd.tenant_id, row["id"], p.groups, before_groups)
         if joined or left:
-            changes["groups.jit"] = {"before": sorted(before_groups), "after": sorted(g.lower() for g in p.groups)}
+            changes["groups.jit"] = Change(before=sorted(before_groups), after=sorted(g.lower() for g in p.groups))
     return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
                    user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes)
 
@@ -309,7 +310,8 @@ async def _sync_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_
     return join, leave
 
 
-HANDLERS = {
+# The payload argument is the command type's payload class (checked by the contract).
+HANDLERS: dict[str, Callable[[asyncpg.Connection, Command, Any, Ctx], Awaitable[Applied]]] = {
     "user.create": create_user,
     "user.replace": replace_user,
     "user.delete": delete_user,
@@ -334,12 +336,12 @@ def make_outcome(cmd: Command, applied: Applied | None = None, error: PermanentE
                        resource_type=rtype, resource_id=rid, user_name=uname, **base)
     assert applied is not None
     return Outcome(
-        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,  # type: ignore[arg-type]
+        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,
         user_name=applied.user_name, resource=applied.resource, changes=applied.changes, notes=tuple(applied.notes), **base,
     )
 
 
-def _resource_of(cmd: Command) -> tuple[str | None, uuid.UUID | None, str | None]:
+def _resource_of(cmd: Command) -> tuple[Literal["User", "Group"] | None, uuid.UUID | None, str | None]:
     p = cmd.payload
     if isinstance(p, CreateUser | ReplaceUser):
         return "User", p.user_id, p.data.user_name

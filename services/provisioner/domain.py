@@ -73,7 +73,7 @@ def reconcile_jit_groups(
     """Group names to join and group ids to leave, so that the JIT-sourced memberships
     equal the claim. ``jit_member_of`` maps lower-case group name → group id of the
     memberships JIT added earlier; memberships SCIM manages are never in it."""
-    wanted = {}
+    wanted: dict[str, str] = {}
     for name in claimed:
         name = name.strip()
         if name:

@@ -24,20 +24,36 @@ BANNER_END = re.compile(r"^\s*export PROVISIO_SAML_PUBLIC_URL=")
 
 
 def _dev_env(service_env, tmp_path, **extra):
-    env = {**os.environ, **service_env, "PROVISIO_DEV_DIR": str(tmp_path), "PROVISIO_LOG_FORMAT": "json",
-           "PROVISIO_SCIM_PORT": str(free_port()), "PROVISIO_SAML_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        **service_env,
+        "PROVISIO_DEV_DIR": str(tmp_path),
+        "PROVISIO_LOG_FORMAT": "json",
+        "PROVISIO_SCIM_PORT": str(free_port()),
+        "PROVISIO_SAML_PORT": str(free_port()),
+    }
     # The older shared name, 0: `provisio dev` gives each worker its own free health port.
     env["PROVISIO_HEALTH_PORT"] = "0"
-    for name in ("PROVISIO_PROVISIONER_HEALTH_PORT", "PROVISIO_AUDITOR_HEALTH_PORT", "PROVISIO_SMTP_HOST",
-                 "PROVISIO_SAML_PUBLIC_URL"):
+    for name in (
+        "PROVISIO_PROVISIONER_HEALTH_PORT",
+        "PROVISIO_AUDITOR_HEALTH_PORT",
+        "PROVISIO_SMTP_HOST",
+        "PROVISIO_SAML_PUBLIC_URL",
+    ):
         env.pop(name, None)
     env.update(extra)
     return env
 
 
 def _start(env):
-    return subprocess.Popen([sys.executable, "-m", "provisio_cli", "dev"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisio_cli", "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _read_banner(proc, lines):
@@ -61,15 +77,18 @@ def _stop(proc, lines):
 
 
 def _cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 async def _create_user(scim, token, name):
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
     body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}
-    async with aiohttp.ClientSession() as http, \
-            http.post(f"http://127.0.0.1:{scim}/scim/v2/Users", json=body, headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{scim}/scim/v2/Users", json=body, headers=headers) as r,
+    ):
         return r.status, await r.json(content_type=None)
 
 
@@ -105,8 +124,9 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
         assert f"using the running `provisio dev` stack ({tmp_path / 'dev.env'})" in run.stderr
 
         # A second `provisio dev` sees the first and leaves it alone (its token still works).
-        second = subprocess.run([sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True,
-                                text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 1, second.stdout + second.stderr
         assert "already running" in second.stderr and str(proc.pid) in second.stderr
         assert "Provisio is running" not in second.stdout
@@ -157,7 +177,9 @@ async def test_demo_token_lost_means_a_new_one_said_plainly(database_url, tmp_pa
         # Only the hash is in the database; the old token is revoked.
         rows = await conn.fetch("SELECT token_hash, revoked_at FROM scim_tokens WHERE label = 'dev'")
         assert {bytes(r["token_hash"]): r["revoked_at"] is None for r in rows} == {
-            hash_token(first): False, hash_token(second): True}
+            hash_token(first): False,
+            hash_token(second): True,
+        }
     finally:
         await conn.close()
 
@@ -165,8 +187,9 @@ async def test_demo_token_lost_means_a_new_one_said_plainly(database_url, tmp_pa
 async def test_dev_exits_non_zero_naming_the_service_that_died(service_env, tmp_path):
     # The SAML gateway refuses this setting and exits at start.
     env = _dev_env(service_env, tmp_path, PROVISIO_SAML_CLOCK_SKEW_S="99999")
-    run = subprocess.run([sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True, text=True, timeout=120
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "error: saml_gateway exited with code 1 before it was up" in run.stderr
@@ -182,8 +205,9 @@ async def test_dev_names_the_setting_of_a_taken_port(service_env, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         env = _dev_env(service_env, tmp_path, PROVISIO_SCIM_PORT=str(port))
-        run = subprocess.run([sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True,
-                             text=True, timeout=60)
+        run = subprocess.run(
+            [sys.executable, "-m", "provisio_cli", "dev"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"port {port} (PROVISIO_SCIM_PORT, for scim_gateway) is in use" in run.stderr
     assert "starting" not in run.stdout  # nothing was started

@@ -24,9 +24,16 @@ BASE = {"PROVISIO_DATABASE_URL": "postgresql://u@db/x", "PROVISIO_REDIS_URL": "r
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("PROVISIO_HEALTH_PORT", "PROVISIO_BATCH_SIZE", "PROVISIO_PROVISIONER_HEALTH_PORT",
-                 "PROVISIO_AUDITOR_HEALTH_PORT", "PROVISIO_PROVISIONER_BATCH_SIZE", "PROVISIO_AUDITOR_BATCH_SIZE",
-                 "PROVISIO_SMTP_USER", "PROVISIO_SMTP_PASSWORD"):
+    for name in (
+        "PROVISIO_HEALTH_PORT",
+        "PROVISIO_BATCH_SIZE",
+        "PROVISIO_PROVISIONER_HEALTH_PORT",
+        "PROVISIO_AUDITOR_HEALTH_PORT",
+        "PROVISIO_PROVISIONER_BATCH_SIZE",
+        "PROVISIO_AUDITOR_BATCH_SIZE",
+        "PROVISIO_SMTP_USER",
+        "PROVISIO_SMTP_PASSWORD",
+    ):
         monkeypatch.delenv(name, raising=False)
     for k, v in BASE.items():
         monkeypatch.setenv(k, v)
@@ -83,8 +90,10 @@ def test_piped_tables_are_not_cut_and_ids_are_whole(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setattr(context, "_suggested_json", False)
     cids = [f"scim-3f2a9c81d4e5b6a7-{n:016x}" for n in range(3)]
-    rows = [{"completed_at": "2026-12-02 17:05:45.356656+00:00", "tenant": "acme", "error": "x" * 60,
-             "correlation_id": cid} for cid in cids]
+    rows = [
+        {"completed_at": "2026-12-02 17:05:45.356656+00:00", "tenant": "acme", "error": "x" * 60, "correlation_id": cid}
+        for cid in cids
+    ]
     context.print_rows(rows, ["completed_at", "tenant", "error", "correlation_id"], as_json=False)
     text = out.getvalue()
     for cid in cids:
@@ -101,7 +110,7 @@ def test_dev_ports_each_service_its_own_and_zero_means_a_free_one():
     assert 0 not in ports.values() and ports["provisioner"] != ports["auditor"]
     assert env["PROVISIO_PROVISIONER_HEALTH_PORT"] == str(ports["provisioner"])
     assert env["PROVISIO_AUDITOR_HEALTH_PORT"] == str(ports["auditor"])
-    with pytest.raises(CliError, match="PROVISIO_PROVISIONER_HEALTH_PORT=9000.*PROVISIO_AUDITOR_HEALTH_PORT=9000"):
+    with pytest.raises(CliError, match=r"PROVISIO_PROVISIONER_HEALTH_PORT=9000.*PROVISIO_AUDITOR_HEALTH_PORT=9000"):
         dev.service_ports({"PROVISIO_HEALTH_PORT": "9000"})
     with pytest.raises(CliError, match="PROVISIO_SCIM_PORT is invalid"):
         dev.service_ports({"PROVISIO_SCIM_PORT": "http"})
