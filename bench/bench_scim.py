@@ -126,7 +126,6 @@ async def main() -> None:
     b = Bench("scim")
     log(f"database {b.db}, redis prefix {b.prefix}")
     services: dict[str, Service] = {}
-    extra: list[Service] = []
     dj_db = f"{b.db}_django"
     results: dict[str, Any] = {"machine": info, "args": vars(args), "cells": [], "hello": []}
     with workdir("scim") as tmp:
@@ -182,7 +181,7 @@ async def main() -> None:
                 migrate = Service("django-migrate", [str(PEERS_VENV / "bin" / "python"), "manage.py", "migrate", "-v0"],
                                   env, cwd=cwd).start(tmp)
                 if migrate.proc is not None and migrate.proc.wait(120) != 0:
-                    raise RuntimeError(f"django migrate failed:\n{open(migrate.log_path).read()[-2000:]}")
+                    raise RuntimeError(f"django migrate failed:\n{Path(migrate.log_path).read_text()[-2000:]}")
                 services["django-scim2"] = Service(
                     "django-scim2", [gunicorn, "-w", str(args.peer_workers), "-k", "gthread", "--threads",
                                      str(args.peer_threads), "-b", f"127.0.0.1:{port}", "peerapp.wsgi:application"],
@@ -257,7 +256,7 @@ async def main() -> None:
             codes = {s.name: s.stop() for s in services.values()}
             for s in services.values():
                 if s.proc is not None and s.proc.returncode not in (0, -15, None):
-                    log(f"{s.name} exited {s.proc.returncode}; log tail:\n{open(s.log_path).read()[-1500:]}")
+                    log(f"{s.name} exited {s.proc.returncode}; log tail:\n{Path(s.log_path).read_text()[-1500:]}")
             results["exit_codes"] = codes
             if not args.keep:
                 await drop_database(b.db)

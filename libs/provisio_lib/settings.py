@@ -7,9 +7,9 @@ readable line naming the variable. Nothing else in Provisio reads ``os.environ``
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PROVISIO_"
@@ -22,8 +22,13 @@ class SettingsError(Exception):
 class CommonSettings(BaseSettings):
     """What every process needs: where Postgres and Redis are, and how to log."""
 
+    # env_ignore_empty: `PROVISIO_SMTP_USER=` in a .env file means "unset" (the default),
+    # not an empty string (which made the auditor try SMTP AUTH with no user).
+    # populate_by_name: fields read through aliases (worker_setting) still take their
+    # field name as a keyword (load_settings(ProvisionerSettings, health_port=0)).
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=None, validate_default=True
+        env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=None, validate_default=True,
+        env_ignore_empty=True, populate_by_name=True,
     )
 
     database_url: SecretStr = Field(
@@ -95,13 +100,21 @@ class CommonSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
+def worker_setting(worker: str, name: str) -> AliasChoices:
+    """The environment names of a worker's own setting: ``PROVISIO_<WORKER>_<NAME>`` first,
+    then the older shared ``PROVISIO_<NAME>`` (kept for existing deployments). Both workers
+    had the same names, so one value set for `provisio dev` reached both and they collided."""
+    return AliasChoices(f"{ENV_PREFIX}{worker}_{name}".upper(), f"{ENV_PREFIX}{name}".upper())
+
+
 def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> str:
     """One line per bad variable, named as the operator must set it."""
     prefix = cls.model_config.get("env_prefix", "")
     lines = []
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
-        var = f"{prefix}{field}".upper()
+        # A field read through aliases (worker_setting) is reported under the alias given.
+        var = field.upper() if field.upper().startswith(prefix.upper()) else f"{prefix}{field}".upper()
         if e["type"] == "missing":
             lines.append(f"{var} is not set")
         else:
@@ -109,7 +122,7 @@ def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> 
     return "; ".join(lines)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings from the environment; raise SettingsError with a readable message."""
     try:
         return cls(**overrides)

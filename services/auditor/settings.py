@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from provisio_lib.settings import CommonSettings
+from provisio_lib.settings import CommonSettings, worker_setting
 
 
 class AuditorSettings(CommonSettings):
     # --- delivery (see provisio_lib.delivery)
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Outcomes per audit batch, at most (read as batch_size / 50 stream entries)")
+    batch_size: int = Field(
+        validation_alias=worker_setting("auditor", "batch_size"),
+        default=500, ge=1, le=10_000, description="Outcomes per audit batch, at most (read as batch_size / 50 stream entries)",
+    )
     audit_batch_wait_ms: int = Field(
         default=200, ge=0, le=10_000,
         description="After a short batch, wait this long before reading again: fewer, larger batches "
@@ -18,7 +21,10 @@ class AuditorSettings(CommonSettings):
     claim_idle_ms: int = Field(default=30_000, ge=100, description="Claim entries idle this long")
     max_deliveries: int = Field(default=5, ge=1, description="Dead-letter after this many deliveries")
     health_host: str = Field(default="0.0.0.0", description="Health/metrics listener address")
-    health_port: int = Field(default=9102, ge=0, le=65535, description="Health/metrics listener port (0: any free port)")
+    health_port: int = Field(
+        validation_alias=worker_setting("auditor", "health_port"),
+        default=9102, ge=0, le=65535, description="Health/metrics listener port (0: any free port)",
+    )
     graceful_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM: time to finish the batch in flight")
 
     # --- retention

@@ -90,7 +90,7 @@ def _columns(rows: list[AuditRow]) -> list[list[object]]:
     for row in rows:
         for i, value in enumerate(row.as_tuple()):
             if i == 15:  # notes: text[] per row; unnest would flatten a 2-D array
-                value = _json_list(value)  # type: ignore[arg-type]
+                value = _json_list(value)
             cols[i].append(value)
     return cols
 

@@ -13,6 +13,7 @@ Exit codes: 0 found / done, 1 nothing found or unknown tenant/user, 2 bad argume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -256,10 +257,8 @@ def tail(
     count: int | None = typer.Option(None, "--count", min=1, help="Stop after this many records"),
 ) -> None:
     """Follow outcomes live from the audit streams (new ones only); Ctrl-C stops."""
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the loop took over signals: still exit 0
         asyncio.run(_tail(tenant, failed, user, as_json, count))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C before the loop took over signals: still exit 0
 
 
 async def _tail(tenant: str | None, failed: bool, user: str | None, as_json: bool, count: int | None) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from provisio_lib import db
 from provisio_lib.logging import redact_url
@@ -32,8 +33,27 @@ class CliSettings(CommonSettings):
     pass
 
 
+C = TypeVar("C", bound=CommonSettings)
+_told_dev_stack = False
+
+
+def load_cli_settings(cls: type[C]) -> C:
+    """Settings from the environment; where PROVISIO_DATABASE_URL is unset and a
+    `provisio dev` runs, its URLs (from .provisio/dev.env), said once on stderr."""
+    global _told_dev_stack
+    from .devstack import use_running_stack
+
+    env_file = use_running_stack()
+    if env_file is not None and not _told_dev_stack:
+        _told_dev_stack = True
+        sys.stderr.write(
+            f"using the running `provisio dev` stack ({env_file}); set PROVISIO_DATABASE_URL to use another\n"
+        )
+    return load_settings(cls)
+
+
 def settings() -> CliSettings:
-    return load_settings(CliSettings)
+    return load_cli_settings(CliSettings)
 
 
 def topology(s: CommonSettings) -> Topology:
@@ -90,19 +110,38 @@ async def tenant_id(conn: asyncpg.Connection, tenant: str) -> UUID:
     return row["id"]
 
 
+# Piped or redirected output is not cut to fit a terminal (rich's default there is 80
+# columns): tables are as wide as their rows. COLUMNS still wins where set.
+PIPE_WIDTH = 4096
+_suggested_json = False
+
+
 def console() -> Console:
-    return Console(highlight=False)
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, width=PIPE_WIDTH if wide else None)
+
+
+def _is_id(column: str) -> bool:
+    return column == "id" or column.endswith("_id")
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, title: str | None = None) -> None:
     """A rich table on a terminal, JSON lines (one object per row) with --json."""
+    global _suggested_json
     if as_json:
         for r in rows:
             sys.stdout.write(json.dumps({c: r.get(c) for c in columns}, default=str) + "\n")
         return
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    cells = [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    # Ids are shown whole: cut at the end, correlation ids (one prefix per gateway
+    # process, then a counter) all looked the same.
+    table = Table(*(
+        Column(c, no_wrap=True, min_width=max([len(c), *(len(row[i]) for row in cells)])) if _is_id(c) else Column(c)
+        for i, c in enumerate(columns)
+    ), title=title)
+    for row in cells:
+        table.add_row(*row)
     console().print(table)
+    if not sys.stdout.isatty() and not _suggested_json:
+        _suggested_json = True
+        sys.stderr.write("tip: --json prints one JSON object per row, for scripts\n")

@@ -134,7 +134,8 @@ async def _read_one(r: Any, topo: Topology, kind: str, partition: int, entry_id:
     if not entries:
         name = DeadLetter(partition, entry_id, {}, kind).id
         raise CliError(f"no dead letter {name} (see `{_list_hint(kind)}`)", NOT_FOUND)
-    return _entry(partition, *entries[0], kind)
+    found_id, fields = entries[0]
+    return _entry(partition, found_id, fields, kind)
 
 
 async def _tenant_filter(tenant: str | None, topo: Topology) -> tuple[UUID | None, dict[str, str]]:

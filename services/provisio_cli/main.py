@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import typer
+import typer.core
 
 from provisio_lib import db
 from provisio_lib.settings import SettingsError
@@ -15,6 +17,20 @@ from provisio_lib.topology import ensure_groups
 from . import apikeys, audit, dlq, scim_schema, sso
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
+
+# typer 0.29 prints a type for every option in the help, <bool> for flags (and --help)
+# too; a flag's name already says it (`--seed / --no-seed`). tests/unit/test_cli_help.py
+# notices if a typer upgrade changes this method.
+_option_type = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    if self.is_flag and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="provisio",
@@ -82,12 +98,14 @@ def _exec_service(service: str, allowed: tuple[str, ...]) -> None:
 @app.command()
 def dev(
     data_dir: str = typer.Option(".provisio", envvar="PROVISIO_DEV_DIR", help="Embedded servers' data"),
-    seed: bool = typer.Option(True, help="Create the demo tenant and print a fresh SCIM token"),
+    seed: bool = typer.Option(True, help="Create the demo tenant and its SCIM token (kept across restarts)"),
 ) -> None:
     """Run the whole stack in the foreground: embedded Postgres/Redis where no URL is set."""
     from .dev import run_dev
 
-    run_dev(data_dir, seed=seed)
+    code = run_dev(data_dir, seed=seed)
+    if code:
+        raise typer.Exit(code)
 
 
 

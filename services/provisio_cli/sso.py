@@ -14,11 +14,11 @@ import typer
 from pydantic import Field
 
 from provisio_lib import sso
-from provisio_lib.settings import CommonSettings, load_settings
+from provisio_lib.settings import CommonSettings
 from provisio_lib.sso_presets import PRESETS
 from provisio_lib.tokens import generate_token, hash_token
 
-from .context import CliError, database, print_rows, tenant_id
+from .context import CliError, database, load_cli_settings, print_rows, tenant_id
 
 app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove.", no_args_is_help=True)
 
@@ -39,7 +39,7 @@ def _check_groups_absent(value: str | None) -> None:
 
 
 def _settings() -> SsoCliSettings:
-    return load_settings(SsoCliSettings)
+    return load_cli_settings(SsoCliSettings)
 
 
 def _read_metadata(source: str) -> bytes:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -45,7 +46,6 @@ from .domain import (
     sso_name_refusal,
 )
 from .events import EventSpec, member_event
-
 
 Seq = tuple[int, int]
 
@@ -89,8 +89,8 @@ def is_stale(row: Any, seq: Seq) -> bool:
 class Applied:
     """What one command did, before it becomes an Outcome."""
 
-    result: str = "applied"
-    resource_type: str | None = None
+    result: Literal["applied", "unchanged", "failed"] = "applied"
+    resource_type: Literal["User", "Group"] | None = None
     resource_id: uuid.UUID | None = None
     user_name: str | None = None
     resource: dict[str, Any] | None = None
@@ -225,7 +225,7 @@ async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, c
     if p.data.members:
         n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
                                     one_group_per_user=ctx.policy["one_group_per_user"], added=added)
-        changes["members"] = {"before": 0, "after": n}
+        changes["members"] = Change(before=0, after=n)
     resource = store.group_state(row).model_dump(mode="json")
     return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
                    notes=["adopted a group JIT created"] if jit_row is not None else [],
@@ -258,7 +258,7 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
         removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim",
                                              removed=removed_ids)
         if added or removed:
-            changes["members"] = {"before": None, "after": f"+{added} -{removed}"}
+            changes["members"] = Change(before=None, after=f"+{added} -{removed}")
     if not changes:
         return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
                        resource=store.group_state(row).model_dump(mode="json"))
@@ -445,7 +445,8 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-HANDLERS = {
+# The payload argument is the command type's payload class (checked by the contract).
+HANDLERS: dict[str, Callable[[asyncpg.Connection, Command, Any, Ctx], Awaitable[Applied]]] = {
     "user.create": create_user,
     "user.replace": replace_user,
     "user.delete": delete_user,
@@ -470,12 +471,12 @@ def make_outcome(cmd: Command, applied: Applied | None = None, error: PermanentE
                        resource_type=rtype, resource_id=rid, user_name=uname, **base)
     assert applied is not None
     return Outcome(
-        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,  # type: ignore[arg-type]
+        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,
         user_name=applied.user_name, resource=applied.resource, changes=applied.changes, notes=tuple(applied.notes), **base,
     )
 
 
-def _resource_of(cmd: Command) -> tuple[str | None, uuid.UUID | None, str | None]:
+def _resource_of(cmd: Command) -> tuple[Literal["User", "Group"] | None, uuid.UUID | None, str | None]:
     p = cmd.payload
     if isinstance(p, CreateUser | ReplaceUser):
         return "User", p.user_id, p.data.user_name

@@ -188,7 +188,7 @@ class Provisioner:
             if j - i > 1:
                 run = commands[i:j]
                 rows = await store.insert_users_bulk(
-                    conn, [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)]  # type: ignore[union-attr]
+                    conn, [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)]  # type: ignore[union-attr,misc]
                 )
                 applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
                 pairs = list(zip(run, applied_run, strict=True))

@@ -68,12 +68,12 @@ log = get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", SamlSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Any)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 TOPOLOGY = web.AppKey("topology", Topology)
 WAITER = web.AppKey("waiter", OutcomeWaiter)
 ENGINE = web.AppKey("engine", SamlEngine)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-VERIFIER = web.AppKey("verifier", Any)  # runs verify(conn, saml_response) off the loop
+VERIFIER: web.AppKey[Any] = web.AppKey("verifier")  # runs verify(conn, saml_response) off the loop
 
 _NAME = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_RELAY_STATE = 80  # saml-bindings §3.4.3 / §3.5.3: RelayState MUST NOT exceed 80 bytes
@@ -232,6 +232,7 @@ async def acs(request: web.Request) -> web.StreamResponse:
 
     try:
         command = Command(
+            type="jit.login",
             tenant_id=conn.tenant_id,
             source=Source(kind="saml", id=str(conn.id), label=conn.name),
             correlation_id=correlation,
@@ -256,9 +257,9 @@ async def acs(request: web.Request) -> web.StreamResponse:
         # e.g. a NameID longer than the contract allows: the IdP's data, not our bug.
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "payload"
-        refusal = Refused("invalid_value", f"The identity provider sent an unusable value for {field}: "
+        refused = Refused("invalid_value", f"The identity provider sent an unusable value for {field}: "
                           f"{first['msg']}.", 400, user_name=verified.name_id[:512], field=field)
-        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
+        return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
     t0 = time.perf_counter()
     try:
         outcome = await app[WAITER].submit(command, settings.saml_outcome_timeout_s)
@@ -274,19 +275,19 @@ async def acs(request: web.Request) -> web.StreamResponse:
     OUTCOME_WAIT.labels(type="jit.login", result="outcome").observe(time.perf_counter() - t0)
     if not outcome.ok or outcome.resource is None:
         # The provisioner recorded this failure in the audit stream itself.
-        err = outcome.error
-        SAML_LOGINS_REFUSED.labels(reason=err.code if err else "failed").inc()
-        if err and err.code == "user_not_found":
+        failure = outcome.error
+        SAML_LOGINS_REFUSED.labels(reason=failure.code if failure else "failed").inc()
+        if failure and failure.code == "user_not_found":
             message = "You have no account here yet, and this sign-in does not create accounts. Ask your administrator."
-        elif err and err.code == "not_linked":
+        elif failure and failure.code == "not_linked":
             # Issue 13 §1: an existing account is never taken over on a claim alone.
             message = ("An account with your name or email already exists, but it is not linked to this sign-in "
                        "method. An administrator must link the account before you can sign in this way.")
-        elif err and err.code in ("invalid_value", "policy", "uniqueness", "mutability"):
-            message = f"Your account could not be set up: {err.message}."
+        elif failure and failure.code in ("invalid_value", "policy", "uniqueness", "mutability"):
+            message = f"Your account could not be set up: {failure.message}."
         else:  # internal errors and dead letters: details are in the audit trail, not here
             message = "Your account could not be set up. Please try again later or contact support."
-        return error_page(403 if err and err.code in ("user_not_found", "policy", "not_linked") else 422, message,
+        return error_page(403 if failure and failure.code in ("user_not_found", "policy", "not_linked") else 422, message,
                           reference=correlation)
     SAML_LOGINS_ACCEPTED.labels(mode=conn.jit_mode).inc()
 
@@ -424,6 +425,9 @@ def _token_error(status: int, error: str, description: str) -> web.Response:
 # --------------------------------------------------------------------------- errors
 
 
+_UNAVAILABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE_ERRORS, RedisError)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -434,7 +438,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         raise
     except asyncio.CancelledError:
         raise
-    except (*db.UNAVAILABLE_ERRORS, RedisError) as err:
+    except _UNAVAILABLE as err:
         # Postgres or Redis down (connection registry, replay cache, one-time code): the
         # login can simply be tried again once they are back.
         log.warning("saml_dependency_unavailable", error=str(err), path=request.path)
@@ -496,7 +500,7 @@ def create_app(settings: SamlSettings) -> web.Application:
             pool_ = processes
 
             async def verify(conn: Connection, saml_response: str) -> VerifiedLogin:
-                return await loop.run_in_executor(pool_, verify_in_worker, conn, saml_response)  # type: ignore[no-any-return]
+                return await loop.run_in_executor(pool_, verify_in_worker, conn, saml_response)
         else:
             engine = app[ENGINE]
 

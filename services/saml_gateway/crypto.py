@@ -85,7 +85,8 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
 
     @property
     def version(self) -> str:
-        return ".".join(str(n) for n in xmlsec.get_libxmlsec_version())
+        # In the module since xmlsec 1.3.14, not in its stubs (1.3.17).
+        return ".".join(str(n) for n in xmlsec.get_libxmlsec_version())  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- keys
 
@@ -121,8 +122,8 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
             root = etree.fromstring(data, _parser())
         except etree.XMLSyntaxError as err:
             raise SignatureError(f"unparsable document: {err}") from None
-        ns, _, local = node_name.rpartition(":")
-        ns = ns or None
+        prefix, _, local = node_name.rpartition(":")
+        ns = prefix or None
 
         ctx = xmlsec.SignatureContext()
         ids: dict[str, Any] = {}

@@ -425,7 +425,7 @@ class _Compiler:
         if s == "value":
             cond = self.compare_sql(f"{m}.{other_col}", "uuid", True, op if op != CompareOperator.ne else CompareOperator.eq, value)
         elif s == "display":
-            col = "display_name" if table == "users" else "display_name"
+            col = "display_name"  # users and groups both
             cond = self.compare_sql(f"{other}.{col}", "string", False, op if op != CompareOperator.ne else CompareOperator.eq, value)
         elif s == "type":
             cond = "TRUE" if _const_match("User" if table == "users" else "direct", op, value) else "FALSE"

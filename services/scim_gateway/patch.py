@@ -104,8 +104,8 @@ def expand(kind: ResourceKind, ops: list[Op]) -> list[Op]:
     for op in ops:
         if op.path is not None:
             if op.path.lower() in kind.extensions and isinstance(op.value, dict) and op.op != "remove":
-                ext = kind.extensions[op.path.lower()]
-                out.extend(Op(op.op, f"{ext.id}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
+                named = kind.extensions[op.path.lower()]
+                out.extend(Op(op.op, f"{named.id}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
             elif _undeclared_object(kind, op):
                 out.extend(Op(op.op, f"{op.path}:{k}", v) for k, v in op.value.items() if k.lower() != "schemas")
             else:
@@ -211,10 +211,10 @@ def _resolve(kind: ResourceKind, ap: AttrPath, raw: str) -> _Target:
         key = None if found is kind.core else found.id
     low = ap.attr.lower()
     if key is None and low in COMMON:
-        attr = COMMON[low]
-        if attr.mutability == "readOnly":
-            raise mutability(f"{attr.name} is read-only")
-        return _Target(None, attr)
+        common = COMMON[low]
+        if common.mutability == "readOnly":
+            raise mutability(f"{common.name} is read-only")
+        return _Target(None, common)
     attr = schema.attr(ap.attr)
     if attr is None:
         raise invalid_path(f"{raw!r}: no such attribute")
@@ -431,8 +431,8 @@ def _apply_one(res: dict[str, Any], t: _Target, op: Op) -> None:
                 f"{name}.{t.sub.name}: select the values with a filter, e.g. {name}[type eq \"work\"].{t.sub.name}"
             )
         v = coerce_single(t.sub, op.value, f"{name}.{t.sub.name}")
-        cur = c.get(name) if isinstance(c.get(name), dict) else {}
-        cur = dict(cur)
+        old = c.get(name)
+        cur = dict(old) if isinstance(old, dict) else {}
         if v is None:
             cur.pop(t.sub.name, None)
         else:
@@ -464,8 +464,8 @@ def _apply_one(res: dict[str, Any], t: _Target, op: Op) -> None:
         return
     if attr.type == "complex" and isinstance(value, dict) and not attr.free_form:
         # RFC 7644 §3.5.2.1/§3.5.2.3: sub-attributes not given are left unchanged
-        cur = c.get(name) if isinstance(c.get(name), dict) else {}
-        c[name] = {**cur, **value}
+        old = c.get(name)
+        c[name] = {**(old if isinstance(old, dict) else {}), **value}
         return
     if attr.type == "complex" and attr.free_form and isinstance(value, dict) and op.op == "add":
         c[name] = {**(c.get(name) or {}), **value}
@@ -612,12 +612,12 @@ def _simple_member_ids(op: Op, low: str) -> list[uuid.UUID] | None:
 
 
 def _value_eq_ids(node: FilterNode) -> list[uuid.UUID] | None:
-    if isinstance(node, Comparison) and node.op == CompareOperator.eq and node.attr_path.attr.lower() == "value":
-        if not node.attr_path.sub_attr and not node.attr_path.uri:
-            try:
-                return [uuid.UUID(str(node.value))]
-            except ValueError:
-                return []  # not an id we minted: matches no member
+    if (isinstance(node, Comparison) and node.op == CompareOperator.eq and node.attr_path.attr.lower() == "value"
+            and not node.attr_path.sub_attr and not node.attr_path.uri):
+        try:
+            return [uuid.UUID(str(node.value))]
+        except ValueError:
+            return []  # not an id we minted: matches no member
     if isinstance(node, LogicalExpr) and node.op == LogicalOperator.or_:
         out: list[uuid.UUID] = []
         for t in node.terms:

@@ -39,8 +39,8 @@ _USER_COLUMN_ATTRS = {"userName", "externalId", "active", "displayName", "emails
 
 # Prebuilt for the membership tests of the hot loops (a literal with {} or [] in it is
 # rebuilt on every evaluation). Never mutated.
-_EMPTY_ITEM = (None, {}, "")
-_ABSENT = (None, {}, [])
+_EMPTY_ITEM: tuple[None, dict[str, Any], str] = (None, {}, "")
+_ABSENT: tuple[None, dict[str, Any], list[Any]] = (None, {}, [])
 _TEXT_TYPES = frozenset({"string", "reference", "binary"})
 _BUILT_IN_KEYS = frozenset({ENTERPRISE_SCHEMA, PROVISIO_SCHEMA})
 _BUILT_IN = frozenset(u.lower() for u in (ENTERPRISE_SCHEMA, PROVISIO_SCHEMA))
@@ -139,7 +139,7 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
             raise invalid_value(f"{where} must be an xsd:dateTime string") from None
         return value
     # string, reference, binary
-    if isinstance(value, bool) or isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         raise invalid_value(f"{where} must be a string")
     if isinstance(value, (int, float)):
         return str(value)  # e.g. employeeNumber sent as a number

@@ -33,7 +33,7 @@ async def test_a_handler_that_raises_is_retried_then_dead_lettered(redis_url, re
         raise RuntimeError("handler bug")
 
     await redis.xadd(stream, {"__data__": b"{}"})
-    broker, consumer = await run_consumer(redis_url, redis, stream, broken, claim_idle_ms=150, max_deliveries=3)
+    broker, _consumer = await run_consumer(redis_url, redis, stream, broken, claim_idle_ms=150, max_deliveries=3)
     try:
         entries = await eventually(lambda: redis.xrange(f"{stream}:dlq"), timeout=15)
     finally:

@@ -1,3 +1,8 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from provisio_lib import db
@@ -28,6 +33,92 @@ async def test_a_database_from_newer_code_is_refused(database_url):
             await db.check_schema(conn)
         with pytest.raises(db.SchemaError, match="does not know"):
             await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_migrate_records_each_files_checksum(empty_database_url):
+    conn = await db.connect(empty_database_url)
+    try:
+        await db.migrate(conn)
+        rows = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        assert rows == {m.version: m.checksum for m in db.load_migrations()}
+        assert all(len(c) == 64 for c in rows.values())
+    finally:
+        await conn.close()
+
+
+async def test_an_edited_applied_migration_is_refused_naming_the_file(database_url, tmp_path, monkeypatch):
+    """0001 edited after it was applied: migrate and every service's schema check refuse,
+    naming the file, instead of running on a schema the files no longer describe."""
+    edited = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS_DIR, edited)
+    first = sorted(edited.glob("0001_*.sql"))[0]
+    first.write_text(first.read_text() + "\nCREATE TABLE added_later (id int);\n")
+    monkeypatch.setattr(db, "MIGRATIONS_DIR", edited)
+    conn = await db.connect(database_url)
+    try:
+        with pytest.raises(db.SchemaError, match=rf"{first.name} was changed after it was applied") as err:
+            await db.migrate(conn)
+        assert "new migration" in str(err.value)
+        with pytest.raises(db.SchemaError, match=rf"{first.name} was changed"):
+            await db.check_schema(conn)
+        assert await conn.fetchval("SELECT to_regclass('added_later')") is None
+    finally:
+        await conn.close()
+
+
+async def test_the_cli_and_services_refuse_a_database_whose_migration_changed(service_env, database_url):
+    """The same as seen by an operator: `provisio migrate` and a service exit non-zero with
+    one line naming the file (here the database's record differs, as after an edit)."""
+    conn = await db.connect(database_url)
+    try:
+        await conn.execute("UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 1")
+    finally:
+        await conn.close()
+    name = db.load_migrations()[0].filename
+    env = {**os.environ, **service_env, "PROVISIO_PROVISIONER_HEALTH_PORT": "0"}
+    for cmd in (["provisio_cli", "migrate"], ["provisioner"]):
+        run = subprocess.run([sys.executable, "-m", *cmd], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, (cmd, run.stdout, run.stderr)
+        assert f"error: migration {name} was changed after it was applied" in run.stderr, (cmd, run.stderr)
+        assert "Traceback" not in run.stderr
+
+
+async def test_a_database_migrated_before_checksums_gets_them_recorded_once(database_url):
+    conn = await db.connect(database_url)
+    try:
+        # As the code before checksums left it: no checksum column at all.
+        await conn.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
+        with pytest.raises(db.SchemaError, match="run `provisio migrate` once"):
+            await db.check_schema(conn)
+        assert await db.migrate(conn) == []
+        await db.check_schema(conn)
+        rows = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        assert rows == {m.version: m.checksum for m in db.load_migrations()}
+        # From then on a change is caught.
+        await conn.execute("UPDATE schema_migrations SET checksum = repeat('f', 64) WHERE version = 1")
+        with pytest.raises(db.SchemaError, match="was changed after it was applied"):
+            await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_new_migration_files_are_applied_and_recorded(database_url, tmp_path, monkeypatch):
+    folder = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS_DIR, folder)
+    (folder / "0900_later_one.sql").write_text("CREATE TABLE later_one (id int);\n")
+    (folder / "0901_later_two.sql").write_text("CREATE TABLE later_two (id int);\r\n")
+    monkeypatch.setattr(db, "MIGRATIONS_DIR", folder)
+    conn = await db.connect(database_url)
+    try:
+        done = await db.migrate(conn)
+        assert [m.filename for m in done] == ["0900_later_one.sql", "0901_later_two.sql"]
+        await db.check_schema(conn)
+        assert await conn.fetchval("SELECT checksum FROM schema_migrations WHERE version = 901") == done[1].checksum
+        # CRLF line endings are the same file (a Windows checkout): no false alarm.
+        (folder / "0901_later_two.sql").write_text("CREATE TABLE later_two (id int);\n")
+        await db.check_schema(conn)
     finally:
         await conn.close()
 
@@ -67,6 +158,10 @@ async def test_a_plan_made_on_an_empty_table_does_not_outlive_the_statement_life
         return (time.perf_counter() - t0) / 30
 
     try:
+        # No autovacuum ANALYZE of `users` during the test: new statistics invalidate cached
+        # plans by themselves (the embedded server's autovacuum did it at once, so the
+        # stale plan was never stale); the statement lifetime must do it alone here.
+        await pool.execute("ALTER TABLE users SET (autovacuum_enabled = false)")
         for _ in range(10):  # past Postgres's five custom plans: the generic plan is cached
             await pool.fetch(sql, tenant.id, "nobody@x.test")
         await pool.execute(

@@ -186,7 +186,7 @@ async def test_garbage_and_poison_messages_are_dead_lettered_and_the_stream_keep
     errors = sorted(f[b"error"].decode() for _, f in entries)
     assert any("undecodable" in e for e in errors)
     assert any("failed 3 times" in e and "0x00" in e for e in errors)
-    poisoned = [f for _, f in entries if b"0x00" in f[b"error"]][0]
+    poisoned = next(f for _, f in entries if b"0x00" in f[b"error"])
     assert json.loads(poisoned[DATA_FIELD.encode()])["event_id"] == str(poison.event_id)
     pending = await redis.xpending(stream, PROVISIONER_GROUP)
     assert pending["pending"] == 0

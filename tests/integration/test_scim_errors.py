@@ -151,7 +151,7 @@ class _TcpProxy:
     """A plain TCP relay to Postgres that the test can cut: the real server, unreachable."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
+        self.target = (host, port)  # host a directory: Postgres's Unix socket in it
         self.server: asyncio.Server | None = None
         self.writers: list[asyncio.StreamWriter] = []
 
@@ -160,7 +160,11 @@ class _TcpProxy:
         return self.server.sockets[0].getsockname()[1]
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        host, port = self.target
+        if host.startswith("/"):
+            up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            up_reader, up_writer = await asyncio.open_connection(host, port)
         self.writers += [writer, up_writer]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -184,12 +188,18 @@ class _TcpProxy:
 
 
 async def test_postgres_down_is_503_for_reads(service_env, tenant, database_url):
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+    # Where Postgres really is: a TCP host:port (CI, containers) or, for the embedded
+    # server of a fresh clone, a socket folder in the query (?host=/dir&port=N).
     parts = urlsplit(database_url)
-    proxy = _TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    query = parse_qs(parts.query)
+    host = query.pop("host", [parts.hostname or "127.0.0.1"])[0]
+    upstream_port = int(query.pop("port", [parts.port or 5432])[0])
+    proxy = _TcpProxy(host, upstream_port)
     port = await proxy.start()
-    proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+    proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}",
+                                        query=urlencode(query, doseq=True)))
     async with scim_client(database_url=proxied, db_pool_min=1, db_pool_max=2) as c:
         h = bearer(tenant.token)
         assert (await c.get("/scim/v2/Users", headers=h)).status == 200

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 from provisio_lib.settings import ENV_PREFIX, CommonSettings, SettingsError, load_settings
@@ -67,16 +67,29 @@ def settings_class(service: str) -> type[CommonSettings]:
     return found[0]
 
 
-def env_name(cls: type[BaseSettings], field: str) -> str:
+def env_names(cls: type[BaseSettings], field: str) -> list[str]:
+    """Every name the field is read from, the preferred first (a worker's own name, then
+    the older shared one: provisio_lib.settings.worker_setting)."""
     info = cls.model_fields[field]
     alias = info.validation_alias or info.alias
     if isinstance(alias, str):
-        return alias.upper()
-    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+        return [alias.upper()]
+    if isinstance(alias, AliasChoices):
+        return [str(choice).upper() for choice in alias.choices]
+    return [f"{cls.model_config.get('env_prefix', '')}{field}".upper()]
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    return env_names(cls, field)[0]
 
 
 def env_vars(cls: type[BaseSettings]) -> set[str]:
     return {env_name(cls, f) for f in cls.model_fields}
+
+
+def accepted_vars(cls: type[BaseSettings]) -> set[str]:
+    """env_vars and the older names still read (deploy files may use either)."""
+    return {name for f in cls.model_fields for name in env_names(cls, f)}
 
 
 def required_vars(cls: type[BaseSettings]) -> set[str]:
@@ -122,7 +135,7 @@ def assert_settings_load(service: str, env: Mapping[str, str], where: str, *, st
     cls = settings_class(service)
     missing = required_vars(cls) - set(env)
     assert not missing, f"{where}: {service} needs {sorted(missing)}"
-    unknown = {k for k in env if k.startswith(ENV_PREFIX)} - env_vars(cls)
+    unknown = {k for k in env if k.startswith(ENV_PREFIX)} - accepted_vars(cls)
     assert not strict or not unknown, f"{where}: {service} is given {sorted(unknown)}, which its settings do not read (typo?)"
     with only_env(env):
         try:
