@@ -12,7 +12,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
-from . import audit, dlq, sso
+from . import audit, dlq, sso, staff
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -28,12 +28,14 @@ app.add_typer(token_app, name="scim-token")
 app.add_typer(sso.app, name="sso")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(staff.app, name="staff")
 
 SERVICES = {
     "scim": "scim_gateway",
     "saml": "saml_gateway",
     "provisioner": "provisioner",
     "auditor": "auditor",
+    "console": "console",
 }
 
 
@@ -57,9 +59,9 @@ def migrate() -> None:
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help="scim or saml")) -> None:
-    """Run a gateway in the foreground (the container command)."""
-    _exec_service(service, ("scim", "saml"))
+def serve(service: str = typer.Argument(..., help="scim, saml or console")) -> None:
+    """Run a gateway (or the web console) in the foreground (the container command)."""
+    _exec_service(service, ("scim", "saml", "console"))
 
 
 @app.command()

@@ -1,0 +1,99 @@
+"""`provisio staff …`: the web console's support-staff accounts (provisio_lib.admin.staff).
+
+``add`` and ``reset`` print the one-time set-password link as the last line of stdout,
+so a script can take it with ``tail -n1``; the link is built on
+PROVISIO_CONSOLE_PUBLIC_URL (http://localhost:8084 when unset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from provisio_lib.admin import staff as staff_admin
+from provisio_lib.admin.audit import record_staff_action
+from provisio_lib.settings import load_settings
+
+from .context import database, print_rows
+
+app = typer.Typer(help="Support-staff accounts of the web console: add, list, remove, reset.", no_args_is_help=True)
+
+
+def _link(token: str) -> str:
+    from console.settings import ConsoleSettings
+
+    return f"{load_settings(ConsoleSettings).base_url()}/set-password/{token}"
+
+
+async def _record(conn: object, s: staff_admin.Staff, action: str) -> None:
+    # The CLI's operator is not a staff account: recorded as `cli`, with the account acted on.
+    await record_staff_action(conn, staff_id="cli", staff_email="cli", action=action, tenant_id=None,  # type: ignore[arg-type]
+                              notes=[f"staff {s.email} ({s.role})"])
+
+
+@app.command("add")
+def staff_add(
+    email: str = typer.Argument(..., help="The staff member's email (their login)"),
+    role: str = typer.Option(..., "--role", help="support (read the audit trail) or admin (also replay/drop dead letters)"),
+) -> None:
+    """Create an account; print its one-time set-password link (last line)."""
+    link = _link("")  # settings first: a bad PROVISIO_CONSOLE_PUBLIC_URL fails before anything is written
+
+    async def go() -> tuple[staff_admin.Staff, str]:
+        async with database() as conn:
+            s, token = await staff_admin.add(conn, email, role)
+            await _record(conn, s, "staff.add")
+            return s, token
+
+    s, token = asyncio.run(go())
+    typer.echo(f"added {s.email} ({s.role}); this link sets the password, works once and expires in "
+               f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:")
+    typer.echo(link + token)
+
+
+@app.command("list")
+def staff_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")) -> None:
+    """Every staff account with its role and whether its password is set."""
+
+    async def go() -> list[staff_admin.Staff]:
+        async with database() as conn:
+            return await staff_admin.list_staff(conn)
+
+    rows = [{"email": s.email, "role": s.role, "password": "set" if s.has_password else "not set (link pending)",
+             "created_at": s.created_at} for s in asyncio.run(go())]
+    if not rows and not as_json:
+        typer.echo("no staff accounts (add one: provisio staff add EMAIL --role admin)", err=True)
+        return
+    print_rows(rows, ["email", "role", "password", "created_at"], as_json=as_json, title=f"Staff ({len(rows)})")
+
+
+@app.command("remove")
+def staff_remove(email: str = typer.Argument(..., help="The staff member's email")) -> None:
+    """Delete an account; its sessions end at once."""
+
+    async def go() -> staff_admin.Staff:
+        async with database() as conn:
+            s = await staff_admin.remove(conn, email)
+            await _record(conn, s, "staff.remove")
+            return s
+
+    s = asyncio.run(go())
+    typer.echo(f"removed {s.email}")
+
+
+@app.command("reset")
+def staff_reset(email: str = typer.Argument(..., help="The staff member's email")) -> None:
+    """Clear the password, end the sessions, print a new one-time link (last line)."""
+    link = _link("")
+
+    async def go() -> tuple[staff_admin.Staff, str]:
+        async with database() as conn:
+            s, token = await staff_admin.reset(conn, email)
+            await _record(conn, s, "staff.reset")
+            return s, token
+
+    s, token = asyncio.run(go())
+    typer.echo(f"reset {s.email}: password cleared, sessions ended; the new link works once and expires in "
+               f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:")
+    typer.echo(link + token)
