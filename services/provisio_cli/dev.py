@@ -27,7 +27,7 @@ from provisio_lib.topology import Topology, ensure_groups
 
 from .context import CliError
 
-SERVICE_MODULES = ("provisioner", "auditor", "scim_gateway", "saml_gateway")
+SERVICE_MODULES = ("provisioner", "auditor", "scim_gateway", "saml_gateway", "console")
 DEMO_TENANT = "demo"
 DEV_REDIS_PORT = 16379
 
@@ -125,6 +125,7 @@ def _run(base: Path, env: dict[str, str], started: list[EmbeddedPostgres | Embed
     typer.echo("Provisio is running (Ctrl-C stops everything):")
     typer.echo(f"  SCIM base URL : http://127.0.0.1:{scim_port}/scim/v2")
     typer.echo(f"  SAML gateway  : http://127.0.0.1:{saml_port}  (per connection: /saml/{DEMO_TENANT}/<connection>/metadata, /login, /acs)")
+    typer.echo(f"  Console       : http://127.0.0.1:{env.get('PROVISIO_CONSOLE_PORT', '8084')}  (staff accounts: provisio staff add EMAIL --role admin)")
     typer.echo(f"  Postgres      : {'embedded, ' + str(base / 'postgres') if any(isinstance(s, EmbeddedPostgres) for s in started) else 'PROVISIO_DATABASE_URL'}")
     typer.echo(f"  Redis         : {env['PROVISIO_REDIS_URL'] if any(isinstance(s, EmbeddedRedis) for s in started) else 'PROVISIO_REDIS_URL'}")
     if token:

@@ -21,6 +21,7 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
            "PROVISIO_DEV_DIR": str(tmp_path), "PROVISIO_LOG_FORMAT": "json"}
     # Workers' health listeners on free ports, so parallel stacks never clash.
     env["PROVISIO_HEALTH_PORT"] = "0"
+    env["PROVISIO_CONSOLE_PORT"] = console = str(free_port())
     proc = subprocess.Popen([sys.executable, "-m", "provisio_cli", "dev"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -36,10 +37,11 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
             token = m.group(1) if m else None
         assert token, "".join(lines)
         assert f"http://127.0.0.1:{scim}/scim/v2" in "".join(lines)
+        assert f"Console       : http://127.0.0.1:{console}" in "".join(lines)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
         body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "dev@demo.test"}
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # the gateway may still be binding its port
+            for _ in range(300):  # the gateway may still be binding its port (five services start)
                 try:
                     async with http.post(f"http://127.0.0.1:{scim}/scim/v2/Users", json=body, headers=headers) as r:
                         status, created = r.status, await r.json(content_type=None)

@@ -26,15 +26,17 @@ SETTINGS_MODULES = {
     "saml": "saml_gateway.settings",
     "provisioner": "provisioner.settings",
     "auditor": "auditor.settings",
+    "console": "console.settings",
     "migrate": "provisio_cli.context",
 }
 # Ports the operators rely on (PREAMBLE "Interfaces already fixed").
-SERVICE_PORTS = {"scim": 8081, "saml": 8082, "provisioner": 9101, "auditor": 9102}
+SERVICE_PORTS = {"scim": 8081, "saml": 8082, "provisioner": 9101, "auditor": 9102, "console": 8084}
 COMMANDS = {
     "scim": ["serve", "scim"],
     "saml": ["serve", "saml"],
     "provisioner": ["work", "provisioner"],
     "auditor": ["work", "auditor"],
+    "console": ["serve", "console"],
     "migrate": ["migrate"],
 }
 
