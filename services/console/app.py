@@ -49,6 +49,7 @@ REDIS = web.AppKey("redis", object)
 TOPOLOGY = web.AppKey("topology", Topology)
 SIGNER = web.AppKey("signer", security.Signer)
 LIMITER = web.AppKey("limiter", security.LoginLimiter)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: live tails end at once
 SESSION = web.RequestKey("console_session", security.Session)
 CID = web.RequestKey("console_cid", str)
 
@@ -377,7 +378,9 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
 async def tail_page(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL].acquire() as conn:
         tenants = [r["name"] for r in await conn.fetch("SELECT name FROM tenants ORDER BY name")]
-    return aiohttp_jinja2.render_template("tail.html", request, {"tenants": tenants, "q": request.query, **_base(request)})
+    qs = urlencode({k: request.query[k] for k in ("tenant", "user", "result") if request.query.get(k)})
+    return aiohttp_jinja2.render_template("tail.html", request, {"tenants": tenants, "q": request.query, "qs": qs,
+                                                                 **_base(request)})
 
 
 async def tail_events(request: web.Request) -> web.StreamResponse:
@@ -398,20 +401,26 @@ async def tail_events(request: web.Request) -> web.StreamResponse:
     readers = [asyncio.create_task(audit_admin.read_stream(r, s, queue, stop)) for s in streams]
     failed = q.get("result") == "failed"
     user = (q.get("user") or "").strip() or None
+    closing = request.app[CLOSING]
     try:
         await resp.write(b": connected\n\n")
-        while not stop.is_set():
-            try:
-                o = await asyncio.wait_for(queue.get(), timeout=15)
-            except TimeoutError:
-                await resp.write(b": keep-alive\n\n")  # also notices a closed connection
+        while not closing.is_set():
+            get = asyncio.ensure_future(queue.get())
+            closed = asyncio.ensure_future(closing.wait())
+            done, _ = await asyncio.wait([get, closed], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            if get not in done:
+                get.cancel()
+                if not closing.is_set():
+                    await resp.write(b": keep-alive\n\n")  # also notices a closed connection
                 continue
+            o = get.result()
             if not audit_admin.matches(o, tenant=tid, failed=failed, user=user):
                 continue
             row = audit_admin.outcome_row(o, names)
             await resp.write(b"event: outcome\ndata: " + json.dumps(row, default=str).encode() + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the browser went away
     finally:
         stop.set()
         await asyncio.gather(*readers, return_exceptions=True)
@@ -567,6 +576,7 @@ def create_app(settings: ConsoleSettings) -> web.Application:
             redis = connect_redis(settings.redis_url.get_secret_value())
             app[POOL] = pool
             app[REDIS] = redis
+            app[CLOSING] = asyncio.Event()
             app[LIMITER] = security.LoginLimiter(
                 redis, settings.redis_prefix, per_account=settings.console_login_attempts,
                 per_address=settings.console_login_address_attempts, window_s=settings.console_login_window_s)
@@ -581,6 +591,11 @@ def create_app(settings: ConsoleSettings) -> web.Application:
             await pool.close()
 
     app.cleanup_ctx.append(resources)
+
+    async def closing(app: web.Application) -> None:
+        app[CLOSING].set()
+
+    app.on_shutdown.append(closing)
     r = app.router
     r.add_get("/", index)
     r.add_get("/login", login_page)
