@@ -25,7 +25,8 @@ from uuid import UUID
 
 import typer
 
-from provisio_lib.admin.audit import SEARCH_COLUMNS, SearchFilters, matches, outcome_row, parse_since, search_query, user_history
+from provisio_lib.admin.audit import SearchFilters, matches, outcome_row, parse_since, search_query
+from provisio_lib.admin.audit import user_history as load_user_history
 from provisio_lib.admin.audit import display as _display
 from provisio_lib.admin.audit import read_stream as _read_stream
 from provisio_lib.contract import Outcome
@@ -100,7 +101,7 @@ def user_history(
     async def go() -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
         async with database() as conn:
             tid = await tenant_id(conn, tenant)
-            h = await user_history(conn, tid, username)
+            h = await load_user_history(conn, tid, username)
             return h.history, h.user, h.groups
 
     history, user, groups = asyncio.run(go())

@@ -8,14 +8,17 @@ PROVISIO_CONSOLE_PUBLIC_URL (http://localhost:8084 when unset).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import typer
 
-from provisio_lib.admin import staff as staff_admin
 from provisio_lib.admin.audit import record_staff_action
 from provisio_lib.settings import load_settings
 
 from .context import database, print_rows
+
+if TYPE_CHECKING:
+    from provisio_lib.admin import staff as staff_admin
 
 app = typer.Typer(help="Support-staff accounts of the web console: add, list, remove, reset.", no_args_is_help=True)
 
@@ -38,6 +41,8 @@ def staff_add(
     role: str = typer.Option(..., "--role", help="support (read the audit trail) or admin (also replay/drop dead letters)"),
 ) -> None:
     """Create an account; print its one-time set-password link (last line)."""
+    from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
+
     link = _link("")  # settings first: a bad PROVISIO_CONSOLE_PUBLIC_URL fails before anything is written
 
     async def go() -> tuple[staff_admin.Staff, str]:
@@ -55,6 +60,8 @@ def staff_add(
 @app.command("list")
 def staff_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")) -> None:
     """Every staff account with its role and whether its password is set."""
+    from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
+
 
     async def go() -> list[staff_admin.Staff]:
         async with database() as conn:
@@ -71,6 +78,8 @@ def staff_list(as_json: bool = typer.Option(False, "--json", help="JSON lines"))
 @app.command("remove")
 def staff_remove(email: str = typer.Argument(..., help="The staff member's email")) -> None:
     """Delete an account; its sessions end at once."""
+    from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
+
 
     async def go() -> staff_admin.Staff:
         async with database() as conn:
@@ -85,6 +94,8 @@ def staff_remove(email: str = typer.Argument(..., help="The staff member's email
 @app.command("reset")
 def staff_reset(email: str = typer.Argument(..., help="The staff member's email")) -> None:
     """Clear the password, end the sessions, print a new one-time link (last line)."""
+    from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
+
     link = _link("")
 
     async def go() -> tuple[staff_admin.Staff, str]:

@@ -116,6 +116,9 @@ async def test_audit_search_and_user_page_after_a_scim_sync(service_env, pool, r
         assert await page.locator("main img").count() == 0
         assert page.dialogs == []
         await shot(page, "user")
+        await page.locator("#groups-h").scroll_into_view_if_needed()
+        await page.evaluate("window.scrollTo(0, document.getElementById('groups-h').offsetTop - 10)")
+        await shot(page, "user-history")
 
 
 async def test_live_tail_streams_new_outcomes(service_env, pool, redis, topology, page):

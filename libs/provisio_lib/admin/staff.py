@@ -8,6 +8,7 @@ with argon2id (argon2-cffi's defaults, RFC 9106's second recommended profile).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -28,8 +29,13 @@ LINK_TTL = timedelta(hours=48)
 _EMAIL = re.compile(r"^[^@\s,;<>\"']{1,200}@[^@\s,;<>\"']{1,200}$")
 
 _hasher = PasswordHasher()
-# Verified when the account does not exist, so a login takes as long either way.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the account does not exist, so a login takes as long either way
+    (made on first use: not at import, which every CLI command pays)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ async def verify_login(conn: asyncpg.Connection, email: str, password: str) -> S
     row = await conn.fetchrow("SELECT * FROM staff WHERE lower(email) = lower($1)", email.strip()[:400])
     stored = row["password_hash"] if row is not None else None
     try:
-        ok = _hasher.verify(stored or _DUMMY_HASH, password[:MAX_PASSWORD]) and stored is not None
+        ok = _hasher.verify(stored or _dummy_hash(), password[:MAX_PASSWORD]) and stored is not None
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None:
