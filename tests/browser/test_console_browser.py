@@ -104,6 +104,8 @@ async def test_audit_search_and_user_page_after_a_scim_sync(service_env, pool, r
         assert "Explain" in await page.get_by_role("heading", level=1).inner_text()
         groups = await page.locator("section", has=page.get_by_role("heading", name="Groups")).inner_text()
         assert "Engineering" in groups and "SCIM" in groups
+        cells = page.locator("section tr", has_text="Engineering").locator("td")
+        assert await cells.nth(2).inner_text() == "test"  # via the SCIM token that added her
         history = page.locator("ol.history > li")
         assert await history.count() >= 3
         assert "user.create" in await history.first.inner_text()  # oldest first

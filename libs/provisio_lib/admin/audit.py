@@ -162,26 +162,31 @@ async def user_history(conn: asyncpg.Connection, tid: UUID, username: str) -> Us
             uid,
         )]
     rows = [display(dict(r)) for r in history]
-    _membership_origins(groups, rows)
+    for g in groups:
+        g["via"] = await _membership_via(conn, tid, g, rows)
     return UserHistory(rows, dict(user) if user else None, groups)
 
 
-def _membership_origins(groups: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    """Which connection or token last added each membership: the newest applied change of
-    the user whose ``groups`` change lists the group (JIT), or any applied SCIM change
-    touching it (a group PATCH records the member on the group's row, not here)."""
-    for g in groups:
-        g["via"] = None
-        name = str(g.get("display_name") or "").lower()
-        for row in reversed(history):
-            if row.get("result") != "applied" or row.get("source_kind") != g.get("source"):
-                continue
-            change = (row.get("changes") or {}).get("groups") if isinstance(row.get("changes"), dict) else None
-            after = change.get("after") if isinstance(change, dict) else None
-            names = {str(x).lower() for x in after} if isinstance(after, list) else set()
-            if name in names or not names and g.get("source") == "scim":
-                g["via"] = row.get("source_label")
-                break
+async def _membership_via(conn: asyncpg.Connection, tid: UUID, group: dict[str, Any],
+                          history: list[dict[str, Any]]) -> str | None:
+    """The SCIM token or SSO connection that last added this membership. SCIM: the newest
+    applied change recorded on the group (members are added by a group create/PATCH).
+    JIT: the newest applied SAML login of the user whose ``groups`` change lists it."""
+    if group.get("source") == "scim":
+        return await conn.fetchval(
+            """SELECT source_label FROM audit_log WHERE tenant_id = $1 AND resource_id = $2
+               AND source_kind = 'scim' AND result = 'applied' ORDER BY completed_at DESC, id DESC LIMIT 1""",
+            tid, group["id"])
+    name = str(group.get("display_name") or "").lower()
+    for row in reversed(history):
+        if row.get("result") != "applied" or row.get("source_kind") != "saml":
+            continue
+        changes = row.get("changes") if isinstance(row.get("changes"), dict) else {}
+        change = changes.get("groups")
+        after = change.get("after") if isinstance(change, dict) else None
+        if isinstance(after, list) and name in {str(x).lower() for x in after}:
+            return row.get("source_label")
+    return None
 
 
 # --------------------------------------------------------------------------- live tail
