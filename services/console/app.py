@@ -212,11 +212,12 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             "error": "Too many failed sign-ins. Wait a few minutes, then try again (or ask an admin to reset "
                      "your password).", "email": email}, status=429)
     async with request.app[POOL].acquire() as conn:
-        staff = await staff_admin.verify_login(conn, email, password) if email and password else None
+        code = str(form.get("code") or "")[:20]
+        staff = await staff_admin.verify_login(conn, email, password, code) if email and password else None
         if staff is None:
             await limiter.failed(email, address)
             log.info("console_login_failed", address=address)
-            return _render_form(request, "login.html", {"error": "Wrong email or password.", "email": email},
+            return _render_form(request, "login.html", {"error": "Wrong email, password or one-time code.", "email": email},
                                 status=401)
         await limiter.succeeded(email, address)
         session_id = await security.create_session(conn, staff.id, address)

@@ -108,3 +108,26 @@ def staff_reset(email: str = typer.Argument(..., help="The staff member's email"
     typer.echo(f"reset {s.email}: password cleared, sessions ended; the new link works once and expires in "
                f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:")
     typer.echo(link + token)
+
+
+@app.command("totp")
+def staff_totp(
+    email: str = typer.Argument(..., help="The staff member's email"),
+    off: bool = typer.Option(False, "--off", help="Turn the second factor off"),
+) -> None:
+    """Turn on two-factor sign-in (TOTP, RFC 6238): prints the otpauth:// URI for an
+    authenticator app as the last line. --off turns it off."""
+    from provisio_lib.admin import staff as staff_admin
+
+    async def go() -> tuple[staff_admin.Staff, str | None]:
+        async with database() as conn:
+            s, uri = await staff_admin.set_totp(conn, email, not off)
+            await _record(conn, s, "staff.totp_off" if off else "staff.totp_on")
+            return s, uri
+
+    s, uri = asyncio.run(go())
+    if uri is None:
+        typer.echo(f"two-factor sign-in is off for {s.email}")
+        return
+    typer.echo(f"two-factor sign-in is on for {s.email}; add this to an authenticator app (shown once):")
+    typer.echo(uri)

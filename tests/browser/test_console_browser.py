@@ -40,7 +40,7 @@ async def test_login_and_a_wrong_password(service_env, pool, page):
         assert page.url.endswith("/login")
         await shot(page, "login")
         await sign_in(page, base, "ann@example.com", "not my password at all")
-        assert await page.get_by_role("alert").inner_text() == "Wrong email or password."
+        assert await page.get_by_role("alert").inner_text() == "Wrong email, password or one-time code."
         await shot(page, "login-wrong-password")
         await sign_in(page, base, "ann@example.com")
         assert page.url.endswith("/tenants")

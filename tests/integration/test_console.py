@@ -35,7 +35,7 @@ async def test_login_sets_a_hardened_session_cookie_and_wrong_passwords_are_refu
         assert r.status == 303 and r.headers["Location"].startswith("/login")
         r = await login(client, "ann@example.com", "not the password")
         assert r.status == 401
-        assert "Wrong email or password." in await r.text()
+        assert "Wrong email, password or one-time code." in await r.text()
         r = await login(client, "nobody@example.com", PASSWORD)
         assert r.status == 401
         r = await login(client, "ANN@example.com", PASSWORD)
@@ -248,3 +248,22 @@ async def test_staff_cli_add_link_once_list_reset_remove(service_env, pool):
     actions = [r["operation"] for r in await pool.fetch(
         "SELECT operation FROM audit_log WHERE source_kind = 'staff' ORDER BY id")]
     assert actions == ["staff.add", "staff.set_password", "staff.reset", "staff.remove"]
+
+
+async def test_two_factor_sign_in_with_totp(service_env, pool):
+    import pyotp
+
+    await make_staff(pool, "ann@example.com", "admin")
+    r = cli("staff", "totp", "ann@example.com", env=service_env)
+    assert r.returncode == 0, r.stderr
+    uri = r.stdout.strip().splitlines()[-1]
+    assert uri.startswith("otpauth://totp/") and "issuer=Provisio" in uri
+    totp = pyotp.parse_uri(uri)
+    async with console_client() as client:
+        assert (await login(client, "ann@example.com")).status == 401  # password alone is not enough
+        assert (await login(client, "ann@example.com", code="000000" if totp.now() != "000000" else "111111")).status == 401
+        assert (await login(client, "ann@example.com", PASSWORD + "x", code=totp.now())).status == 401
+        assert (await login(client, "ann@example.com", code=totp.now())).status == 303
+    assert cli("staff", "totp", "ann@example.com", "--off", env=service_env).returncode == 0
+    async with console_client() as client:
+        assert (await login(client, "ann@example.com")).status == 303

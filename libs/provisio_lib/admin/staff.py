@@ -172,9 +172,31 @@ async def set_password(conn: asyncpg.Connection, token: str, password: str) -> S
     return s
 
 
-async def verify_login(conn: asyncpg.Connection, email: str, password: str) -> Staff | None:
-    """The account if the password matches, else None (unknown account, no password set
-    yet, wrong password: the same answer and about the same time)."""
+async def set_totp(conn: asyncpg.Connection, email: str, enable: bool) -> tuple[Staff, str | None]:
+    """Turn the second factor on (a new RFC 6238 secret; returns its otpauth:// URI for an
+    authenticator app) or off."""
+    import pyotp
+
+    s = await get(conn, email)
+    secret = pyotp.random_base32() if enable else None
+    await conn.execute("UPDATE staff SET totp_secret = $2 WHERE id = $1", s.id, secret)
+    uri = pyotp.TOTP(secret).provisioning_uri(name=s.email, issuer_name="Provisio console") if secret else None
+    return s, uri
+
+
+def totp_ok(secret: str, code: str) -> bool:
+    """A 6-digit code of this 30-second step or the one before or after (clock drift,
+    RFC 6238 §5.2)."""
+    import pyotp
+
+    code = "".join(code.split())
+    return code.isdigit() and len(code) == 6 and pyotp.TOTP(secret).verify(code, valid_window=1)
+
+
+async def verify_login(conn: asyncpg.Connection, email: str, password: str, code: str = "") -> Staff | None:
+    """The account if the password (and, when it has TOTP on, the one-time code) matches,
+    else None (unknown account, no password set yet, wrong password or code: the same
+    answer and about the same time)."""
     row = await conn.fetchrow("SELECT * FROM staff WHERE lower(email) = lower($1)", email.strip()[:400])
     stored = row["password_hash"] if row is not None else None
     try:
@@ -182,6 +204,8 @@ async def verify_login(conn: asyncpg.Connection, email: str, password: str) -> S
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None:
+        return None
+    if row["totp_secret"] is not None and not totp_ok(row["totp_secret"], code):
         return None
     if _hasher.check_needs_rehash(stored):
         await conn.execute("UPDATE staff SET password_hash = $2 WHERE id = $1", row["id"], _hasher.hash(password))
