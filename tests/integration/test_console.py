@@ -204,6 +204,9 @@ async def test_dead_letters_replay_as_admin_refused_for_support_and_audited(serv
         r = await client.post(f"/dead-letters/{dl_id}/replay", data={"csrf_token": token, "confirm": "yes"},
                               allow_redirects=False)
         assert r.status == 303 and r.headers["Location"] == "/dead-letters?notice=replayed"
+        # The action is in the audit trail, found by who did it (as `audit search --connection`).
+        html = await (await client.get("/audit?connection=ada@example.com")).text()
+        assert "dlq.replay" in html and "staff:ada@example.com" in html
     assert await redis.xlen(topology.dead_letter_stream(p)) == 0
     entries = await redis.xrange(topology.command_stream(p))
     replayed = json.loads(entries[-1][1][DATA_FIELD.encode()])
