@@ -270,3 +270,35 @@ async def test_two_factor_sign_in_with_totp(service_env, pool):
     assert cli("staff", "totp", "ann@example.com", "--off", env=service_env).returncode == 0
     async with console_client() as client:
         assert (await login(client, "ann@example.com")).status == 303
+
+
+async def test_health_metrics_and_static_files_need_no_session(service_env, pool):
+    async with console_client() as client:
+        assert (await client.get("/healthz")).status == 200
+        ready = await client.get("/readyz")
+        assert ready.status == 200, await ready.text()
+        metrics = await client.get("/metrics")
+        assert metrics.status == 200 and "provisio_" in await metrics.text()
+        js = await client.get("/static/console.js")
+        assert js.status == 200 and js.headers["X-Content-Type-Options"] == "nosniff"
+        # Unknown pages and bad ids are pages with a sentence, not tracebacks.
+        r = await client.get("/no-such-page", allow_redirects=False)
+        assert r.status in (303, 404)
+
+
+async def test_bad_input_gets_a_readable_page_never_a_500(service_env, pool):
+    await make_staff(pool, "ada@example.com", "admin")
+    async with console_client() as client:  # fails the test if anything reached the 500 handler
+        await login(client, "ada@example.com")
+        for url, status, text in [
+            ("/dead-letters/not-an-id", 400, "bad dead-letter id"),
+            ("/dead-letters/0:1-0", 404, "no dead letter"),
+            ("/dead-letters/99:1-0/replay", 400, "partition 99"),
+            ("/tenants/nope/users/alice", 404, "unknown tenant"),
+            ("/audit?result=maybe", 400, "unknown result"),
+            ("/audit?page=x", 400, "whole number"),
+            ("/users?tenant=&user=", 400, "Give a tenant"),
+        ]:
+            r = await client.get(url)
+            assert r.status == status, (url, r.status)
+            assert text in await r.text(), url
