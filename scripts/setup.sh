@@ -24,6 +24,18 @@ if ! command -v xmlsec1 >/dev/null 2>&1; then
   fi
 fi
 
+# Chromium and its driver for the console's browser tests (tests/browser); optional:
+# without them those tests are skipped. Debian's packages, never a browser download.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (Debian packages, for tests/browser) ..."
+    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "note: chromium not installed; the browser tests will skip"
+  else
+    echo "note: no chromium (Debian: sudo apt-get install chromium chromium-driver); the browser tests will skip"
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $("$PY" --version 2>&1) ..."
   "$PY" -m venv .venv

@@ -19,15 +19,16 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import typer
 
+from provisio_lib.admin.audit import SearchFilters, matches, outcome_row, parse_since, search_query
+from provisio_lib.admin.audit import user_history as load_user_history
+from provisio_lib.admin.audit import display as _display
+from provisio_lib.admin.audit import read_stream as _read_stream
 from provisio_lib.contract import Outcome
-from provisio_lib.outcomes import entry_outcomes
 
 from .context import CliError, console, database, print_rows, redis, settings, tenant_id, topology
 from .tenants import tenant_app
@@ -39,111 +40,11 @@ NOT_FOUND = 1
 
 # --------------------------------------------------------------------------- pure helpers
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _EMAIL = re.compile(r"^[^@\s,;<>\"']+@[^@\s,;<>\"']+$")
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """``30m``, ``2h``, ``7d``, ``1w`` (before ``now``) or an ISO 8601 time (UTC if no zone)."""
-    m = _RELATIVE.match(text)
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2).lower()]: int(m.group(1))})
-    try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(
-            f"bad time expression {text!r}: use e.g. 30m, 2h, 7d, 1w or an ISO time like 2026-01-31T08:00", USAGE
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class SearchFilters:
-    tenant_id: UUID | None = None
-    user: str | None = None
-    connection: str | None = None
-    correlation_id: str | None = None
-    since: datetime | None = None
-    failed: bool = False
-    limit: int = 50
-
-
-SEARCH_COLUMNS = """a.id, a.event_id, a.completed_at, a.occurred_at, t.name AS tenant, a.tenant_id,
-       a.source_kind, a.source_id, a.source_label, a.operation, a.resource_type, a.resource_id,
-       a.user_name, a.result, a.error_code, a.error_message, a.correlation_id, a.latency_ms,
-       a.changes, a.notes"""
-
-
-def search_query(f: SearchFilters) -> tuple[str, list[Any]]:
-    """SQL and arguments for ``audit search``; values only ever travel as $n parameters."""
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if f.tenant_id is not None:
-        where.append(f"a.tenant_id = {arg(f.tenant_id)}")
-    if f.user:
-        where.append(f"lower(a.user_name) = lower({arg(f.user)})")
-    if f.connection:
-        p = arg(f.connection)
-        where.append(f"(a.source_label = {p} OR a.source_id = {p})")
-    if f.correlation_id:
-        where.append(f"a.correlation_id = {arg(f.correlation_id)}")
-    if f.since is not None:
-        where.append(f"a.completed_at >= {arg(f.since)}")
-    if f.failed:
-        where.append("a.result = 'failed'")
-    sql = f"SELECT {SEARCH_COLUMNS}\nFROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id"
-    if where:
-        sql += "\nWHERE " + " AND ".join(where)
-    sql += f"\nORDER BY a.completed_at DESC, a.id DESC LIMIT {arg(f.limit)}"
-    return sql, args
-
-
-def outcome_row(o: Outcome, tenant_names: dict[UUID, str]) -> dict[str, Any]:
-    """An outcome from the stream in the shape of a search row."""
-    return {
-        "completed_at": o.completed_at,
-        "tenant": tenant_names.get(o.tenant_id, str(o.tenant_id)),
-        "tenant_id": o.tenant_id,
-        "event_id": o.event_id,
-        "source": f"{o.source.kind}:{o.source.label}",
-        "operation": o.command_type,
-        "resource_type": o.resource_type,
-        "resource_id": o.resource_id,
-        "user_name": o.user_name,
-        "result": o.result,
-        "error": f"{o.error.code}: {o.error.message}" if o.error else None,
-        "error_code": o.error.code if o.error else None,
-        "correlation_id": o.correlation_id,
-        "latency_ms": o.latency_ms,
-        "redelivered": o.redelivered,
-    }
-
-
-def matches(o: Outcome, *, tenant: UUID | None, failed: bool, user: str | None) -> bool:
-    if tenant is not None and o.tenant_id != tenant:
-        return False
-    if failed and o.result != "failed":
-        return False
-    return not (user and (o.user_name or "").lower() != user.lower())
 
 
 def valid_email(address: str) -> bool:
     return bool(_EMAIL.match(address))
-
-
-def _display(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    if "source_kind" in row:
-        out["source"] = f"{row['source_kind']}:{row['source_label']}"
-    if "error_code" in row and row.get("error_code"):
-        out["error"] = f"{row['error_code']}: {row.get('error_message') or ''}"
-    return out
 
 
 TABLE_COLUMNS = ["completed_at", "tenant", "source", "operation", "user_name", "result", "error", "correlation_id"]
@@ -199,29 +100,8 @@ def user_history(
     async def go() -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
         async with database() as conn:
             tid = await tenant_id(conn, tenant)
-            user = await conn.fetchrow(
-                """SELECT id, user_name, external_id, active, display_name, given_name, family_name, email,
-                          sso_name, attributes, version, created_by, created_at, updated_at
-                   FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)""",
-                tid, username,
-            )
-            uid = user["id"] if user else None
-            # By name, and by id so the history survives a rename.
-            history = await conn.fetch(
-                f"""SELECT {SEARCH_COLUMNS} FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
-                    WHERE a.tenant_id = $1 AND (lower(a.user_name) = lower($2) OR a.resource_id = $3)
-                    ORDER BY a.completed_at, a.id""",
-                tid, username, uid,
-            )
-            groups = []
-            if uid is not None:
-                groups = await conn.fetch(
-                    """SELECT g.display_name, g.id, m.source, m.added_at FROM memberships m
-                       JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1
-                       ORDER BY lower(g.display_name), m.source""",
-                    uid,
-                )
-            return [_display(dict(r)) for r in history], dict(user) if user else None, [dict(g) for g in groups]
+            h = await load_user_history(conn, tid, username)
+            return h.history, h.user, h.groups
 
     history, user, groups = asyncio.run(go())
     if not history and user is None:
@@ -311,28 +191,6 @@ async def _tail(tenant: str | None, failed: bool, user: str | None, as_json: boo
             await asyncio.gather(*readers, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-
-
-async def _read_stream(r: Any, stream: str, queue: asyncio.Queue[Outcome], stop: asyncio.Event) -> None:
-    from redis.exceptions import ResponseError
-
-    try:
-        info = await r.xinfo_stream(stream)
-        last = info["last-generated-id"]
-        last = last.decode() if isinstance(last, bytes) else str(last)
-    except ResponseError:  # the stream does not exist yet: everything in it will be new
-        last = "0-0"
-    while not stop.is_set():
-        resp = await r.xread({stream: last}, block=500, count=200)
-        for _stream, entries in resp or ():
-            for entry_id, fields in entries:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    outcomes = entry_outcomes(fields)
-                except Exception:  # not outcomes: the auditor dead-letters it; tail skips it
-                    continue
-                for outcome in outcomes:
-                    await queue.put(outcome)
 
 
 def _tail_line(row: dict[str, Any]) -> str:

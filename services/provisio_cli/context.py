@@ -15,18 +15,16 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from provisio_lib import db
+from provisio_lib.admin.errors import AdminError
 from provisio_lib.logging import redact_url
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.settings import CommonSettings, load_settings
 from provisio_lib.topology import Topology
 
 
-class CliError(Exception):
-    """One clear line for the operator; the CLI exits non-zero."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+# One clear line for the operator; the CLI exits non-zero. The same class as the shared
+# admin layer's (provisio_lib.admin), so its errors reach the CLI's one-line handler.
+CliError = AdminError
 
 
 class CliSettings(CommonSettings):

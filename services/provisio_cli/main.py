@@ -14,7 +14,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
-from . import apikeys, audit, dlq, scim_schema, sso
+from . import apikeys, audit, dlq, scim_schema, sso, staff
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -46,6 +46,7 @@ app.add_typer(sso.app, name="sso")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(apikeys.app, name="api-key")
+app.add_typer(staff.app, name="staff")
 
 SERVICES = {
     "scim": "scim_gateway",
@@ -53,6 +54,7 @@ SERVICES = {
     "provisioner": "provisioner",
     "auditor": "auditor",
     "app-api": "app_api",
+    "console": "console",
 }
 
 
@@ -76,9 +78,9 @@ def migrate() -> None:
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help="scim, saml or app-api")) -> None:
-    """Run a gateway in the foreground (the container command)."""
-    _exec_service(service, ("scim", "saml", "app-api"))
+def serve(service: str = typer.Argument(..., help="scim, saml, app-api or console")) -> None:
+    """Run a gateway, the App API or the web console in the foreground (the container command)."""
+    _exec_service(service, ("scim", "saml", "app-api", "console"))
 
 
 @app.command()

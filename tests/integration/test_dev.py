@@ -32,6 +32,7 @@ def _dev_env(service_env, tmp_path, **extra):
         "PROVISIO_SCIM_PORT": str(free_port()),
         "PROVISIO_SAML_PORT": str(free_port()),
         "PROVISIO_APP_API_PORT": str(free_port()),
+        "PROVISIO_CONSOLE_PORT": str(free_port()),
     }
     # The older shared name, 0: `provisio dev` gives each worker its own free health port.
     env["PROVISIO_HEALTH_PORT"] = "0"

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.unit
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
-DEPLOYMENTS = ("scim", "saml", "provisioner", "auditor")
+DEPLOYMENTS = ("scim", "saml", "provisioner", "auditor", "console")
 
 
 def load_docs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -159,7 +159,7 @@ def test_deployment_runs_the_service_with_probes_and_resources(m, service):
     settings = assert_settings_load(service, m.container_env(c), m.where, strict=False)
     own = {e["name"] for e in c.get("env", []) if e["name"].startswith("PROVISIO_")}
     assert own <= env_vars(settings_class(service)), f"{service} reads none of {own - env_vars(settings_class(service))}"
-    port_field = f"{service}_port" if service in ("scim", "saml") else "health_port"
+    port_field = f"{service}_port" if service in ("scim", "saml", "console") else "health_port"
     assert getattr(settings, port_field) == SERVICE_PORTS[service]
     # Graceful shutdown has time to finish.
     assert pod["terminationGracePeriodSeconds"] >= 20

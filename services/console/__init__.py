@@ -1,0 +1,1 @@
+"""The web console: support staff read the audit trail and handle dead letters (docs/console.md)."""
