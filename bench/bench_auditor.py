@@ -99,7 +99,11 @@ async def run_auditor(args: argparse.Namespace, n: int, pool: asyncpg.Pool) -> f
     from provisio_lib.settings import load_settings
 
     settings = load_settings(
-        AuditorSettings, health_port=0, batch_size=args.batch_size, smtp_port=1, notify_poll_s=5.0,
+        AuditorSettings,
+        health_port=0,
+        batch_size=args.batch_size,
+        smtp_port=1,
+        notify_poll_s=5.0,
         retention_days=0,
     )
     app = create_app(settings)
@@ -172,8 +176,12 @@ async def main() -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = with_db(admin_url, name)
     os.environ.update(
-        PROVISIO_DATABASE_URL=url, PROVISIO_REDIS_URL=redis_url, PROVISIO_REDIS_PREFIX=prefix,
-        PROVISIO_PARTITIONS=str(args.partitions), PROVISIO_LOG_LEVEL="WARNING", PROVISIO_LOG_FORMAT="json",
+        PROVISIO_DATABASE_URL=url,
+        PROVISIO_REDIS_URL=redis_url,
+        PROVISIO_REDIS_PREFIX=prefix,
+        PROVISIO_PARTITIONS=str(args.partitions),
+        PROVISIO_LOG_LEVEL="WARNING",
+        PROVISIO_LOG_FORMAT="json",
     )
     from provisio_lib.logging import configure_logging
 
@@ -187,7 +195,12 @@ async def main() -> None:
         await conn.execute("CREATE TABLE audit_log_bench (LIKE audit_log INCLUDING ALL)")
         tenants = [uuid.uuid4() for _ in range(args.tenants)]
         for i, t in enumerate(tenants):
-            await conn.execute("INSERT INTO tenants (id, name, notify_emails) VALUES ($1, $2, $3)", t, f"bench-{i}", ["ops@bench.example"])
+            await conn.execute(
+                "INSERT INTO tenants (id, name, notify_emails) VALUES ($1, $2, $3)",
+                t,
+                f"bench-{i}",
+                ["ops@bench.example"],
+            )
         await conn.close()
         pool = await db.create_pool(url, min_size=1, max_size=4)
         results: dict[str, list[float]] = {"auditor": [], "copy": [], "executemany": []}

@@ -37,11 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import asyncpg  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
+import asyncpg
+from redis.asyncio import Redis
 
-import loadgen  # noqa: E402
-from harness import (  # noqa: E402
+import loadgen
+from harness import (
     PY,
     REDIS_URL,
     ROOT,
@@ -58,8 +58,8 @@ from harness import (  # noqa: E402
     workdir,
     write_results,
 )
-from provisio_lib.outcomes import entry_outcomes  # noqa: E402
-from provisio_lib.topology import DATA_FIELD, Topology  # noqa: E402
+from provisio_lib.outcomes import entry_outcomes
+from provisio_lib.topology import DATA_FIELD, Topology
 
 SEGMENTS = ("A_gateway_in", "B_encode_xadd", "C_to_transaction", "D_apply", "E_commit_publish", "F_reply_out")
 
@@ -90,16 +90,26 @@ async def main() -> None:
             tenant, token = await make_tenant(dsn, "bench-latency")
             penv = provisio_env(dsn, b.prefix)
             port = free_port()
-            services.append(Service("scim-gateway", [PY, "-m", "scim_gateway"],
-                                    {**penv, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1",
-                                     "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0"}, port).start(tmp))
-            services.append(Service("provisioner-0", [PY, "-m", "provisioner"],
-                                    {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
+            services.append(
+                Service(
+                    "scim-gateway",
+                    [PY, "-m", "scim_gateway"],
+                    {
+                        **penv,
+                        "PROVISIO_SCIM_PORT": str(port),
+                        "PROVISIO_SCIM_HOST": "127.0.0.1",
+                        "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0",
+                    },
+                    port,
+                ).start(tmp)
+            )
+            services.append(
+                Service("provisioner-0", [PY, "-m", "provisioner"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
+            )
             services.append(Service("auditor", [PY, "-m", "auditor"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
             loop = asyncio.get_running_loop()
             conn = await loadgen.Http.connect(loop, "127.0.0.1", port)
-            head = (f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-                    f"Content-Type: application/scim+json\r\n")
+            head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/scim+json\r\n"
 
             async def send(method: str, path: str, body: bytes) -> tuple[int, bytes, float, float]:
                 raw = f"{method} /scim/v2{path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
@@ -137,10 +147,14 @@ async def main() -> None:
                         replies[str(o.event_id)] = (o.completed_at.timestamp(), _ms(_id))
             await redis.aclose()
             db = await asyncpg.connect(dsn)
-            applied = {str(r["event_id"]): r["applied_at"].timestamp()
-                       for r in await db.fetch("SELECT event_id, applied_at FROM inbox WHERE tenant_id = $1", tenant)}
-            types = {str(r["event_id"]): r["type"]
-                     for r in await db.fetch("SELECT event_id, type FROM inbox WHERE tenant_id = $1", tenant)}
+            applied = {
+                str(r["event_id"]): r["applied_at"].timestamp()
+                for r in await db.fetch("SELECT event_id, applied_at FROM inbox WHERE tenant_id = $1", tenant)
+            }
+            types = {
+                str(r["event_id"]): r["type"]
+                for r in await db.fetch("SELECT event_id, type FROM inbox WHERE tenant_id = $1", tenant)
+            }
             await db.close()
 
             rows: dict[str, list[dict[str, float]]] = {}
@@ -150,17 +164,25 @@ async def main() -> None:
                     continue
                 t0, t1 = sent[key]  # type: ignore[index]
                 completed, reply = replies[ev]
-                seg = {"A_gateway_in": occurred - t0, "B_encode_xadd": xadd - occurred,
-                       "C_to_transaction": applied[ev] - xadd, "D_apply": completed - applied[ev],
-                       "E_commit_publish": reply - completed, "F_reply_out": t1 - reply, "total": t1 - t0}
+                seg = {
+                    "A_gateway_in": occurred - t0,
+                    "B_encode_xadd": xadd - occurred,
+                    "C_to_transaction": applied[ev] - xadd,
+                    "D_apply": completed - applied[ev],
+                    "E_commit_publish": reply - completed,
+                    "F_reply_out": t1 - reply,
+                    "total": t1 - t0,
+                }
                 rows.setdefault(f"{key[0]} ({types.get(ev)})", []).append({k: v * 1000 for k, v in seg.items()})
             summary = {}
             for op, segs in rows.items():
                 summary[op] = {"n": len(segs)}
                 for k in (*SEGMENTS, "total"):
                     vals = [s[k] for s in segs]
-                    summary[op][k] = {"mean_ms": round(statistics.fmean(vals), 2),
-                                      "p50_ms": round(statistics.median(vals), 2)}
+                    summary[op][k] = {
+                        "mean_ms": round(statistics.fmean(vals), 2),
+                        "p50_ms": round(statistics.median(vals), 2),
+                    }
                 log(f"{op}: " + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in summary[op].items() if k != "n"))
             results["summary"] = summary
         finally:

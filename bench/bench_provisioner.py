@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 
-
 from provisio_lib import db
 from provisio_lib.contract import Command, CreateUser, Source, UserData, encode
 from provisio_lib.redis_client import connect_redis
@@ -47,7 +46,9 @@ async def main() -> None:
     t0 = time.perf_counter()
     for i in range(0, len(rows), 200):
         async with conn.transaction():
-            await conn.executemany("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", rows[i:i + 200])
+            await conn.executemany(
+                "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", rows[i : i + 200]
+            )
     baseline_s = time.perf_counter() - t0
 
     src = Source(kind="cli", id="bench", label="bench")
@@ -55,20 +56,39 @@ async def main() -> None:
     pipe = redis.pipeline(transaction=False)
     for i in range(args.n):
         t = tenants[i % len(tenants)]
-        c = Command(tenant_id=t, source=src, correlation_id=f"b{i}",
-                    payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"u{i}@{prefix}.test")))
+        c = Command(
+            tenant_id=t,
+            source=src,
+            correlation_id=f"b{i}",
+            payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"u{i}@{prefix}.test")),
+        )
         pipe.xadd(topo.command_stream_for(t), {DATA_FIELD: encode(c)})
         if i % 1000 == 999:
             await pipe.execute()
     await pipe.execute()
     publish_s = time.perf_counter() - t0
 
-    env = {**os.environ, "PROVISIO_REDIS_PREFIX": prefix, "PROVISIO_PARTITIONS": "8", "PROVISIO_HEALTH_PORT": "0",
-           "PROVISIO_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PROVISIO_REDIS_PREFIX": prefix,
+        "PROVISIO_PARTITIONS": "8",
+        "PROVISIO_HEALTH_PORT": "0",
+        "PROVISIO_LOG_LEVEL": "WARNING",
+    }
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "provisioner"]
     if args.profile:
-        cmd = ["py-spy", "record", "-o", args.profile, "-r", "200", *(["-f", "raw"] if args.profile.endswith(".txt") else []), "--", *cmd]
+        cmd = [
+            "py-spy",
+            "record",
+            "-o",
+            args.profile,
+            "-r",
+            "200",
+            *(["-f", "raw"] if args.profile.endswith(".txt") else []),
+            "--",
+            *cmd,
+        ]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
     first_at = None
     try:
@@ -86,12 +106,20 @@ async def main() -> None:
             p.send_signal(2 if args.profile else 15)
         for p in procs:
             p.wait(20)
-    print(json.dumps({
-        "bench": "provisioner", "n": args.n, "workers": args.workers,
-        "publish_per_s": round(args.n / publish_s), "provisioner_per_s": round(apply_n / apply_s),
-        "baseline_insert_per_s": round(args.n / baseline_s), "ratio_vs_baseline": round((apply_n / apply_s) / (args.n / baseline_s), 3),
-        "note": "provisioner rate measured from its first commit (start-up excluded)",
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "provisioner",
+                "n": args.n,
+                "workers": args.workers,
+                "publish_per_s": round(args.n / publish_s),
+                "provisioner_per_s": round(apply_n / apply_s),
+                "baseline_insert_per_s": round(args.n / baseline_s),
+                "ratio_vs_baseline": round((apply_n / apply_s) / (args.n / baseline_s), 3),
+                "note": "provisioner rate measured from its first commit (start-up excluded)",
+            }
+        )
+    )
     for t in tenants:
         await conn.execute("DELETE FROM tenants WHERE id = $1", t)
     await conn.execute("DELETE FROM inbox WHERE tenant_id = ANY($1::uuid[])", tenants)

@@ -78,15 +78,15 @@ class InProcessSigner:
 
 
 async def prepare(dsn: str, tenant_id: Any, n: int, path: str, tmp: str) -> dict[str, Any]:
+    from provisio_lib import db
     from saml_idp import b64  # type: ignore[import-not-found]
     from saml_setup import add_connection  # type: ignore[import-not-found]
 
-    from provisio_lib import db
-
     pool = await db.create_pool(dsn, min_size=1, max_size=2)
     try:
-        setup = await add_connection(pool, tenant_id, CONNECTION, preset="entra", jit="create",
-                                     allow_idp_initiated=True)
+        setup = await add_connection(
+            pool, tenant_id, CONNECTION, preset="entra", jit="create", allow_idp_initiated=True
+        )
     finally:
         await pool.close()
     server = setup.idp.server(setup.sp_metadata)
@@ -110,10 +110,11 @@ async def prepare(dsn: str, tenant_id: Any, n: int, path: str, tmp: str) -> dict
 def plain_verify(args: argparse.Namespace) -> None:
     """Child process: plain pysaml2 (Saml2Client.parse_authn_request_response) over the
     responses, one after another, for --duration seconds; prints a JSON line."""
+    from saml2 import BINDING_HTTP_POST
+
     from provisio_lib.settings import load_settings
     from saml_gateway.saml import Connection, SamlEngine
     from saml_gateway.settings import SamlSettings
-    from saml2 import BINDING_HTTP_POST
 
     settings = load_settings(SamlSettings)
 
@@ -124,13 +125,20 @@ def plain_verify(args: argparse.Namespace) -> None:
         try:
             return await conn.fetchrow(
                 """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
-                   WHERE c.name = $1""", CONNECTION)
+                   WHERE c.name = $1""",
+                CONNECTION,
+            )
         finally:
             await conn.close()
 
     conn = Connection.from_row(asyncio.run(row()))
-    engine = SamlEngine(public_url=settings.saml_public_url, skew_s=180, max_bytes=256 * 1024,
-                        backend=args.plain, xmlsec1_path="/usr/bin/xmlsec1")
+    engine = SamlEngine(
+        public_url=settings.saml_public_url,
+        skew_s=180,
+        max_bytes=256 * 1024,
+        backend=args.plain,
+        xmlsec1_path="/usr/bin/xmlsec1",
+    )
     client = engine.client(conn)
     with open(args.responses) as f:
         bodies = [json.loads(line)["b64"] for line in f]
@@ -153,25 +161,42 @@ def plain_verify(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - t0
     lat.sort()
     children = os.times()
-    print(json.dumps({"backend": args.plain, "verified": ok, "errors": errors, "per_s": round(ok / wall, 1),
-                      "p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
-                      "cpu_s_self": round(time.process_time() - cpu0, 2),
-                      "cpu_s_children": round(children.children_user + children.children_system, 2),
-                      "wall_s": round(wall, 2)}))
+    print(
+        json.dumps(
+            {
+                "backend": args.plain,
+                "verified": ok,
+                "errors": errors,
+                "per_s": round(ok / wall, 1),
+                "p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+                "cpu_s_self": round(time.process_time() - cpu0, 2),
+                "cpu_s_children": round(children.children_user + children.children_system, 2),
+                "wall_s": round(wall, 2),
+            }
+        )
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,32")
     ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--warmup", type=float, default=2.0,
-                    help="not counted; long enough for verify processes (spawned on first use) to start")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="not counted; long enough for verify processes (spawned on first use) to start",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-rate", type=int, default=250, help="logins/s the prepared responses can sustain per cell")
     ap.add_argument("--responses", type=int, default=0, help="signed responses to prepare (default: enough)")
     ap.add_argument("--verify-threads", type=int, default=4, help="PROVISIO_SAML_VERIFY_THREADS")
-    ap.add_argument("--verify-processes", type=int, default=None,
-                    help="PROVISIO_SAML_VERIFY_PROCESSES (unset: the gateway's default)")
+    ap.add_argument(
+        "--verify-processes",
+        type=int,
+        default=None,
+        help="PROVISIO_SAML_VERIFY_PROCESSES (unset: the gateway's default)",
+    )
     ap.add_argument("--profile", metavar="DIR", help="py-spy each service during each cell (collapsed stacks)")
     ap.add_argument("--tag", default="saml")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # child mode: xmlsec1 | xmlsec
@@ -199,21 +224,35 @@ async def main(args: argparse.Namespace) -> None:
             names = await prepare(dsn, tenant_id, need, resp_path, tmp)
             penv = provisio_env(dsn, b.prefix, saml_public_url="http://127.0.0.1:8082")
             port = free_port()
-            services.append(Service("saml-gateway", [PY, "-m", "saml_gateway"],
-                                    {**penv, "PROVISIO_SAML_PORT": str(port), "PROVISIO_SAML_HOST": "127.0.0.1",
-                                     "PROVISIO_SAML_VERIFY_THREADS": str(args.verify_threads),
-                                     **({"PROVISIO_SAML_VERIFY_PROCESSES": str(args.verify_processes)}
-                                        if args.verify_processes is not None else {})}, port).start(tmp))
-            services.append(Service("provisioner-0", [PY, "-m", "provisioner"],
-                                    {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
+            services.append(
+                Service(
+                    "saml-gateway",
+                    [PY, "-m", "saml_gateway"],
+                    {
+                        **penv,
+                        "PROVISIO_SAML_PORT": str(port),
+                        "PROVISIO_SAML_HOST": "127.0.0.1",
+                        "PROVISIO_SAML_VERIFY_THREADS": str(args.verify_threads),
+                        **(
+                            {"PROVISIO_SAML_VERIFY_PROCESSES": str(args.verify_processes)}
+                            if args.verify_processes is not None
+                            else {}
+                        ),
+                    },
+                    port,
+                ).start(tmp)
+            )
+            services.append(
+                Service("provisioner-0", [PY, "-m", "provisioner"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp)
+            )
             services.append(Service("auditor", [PY, "-m", "auditor"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
             # Split the responses into one file per (round, concurrency) cell: single use.
             with open(resp_path) as f:
                 lines = f.readlines()
             cells = [(r, c) for r in range(args.repeats) for c in concs]
             per = len(lines) // (len(cells) + 2)
-            chunks = {cell: lines[i * per:(i + 1) * per] for i, cell in enumerate(cells)}
-            plain_lines = lines[len(cells) * per:]
+            chunks = {cell: lines[i * per : (i + 1) * per] for i, cell in enumerate(cells)}
+            plain_lines = lines[len(cells) * per :]
             acs = f"/saml/{names['tenant']}/{names['connection']}/acs"
             for rnd in range(args.repeats):
                 for conc in concs:
@@ -221,11 +260,20 @@ async def main(args: argparse.Namespace) -> None:
                     with open(body_path, "w") as f:
                         for line in chunks[(rnd, conc)]:
                             f.write(json.dumps("SAMLResponse=" + quote(json.loads(line)["b64"], safe="")) + "\n")
-                    spec = {"base": f"http://127.0.0.1:{port}", "phase": "post-bodies", "path": acs,
-                            "bodies": body_path, "expect": [303], "concurrency": conc, "duration": args.duration,
-                            "warmup": args.warmup, "content_type": "application/x-www-form-urlencoded"}
-                    spies = start_profiles(args.profile, {s.name: s for s in services}, f"saml-c{conc}-r{rnd}",
-                                           args.duration + args.warmup)
+                    spec = {
+                        "base": f"http://127.0.0.1:{port}",
+                        "phase": "post-bodies",
+                        "path": acs,
+                        "bodies": body_path,
+                        "expect": [303],
+                        "concurrency": conc,
+                        "duration": args.duration,
+                        "warmup": args.warmup,
+                        "content_type": "application/x-www-form-urlencoded",
+                    }
+                    spies = start_profiles(
+                        args.profile, {s.name: s for s in services}, f"saml-c{conc}-r{rnd}", args.duration + args.warmup
+                    )
                     with CpuMeter(services) as meter:
                         res = await run_loadgen(spec)
                     for s in services:
@@ -236,35 +284,57 @@ async def main(args: argparse.Namespace) -> None:
                     results["e2e"].append(res)
                     if res.get("exhausted"):
                         log("   WARNING: the prepared responses ran out before the deadline; raise --max-rate")
-                    log(f"saml e2e c={conc:<3} r{rnd}: {res['rps']} logins/s p50 {res['p50_ms']} ms p99 "
-                        f"{res['p99_ms']} ms errors {res['errors']} {list(res['error_samples'].values())[:1]}")
+                    log(
+                        f"saml e2e c={conc:<3} r{rnd}: {res['rps']} logins/s p50 {res['p50_ms']} ms p99 "
+                        f"{res['p99_ms']} ms errors {res['errors']} {list(res['error_samples'].values())[:1]}"
+                    )
                 # Plain pysaml2 in the same round, on responses not used by the gateway.
                 plain_path = os.path.join(tmp, f"plain-{rnd}.jsonl")
                 with open(plain_path, "w") as f:
                     f.writelines(plain_lines)
                 for backend in ("xmlsec1",):
                     out = subprocess.run(
-                        [PY, str(Path(__file__)), "--plain", backend, "--responses-file", plain_path,
-                         "--duration", str(args.duration)], env=penv, capture_output=True, text=True, timeout=300)
+                        [
+                            PY,
+                            str(Path(__file__)),
+                            "--plain",
+                            backend,
+                            "--responses-file",
+                            plain_path,
+                            "--duration",
+                            str(args.duration),
+                        ],
+                        env=penv,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                    )
                     if out.returncode != 0:
                         raise RuntimeError(f"plain verify failed: {out.stderr[-2000:]}")
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     res["round"] = rnd
                     results["plain"].append(res)
-                    log(f"plain pysaml2 ({backend}) r{rnd}: {res['per_s']} verifications/s "
-                        f"(cpu self {res['cpu_s_self']} s, xmlsec1 children {res['cpu_s_children']} s)")
-            results["memory"] = {s.name: {"peak_rss_mb_sampled": round(s.peak_rss_mb, 1),
-                                          "vmhwm_mb": round(max(s.hwm_mb().values(), default=0), 1),
-                                          "vmhwm_mb_by_process": {str(k): round(v, 1) for k, v in s.hwm_mb().items()}}
-                                 for s in services}
+                    log(
+                        f"plain pysaml2 ({backend}) r{rnd}: {res['per_s']} verifications/s "
+                        f"(cpu self {res['cpu_s_self']} s, xmlsec1 children {res['cpu_s_children']} s)"
+                    )
+            results["memory"] = {
+                s.name: {
+                    "peak_rss_mb_sampled": round(s.peak_rss_mb, 1),
+                    "vmhwm_mb": round(max(s.hwm_mb().values(), default=0), 1),
+                    "vmhwm_mb_by_process": {str(k): round(v, 1) for k, v in s.hwm_mb().items()},
+                }
+                for s in services
+            }
             summary: dict[str, Any] = {"e2e": {}, "plain_per_s": median_of(results["plain"], "per_s")}
             for conc in concs:
                 runs = [r for r in results["e2e"] if r["concurrency"] == conc]
                 summary["e2e"][conc] = {k: median_of(runs, k) for k in ("rps", "p50_ms", "p99_ms")}
                 summary["e2e"][conc]["errors"] = sum(r["errors"] for r in runs)
                 if summary["plain_per_s"]:
-                    summary["e2e"][conc]["vs_plain"] = round((summary["e2e"][conc]["rps"] or 0)
-                                                             / summary["plain_per_s"], 2)
+                    summary["e2e"][conc]["vs_plain"] = round(
+                        (summary["e2e"][conc]["rps"] or 0) / summary["plain_per_s"], 2
+                    )
             results["summary"] = summary
         finally:
             for s in services:

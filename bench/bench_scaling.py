@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (  # noqa: E402
+from harness import (
     BENCH,
     PY,
     REDIS_URL,
@@ -53,15 +53,38 @@ async def main() -> None:
     for k in workers:
         log(f"end to end with {k} provisioner(s)")
         tag = f"scaling-e2e-{k}"
-        subprocess.run([PY, str(BENCH / "bench_scim.py"), "--systems", "provisio", "--phases", args.phases,
-                        "--concurrency", args.concurrency, "--duration", str(args.duration),
-                        "--repeats", str(args.repeats), "--provisioners", str(k), "--tag", tag],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                PY,
+                str(BENCH / "bench_scim.py"),
+                "--systems",
+                "provisio",
+                "--phases",
+                args.phases,
+                "--concurrency",
+                args.concurrency,
+                "--duration",
+                str(args.duration),
+                "--repeats",
+                str(args.repeats),
+                "--provisioners",
+                str(k),
+                "--tag",
+                tag,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         data = json.loads((RESULTS / f"{tag}-latest.json").read_text())
-        results["e2e"][k] = {key: {"rps": row["provisio"]["rps"], "p99_ms": row["provisio"]["p99_ms"],
-                                   "errors": row["provisio"]["errors"],
-                                   "cpu_s_per_1k": row["provisio"]["cpu_s_per_1k"]}
-                             for key, row in data["summary"]["phases"].items()}
+        results["e2e"][k] = {
+            key: {
+                "rps": row["provisio"]["rps"],
+                "p99_ms": row["provisio"]["p99_ms"],
+                "errors": row["provisio"]["errors"],
+                "cpu_s_per_1k": row["provisio"]["cpu_s_per_1k"],
+            }
+            for key, row in data["summary"]["phases"].items()
+        }
         (RESULTS / f"{tag}-latest.json").unlink()
         log(f"  {results['e2e'][k]}")
     for k in workers:
@@ -71,15 +94,26 @@ async def main() -> None:
             runs = []
             for _ in range(args.repeats):
                 env = {**provisio_env(dsn, b.prefix), "PROVISIO_REDIS_URL": REDIS_URL}
-                out = subprocess.run([PY, str(BENCH / "bench_provisioner.py"), "--n", str(args.n), "--workers", str(k)],
-                                     env=env, capture_output=True, text=True, check=True, timeout=600)
+                out = subprocess.run(
+                    [PY, str(BENCH / "bench_provisioner.py"), "--n", str(args.n), "--workers", str(k)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=600,
+                )
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             rates = sorted(r["provisioner_per_s"] for r in runs)
             base = sorted(r["baseline_insert_per_s"] for r in runs)
-            results["worker_only"][k] = {"provisioner_per_s": rates[len(rates) // 2],
-                                         "baseline_insert_per_s": base[len(base) // 2], "runs": runs}
-            log(f"worker only, {k} provisioner(s): {results['worker_only'][k]['provisioner_per_s']} commands/s "
-                f"(plain INSERT {results['worker_only'][k]['baseline_insert_per_s']}/s)")
+            results["worker_only"][k] = {
+                "provisioner_per_s": rates[len(rates) // 2],
+                "baseline_insert_per_s": base[len(base) // 2],
+                "runs": runs,
+            }
+            log(
+                f"worker only, {k} provisioner(s): {results['worker_only'][k]['provisioner_per_s']} commands/s "
+                f"(plain INSERT {results['worker_only'][k]['baseline_insert_per_s']}/s)"
+            )
         finally:
             await drop_database(b.db)
     path = write_results("scaling", results)

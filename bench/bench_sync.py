@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import asyncpg  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
+import asyncpg
+from redis.asyncio import Redis
 
-from harness import (  # noqa: E402
+from harness import (
     PY,
     REDIS_URL,
     ROOT,
@@ -47,7 +47,7 @@ from harness import (  # noqa: E402
     workdir,
     write_results,
 )
-from provisio_lib.topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology  # noqa: E402
+from provisio_lib.topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology
 
 
 async def group_lag(redis: Redis, streams: list[str], group: str) -> tuple[int, int, int]:
@@ -66,8 +66,15 @@ async def group_lag(redis: Redis, streams: list[str], group: str) -> tuple[int, 
     return lag, pending, length
 
 
-async def sampler(dsn: str, topo: Topology, tenant: Any, every: float, stop: asyncio.Event,
-                  out: list[dict[str, Any]], services: list[Service]) -> None:
+async def sampler(
+    dsn: str,
+    topo: Topology,
+    tenant: Any,
+    every: float,
+    stop: asyncio.Event,
+    out: list[dict[str, Any]],
+    services: list[Service],
+) -> None:
     redis = Redis.from_url(REDIS_URL)
     conn = await asyncpg.connect(dsn)
     t0 = time.monotonic()
@@ -80,13 +87,26 @@ async def sampler(dsn: str, topo: Topology, tenant: Any, every: float, stop: asy
             audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", tenant)
             for s in services:
                 s.sample()
-            out.append({"t": round(time.monotonic() - t0, 2), "commands_lag": cl, "commands_pending": cp,
-                        "commands_len": clen, "audit_lag": al, "audit_pending": ap, "audit_len": alen,
-                        "users": users, "memberships": members, "audit_rows": audited,
-                        "rss_mb": {s.name: round(s.rss_mb(), 1) for s in services}})
+            out.append(
+                {
+                    "t": round(time.monotonic() - t0, 2),
+                    "commands_lag": cl,
+                    "commands_pending": cp,
+                    "commands_len": clen,
+                    "audit_lag": al,
+                    "audit_pending": ap,
+                    "audit_len": alen,
+                    "users": users,
+                    "memberships": members,
+                    "audit_rows": audited,
+                    "rss_mb": {s.name: round(s.rss_mb(), 1) for s in services},
+                }
+            )
             if len(out) % max(1, int(10 / every)) == 0:
-                log(f"  t={out[-1]['t']:.0f}s users={users} memberships={members} audit_rows={audited} "
-                    f"command backlog={cl + cp} audit backlog={al + ap}")
+                log(
+                    f"  t={out[-1]['t']:.0f}s users={users} memberships={members} audit_rows={audited} "
+                    f"command backlog={cl + cp} audit backlog={al + ap}"
+                )
             if stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -120,12 +140,25 @@ async def main() -> None:
             tenant, token = await make_tenant(dsn, "bench-sync")
             penv = provisio_env(dsn, b.prefix)
             port = free_port()
-            services.append(Service("scim-gateway", [PY, "-m", "scim_gateway"],
-                                    {**penv, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1",
-                                     "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0"}, port).start(tmp))
+            services.append(
+                Service(
+                    "scim-gateway",
+                    [PY, "-m", "scim_gateway"],
+                    {
+                        **penv,
+                        "PROVISIO_SCIM_PORT": str(port),
+                        "PROVISIO_SCIM_HOST": "127.0.0.1",
+                        "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0",
+                    },
+                    port,
+                ).start(tmp)
+            )
             for i in range(args.provisioners):
-                services.append(Service(f"provisioner-{i}", [PY, "-m", "provisioner"],
-                                        {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
+                services.append(
+                    Service(f"provisioner-{i}", [PY, "-m", "provisioner"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(
+                        tmp
+                    )
+                )
             services.append(Service("auditor", [PY, "-m", "auditor"], {**penv, "PROVISIO_HEALTH_PORT": "0"}).start(tmp))
             topo = Topology(prefix=b.prefix, partitions=8)
             base = f"http://127.0.0.1:{port}/scim/v2"
@@ -135,16 +168,34 @@ async def main() -> None:
             sampling = asyncio.create_task(sampler(dsn, topo, tenant, args.sample, stop, samples, services))
             t0 = time.monotonic()
             with CpuMeter(services) as cpu_users:
-                users = await run_loadgen({"base": base, "token": token, "phase": "sync-users", "count": args.users,
-                                           "concurrency": args.concurrency, "ids_out": ids, "run_id": b.id},
-                                          timeout=3600)
+                users = await run_loadgen(
+                    {
+                        "base": base,
+                        "token": token,
+                        "phase": "sync-users",
+                        "count": args.users,
+                        "concurrency": args.concurrency,
+                        "ids_out": ids,
+                        "run_id": b.id,
+                    },
+                    timeout=3600,
+                )
             t_users = time.monotonic() - t0
             log(f"users: {args.users} in {t_users:.1f}s ({users['per_op'] or users['rps']}) errors {users['errors']}")
             with CpuMeter(services) as cpu_groups:
-                groups = await run_loadgen({"base": base, "token": token, "phase": "sync-groups",
-                                            "count": args.groups, "members": args.members,
-                                            "concurrency": args.concurrency, "ids_in": ids, "run_id": b.id},
-                                           timeout=3600)
+                groups = await run_loadgen(
+                    {
+                        "base": base,
+                        "token": token,
+                        "phase": "sync-groups",
+                        "count": args.groups,
+                        "members": args.members,
+                        "concurrency": args.concurrency,
+                        "ids_in": ids,
+                        "run_id": b.id,
+                    },
+                    timeout=3600,
+                )
             t_answered = time.monotonic() - t0
             log(f"groups: {args.groups} in {t_answered - t_users:.1f}s errors {groups['errors']}")
             # Every write was answered after the provisioner committed it; the audit trail
@@ -168,14 +219,20 @@ async def main() -> None:
                 "inbox_rows": await conn.fetchval("SELECT count(*) FROM inbox WHERE tenant_id = $1", tenant),
             }
             await conn.close()
-            results.update({
-                "users_phase": users, "groups_phase": groups, "final": final,
-                "users_s": round(t_users, 1), "answered_s": round(t_answered, 1),
-                "audit_drained_s": round(drained_at, 1) if drained_at else None,
-                "cpu_users": cpu_users.by, "cpu_groups": cpu_groups.by,
-                "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in services},
-                "vmhwm_mb": {s.name: round(max(s.hwm_mb().values(), default=0), 1) for s in services},
-            })
+            results.update(
+                {
+                    "users_phase": users,
+                    "groups_phase": groups,
+                    "final": final,
+                    "users_s": round(t_users, 1),
+                    "answered_s": round(t_answered, 1),
+                    "audit_drained_s": round(drained_at, 1) if drained_at else None,
+                    "cpu_users": cpu_users.by,
+                    "cpu_groups": cpu_groups.by,
+                    "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in services},
+                    "vmhwm_mb": {s.name: round(max(s.hwm_mb().values(), default=0), 1) for s in services},
+                }
+            )
             log(f"done: all answered at {t_answered:.1f}s, audit drained at {drained_at}; final {final}")
         finally:
             if sampling is not None and not sampling.done():
@@ -189,8 +246,11 @@ async def main() -> None:
             log(f"dropped {b.db}; deleted {n} Redis keys")
     path = write_results(args.tag, results)
     log(f"wrote {path.relative_to(ROOT)}")
-    print(json.dumps({k: results.get(k) for k in ("users_s", "answered_s", "audit_drained_s", "final",
-                                                   "peak_rss_mb")}, indent=1))
+    print(
+        json.dumps(
+            {k: results.get(k) for k in ("users_s", "answered_s", "audit_drained_s", "final", "peak_rss_mb")}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

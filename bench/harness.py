@@ -71,8 +71,11 @@ def machine_info() -> dict[str, Any]:
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         # Uncommitted changes in what the services run (the benchmark runs the working tree).
-        "git_dirty_code": [ln.split(maxsplit=1)[-1] for ln in git("status", "--porcelain", "--untracked-files=no", "--", "services",
-                                                 "libs").splitlines() if ln.strip()],
+        "git_dirty_code": [
+            ln.split(maxsplit=1)[-1]
+            for ln in git("status", "--porcelain", "--untracked-files=no", "--", "services", "libs").splitlines()
+            if ln.strip()
+        ],
         "python": platform.python_version(),
         "postgres": version(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SHOW server_version"]),
         "redis": _redis_version(),
@@ -82,8 +85,9 @@ def machine_info() -> dict[str, Any]:
 
 def _redis_version() -> str:
     try:
-        out = subprocess.run(["redis-cli", "-u", REDIS_URL, "INFO", "server"], capture_output=True, text=True,
-                             timeout=10).stdout
+        out = subprocess.run(
+            ["redis-cli", "-u", REDIS_URL, "INFO", "server"], capture_output=True, text=True, timeout=10
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     for line in out.splitlines():
@@ -191,8 +195,13 @@ async def make_tenant(dsn: str, name: str, **policy: Any) -> tuple[uuid.UUID, st
         for k, v in policy.items():
             await conn.execute(f"UPDATE tenants SET {k} = $2 WHERE id = $1", tid, v)
         token = generate_token()
-        await conn.execute("INSERT INTO scim_tokens (id, tenant_id, label, token_hash) VALUES ($1, $2, $3, $4)",
-                           uuid.uuid4(), tid, "bench", hash_token(token))
+        await conn.execute(
+            "INSERT INTO scim_tokens (id, tenant_id, label, token_hash) VALUES ($1, $2, $3, $4)",
+            uuid.uuid4(),
+            tid,
+            "bench",
+            hash_token(token),
+        )
         return tid, token
     finally:
         await conn.close()
@@ -218,8 +227,9 @@ class Service:
         self.log_path = os.path.join(logdir, f"{self.name}.log")
         # The child gets its own copy of the descriptor; this process needs none after the start.
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         if self.port:
             try:
                 wait_port(self.port, timeout, self.proc)
@@ -290,17 +300,19 @@ def tail(path: str, n: int = 15) -> str:
 
 def provisio_env(dsn: str, prefix: str, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIO_")}
-    env.update({
-        "PROVISIO_DATABASE_URL": dsn,
-        "PROVISIO_REDIS_URL": REDIS_URL,
-        "PROVISIO_REDIS_PREFIX": prefix,
-        "PROVISIO_PARTITIONS": "8",
-        "PROVISIO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        "PROVISIO_LOG_FORMAT": "json",
-        # Passed through for experiments (e.g. PROVISIO_EVENT_LOOP=asyncio); default uvloop.
-        "PROVISIO_EVENT_LOOP": os.environ.get("PROVISIO_EVENT_LOOP", "uvloop"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT / "services"), str(ROOT)]),
-    })
+    env.update(
+        {
+            "PROVISIO_DATABASE_URL": dsn,
+            "PROVISIO_REDIS_URL": REDIS_URL,
+            "PROVISIO_REDIS_PREFIX": prefix,
+            "PROVISIO_PARTITIONS": "8",
+            "PROVISIO_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "PROVISIO_LOG_FORMAT": "json",
+            # Passed through for experiments (e.g. PROVISIO_EVENT_LOOP=asyncio); default uvloop.
+            "PROVISIO_EVENT_LOOP": os.environ.get("PROVISIO_EVENT_LOOP", "uvloop"),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT / "services"), str(ROOT)]),
+        }
+    )
     env.update({f"PROVISIO_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
@@ -342,13 +354,15 @@ class CpuMeter:
         self.by.update({k: round(sum(v - self.x0[k].get(pid, 0.0) for pid, v in x1[k].items()), 2) for k in x1})
         m1 = psutil.cpu_times()
         busy = (m1.user + m1.system + m1.nice + getattr(m1, "softirq", 0) + getattr(m1, "irq", 0)) - (
-            self.m0.user + self.m0.system + self.m0.nice + getattr(self.m0, "softirq", 0) + getattr(self.m0, "irq", 0))
+            self.m0.user + self.m0.system + self.m0.nice + getattr(self.m0, "softirq", 0) + getattr(self.m0, "irq", 0)
+        )
         self.by["machine_busy"] = round(busy, 2)
         self.by["wall"] = round(self.wall, 2)
 
 
-def start_profiles(directory: str | None, services: dict[str, Service], label: str,
-                   seconds: float) -> list[tuple[str, str, subprocess.Popen[bytes]]]:
+def start_profiles(
+    directory: str | None, services: dict[str, Service], label: str, seconds: float
+) -> list[tuple[str, str, subprocess.Popen[bytes]]]:
     """py-spy (sampling, 100 Hz, --nonblocking, collapsed stacks) on each service for a cell."""
     if not directory:
         return []
@@ -359,18 +373,43 @@ def start_profiles(directory: str | None, services: dict[str, Service], label: s
         if svc.proc is None:
             continue
         path = os.path.join(directory, f"{label}-{name}.txt")
-        p = subprocess.Popen([spy, "record", "--pid", str(svc.proc.pid), "--duration", str(int(seconds + 0.999)),
-                              "--rate", os.environ.get("BENCH_PROFILE_HZ", "100"), "--nonblocking", "--format", "raw", "--output", path],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(svc.proc.pid),
+                "--duration",
+                str(int(seconds + 0.999)),
+                "--rate",
+                os.environ.get("BENCH_PROFILE_HZ", "100"),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                path,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         out.append((name, path, p))
     return out
 
 
 # What a sample's stack is doing, first match wins (the leaf frame for syscalls and idle).
 _KINDS: list[tuple[str, Any]] = [
-    ("socket send/recv (syscall)", lambda fr: fr[-1].startswith(("_SelectorSocketTransport.write", "socket.send",
-                                                                "_SelectorSocketTransport._read_ready__data_received",
-                                                                "UVStream", "UVSocket"))),
+    (
+        "socket send/recv (syscall)",
+        lambda fr: fr[-1].startswith(
+            (
+                "_SelectorSocketTransport.write",
+                "socket.send",
+                "_SelectorSocketTransport._read_ready__data_received",
+                "UVStream",
+                "UVSocket",
+            )
+        ),
+    ),
     ("event loop idle", lambda fr: fr[-1].startswith(("EpollSelector.select", "Loop.run_forever"))),
     ("xmlsec/lxml", lambda fr: any(("xmlsec" in x or "lxml" in x) for x in fr[-3:])),
     ("pydantic", lambda fr: any("pydantic/" in x for x in fr)),
@@ -418,8 +457,9 @@ def finish_profiles(spies: list[tuple[str, str, subprocess.Popen[bytes]]]) -> di
         summary[name] = {
             "samples": total,
             "by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "deepest_provisio_frame": [[k, round(v / total, 3)] for k, v in
-                                       sorted(ours.items(), key=lambda kv: -kv[1])[:10]],
+            "deepest_provisio_frame": [
+                [k, round(v / total, 3)] for k, v in sorted(ours.items(), key=lambda kv: -kv[1])[:10]
+            ],
             "file": path,
         }
     return summary
@@ -428,8 +468,8 @@ def finish_profiles(spies: list[tuple[str, str, subprocess.Popen[bytes]]]) -> di
 async def run_loadgen(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run bench/loadgen.py as its own process; its result JSON, with its own CPU time."""
     proc = await asyncio.create_subprocess_exec(
-        PY, str(BENCH / "loadgen.py"), json.dumps(spec),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        PY, str(BENCH / "loadgen.py"), json.dumps(spec), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     limit = timeout or (float(spec.get("duration", 60)) + float(spec.get("warmup", 0.5)) + 120)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit)

@@ -34,7 +34,6 @@ import uuid
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-
 SCIM = "application/scim+json"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -46,33 +45,39 @@ def by_name(name: str) -> str:
 
 def user_body(name: str, n: int) -> bytes:
     # The attributes Entra ID's default mapping sends on create.
-    return json.dumps({
-        "schemas": [USER],
-        "externalId": str(uuid.uuid4()),
-        "userName": name,
-        "active": True,
-        "displayName": f"Bench User {n}",
-        "name": {"givenName": "Bench", "familyName": f"User{n}", "formatted": f"Bench User{n}"},
-        "emails": [{"primary": True, "type": "work", "value": name}],
-    }).encode()
+    return json.dumps(
+        {
+            "schemas": [USER],
+            "externalId": str(uuid.uuid4()),
+            "userName": name,
+            "active": True,
+            "displayName": f"Bench User {n}",
+            "name": {"givenName": "Bench", "familyName": f"User{n}", "formatted": f"Bench User{n}"},
+            "emails": [{"primary": True, "type": "work", "value": name}],
+        }
+    ).encode()
 
 
 def patch_body(n: int) -> bytes:
     # Entra ID capitalises op names ("Replace"): RFC 7644 §3.5.2 says they are case-insensitive.
-    return json.dumps({
-        "schemas": [PATCH_OP],
-        "Operations": [
-            {"op": "Replace", "path": "name.givenName", "value": f"Given{n}"},
-            {"op": "Replace", "path": "name.familyName", "value": f"Family{n}"},
-        ],
-    }).encode()
+    return json.dumps(
+        {
+            "schemas": [PATCH_OP],
+            "Operations": [
+                {"op": "Replace", "path": "name.givenName", "value": f"Given{n}"},
+                {"op": "Replace", "path": "name.familyName", "value": f"Family{n}"},
+            ],
+        }
+    ).encode()
 
 
 def member_body(user_id: str) -> bytes:
-    return json.dumps({
-        "schemas": [PATCH_OP],
-        "Operations": [{"op": "Add", "path": "members", "value": [{"value": user_id}]}],
-    }).encode()
+    return json.dumps(
+        {
+            "schemas": [PATCH_OP],
+            "Operations": [{"op": "Add", "path": "members", "value": [{"value": user_id}]}],
+        }
+    ).encode()
 
 
 class Stats:
@@ -164,10 +169,10 @@ class Http(asyncio.Protocol):
         i = head.find(b"\r\ncontent-length:")
         if i >= 0:
             j = head.find(b"\r\n", i + 2)
-            length = int(head[i + 17: j if j >= 0 else len(head)])
+            length = int(head[i + 17 : j if j >= 0 else len(head)])
             if len(self.buf) - start < length:
                 return
-            body = bytes(self.buf[start:start + length])
+            body = bytes(self.buf[start : start + length])
         elif b"\r\ntransfer-encoding: chunked" in head:
             body_parts = []
             pos = start
@@ -182,7 +187,7 @@ class Http(asyncio.Protocol):
                     break
                 if len(self.buf) < k + 2 + size + 2:
                     return
-                body_parts.append(bytes(self.buf[k + 2:k + 2 + size]))
+                body_parts.append(bytes(self.buf[k + 2 : k + 2 + size]))
                 pos = k + 2 + size + 2
             body = b"".join(body_parts)
         else:
@@ -244,8 +249,15 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         status, data = await asyncio.wait_for(conn.send(head.encode() + b"\r\n" + (body or b"")), req_timeout)
         return status, data
 
-    async def call(w: int, op: str, method: str, path: str, body: bytes | None, ok_status: tuple[int, ...],
-                   check: bytes | None = None) -> bytes | None:
+    async def call(
+        w: int,
+        op: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        ok_status: tuple[int, ...],
+        check: bytes | None = None,
+    ) -> bytes | None:
         t = now()
         try:
             status, data = await request(w, method, path, body)
@@ -312,15 +324,22 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 url = "/Groups?filter=" + quote(f'displayName eq "{gname}"', safe="")
                 if await call(w, "lookup", "GET", url, None, (200,), b'"totalResults":0') is None:
                     continue
-                body = json.dumps({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
-                                   "displayName": gname, "externalId": str(uuid.uuid4()), "members": []}).encode()
+                body = json.dumps(
+                    {
+                        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": gname,
+                        "externalId": str(uuid.uuid4()),
+                        "members": [],
+                    }
+                ).encode()
                 data = await call(w, "create", "POST", "/Groups", body, (201,))
                 if data is None:
                     continue
                 gid = json.loads(data)["id"]
                 vals = [{"value": ids[(j * members + k) % len(ids)][0]} for k in range(members)]
-                patch = json.dumps({"schemas": [PATCH_OP], "Operations": [
-                    {"op": "Add", "path": "members", "value": vals}]}).encode()
+                patch = json.dumps(
+                    {"schemas": [PATCH_OP], "Operations": [{"op": "Add", "path": "members", "value": vals}]}
+                ).encode()
                 await call(w, "members", "PATCH", f"/Groups/{gid}", patch, (200, 204))
             elif phase == "mixed":
                 name = f"{run_id}-{w}-{n}@bench.test"

@@ -16,11 +16,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"create": 2000, "get": 4000, "patch": 1500}  # issue 3, at 32 concurrent clients
-COLORS = {"provisio": "#1f77b4", "provisio-asyncio": "#9467bd", "baseline": "#2ca02c", "scim2-server": "#ff7f0e", "django-scim2": "#d62728"}
+COLORS = {
+    "provisio": "#1f77b4",
+    "provisio-asyncio": "#9467bd",
+    "baseline": "#2ca02c",
+    "scim2-server": "#ff7f0e",
+    "django-scim2": "#d62728",
+}
 
 
 def load(kind: str) -> dict[str, Any] | None:
@@ -35,8 +41,10 @@ def scim(data: dict[str, Any]) -> list[Path]:
     systems = [s for s in COLORS if any(s in row for row in summary["phases"].values())]
     m = data["machine"]
     out = []
-    for metric, label, name in (("rps", "requests/s (median)", "scim-throughput.png"),
-                                ("p99_ms", "p99 latency, ms (median)", "scim-p99.png")):
+    for metric, label, name in (
+        ("rps", "requests/s (median)", "scim-throughput.png"),
+        ("p99_ms", "p99 latency, ms (median)", "scim-p99.png"),
+    ):
         fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.8), squeeze=False)
         for ax, phase in zip(axes[0], phases, strict=True):
             for system in systems:
@@ -60,8 +68,11 @@ def scim(data: dict[str, Any]) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel(label)
         axes[0][-1].legend(fontsize=8)
-        fig.suptitle(f"SCIM {label.split(' (')[0]} — {m['nproc']} cores, {m['cpu_model']}, {m['date_utc']} UTC, "
-                     f"commit {m['git_commit']}", fontsize=9)
+        fig.suptitle(
+            f"SCIM {label.split(' (')[0]} — {m['nproc']} cores, {m['cpu_model']}, {m['date_utc']} UTC, "
+            f"commit {m['git_commit']}",
+            fontsize=9,
+        )
         fig.tight_layout()
         path = RESULTS / name
         fig.savefig(path, dpi=110)
@@ -88,8 +99,11 @@ def sync(data: dict[str, Any]) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     a = data["args"]
     m = data["machine"]
-    ax.set_title(f"Initial sync, {a['users']:,} users + {a['groups']:,} groups x {a['members']} members, "
-                 f"{a['concurrency']} clients — {m['date_utc']} UTC, commit {m['git_commit']}", fontsize=9)
+    ax.set_title(
+        f"Initial sync, {a['users']:,} users + {a['groups']:,} groups x {a['members']} members, "
+        f"{a['concurrency']} clients — {m['date_utc']} UTC, commit {m['git_commit']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = RESULTS / "sync-lag.png"
     fig.savefig(path, dpi=110)
@@ -104,8 +118,13 @@ def scaling(data: dict[str, Any]) -> Path:
     for key in keys:
         ax.plot(ks, [data["e2e"][str(k)].get(key, {}).get("rps") for k in ks], marker="o", label=f"SCIM {key}")
     if data.get("worker_only"):
-        ax.plot(ks, [data["worker_only"][str(k)]["provisioner_per_s"] for k in ks], marker="s", ls="--",
-                label="worker only (bench_provisioner)")
+        ax.plot(
+            ks,
+            [data["worker_only"][str(k)]["provisioner_per_s"] for k in ks],
+            marker="s",
+            ls="--",
+            label="worker only (bench_provisioner)",
+        )
     ax.set_xticks(ks)
     ax.set_xlabel("provisioner processes")
     ax.set_ylabel("per second (median)")

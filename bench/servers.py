@@ -47,23 +47,33 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, detail: str) -> web.Response:
-    return _json({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": str(status),
-                  "detail": detail}, status)
+    return _json(
+        {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": str(status), "detail": detail}, status
+    )
 
 
 def _user(r: asyncpg.Record) -> dict[str, Any]:
     return {
-        "schemas": [USER], "id": str(r["id"]), "externalId": r["external_id"], "userName": r["user_name"],
-        "active": r["active"], "displayName": r["display_name"],
+        "schemas": [USER],
+        "id": str(r["id"]),
+        "externalId": r["external_id"],
+        "userName": r["user_name"],
+        "active": r["active"],
+        "displayName": r["display_name"],
         "name": {"givenName": r["given_name"], "familyName": r["family_name"]},
         "emails": json.loads(r["emails"]),
-        "meta": {"resourceType": "User", "version": f'W/"{r["version"]}"',
-                 "created": r["created_at"].astimezone(UTC).isoformat(),
-                 "lastModified": r["updated_at"].astimezone(UTC).isoformat()},
+        "meta": {
+            "resourceType": "User",
+            "version": f'W/"{r["version"]}"',
+            "created": r["created_at"].astimezone(UTC).isoformat(),
+            "lastModified": r["updated_at"].astimezone(UTC).isoformat(),
+        },
     }
 
 
-_COLS = "id, external_id, user_name, active, display_name, given_name, family_name, emails, version, created_at, updated_at"
+_COLS = (
+    "id, external_id, user_name, active, display_name, given_name, family_name, emails, version, created_at, updated_at"
+)
 
 
 async def _tenant(request: web.Request) -> uuid.UUID | None:
@@ -74,7 +84,8 @@ async def _tenant(request: web.Request) -> uuid.UUID | None:
     cache = request.app[TOKENS]
     if digest not in cache:
         tid = await request.app[POOL].fetchval(
-            "SELECT tenant_id FROM scim_tokens WHERE token_hash = $1 AND revoked_at IS NULL", digest)
+            "SELECT tenant_id FROM scim_tokens WHERE token_hash = $1 AND revoked_at IS NULL", digest
+        )
         if tid is None:
             return None
         cache[digest] = tid
@@ -97,8 +108,17 @@ async def create_user(request: web.Request) -> web.Response:
         row = await request.app[POOL].fetchrow(
             f"""INSERT INTO users (id, tenant_id, user_name, external_id, active, display_name, given_name,
                    family_name, email, emails) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLS}""",
-            uuid.uuid4(), tenant, user_name, body.get("externalId"), bool(body.get("active", True)),
-            body.get("displayName"), name.get("givenName"), name.get("familyName"), email, json.dumps(emails))
+            uuid.uuid4(),
+            tenant,
+            user_name,
+            body.get("externalId"),
+            bool(body.get("active", True)),
+            body.get("displayName"),
+            name.get("givenName"),
+            name.get("familyName"),
+            email,
+            json.dumps(emails),
+        )
     except asyncpg.UniqueViolationError:
         return _error(409, "userName taken")
     resp = _json(_user(row), 201)
@@ -114,9 +134,17 @@ async def list_users(request: web.Request) -> web.Response:
     if not m:
         return _error(400, "baseline handles only userName eq")
     rows = await request.app[POOL].fetch(
-        f"SELECT {_COLS} FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)", tenant, m.group(1))
-    return _json({"schemas": [LIST], "totalResults": len(rows), "startIndex": 1, "itemsPerPage": len(rows),
-                  "Resources": [_user(r) for r in rows]})
+        f"SELECT {_COLS} FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)", tenant, m.group(1)
+    )
+    return _json(
+        {
+            "schemas": [LIST],
+            "totalResults": len(rows),
+            "startIndex": 1,
+            "itemsPerPage": len(rows),
+            "Resources": [_user(r) for r in rows],
+        }
+    )
 
 
 async def patch_user(request: web.Request) -> web.Response:
@@ -139,7 +167,11 @@ async def patch_user(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(
         f"""UPDATE users SET given_name = coalesce($3, given_name), family_name = coalesce($4, family_name),
                version = version + 1, updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING {_COLS}""",
-        tenant, uid, given, family)
+        tenant,
+        uid,
+        given,
+        family,
+    )
     if row is None:
         return _error(404, "no such user")
     return _json(_user(row))
@@ -152,14 +184,20 @@ async def patch_group(request: web.Request) -> web.Response:
     try:
         gid = uuid.UUID(request.match_info["id"])
         ops = (await request.json())["Operations"]
-        members = [uuid.UUID(m["value"]) for op in ops if str(op.get("op")).lower() == "add"
-                   and op.get("path") == "members" for m in op["value"]]
+        members = [
+            uuid.UUID(m["value"])
+            for op in ops
+            if str(op.get("op")).lower() == "add" and op.get("path") == "members"
+            for m in op["value"]
+        ]
     except (ValueError, KeyError, TypeError):
         return _error(400, "invalid body")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await conn.executemany(
             """INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')
-               ON CONFLICT DO NOTHING""", [(tenant, gid, m) for m in members])
+               ON CONFLICT DO NOTHING""",
+            [(tenant, gid, m) for m in members],
+        )
         await conn.execute("UPDATE groups SET version = version + 1, updated_at = now() WHERE id = $1", gid)
     return web.Response(status=204)
 

@@ -29,7 +29,7 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing chromium and chromium-driver (Debian packages, for tests/browser) ..."
-    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    (apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium chromium-driver >/dev/null) \
       || echo "note: chromium not installed; the browser tests will skip"
   else
     echo "note: no chromium (Debian: sudo apt-get install chromium chromium-driver); the browser tests will skip"

@@ -152,7 +152,9 @@ async def topology(redis: Any, redis_prefix: str) -> Topology:
 
 
 @pytest.fixture
-def service_env(database_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def service_env(
+    database_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     """PROVISIO_* variables pointing at this test's database and key prefix."""
     env = {
         "PROVISIO_DATABASE_URL": database_url,
@@ -187,7 +189,9 @@ async def make_tenant(pool: asyncpg.Pool, name: str | None = None, **policy: Any
             await conn.execute(f"UPDATE tenants SET {column} = $2 WHERE id = $1", tid, value)
         await conn.execute(
             "INSERT INTO scim_tokens (id, tenant_id, label, token_hash) VALUES ($1, $2, 'test', $3)",
-            uuid.uuid4(), tid, hash_token(token),
+            uuid.uuid4(),
+            tid,
+            hash_token(token),
         )
     return TenantFixture(tid, name, token, "test")
 

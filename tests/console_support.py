@@ -56,5 +56,6 @@ def csrf_token(html: str) -> str:
 async def login(client: TestClient, email: str, password: str = PASSWORD, code: str = "") -> Any:
     page = await client.get("/login")
     token = form_token(await page.text())
-    return await client.post("/login", data={"form_token": token, "email": email, "password": password,
-                                             "code": code}, allow_redirects=False)
+    return await client.post(
+        "/login", data={"form_token": token, "email": email, "password": password, "code": code}, allow_redirects=False
+    )

@@ -189,8 +189,7 @@ XSW = {
 # ------------------------------------------------------------------ signing
 
 
-def sign(xml: str, keys: KeyPair, *, assertion: bool = True, response: bool = False,
-         sha1: bool = False) -> str:
+def sign(xml: str, keys: KeyPair, *, assertion: bool = True, response: bool = False, sha1: bool = False) -> str:
     """Drop existing signatures and sign the assertion and/or response (enveloped,
     exclusive c14n, SHA-256 unless ``sha1``), as an IdP does: for "valid signature,
     wrong content" cases."""
@@ -202,7 +201,8 @@ def sign(xml: str, keys: KeyPair, *, assertion: bool = True, response: bool = Fa
         targets.append(root)  # last: the response signature covers the signed assertions
     for el in targets:
         sig = xmlsec.template.create(
-            el, xmlsec.constants.TransformExclC14N,
+            el,
+            xmlsec.constants.TransformExclC14N,
             xmlsec.constants.TransformRsaSha1 if sha1 else xmlsec.constants.TransformRsaSha256,
         )
         issuer = el.find("saml:Issuer", NS)

@@ -60,12 +60,18 @@ def make_keypair(cn: str, directory: str, *, key_size: int = 2048) -> KeyPair:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365)).sign(key, hashes.SHA256())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     base = os.path.join(directory, cn.replace(" ", "_") + "-" + uuid.uuid4().hex[:6])
     with open(base + ".key", "wb") as f:
@@ -85,8 +91,14 @@ class TestIdP:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, entity_id: str, keys: KeyPair | None = None, *, sso_url: str | None = None,
-                 sso_bindings: tuple[str, ...] = (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST)) -> None:
+    def __init__(
+        self,
+        entity_id: str,
+        keys: KeyPair | None = None,
+        *,
+        sso_url: str | None = None,
+        sso_bindings: tuple[str, ...] = (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST),
+    ) -> None:
         self.entity_id = entity_id
         self.sso_bindings = sso_bindings
         self.keys = keys or make_keypair("test-idp", _workdir())
@@ -98,11 +110,14 @@ class TestIdP:
             "entityid": self.entity_id,
             "service": {
                 "idp": {
-                    "endpoints": {
-                        "single_sign_on_service": [(self.sso_url, b) for b in self.sso_bindings]
+                    "endpoints": {"single_sign_on_service": [(self.sso_url, b) for b in self.sso_bindings]},
+                    "policy": {
+                        "default": {
+                            "lifetime": {"minutes": 5},
+                            "attribute_restrictions": None,
+                            "name_form": NAME_FORMAT_URI,
+                        }
                     },
-                    "policy": {"default": {"lifetime": {"minutes": 5}, "attribute_restrictions": None,
-                                           "name_form": NAME_FORMAT_URI}},
                     "name_id_format": [NAMEID_FORMAT_EMAILADDRESS],
                     "want_authn_requests_signed": False,
                 }
@@ -276,8 +291,13 @@ ENCRYPTIONS = {
     "okta-aes256-gcm": Encryption("okta", data=XENC11 + "aes256-gcm"),
     "okta-aes128-gcm": Encryption("okta", data=XENC11 + "aes128-gcm"),
     # xmlenc-core1 §5.5.2 RSA-OAEP with SHA-256 and MGF1-SHA-256 (ITfoxtec, newer IdPs)
-    "xmlenc11-oaep-sha256": Encryption("okta", data=XENC11 + "aes256-gcm", key_transport=XENC11 + "rsa-oaep",
-                                       oaep_digest=XENC + "sha256", mgf=XENC11 + "mgf1sha256"),
+    "xmlenc11-oaep-sha256": Encryption(
+        "okta",
+        data=XENC11 + "aes256-gcm",
+        key_transport=XENC11 + "rsa-oaep",
+        oaep_digest=XENC + "sha256",
+        mgf=XENC11 + "mgf1sha256",
+    ),
     # Refused: RSA-1_5 key transport (Okta still offers "RSA-1.5").
     "okta-rsa-1_5": Encryption("okta", key_transport=XENC + "rsa-1_5", oaep_digest=None),
     # Refused: 3DES content encryption (pysaml2's own IdP default).
@@ -372,18 +392,26 @@ def encrypt_assertion(xml: str, cert: str, enc: Encryption) -> str:
     return etree.tostring(root, encoding="unicode")
 
 
-def sign_xml(xml: str, keys: KeyPair, *, assertion: bool = True, response: bool = False,
-             sign_method: str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
-             digest_method: str = "http://www.w3.org/2001/04/xmlenc#sha256") -> str:
+def sign_xml(
+    xml: str,
+    keys: KeyPair,
+    *,
+    assertion: bool = True,
+    response: bool = False,
+    sign_method: str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+    digest_method: str = "http://www.w3.org/2001/04/xmlenc#sha256",
+) -> str:
     """Sign the (plain) assertion and/or the response, enveloped with exclusive c14n, as
     IdPs do, with the algorithms named (python-xmlsec; any the library offers, weak ones
     included, for the refusal tests). Existing signatures of those elements are replaced."""
     import xmlsec
     from lxml import etree
 
-    transforms = {t.href: t for t in (getattr(xmlsec.constants, n) for n in dir(xmlsec.constants)
-                                      if n.startswith("Transform"))
-                  if hasattr(t, "href")}
+    transforms = {
+        t.href: t
+        for t in (getattr(xmlsec.constants, n) for n in dir(xmlsec.constants) if n.startswith("Transform"))
+        if hasattr(t, "href")
+    }
     root = etree.fromstring(xml.encode())
     targets = root.findall(f"{{{SAML_NS}}}Assertion") if assertion else []
     if response:

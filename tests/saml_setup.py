@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from defusedxml.ElementTree import fromstring
 
 from provisio_lib import sso
-from provisio_lib.tokens import generate_token, hash_token
 from provisio_lib.outcomes import entry_outcomes
+from provisio_lib.tokens import generate_token, hash_token
 from provisio_lib.topology import Topology
 from saml_gateway.saml import Connection, SamlEngine
 from saml_idp import ATTRIBUTES, SHAPES, TestIdP, b64
@@ -36,9 +36,16 @@ class Setup:
     sp_cert_b64: str
     sp_metadata: str = ""
 
-    def response(self, *, in_response_to: str | None = None, name_id: str = "alice@acme.test",
-                 attributes: dict[str, list[str]] | None = None, groups: list[str] | None = None,
-                 shape: str | None = None, **kw: Any) -> str:
+    def response(
+        self,
+        *,
+        in_response_to: str | None = None,
+        name_id: str = "alice@acme.test",
+        attributes: dict[str, list[str]] | None = None,
+        groups: list[str] | None = None,
+        shape: str | None = None,
+        **kw: Any,
+    ) -> str:
         sign_response, sign_assertion = SHAPES.get(self.preset, (False, True))
         if shape == "encrypted":
             kw["encrypt_cert"] = self.sp_cert_b64
@@ -54,16 +61,31 @@ class Setup:
         if attributes is None:
             attributes = ATTRIBUTES.get(self.preset, ATTRIBUTES["okta"])(groups)
         return self.idp.response(
-            sp_entity_id=self.urls.entity_id, acs_url=self.urls.acs, name_id=name_id, attributes=attributes,
-            in_response_to=in_response_to, sign_response=sign_response, sign_assertion=sign_assertion,
-            sp_metadata=self.sp_metadata or None, **kw,
+            sp_entity_id=self.urls.entity_id,
+            acs_url=self.urls.acs,
+            name_id=name_id,
+            attributes=attributes,
+            in_response_to=in_response_to,
+            sign_response=sign_response,
+            sign_assertion=sign_assertion,
+            sp_metadata=self.sp_metadata or None,
+            **kw,
         )
 
 
-async def add_connection(pool: asyncpg.Pool, tenant_id: uuid.UUID, name: str, *, preset: str = "entra",
-                         jit: str = "create", app_url: str | None = "https://app.test/sso/callback?x=1",
-                         allow_idp_initiated: bool = False, required: tuple[str, ...] = (),
-                         mapping: dict[str, str] | None = None, idp: TestIdP | None = None) -> Setup:
+async def add_connection(
+    pool: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    name: str,
+    *,
+    preset: str = "entra",
+    jit: str = "create",
+    app_url: str | None = "https://app.test/sso/callback?x=1",
+    allow_idp_initiated: bool = False,
+    required: tuple[str, ...] = (),
+    mapping: dict[str, str] | None = None,
+    idp: TestIdP | None = None,
+) -> Setup:
     idp = idp or TestIdP(f"https://idp.test/{uuid.uuid4().hex[:8]}/")
     tenant = await pool.fetchval("SELECT name FROM tenants WHERE id = $1", tenant_id)
     key_pem, cert_pem = sso.generate_sp_keypair(f"provisio {tenant}/{name}")
@@ -74,14 +96,30 @@ async def add_connection(pool: asyncpg.Pool, tenant_id: uuid.UUID, name: str, *,
         """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata, jit_mode, app_url,
                allow_idp_initiated, attribute_map, required_attributes, sp_cert_pem, sp_key_pem, app_secret_hash)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
-        uuid.uuid4(), tenant_id, name, preset, info.entity_id, idp.metadata(), jit, app_url, allow_idp_initiated,
-        amap, list(required), cert_pem, key_pem, hash_token(secret),
+        uuid.uuid4(),
+        tenant_id,
+        name,
+        preset,
+        info.entity_id,
+        idp.metadata(),
+        jit,
+        app_url,
+        allow_idp_initiated,
+        amap,
+        list(required),
+        cert_pem,
+        key_pem,
+        hash_token(secret),
     )
     row = await pool.fetchrow(
         """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
-           WHERE c.tenant_id = $1 AND c.name = $2""", tenant_id, name)
-    setup = Setup(tenant_id, tenant, name, idp, preset, secret, sso.sp_urls(PUBLIC, tenant, name),
-                  sso.cert_b64(cert_pem))
+           WHERE c.tenant_id = $1 AND c.name = $2""",
+        tenant_id,
+        name,
+    )
+    setup = Setup(
+        tenant_id, tenant, name, idp, preset, secret, sso.sp_urls(PUBLIC, tenant, name), sso.cert_b64(cert_pem)
+    )
     # The IdP knows the SP from its metadata, as after an admin uploads it.
     setup.sp_metadata = _engine().sp_metadata(Connection.from_row(row))
     return setup
@@ -92,8 +130,11 @@ _ENGINES: list[Any] = []
 
 def _engine() -> Any:
     if not _ENGINES:
-        _ENGINES.append(SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec",
-                                   xmlsec1_path="/usr/bin/xmlsec1"))
+        _ENGINES.append(
+            SamlEngine(
+                public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec", xmlsec1_path="/usr/bin/xmlsec1"
+            )
+        )
     return _ENGINES[0]
 
 
@@ -131,8 +172,9 @@ def code_of(resp: Any) -> str:
 
 
 async def exchange(client: TestClient, s: Setup, code: str, secret: str | None = None) -> Any:
-    return await client.post("/saml/token", data={"code": code},
-                             headers={"Authorization": f"Bearer {secret or s.secret}"})
+    return await client.post(
+        "/saml/token", data={"code": code}, headers={"Authorization": f"Bearer {secret or s.secret}"}
+    )
 
 
 async def audit_outcomes(redis: Any, topology: Topology, tenant_id: uuid.UUID) -> list[Any]:
@@ -146,6 +188,6 @@ async def audit_outcomes(redis: Any, topology: Topology, tenant_id: uuid.UUID) -
 def page_is_clean(html: str) -> bool:
     lowered = html.lower()
     # No stack trace, key material or echoed XML on a page a browser shows.
-    return not any(s in lowered for s in ("traceback", "begin certificate", "private key", "urn:oasis:names",
-                                          "&lt;", 'file "'))
-
+    return not any(
+        s in lowered for s in ("traceback", "begin certificate", "private key", "urn:oasis:names", "&lt;", 'file "')
+    )

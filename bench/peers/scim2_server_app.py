@@ -18,8 +18,10 @@ from scim2_server.utils import load_default_resource_types, load_default_schemas
 
 config = load_default_service_provider_config()
 config.authentication_schemes = [*(config.authentication_schemes or []), BEARER_TOKEN_SCHEME]
-provider = ScimProvider.from_discovery(load_default_schemas().values(), load_default_resource_types().values(),
-                                       config=config)
+provider = ScimProvider.from_discovery(
+    load_default_schemas().values(), load_default_resource_types().values(), config=config
+)
 service = ScimService(provider, secret=secrets.token_urlsafe(32))
-application = BearerTokenApplication(InMemoryStorage(), provider, service=service,
-                                     bearer_tokens=[os.environ["SCIM2_BENCH_TOKEN"]])
+application = BearerTokenApplication(
+    InMemoryStorage(), provider, service=service, bearer_tokens=[os.environ["SCIM2_BENCH_TOKEN"]]
+)

@@ -44,7 +44,10 @@ async def create_key(conn: asyncpg.Connection, name: str, tenant_id: uuid.UUID |
     try:
         await conn.execute(
             "INSERT INTO api_keys (id, name, tenant_id, key_hash) VALUES ($1, $2, $3, $4)",
-            uuid.uuid4(), name, tenant_id, hash_token(key),
+            uuid.uuid4(),
+            name,
+            tenant_id,
+            hash_token(key),
         )
     except asyncpg.UniqueViolationError:
         raise KeyExists(name) from None
@@ -61,7 +64,9 @@ async def list_keys(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def revoke_key(conn: asyncpg.Connection, name: str) -> bool:
-    status = await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name)
+    status: str = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+    )
     return status.split()[-1] != "0"
 
 

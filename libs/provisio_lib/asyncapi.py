@@ -49,8 +49,7 @@ def _broker() -> Any:
         stream=COMMANDS,
         schema=Command,
         title="commands",
-        description=_WIRE
-        + "Commands for one partition of tenants (N = crc32(tenant_id) % PROVISIO_PARTITIONS), "
+        description=_WIRE + "Commands for one partition of tenants (N = crc32(tenant_id) % PROVISIO_PARTITIONS), "
         "written by the SCIM and SAML gateways and by `provisio dlq replay`, trimmed at "
         "PROVISIO_STREAM_MAXLEN. Consumer group `provisioner`.",
     )
@@ -66,8 +65,7 @@ def _broker() -> Any:
         stream=AUDIT,
         schema=Outcome,
         title="audit",
-        description=_WIRE
-        + "Every Outcome of the partition's commands, success or failure (including "
+        description=_WIRE + "Every Outcome of the partition's commands, success or failure (including "
         "`dead_letter` failures), published by the provisioner after commit, and a failed "
         "Outcome (code `refused`) for each SAML login the SAML gateway refuses. " + _BATCH + "Consumer "
         "group `auditor`; other consumers add their own group.",
@@ -83,8 +81,7 @@ def _broker() -> Any:
         stream=REPLIES,
         schema=Outcome,
         title="replies",
-        description=_WIRE
-        + "Private reply stream of one gateway process (Command.reply_to): the Outcome of "
+        description=_WIRE + "Private reply stream of one gateway process (Command.reply_to): the Outcome of "
         "each command it is waiting for. " + _BATCH + "Read with XREAD (no group); "
         "expires when the gateway is gone.",
     )

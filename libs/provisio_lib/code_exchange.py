@@ -44,8 +44,9 @@ async def secret_hash_from_db(pool: Any, connection_id: uuid.UUID) -> bytes | No
     return bytes(value) if value is not None else None
 
 
-async def exchange_code(redis: Any, topo: Topology, code: Any, secret: str,
-                        secret_hash_of: Callable[[uuid.UUID], Awaitable[bytes | None]]) -> dict[str, Any]:
+async def exchange_code(
+    redis: Any, topo: Topology, code: Any, secret: str, secret_hash_of: Callable[[uuid.UUID], Awaitable[bytes | None]]
+) -> dict[str, Any]:
     """The profile stored under ``code``, once, if ``secret`` is the app secret of the
     code's connection; ExchangeError otherwise. ``secret_hash_of`` reads the hash."""
     if not secret:

@@ -74,9 +74,7 @@ class UserData(_Model):
     given_name: str | None = None
     family_name: str | None = None
     emails: tuple[Email, ...] = ()
-    sso_name: str | None = Field(
-        default=None, description="SSO connection this user signs in with (Splashtop ssoName)"
-    )
+    sso_name: str | None = Field(default=None, description="SSO connection this user signs in with (Splashtop ssoName)")
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -198,14 +196,7 @@ class JitLogin(_Model):
 
 
 CommandPayload = Annotated[
-    CreateUser
-    | ReplaceUser
-    | DeleteUser
-    | CreateGroup
-    | ReplaceGroup
-    | ChangeGroupMembers
-    | DeleteGroup
-    | JitLogin,
+    CreateUser | ReplaceUser | DeleteUser | CreateGroup | ReplaceGroup | ChangeGroupMembers | DeleteGroup | JitLogin,
     Field(discriminator="type"),
 ]
 
@@ -234,9 +225,7 @@ class Command(_Model):
     source: Source
     correlation_id: str = Field(min_length=1, max_length=128)
     occurred_at: datetime = Field(default_factory=utcnow)
-    reply_to: str | None = Field(
-        default=None, description="Stream the waiting gateway listens on, if any"
-    )
+    reply_to: str | None = Field(default=None, description="Stream the waiting gateway listens on, if any")
     attempt: int = Field(default=0, ge=0, description="Times re-published from a dead letter")
     payload: CommandPayload
 

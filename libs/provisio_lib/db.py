@@ -130,8 +130,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         newer = set(applied) - {m.version for m in migrations}
         if newer:
             raise SchemaError(
-                f"database has migration(s) {sorted(newer)} this code does not know; "
-                "run a newer Provisio"
+                f"database has migration(s) {sorted(newer)} this code does not know; run a newer Provisio"
             )
         _check_checksums(applied, migrations)
         # Rows without a checksum were applied by code from before checksums: what was run
@@ -142,7 +141,8 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
             if m.version in applied and applied[m.version] is None:
                 await conn.execute(
                     "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL",
-                    m.version, m.checksum,
+                    m.version,
+                    m.checksum,
                 )
         done = []
         for m in migrations:
@@ -175,9 +175,7 @@ async def check_schema(conn: asyncpg.Connection) -> None:
         )
     missing = known - set(applied)
     if missing:
-        raise SchemaError(
-            f"database is missing migration(s) {sorted(missing)}; run `provisio migrate`"
-        )
+        raise SchemaError(f"database is missing migration(s) {sorted(missing)}; run `provisio migrate`")
     _check_checksums(applied, migrations)
     unrecorded = sorted(v for v, checksum in applied.items() if checksum is None)
     if unrecorded:
@@ -216,9 +214,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kw: 
     """A pool whose connections decode json/jsonb to Python objects."""
     kw.setdefault("reset", _no_session_reset)
     kw.setdefault("max_cached_statement_lifetime", STATEMENT_LIFETIME_S)
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
-    )
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -56,11 +56,21 @@ _GROUP_COLUMNS = """g.id, g.display_name, g.external_id, g.attributes, g.version
 def user_json(row: Any) -> dict[str, Any]:
     """A users row (with its groups) as the API's user: ``UserState`` as JSON."""
     state = UserState(
-        id=row["id"], user_name=row["user_name"], external_id=row["external_id"], active=row["active"],
-        display_name=row["display_name"], given_name=row["given_name"], family_name=row["family_name"],
-        emails=tuple(row["emails"] or ()), sso_name=row["sso_name"], attributes=row["attributes"] or {},
-        version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
-        created_by=row["created_by"], groups=tuple(row["groups"] or ()),
+        id=row["id"],
+        user_name=row["user_name"],
+        external_id=row["external_id"],
+        active=row["active"],
+        display_name=row["display_name"],
+        given_name=row["given_name"],
+        family_name=row["family_name"],
+        emails=tuple(row["emails"] or ()),
+        sso_name=row["sso_name"],
+        attributes=row["attributes"] or {},
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        created_by=row["created_by"],
+        groups=tuple(row["groups"] or ()),
     )
     return state.model_dump(mode="json")
 
@@ -68,9 +78,14 @@ def user_json(row: Any) -> dict[str, Any]:
 def group_json(row: Any) -> dict[str, Any]:
     """A groups row as the API's group: ``GroupState`` as JSON plus ``member_count``."""
     state = GroupState(
-        id=row["id"], display_name=row["display_name"], external_id=row["external_id"],
-        attributes=row["attributes"] or {}, version=row["version"], created_at=row["created_at"],
-        updated_at=row["updated_at"], created_by=row["created_by"],
+        id=row["id"],
+        display_name=row["display_name"],
+        external_id=row["external_id"],
+        attributes=row["attributes"] or {},
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        created_by=row["created_by"],
     )
     return {**state.model_dump(mode="json"), "member_count": row["member_count"]}
 
@@ -82,8 +97,14 @@ def _page(rows: list[Any], limit: int, to_json: Any) -> tuple[list[dict[str, Any
     return [to_json(r) for r in rows], nxt
 
 
-async def list_users(conn: Any, tenant_id: uuid.UUID, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
-                     updated_after: datetime | None = None) -> tuple[list[dict[str, Any]], str | None]:
+async def list_users(
+    conn: Any,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    updated_after: datetime | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
     """A page of the tenant's users, oldest first, and the cursor of the next (None at the end)."""
     after = decode_cursor(cursor) if cursor else None
     rows = await conn.fetch(
@@ -91,38 +112,55 @@ async def list_users(conn: Any, tenant_id: uuid.UUID, *, limit: int = DEFAULT_LI
             WHERE u.tenant_id = $1 AND ($2::timestamptz IS NULL OR (u.created_at, u.id) > ($2, $3::uuid))
               AND ($4::timestamptz IS NULL OR u.updated_at > $4)
             ORDER BY u.created_at, u.id LIMIT $5""",
-        tenant_id, after[0] if after else None, after[1] if after else None, updated_after, limit + 1,
+        tenant_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        updated_after,
+        limit + 1,
     )
     return _page(rows, limit, user_json)
 
 
 async def get_user(conn: Any, tenant_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.tenant_id = $1 AND u.id = $2",
-                              tenant_id, user_id)
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM users u WHERE u.tenant_id = $1 AND u.id = $2", tenant_id, user_id
+    )
     return user_json(row) if row else None
 
 
-async def list_groups(conn: Any, tenant_id: uuid.UUID, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
-                      updated_after: datetime | None = None) -> tuple[list[dict[str, Any]], str | None]:
+async def list_groups(
+    conn: Any,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    updated_after: datetime | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_cursor(cursor) if cursor else None
     rows = await conn.fetch(
         f"""SELECT {_GROUP_COLUMNS} FROM groups g
             WHERE g.tenant_id = $1 AND ($2::timestamptz IS NULL OR (g.created_at, g.id) > ($2, $3::uuid))
               AND ($4::timestamptz IS NULL OR g.updated_at > $4)
             ORDER BY g.created_at, g.id LIMIT $5""",
-        tenant_id, after[0] if after else None, after[1] if after else None, updated_after, limit + 1,
+        tenant_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        updated_after,
+        limit + 1,
     )
     return _page(rows, limit, group_json)
 
 
 async def get_group(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.tenant_id = $1 AND g.id = $2",
-                              tenant_id, group_id)
+    row = await conn.fetchrow(
+        f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.tenant_id = $1 AND g.id = $2", tenant_id, group_id
+    )
     return group_json(row) if row else None
 
 
-async def list_members(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID, *, limit: int = DEFAULT_LIMIT,
-                       cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+async def list_members(
+    conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     """A page of a group's members (users, whatever source added them), oldest user first."""
     after = decode_cursor(cursor) if cursor else None
     rows = await conn.fetch(
@@ -130,6 +168,10 @@ async def list_members(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID, *, 
             WHERE u.tenant_id = $1 AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = $2 AND m.user_id = u.id)
               AND ($3::timestamptz IS NULL OR (u.created_at, u.id) > ($3, $4::uuid))
             ORDER BY u.created_at, u.id LIMIT $5""",
-        tenant_id, group_id, after[0] if after else None, after[1] if after else None, limit + 1,
+        tenant_id,
+        group_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
     )
     return _page(rows, limit, user_json)

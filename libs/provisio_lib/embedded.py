@@ -57,12 +57,18 @@ class EmbeddedRedis:
         binary = shutil.which("redis-server") if os.environ.get("PROVISIO_USE_SYSTEM_REDIS") else None
         cmd = [
             binary or valkey_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--save", "",
-            "--logfile", str(self.data_dir / "server.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--save",
+            "",
+            "--logfile",
+            str(self.data_dir / "server.log"),
             *self.extra_args,
         ]
         # Own session: a Ctrl-C at the terminal must not kill the server under the services

@@ -63,8 +63,13 @@ _SELECT = """SELECT e.id, e.xid::text AS xid, e.event_id, e.tenant_id, t.name AS
 FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id"""
 
 
-async def read_events(conn: Any, tenants: list[uuid.UUID] | None, after: tuple[int, int] | None, limit: int,
-                      types: list[str] | None = None) -> list[dict[str, Any]]:
+async def read_events(
+    conn: Any,
+    tenants: list[uuid.UUID] | None,
+    after: tuple[int, int] | None,
+    limit: int,
+    types: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Up to ``limit`` visible events after ``after`` (None: from the oldest retained),
     oldest first. ``tenants`` None: every tenant."""
     xid, rid = after if after is not None else (0, 0)
@@ -75,7 +80,11 @@ async def read_events(conn: Any, tenants: list[uuid.UUID] | None, after: tuple[i
               AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
               AND ($4::text[] IS NULL OR e.type LIKE ANY($4::text[]))
             ORDER BY e.xid, e.id LIMIT $5""",
-        tenants, str(xid), rid, types, limit,
+        tenants,
+        str(xid),
+        rid,
+        types,
+        limit,
     )
     return [event_json(r) for r in rows]
 
@@ -118,7 +127,8 @@ async def prune(pool: Any, older_than: datetime, *, batch: int = PRUNE_BATCH, ma
                 """DELETE FROM events WHERE (xid, id) IN (
                        SELECT xid, id FROM (SELECT xid, id, created_at FROM events ORDER BY xid, id LIMIT $2) AS head
                        WHERE created_at < $1)""",
-                older_than, batch,
+                older_than,
+                batch,
             )
         n = int(status.split()[-1])
         total += n

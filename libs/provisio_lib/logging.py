@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -51,7 +52,7 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if event.get("exc_info"):
         # Rendered here so the traceback text (exception messages quote request data)
         # is redacted like every other value.
@@ -108,7 +109,7 @@ def install_redacting_filter(handler: logging.Handler | None = None) -> None:
         handler.addFilter(RedactingFilter())
 
 
-def _exc_text(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _exc_text(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A stdlib record's traceback, already redacted by RedactingFilter (exc_text)."""
     record = event.get("_record")
     if record is not None and record.exc_text and "exception" not in event:
@@ -127,14 +128,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | Non
     ]
     if service:
         shared.insert(0, _bind_service(service))
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper())
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )

@@ -297,6 +297,7 @@ class StreamStats:
         from redis.exceptions import ResponseError
 
         client = self._client()
+
         # One call per stream, concurrently: works the same on one Redis and on a cluster
         # (each partition's streams share a hash tag, so each call goes to one node).
         async def one(stream: str) -> tuple[str, int, list[dict[Any, Any]]]:
@@ -336,9 +337,7 @@ class StreamStats:
                 # omitting the sample is more honest than reporting 0.
                 if g.get("lag") is not None:
                     lag.add_metric([stream, name], int(g["lag"]))
-        up = GaugeMetricFamily(
-            "provisio_stream_stats_up", "1 if the last read of stream stats from Redis worked"
-        )
+        up = GaugeMetricFamily("provisio_stream_stats_up", "1 if the last read of stream stats from Redis worked")
         up.add_metric([], 1)
         return [length, pending, lag, consumers, up, *await _memory_families(client)]
 

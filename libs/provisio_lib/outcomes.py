@@ -36,9 +36,7 @@ async def publish_command(redis: Any, topology: Topology, command: Command) -> s
     """XADD the command to its tenant's partition; return the stream entry id."""
     stream = topology.command_stream_for(command.tenant_id)
     try:
-        entry_id = await redis.xadd(
-            stream, {DATA_FIELD: encode(command)}, maxlen=topology.maxlen, approximate=True
-        )
+        entry_id = await redis.xadd(stream, {DATA_FIELD: encode(command)}, maxlen=topology.maxlen, approximate=True)
     except (RedisConnectionError, RedisTimeoutError, OSError) as err:
         raise BrokerUnavailable(str(err)) from err
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -150,7 +148,6 @@ class OutcomeWaiter:
 
     def reply_to(self) -> str:
         return self.stream
-
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -50,8 +50,10 @@ def startup_errors_exit(service: str) -> Iterator[None]:
         get_logger().error(f"{service}_cannot_start", error=str(err))
         if isinstance(err, SchemaError):
             fail(str(err))  # already says what to do (run `provisio migrate`, upgrade)
-        fail(f"{service} cannot start: {err} (is Postgres/Redis running? check PROVISIO_DATABASE_URL, "
-             "PROVISIO_REDIS_URL and the ports)")
+        fail(
+            f"{service} cannot start: {err} (is Postgres/Redis running? check PROVISIO_DATABASE_URL, "
+            "PROVISIO_REDIS_URL and the ports)"
+        )
 
 
 def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
@@ -85,18 +87,32 @@ def calm_gc(young: int | None = 50_000) -> None:
 def run_worker(app: Any, service: str, *, event_loop: str = "uvloop", young_gc: int | None = 50_000) -> None:
     """Run a FastStream app; its run() turns SIGTERM/SIGINT into a graceful stop."""
     calm_gc(young_gc)
-    with startup_errors_exit(service):
-        with asyncio.Runner(loop_factory=lambda: new_event_loop(event_loop)) as runner:
-            runner.run(app.run())
+    with startup_errors_exit(service), asyncio.Runner(loop_factory=lambda: new_event_loop(event_loop)) as runner:
+        runner.run(app.run())
 
 
-def serve_http(app: Any, *, host: str, port: int, shutdown_timeout: float, service: str,
-               event_loop: str = "uvloop", young_gc: int | None = 50_000) -> None:
+def serve_http(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    service: str,
+    event_loop: str = "uvloop",
+    young_gc: int | None = 50_000,
+) -> None:
     """Serve an aiohttp app; run_app turns SIGTERM/SIGINT into a graceful shutdown: stop
     accepting, let in-flight requests finish (shutdown_timeout), run the cleanup contexts."""
     from aiohttp import web
 
     calm_gc(young_gc)
     with startup_errors_exit(service):
-        web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_timeout, access_log=None, print=None,
-                    loop=new_event_loop(event_loop))
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout=shutdown_timeout,
+            access_log=None,
+            print=None,
+            loop=new_event_loop(event_loop),
+        )

@@ -55,7 +55,8 @@ async def worker_runtime(
         # (streamtrim.py): Redis memory follows the write rate, not MAXLEN × entry size.
         trimmer = (
             asyncio.create_task(trim_forever(redis, list(consumer.streams), s.stream_max_age_s), name="stream-trim")
-            if s.stream_max_age_s > 0 else None
+            if s.stream_max_age_s > 0
+            else None
         )
         try:
             yield WorkerRuntime(pool=pool, health=health)

@@ -109,7 +109,7 @@ def _check_attributes(items: list[Any], where: str, *, nested: bool) -> None:
             raise SchemaDocumentError(f"{at}.returned must be one of {', '.join(_RETURNED)}")
         if d.get("uniqueness", "none") != "none":
             # Not enforced on JSON attributes: refuse rather than promise it.
-            raise SchemaDocumentError(f"{at}.uniqueness: only \"none\" is supported for extension attributes")
+            raise SchemaDocumentError(f'{at}.uniqueness: only "none" is supported for extension attributes')
         if d.get("description") is not None and not isinstance(d["description"], str):
             raise SchemaDocumentError(f"{at}.description must be a string")
         subs_raw = d.get("subAttributes")

@@ -27,13 +27,15 @@ class CommonSettings(BaseSettings):
     # populate_by_name: fields read through aliases (worker_setting) still take their
     # field name as a keyword (load_settings(ProvisionerSettings, health_port=0)).
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=None, validate_default=True,
-        env_ignore_empty=True, populate_by_name=True,
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        secrets_dir=None,
+        validate_default=True,
+        env_ignore_empty=True,
+        populate_by_name=True,
     )
 
-    database_url: SecretStr = Field(
-        description="PostgreSQL URL, e.g. postgresql://provisio:secret@db:5432/provisio"
-    )
+    database_url: SecretStr = Field(description="PostgreSQL URL, e.g. postgresql://provisio:secret@db:5432/provisio")
     redis_url: SecretStr = Field(
         description="Redis URL (redis://host:6379/0) or a cluster seed (redis+cluster://host:7000)"
     )
@@ -42,23 +44,19 @@ class CommonSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Key prefix of every stream and key Provisio writes in Redis",
     )
-    partitions: int = Field(
-        default=8, ge=1, le=1024, description="Number of command stream partitions (by tenant)"
-    )
-    stream_maxlen: int = Field(
-        default=1_000_000, ge=1000, description="Approximate MAXLEN of each stream"
-    )
+    partitions: int = Field(default=8, ge=1, le=1024, description="Number of command stream partitions (by tenant)")
+    stream_maxlen: int = Field(default=1_000_000, ge=1000, description="Approximate MAXLEN of each stream")
     stream_max_age_s: float = Field(
-        default=300.0, ge=0,
+        default=300.0,
+        ge=0,
         description="Processed command and audit entries older than this are trimmed (XTRIM MINID); "
         "entries not yet read or acknowledged are kept however old. 0 = trim by MAXLEN only",
     )
     log_level: str = Field(default="INFO", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR)$")
-    log_format: str = Field(
-        default="auto", pattern=r"^(auto|json|console)$", description="auto: JSON unless on a TTY"
-    )
+    log_format: str = Field(default="auto", pattern=r"^(auto|json|console)$", description="auto: JSON unless on a TTY")
     event_loop: str = Field(
-        default="uvloop", pattern=r"^(uvloop|asyncio)$",
+        default="uvloop",
+        pattern=r"^(uvloop|asyncio)$",
         description="uvloop (faster sockets and timers; falls back to asyncio where it is not installed) or asyncio",
     )
     db_pool_min: int = Field(default=2, ge=1)

@@ -117,7 +117,7 @@ def parse_idp_metadata(xml: bytes | str, *, now: datetime | None = None) -> IdpI
                 subjects.append(cert.subject.rfc4514_string())
                 not_after.append(cert.not_valid_after_utc)
     if not certs:
-        raise MetadataError("metadata has no signing certificate (KeyDescriptor use=\"signing\" with X509Certificate)")
+        raise MetadataError('metadata has no signing certificate (KeyDescriptor use="signing" with X509Certificate)')
     return IdpInfo(entity_id, sso_url, sso_binding, tuple(certs), tuple(subjects), tuple(not_after))
 
 

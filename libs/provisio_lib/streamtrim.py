@@ -6,7 +6,7 @@ command and full outcome on streams trimmed only by count, 1,000,000 entries eac
 worker trims the streams its consumer group reads (provisioner: the command streams,
 auditor: the audit streams) with ``XTRIM MINID``. The MINID is the older of
 
-- now − ``PROVISIO_STREAM_MAX_AGE_S`` (entries are ids in milliseconds), and
+- now - ``PROVISIO_STREAM_MAX_AGE_S`` (entries are ids in milliseconds), and
 - for every consumer group of the stream, its oldest pending (delivered, not yet
   acknowledged) entry, or, with none pending, the entry after its last delivered one,
 
@@ -40,8 +40,9 @@ def _id(raw: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def safe_min_id(now_ms: int, max_age_ms: int, groups: Iterable[dict[Any, Any]],
-                oldest_pending: dict[str, Any]) -> tuple[int, int] | None:
+def safe_min_id(
+    now_ms: int, max_age_ms: int, groups: Iterable[dict[Any, Any]], oldest_pending: dict[str, Any]
+) -> tuple[int, int] | None:
     """The MINID to trim to (entries older than it go), or None for "trim nothing". Pure.
 
     ``groups``: XINFO GROUPS of the stream; ``oldest_pending``: group name → the id of its

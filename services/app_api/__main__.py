@@ -9,9 +9,14 @@ from .settings import AppApiSettings
 def main() -> None:
     settings = start(AppApiSettings, "app-api")
     # Long-polls end within the wait cap; let them finish before stopping.
-    serve_http(create_app(settings), host=settings.app_api_host, port=settings.app_api_port,
-               shutdown_timeout=settings.app_api_max_wait_s + 5, service="app-api",
-               event_loop=settings.event_loop)
+    serve_http(
+        create_app(settings),
+        host=settings.app_api_host,
+        port=settings.app_api_port,
+        shutdown_timeout=settings.app_api_max_wait_s + 5,
+        service="app-api",
+        event_loop=settings.event_loop,
+    )
 
 
 if __name__ == "__main__":

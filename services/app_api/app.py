@@ -41,19 +41,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SETTINGS = web.AppKey("settings", AppApiSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Any)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 TOPOLOGY = web.AppKey("topology", Topology)
-KEYS = web.AppKey("keys", Any)
-SIGNAL = web.AppKey("signal", Any)
-LIMITER = web.AppKey("limiter", Any)
-KEY = web.RequestKey("api_key", Any)  # the caller's Auth
+KEYS: web.AppKey[KeyCache] = web.AppKey("keys")
+SIGNAL: web.AppKey[FeedSignal] = web.AppKey("signal")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+KEY: web.RequestKey[Auth] = web.RequestKey("api_key")  # the caller's Auth
 
-EVENTS_SERVED = Counter("provisio_app_api_events_served", "Events returned by GET /api/v1/events",
-                        registry=REGISTRY)
-LONG_POLLS_WAITING = Gauge("provisio_app_api_long_polls_waiting", "Events requests waiting for a new event now",
-                           registry=REGISTRY)
-EVENTS_PRUNED = Counter("provisio_events_pruned", "Events deleted past PROVISIO_EVENTS_RETENTION_DAYS",
-                        registry=REGISTRY)
+EVENTS_SERVED = Counter("provisio_app_api_events_served", "Events returned by GET /api/v1/events", registry=REGISTRY)
+LONG_POLLS_WAITING = Gauge(
+    "provisio_app_api_long_polls_waiting", "Events requests waiting for a new event now", registry=REGISTRY
+)
+EVENTS_PRUNED = Counter(
+    "provisio_events_pruned", "Events deleted past PROVISIO_EVENTS_RETENTION_DAYS", registry=REGISTRY
+)
 
 
 class ApiError(Exception):
@@ -81,16 +82,20 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as err:
         if err.status < 400:
             raise
-        message = {404: "no such endpoint", 405: f"method {request.method} not allowed here",
-                   413: "the request body is too large"}.get(err.status, err.reason)
+        message = {
+            404: "no such endpoint",
+            405: f"method {request.method} not allowed here",
+            413: "the request body is too large",
+        }.get(err.status, err.reason)
         headers = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
         return error_response(err.status, _HTTP_CODES.get(err.status, "error"), message, headers)
     except asyncio.CancelledError:
         raise
-    except (*db.UNAVAILABLE_ERRORS, RedisError) as err:
+    except (*db.UNAVAILABLE_ERRORS, RedisError) as err:  # type: ignore[misc]  # a tuple of exception types
         log.warning("dependency_unavailable", error=str(err), path=request.path)
-        return error_response(503, "unavailable", "the database or Redis is unavailable; retry later",
-                              {"Retry-After": "2"})
+        return error_response(
+            503, "unavailable", "the database or Redis is unavailable; retry later", {"Retry-After": "2"}
+        )
     except Exception:
         ref = uuid.uuid4().hex
         log.exception("unhandled_error", method=request.method, path=request.path, reference=ref)
@@ -178,8 +183,12 @@ def protected(handler: Handler) -> Handler:
             raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)", challenge)
         wait = request.app[LIMITER].check(auth.key.id)
         if wait is not None:
-            raise ApiError(429, "rate_limited", "too many requests for this API key; slow down",
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many requests for this API key; slow down",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         request[KEY] = auth
         return await handler(request)
 
@@ -237,7 +246,9 @@ def _timestamp(request: web.Request, name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an ISO 8601 timestamp (2026-01-31T12:00:00Z)") from None
+        raise ApiError(
+            400, "invalid_parameter", f"{name} must be an ISO 8601 timestamp (2026-01-31T12:00:00Z)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -258,8 +269,13 @@ async def _directory_call(fn: Any, *args: Any, **kw: Any) -> Any:
 async def list_users(request: web.Request) -> web.Response:
     tid = await _tenant(request, request.match_info["tenant"])
     data, nxt = await _directory_call(
-        directory.list_users, request.app[POOL], tid, limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
-        cursor=request.query.get("cursor") or None, updated_after=_timestamp(request, "updated_after"))
+        directory.list_users,
+        request.app[POOL],
+        tid,
+        limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
+        cursor=request.query.get("cursor") or None,
+        updated_after=_timestamp(request, "updated_after"),
+    )
     return _page(data, nxt)
 
 
@@ -274,8 +290,13 @@ async def get_user(request: web.Request) -> web.Response:
 async def list_groups(request: web.Request) -> web.Response:
     tid = await _tenant(request, request.match_info["tenant"])
     data, nxt = await _directory_call(
-        directory.list_groups, request.app[POOL], tid, limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
-        cursor=request.query.get("cursor") or None, updated_after=_timestamp(request, "updated_after"))
+        directory.list_groups,
+        request.app[POOL],
+        tid,
+        limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
+        cursor=request.query.get("cursor") or None,
+        updated_after=_timestamp(request, "updated_after"),
+    )
     return _page(data, nxt)
 
 
@@ -294,8 +315,13 @@ async def list_members(request: web.Request) -> web.Response:
     if await directory.get_group(pool, tid, gid) is None:
         raise ApiError(404, "not_found", f"no group {gid} in this tenant")
     data, nxt = await _directory_call(
-        directory.list_members, pool, tid, gid, limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
-        cursor=request.query.get("cursor") or None)
+        directory.list_members,
+        pool,
+        tid,
+        gid,
+        limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
+        cursor=request.query.get("cursor") or None,
+    )
     return _page(data, nxt)
 
 
@@ -426,8 +452,9 @@ async def saml_token(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_request", "the body must be a form or JSON object with a code") from None
     pool = request.app[POOL]
     try:
-        profile = await exchange_code(request.app[REDIS], request.app[TOPOLOGY], code, secret,
-                                      lambda cid: secret_hash_from_db(pool, cid))
+        profile = await exchange_code(
+            request.app[REDIS], request.app[TOPOLOGY], code, secret, lambda cid: secret_hash_from_db(pool, cid)
+        )
     except ExchangeError as err:
         headers = {"Cache-Control": "no-store"}
         if err.status == 401:
@@ -461,14 +488,16 @@ def create_app(settings: AppApiSettings) -> web.Application:
     app[LIMITER] = RateLimiter(settings.app_api_rate_limit_per_s)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url.get_secret_value(), min_size=settings.db_pool_min,
-                                    max_size=settings.db_pool_max)
+        pool = await db.create_pool(
+            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn)
             redis = connect_redis(settings.redis_url.get_secret_value())
-            topology = Topology(prefix=settings.redis_prefix, partitions=settings.partitions,
-                                maxlen=settings.stream_maxlen)
+            topology = Topology(
+                prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen
+            )
             app[POOL] = pool
             app[REDIS] = redis
             app[TOPOLOGY] = topology

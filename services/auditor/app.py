@@ -85,16 +85,26 @@ def create_app(settings: AuditorSettings | None = None) -> FastStream:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         try:
-            async with worker_runtime(settings, service="auditor", redis=redis, topology=topology,
-                                      consumer=consumer, stream_kinds=("audit", "audit_dlq")) as runtime:
+            async with worker_runtime(
+                settings,
+                service="auditor",
+                redis=redis,
+                topology=topology,
+                consumer=consumer,
+                stream_kinds=("audit", "audit_dlq"),
+            ) as runtime:
                 auditor.pool, auditor.health = runtime.pool, runtime.health
                 auditor.notifier = Notifier(auditor.pool, settings)
                 auditor.tasks = [
                     asyncio.create_task(auditor.notifier.run(), name="auditor-notifier"),
                     asyncio.create_task(auditor.retention_loop(), name="auditor-retention"),
                 ]
-                log.info("auditor_started", consumer=consumer.consumer, partitions=topology.partitions,
-                         health_port=runtime.health.port)
+                log.info(
+                    "auditor_started",
+                    consumer=consumer.consumer,
+                    partitions=topology.partitions,
+                    health_port=runtime.health.port,
+                )
                 try:
                     yield
                 finally:

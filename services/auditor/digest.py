@@ -25,7 +25,6 @@ from provisio_lib.admin.advice import ADVICE, DEFAULT_ADVICE
 Kind = Literal["first", "digest"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One failed outcome, as stored in audit_log."""
@@ -121,7 +120,9 @@ def compose(
             f"digest mail sent then (no mail per failure)."
         )
     else:
-        subject = f"[Provisio] {tenant}: {total} more provisioning failure{'s' if total != 1 else ''} in the last {window}"
+        subject = (
+            f"[Provisio] {tenant}: {total} more provisioning failure{'s' if total != 1 else ''} in the last {window}"
+        )
         intro = (
             f"{total} further provisioning failure{'s' if total != 1 else ''} for tenant {tenant} between "
             f"{_when(window_start)} and {_when(window_end)}, after the one already reported."

@@ -113,7 +113,9 @@ def smtp_sender(cfg: SmtpConfig) -> Sender:
     return send
 
 
-def build_message(mail: Mail, *, notification_id: int, sender: str, recipients: list[str], now: datetime) -> EmailMessage:
+def build_message(
+    mail: Mail, *, notification_id: int, sender: str, recipients: list[str], now: datetime
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
@@ -206,23 +208,36 @@ class Notifier:
                     """UPDATE notifications SET attempts = $2, last_error = $3,
                            next_attempt_at = clock_timestamp() + make_interval(secs => $4)
                        WHERE id = $1""",
-                    nid, attempts, str(err)[:2000], delay,
+                    nid,
+                    attempts,
+                    str(err)[:2000],
+                    delay,
                 )
                 self.counters["failed_attempts"] += 1
                 EMAILS_FAILED.inc()
-                log.warning("notification_send_failed", notification_id=nid, attempts=attempts,
-                            retry_in_s=delay, error=str(err))
+                log.warning(
+                    "notification_send_failed", notification_id=nid, attempts=attempts, retry_in_s=delay, error=str(err)
+                )
                 return "failed"
             await conn.execute(
                 """UPDATE notifications SET status = 'sent', sent_at = clock_timestamp(), attempts = attempts + 1,
                        recipients = $2, subject = $3, message_id = $4, last_error = NULL
                    WHERE id = $1""",
-                nid, recipients, mail.subject, message["Message-ID"],
+                nid,
+                recipients,
+                mail.subject,
+                message["Message-ID"],
             )
             self.counters["sent"] += 1
             EMAILS_SENT.labels(kind=row["kind"]).inc()
-            log.info("notification_sent", notification_id=nid, tenant=row["tenant_name"], kind=row["kind"],
-                     failures=total, recipients=len(recipients))
+            log.info(
+                "notification_sent",
+                notification_id=nid,
+                tenant=row["tenant_name"],
+                kind=row["kind"],
+                failures=total,
+                recipients=len(recipients),
+            )
             return "sent"
 
 

@@ -11,10 +11,15 @@ class AuditorSettings(CommonSettings):
     # --- delivery (see provisio_lib.delivery)
     batch_size: int = Field(
         validation_alias=worker_setting("auditor", "batch_size"),
-        default=500, ge=1, le=10_000, description="Outcomes per audit batch, at most (read as batch_size / 50 stream entries)",
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Outcomes per audit batch, at most (read as batch_size / 50 stream entries)",
     )
     audit_batch_wait_ms: int = Field(
-        default=200, ge=0, le=10_000,
+        default=200,
+        ge=0,
+        le=10_000,
         description="After a short batch, wait this long before reading again: fewer, larger batches "
         "under load (the audit trail may lag by this much; the request path gets the CPU)",
     )
@@ -23,7 +28,10 @@ class AuditorSettings(CommonSettings):
     health_host: str = Field(default="0.0.0.0", description="Health/metrics listener address")
     health_port: int = Field(
         validation_alias=worker_setting("auditor", "health_port"),
-        default=9102, ge=0, le=65535, description="Health/metrics listener port (0: any free port)",
+        default=9102,
+        ge=0,
+        le=65535,
+        description="Health/metrics listener port (0: any free port)",
     )
     graceful_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM: time to finish the batch in flight")
 

@@ -50,14 +50,16 @@ TOPOLOGY = web.AppKey("topology", Topology)
 SIGNER = web.AppKey("signer", security.Signer)
 LIMITER = web.AppKey("limiter", security.LoginLimiter)
 CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: live tails end at once
-SESSION = web.RequestKey("console_session", security.Session)
+SESSION: web.RequestKey[security.Session | None] = web.RequestKey("console_session")
 CID = web.RequestKey("console_cid", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # No inline script or style anywhere: the pages load /static/console.{js,css} only.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
@@ -96,8 +98,11 @@ async def errors_and_headers(request: web.Request, handler: Handler) -> web.Stre
         if err.status < 400:
             _secure(err)
             raise
-        response = _error_page(request, err.status, {404: "There is no such page.", 405: "That method is not allowed here."}
-                               .get(err.status, err.reason))
+        response = _error_page(
+            request,
+            err.status,
+            {404: "There is no such page.", 405: "That method is not allowed here."}.get(err.status, err.reason),
+        )
     except PageError as err:
         response = _error_page(request, err.status, err.message)
     except AdminError as err:
@@ -143,7 +148,8 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     if session_id:
         async with request.app[POOL].acquire() as conn:
             request[SESSION] = await security.load_session(
-                conn, session_id, idle_s=settings.console_session_idle_s, max_s=settings.console_session_max_s)
+                conn, session_id, idle_s=settings.console_session_idle_s, max_s=settings.console_session_max_s
+            )
     if public:
         return await handler(request)
     session = request.get(SESSION)
@@ -155,8 +161,11 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.method == "POST":
         form = await request.post()
         if not security.csrf_ok(session, str(form.get("csrf_token") or "")):
-            raise PageError(403, "This form has expired or did not come from the console (CSRF check failed). "
-                                 "Go back, reload the page and try again.")
+            raise PageError(
+                403,
+                "This form has expired or did not come from the console (CSRF check failed). "
+                "Go back, reload the page and try again.",
+            )
     return await handler(request)
 
 
@@ -170,8 +179,9 @@ def _form_guard(request: web.Request, response: web.StreamResponse | None = None
 
 
 def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int | None) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Strict",
-                        secure=_https(request))
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", httponly=True, samesite="Strict", secure=_https(request)
+    )
 
 
 def _https(request: web.Request) -> bool:
@@ -181,16 +191,22 @@ def _https(request: web.Request) -> bool:
 
 def _render_form(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
     nonce, token = _form_guard(request)
-    resp = aiohttp_jinja2.render_template(template, request, {**context, "form_token": token, **_base(request)},
-                                          status=status)
+    resp = aiohttp_jinja2.render_template(
+        template, request, {**context, "form_token": token, **_base(request)}, status=status
+    )
     _set_cookie(request, resp, security.FORM_COOKIE, nonce, 3600)
     return resp
 
 
 def _check_form(request: web.Request, form: Any) -> None:
-    if not request.app[SIGNER].form_token_ok(str(form.get("form_token") or ""), request.cookies.get(security.FORM_COOKIE)):
-        raise PageError(403, "This form has expired or did not come from the console (CSRF check failed). "
-                             "Reload the page and try again.")
+    if not request.app[SIGNER].form_token_ok(
+        str(form.get("form_token") or ""), request.cookies.get(security.FORM_COOKIE)
+    ):
+        raise PageError(
+            403,
+            "This form has expired or did not come from the console (CSRF check failed). "
+            "Reload the page and try again.",
+        )
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
@@ -208,31 +224,45 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     limiter = request.app[LIMITER]
     if await limiter.is_locked(email, address):
         log.warning("console_login_locked", address=address)
-        return _render_form(request, "login.html", {
-            "error": "Too many failed sign-ins. Wait a few minutes, then try again (or ask an admin to reset "
-                     "your password).", "email": email}, status=429)
+        return _render_form(
+            request,
+            "login.html",
+            {
+                "error": "Too many failed sign-ins. Wait a few minutes, then try again (or ask an admin to reset "
+                "your password).",
+                "email": email,
+            },
+            status=429,
+        )
     async with request.app[POOL].acquire() as conn:
         code = str(form.get("code") or "")[:20]
         staff = await staff_admin.verify_login(conn, email, password, code) if email and password else None
         if staff is None:
             await limiter.failed(email, address)
             log.info("console_login_failed", address=address)
-            return _render_form(request, "login.html", {"error": "Wrong email, password or one-time code.", "email": email},
-                                status=401)
+            return _render_form(
+                request, "login.html", {"error": "Wrong email, password or one-time code.", "email": email}, status=401
+            )
         await limiter.succeeded(email, address)
         session_id = await security.create_session(conn, staff.id, address)
     log.info("console_login", staff=staff.email, role=staff.role)
     resp = web.HTTPSeeOther("/tenants")
     settings = request.app[SETTINGS]
-    _set_cookie(request, resp, security.SESSION_COOKIE, request.app[SIGNER].session_cookie(session_id),
-                settings.console_session_max_s)
+    _set_cookie(
+        request,
+        resp,
+        security.SESSION_COOKIE,
+        request.app[SIGNER].session_cookie(session_id),
+        settings.console_session_max_s,
+    )
     resp.del_cookie(security.FORM_COOKIE, path="/")
     return resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    session_id = request.app[SIGNER].session_id(request.cookies.get(security.SESSION_COOKIE),
-                                                request.app[SETTINGS].console_session_max_s)
+    session_id = request.app[SIGNER].session_id(
+        request.cookies.get(security.SESSION_COOKIE), request.app[SETTINGS].console_session_max_s
+    )
     if session_id:
         async with request.app[POOL].acquire() as conn:
             await security.end_session(conn, session_id)
@@ -246,8 +276,9 @@ async def set_password_page(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL].acquire() as conn:
         staff = await staff_admin.link_staff(conn, token)
     if staff is None:
-        raise PageError(404, "This link has expired or was used already. Ask an admin for a new one "
-                             "(provisio staff reset EMAIL).")
+        raise PageError(
+            404, "This link has expired or was used already. Ask an admin for a new one (provisio staff reset EMAIL)."
+        )
     return _render_form(request, "set_password.html", {"staff": staff, "min_length": staff_admin.MIN_PASSWORD})
 
 
@@ -261,8 +292,12 @@ async def set_password_post(request: web.Request) -> web.StreamResponse:
             staff = await staff_admin.link_staff(conn, token)
         if staff is None:
             raise PageError(404, "This link has expired or was used already.")
-        return _render_form(request, "set_password.html", {
-            "staff": staff, "min_length": staff_admin.MIN_PASSWORD, "error": "The two passwords differ."}, status=400)
+        return _render_form(
+            request,
+            "set_password.html",
+            {"staff": staff, "min_length": staff_admin.MIN_PASSWORD, "error": "The two passwords differ."},
+            status=400,
+        )
     async with request.app[POOL].acquire() as conn:
         try:
             staff = await staff_admin.set_password(conn, token, password)
@@ -270,11 +305,20 @@ async def set_password_post(request: web.Request) -> web.StreamResponse:
             staff = await staff_admin.link_staff(conn, token)
             if staff is None:
                 raise
-            return _render_form(request, "set_password.html", {
-                "staff": staff, "min_length": staff_admin.MIN_PASSWORD, "error": str(err)}, status=400)
-        await audit_admin.record_staff_action(conn, staff_id=str(staff.id), staff_email=staff.email,
-                                              action="staff.set_password", tenant_id=None,
-                                              correlation_id=request[CID])
+            return _render_form(
+                request,
+                "set_password.html",
+                {"staff": staff, "min_length": staff_admin.MIN_PASSWORD, "error": str(err)},
+                status=400,
+            )
+        await audit_admin.record_staff_action(
+            conn,
+            staff_id=str(staff.id),
+            staff_email=staff.email,
+            action="staff.set_password",
+            tenant_id=None,
+            correlation_id=request[CID],
+        )
     raise web.HTTPSeeOther("/login?notice=password-set")
 
 
@@ -286,13 +330,15 @@ def _cert_expiry(metadata: str) -> tuple[datetime | None, str | None]:
         info = parse_idp_metadata(metadata)
     except Exception as err:  # shown, not fatal: the page is about finding such problems
         return None, str(err)[:200]
-    return (min(info.not_after) if info.not_after else None), None
+    return (min(info.cert_not_after) if info.cert_not_after else None), None
 
 
 async def tenants_page(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL].acquire() as conn:
-        tenants = [dict(r) for r in await conn.fetch(
-            """SELECT t.id, t.name,
+        tenants = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT t.id, t.name,
                       (SELECT count(*) FROM audit_log a WHERE a.tenant_id = t.id AND a.result = 'failed'
                          AND a.completed_at > now() - interval '24 hours') AS failures_24h,
                       last.completed_at AS last_scim_at, last.source_label AS last_scim_token
@@ -301,16 +347,26 @@ async def tenants_page(request: web.Request) -> web.StreamResponse:
                    SELECT a.completed_at, a.source_label FROM audit_log a
                    WHERE a.tenant_id = t.id AND a.source_kind = 'scim'
                    ORDER BY a.completed_at DESC LIMIT 1) last ON true
-               ORDER BY t.name""")]
-        conns = await conn.fetch("SELECT tenant_id, name, preset, jit_mode, idp_metadata FROM sso_connections ORDER BY name")
+               ORDER BY t.name"""
+            )
+        ]
+        conns = await conn.fetch(
+            "SELECT tenant_id, name, preset, jit_mode, idp_metadata FROM sso_connections ORDER BY name"
+        )
     by_tenant: dict[UUID, list[dict[str, Any]]] = {}
     now = datetime.now(UTC)
     for c in conns:
         expires, problem = _cert_expiry(c["idp_metadata"])
-        by_tenant.setdefault(c["tenant_id"], []).append({
-            "name": c["name"], "preset": c["preset"], "jit_mode": c["jit_mode"], "cert_expires": expires,
-            "cert_problem": problem, "cert_soon": expires is not None and expires - now < timedelta(days=30),
-        })
+        by_tenant.setdefault(c["tenant_id"], []).append(
+            {
+                "name": c["name"],
+                "preset": c["preset"],
+                "jit_mode": c["jit_mode"],
+                "cert_expires": expires,
+                "cert_problem": problem,
+                "cert_soon": expires is not None and expires - now < timedelta(days=30),
+            }
+        )
     dead = await _dead_letter_counts(request)
     for t in tenants:
         t["connections"] = by_tenant.get(t["id"], [])
@@ -344,10 +400,15 @@ def _filters_from_query(q: Any, tid: UUID | None, page_size: int) -> tuple[audit
     except ValueError:
         raise PageError(400, "the page number must be a whole number") from None
     f = audit_admin.SearchFilters(
-        tenant_id=tid, user=(q.get("user") or "").strip()[:512] or None,
+        tenant_id=tid,
+        user=(q.get("user") or "").strip()[:512] or None,
         connection=(q.get("connection") or "").strip()[:200] or None,
         correlation_id=(q.get("correlation_id") or "").strip()[:128] or None,
-        since=since, until=until, result=result, limit=page_size + 1, offset=(page - 1) * page_size,
+        since=since,
+        until=until,
+        result=result,
+        limit=page_size + 1,
+        offset=(page - 1) * page_size,
     )
     return f, page
 
@@ -369,19 +430,30 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
     more = len(rows) > size
     rows = rows[:size]
     keep = {k: v for k, v in q.items() if k != "page" and v}
-    return aiohttp_jinja2.render_template("audit.html", request, {
-        "rows": rows, "q": q, "tenants": tenants, "results": audit_admin.RESULTS, "error": error, "page": page,
-        "prev_url": f"/audit?{urlencode({**keep, 'page': page - 1})}" if page > 1 else None,
-        "next_url": f"/audit?{urlencode({**keep, 'page': page + 1})}" if more else None,
-        **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "audit.html",
+        request,
+        {
+            "rows": rows,
+            "q": q,
+            "tenants": tenants,
+            "results": audit_admin.RESULTS,
+            "error": error,
+            "page": page,
+            "prev_url": f"/audit?{urlencode({**keep, 'page': page - 1})}" if page > 1 else None,
+            "next_url": f"/audit?{urlencode({**keep, 'page': page + 1})}" if more else None,
+            **_base(request),
+        },
+    )
 
 
 async def tail_page(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL].acquire() as conn:
         tenants = [r["name"] for r in await conn.fetch("SELECT name FROM tenants ORDER BY name")]
     qs = urlencode({k: request.query[k] for k in ("tenant", "user", "result") if request.query.get(k)})
-    return aiohttp_jinja2.render_template("tail.html", request, {"tenants": tenants, "q": request.query, "qs": qs,
-                                                                 **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "tail.html", request, {"tenants": tenants, "q": request.query, "qs": qs, **_base(request)}
+    )
 
 
 async def tail_events(request: web.Request) -> web.StreamResponse:
@@ -392,8 +464,9 @@ async def tail_events(request: web.Request) -> web.StreamResponse:
         names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM tenants")}
     topo = request.app[TOPOLOGY]
     streams = [topo.audit_stream_for(tid)] if tid else topo.audit_streams()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                       "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
     _secure(resp)
     await resp.prepare(request)
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
@@ -447,9 +520,18 @@ async def user_page(request: web.Request) -> web.StreamResponse:
     if not h.history and h.user is None:
         raise PageError(404, f"No user {username!r} in tenant {tenant!r}, and no audit records for that name.")
     failures = [dict(row, advice=advice(row.get("error_code"))) for row in h.history if row.get("result") == "failed"]
-    return aiohttp_jinja2.render_template("user.html", request, {
-        "tenant": tenant, "username": username, "h": h, "failures": failures,
-        "state": [(k, v) for k, v in (h.user or {}).items()], **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "user.html",
+        request,
+        {
+            "tenant": tenant,
+            "username": username,
+            "h": h,
+            "failures": failures,
+            "state": [(k, v) for k, v in (h.user or {}).items()],
+            **_base(request),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -463,8 +545,11 @@ async def dlq_page(request: web.Request) -> web.StreamResponse:
     letters = []
     for kind in (dlq_admin.COMMANDS, dlq_admin.AUDIT):
         letters += [dlq_admin.row(d, names) for d in await dlq_admin.letters(r, topo, kind, None)]
-    return aiohttp_jinja2.render_template("dlq.html", request, {
-        "letters": letters, "notice": NOTICES.get(request.query.get("notice", "")), **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "dlq.html",
+        request,
+        {"letters": letters, "notice": NOTICES.get(request.query.get("notice", "")), **_base(request)},
+    )
 
 
 async def _letter(request: web.Request) -> dlq_admin.DeadLetter:
@@ -476,13 +561,21 @@ async def _letter(request: web.Request) -> dlq_admin.DeadLetter:
 async def dlq_show(request: web.Request) -> web.StreamResponse:
     d = await _letter(request)
     body = (d.raw() or d.data) if d.kind == dlq_admin.COMMANDS else (d.outcomes() or d.data)
-    return aiohttp_jinja2.render_template("dlq_show.html", request, {
-        "d": d, "row": dlq_admin.row(d, {}), "body": json.dumps(body, indent=2, default=str)
-        if isinstance(body, dict | list) else body, **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "dlq_show.html",
+        request,
+        {
+            "d": d,
+            "row": dlq_admin.row(d, {}),
+            "body": json.dumps(body, indent=2, default=str) if isinstance(body, dict | list) else body,
+            **_base(request),
+        },
+    )
 
 
 def _admin_only(request: web.Request, what: str) -> security.Session:
-    session: security.Session = request[SESSION]
+    session = request[SESSION]
+    assert session is not None  # the sessions middleware admits no page without one
     if not session.is_admin:
         raise PageError(403, f"Only admins can {what} dead letters. Ask an admin (your role: {session.role}).")
     return session
@@ -492,8 +585,9 @@ async def dlq_confirm(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     _admin_only(request, action)
     d = await _letter(request)
-    return aiohttp_jinja2.render_template("dlq_confirm.html", request, {
-        "d": d, "row": dlq_admin.row(d, {}), "action": action, **_base(request)})
+    return aiohttp_jinja2.render_template(
+        "dlq_confirm.html", request, {"d": d, "row": dlq_admin.row(d, {}), "action": action, **_base(request)}
+    )
 
 
 async def dlq_act(request: web.Request) -> web.StreamResponse:
@@ -515,11 +609,21 @@ async def dlq_act(request: web.Request) -> web.StreamResponse:
     row = dlq_admin.row(d, {})
     async with request.app[POOL].acquire() as conn:
         await audit_admin.record_staff_action(
-            conn, staff_id=str(session.staff_id), staff_email=session.email, action=f"dlq.{action}",
-            tenant_id=_uuid(tenants[0]) if tenants else None, notes=notes, correlation_id=request[CID],
-            resource_type="DeadLetter", changes={"dead_letter": {"before": {"id": d.id, "type": row.get("type"),
-                                                                             "event_id": row.get("event_id")},
-                                                                  "after": None if action == "drop" else "replayed"}})
+            conn,
+            staff_id=str(session.staff_id),
+            staff_email=session.email,
+            action=f"dlq.{action}",
+            tenant_id=_uuid(tenants[0]) if tenants else None,
+            notes=notes,
+            correlation_id=request[CID],
+            resource_type="DeadLetter",
+            changes={
+                "dead_letter": {
+                    "before": {"id": d.id, "type": row.get("type"), "event_id": row.get("event_id")},
+                    "after": None if action == "drop" else "replayed",
+                }
+            },
+        )
     log.info("console_dlq_action", action=action, dead_letter=d.id, staff=session.email)
     raise web.HTTPSeeOther(f"/dead-letters?notice={'replayed' if action == 'replay' else 'dropped'}")
 
@@ -559,18 +663,19 @@ def create_app(settings: ConsoleSettings) -> web.Application:
     if secret is None:
         log.warning("console_secret_key_unset", effect="a random key: sessions end when this process restarts")
     app[SIGNER] = security.Signer(secret or secrets.token_urlsafe(48))
-    app[TOPOLOGY] = Topology(prefix=settings.redis_prefix, partitions=settings.partitions,
-                             maxlen=settings.stream_maxlen)
+    app[TOPOLOGY] = Topology(
+        prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen
+    )
     env = aiohttp_jinja2.setup(
-        app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        app,
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
     )
     env.filters["time"] = _fmt_time
     env.filters["value"] = _fmt_value
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url.get_secret_value(), min_size=1,
-                                    max_size=settings.db_pool_max)
+        pool = await db.create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=settings.db_pool_max)
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn)
@@ -579,8 +684,12 @@ def create_app(settings: ConsoleSettings) -> web.Application:
             app[REDIS] = redis
             app[CLOSING] = asyncio.Event()
             app[LIMITER] = security.LoginLimiter(
-                redis, settings.redis_prefix, per_account=settings.console_login_attempts,
-                per_address=settings.console_login_address_attempts, window_s=settings.console_login_window_s)
+                redis,
+                settings.redis_prefix,
+                per_account=settings.console_login_attempts,
+                per_address=settings.console_login_address_attempts,
+                window_s=settings.console_login_window_s,
+            )
             purger = asyncio.create_task(_purge_loop(pool, settings))
             log.info("console_ready", url=settings.base_url())
             yield
@@ -624,8 +733,9 @@ async def _purge_loop(pool: asyncpg.Pool, settings: ConsoleSettings) -> None:
     while True:
         try:
             async with pool.acquire() as conn:
-                await security.purge_sessions(conn, idle_s=settings.console_session_idle_s,
-                                              max_s=settings.console_session_max_s)
+                await security.purge_sessions(
+                    conn, idle_s=settings.console_session_idle_s, max_s=settings.console_session_max_s
+                )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             log.warning("session_purge_failed", error=str(err))
         await asyncio.sleep(600)

@@ -95,7 +95,10 @@ async def create_session(conn: asyncpg.Connection, staff_id: uuid.UUID, source: 
     session_id = secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO staff_sessions (id_hash, staff_id, csrf_token, source) VALUES ($1, $2, $3, $4)",
-        _hash(session_id), staff_id, secrets.token_urlsafe(32), (source or "")[:200],
+        _hash(session_id),
+        staff_id,
+        secrets.token_urlsafe(32),
+        (source or "")[:200],
     )
     return session_id
 
@@ -127,7 +130,8 @@ async def purge_sessions(conn: asyncpg.Connection, *, idle_s: int, max_s: int) -
     status = await conn.execute(
         """DELETE FROM staff_sessions WHERE created_at < now() - make_interval(secs => $1)
            OR last_seen_at < now() - make_interval(secs => $2)""",
-        float(max_s), float(idle_s),
+        float(max_s),
+        float(idle_s),
     )
     return int(status.split()[-1])
 

@@ -34,4 +34,8 @@ class ConsoleSettings(CommonSettings):
     console_page_size: int = Field(default=50, ge=5, le=500, description="Rows per page of the audit search")
 
     def base_url(self) -> str:
-        return str(self.console_public_url).rstrip("/") if self.console_public_url else f"http://localhost:{self.console_port}"
+        return (
+            str(self.console_public_url).rstrip("/")
+            if self.console_public_url
+            else f"http://localhost:{self.console_port}"
+        )

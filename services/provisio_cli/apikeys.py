@@ -46,8 +46,12 @@ def key_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")) -
         async with database() as conn:
             return await api_keys.list_keys(conn)
 
-    print_rows(asyncio.run(go()), ["name", "tenant", "status", "created_at", "last_used_at", "revoked_at"],
-               as_json=as_json, title="API keys")
+    print_rows(
+        asyncio.run(go()),
+        ["name", "tenant", "status", "created_at", "last_used_at", "revoked_at"],
+        as_json=as_json,
+        title="API keys",
+    )
 
 
 @app.command("revoke")

@@ -25,9 +25,9 @@ from typing import Any
 import typer
 
 from provisio_lib.admin.audit import SearchFilters, matches, outcome_row, parse_since, search_query
-from provisio_lib.admin.audit import user_history as load_user_history
 from provisio_lib.admin.audit import display as _display
 from provisio_lib.admin.audit import read_stream as _read_stream
+from provisio_lib.admin.audit import user_history as load_user_history
 from provisio_lib.contract import Outcome
 
 from .context import CliError, console, database, print_rows, redis, settings, tenant_id, topology
@@ -49,9 +49,25 @@ def valid_email(address: str) -> bool:
 
 TABLE_COLUMNS = ["completed_at", "tenant", "source", "operation", "user_name", "result", "error", "correlation_id"]
 JSON_COLUMNS = [
-    "completed_at", "occurred_at", "tenant", "tenant_id", "event_id", "source_kind", "source_id", "source_label",
-    "operation", "resource_type", "resource_id", "user_name", "result", "error_code", "error_message",
-    "correlation_id", "latency_ms", "changes", "notes",
+    "completed_at",
+    "occurred_at",
+    "tenant",
+    "tenant_id",
+    "event_id",
+    "source_kind",
+    "source_id",
+    "source_label",
+    "operation",
+    "resource_type",
+    "resource_id",
+    "user_name",
+    "result",
+    "error_code",
+    "error_message",
+    "correlation_id",
+    "latency_ms",
+    "changes",
+    "notes",
 ]
 
 
@@ -75,9 +91,7 @@ def search(
     async def go() -> list[dict[str, Any]]:
         async with database() as conn:
             tid = await tenant_id(conn, tenant) if tenant else None
-            sql, args = search_query(
-                SearchFilters(tid, user, connection, correlation_id, since_at, failed, limit)
-            )
+            sql, args = search_query(SearchFilters(tid, user, connection, correlation_id, since_at, failed, limit))
             return [_display(dict(r)) for r in await conn.fetch(sql, *args)]
 
     rows = asyncio.run(go())

@@ -21,7 +21,6 @@ from provisio_lib.redis_client import connect_redis
 from provisio_lib.settings import CommonSettings, load_settings
 from provisio_lib.topology import Topology
 
-
 # One clear line for the operator; the CLI exits non-zero. The same class as the shared
 # admin layer's (provisio_lib.admin), so its errors reach the CLI's one-line handler.
 CliError = AdminError
@@ -66,8 +65,7 @@ async def database(s: CommonSettings | None = None, *, check: bool = True) -> As
         conn = await db.connect(dsn)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
         raise CliError(
-            f"cannot connect to Postgres at {redact_url(dsn)}: {err}. "
-            "Is it running? Check PROVISIO_DATABASE_URL."
+            f"cannot connect to Postgres at {redact_url(dsn)}: {err}. Is it running? Check PROVISIO_DATABASE_URL."
         ) from None
     try:
         if check:
@@ -100,9 +98,7 @@ async def redis(s: CommonSettings | None = None) -> AsyncIterator[Any]:
 
 async def tenant_id(conn: asyncpg.Connection, tenant: str) -> UUID:
     """Resolve a tenant given by name or id; a clear error if there is none."""
-    row = await conn.fetchrow(
-        "SELECT id FROM tenants WHERE name = $1 OR id::text = $1", tenant.strip().lower()
-    )
+    row = await conn.fetchrow("SELECT id FROM tenants WHERE name = $1 OR id::text = $1", tenant.strip().lower())
     if row is None:
         raise CliError(f"unknown tenant {tenant!r} (see `provisio tenant list`)")
     return row["id"]
@@ -123,7 +119,9 @@ def _is_id(column: str) -> bool:
     return column == "id" or column.endswith("_id")
 
 
-def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, title: str | None = None) -> None:
+def print_rows(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, title: str | None = None
+) -> None:
     """A rich table on a terminal, JSON lines (one object per row) with --json."""
     global _suggested_json
     if as_json:
@@ -133,10 +131,15 @@ def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_jso
     cells = [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
     # Ids are shown whole: cut at the end, correlation ids (one prefix per gateway
     # process, then a counter) all looked the same.
-    table = Table(*(
-        Column(c, no_wrap=True, min_width=max([len(c), *(len(row[i]) for row in cells)])) if _is_id(c) else Column(c)
-        for i, c in enumerate(columns)
-    ), title=title)
+    table = Table(
+        *(
+            Column(c, no_wrap=True, min_width=max([len(c), *(len(row[i]) for row in cells)]))
+            if _is_id(c)
+            else Column(c)
+            for i, c in enumerate(columns)
+        ),
+        title=title,
+    )
     for row in cells:
         table.add_row(*row)
     console().print(table)

@@ -74,11 +74,17 @@ SERVICES: tuple[DevService, ...] = (
         url="http://127.0.0.1:{port}  (per connection: /saml/" + DEMO_TENANT + "/<connection>/metadata, /login, /acs)",
     ),
     DevService(
-        "app_api", "PROVISIO_APP_API_PORT", 8083, banner="App API",
+        "app_api",
+        "PROVISIO_APP_API_PORT",
+        8083,
+        banner="App API",
         url="http://127.0.0.1:{port}/api/v1  (key: provisio api-key create --name dev)",
     ),
     DevService(
-        "console", "PROVISIO_CONSOLE_PORT", 8084, banner="Console",
+        "console",
+        "PROVISIO_CONSOLE_PORT",
+        8084,
+        banner="Console",
         url="http://127.0.0.1:{port}  (staff accounts: provisio staff add EMAIL --role admin)",
     ),
 )

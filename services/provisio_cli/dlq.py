@@ -29,14 +29,25 @@ import typer
 
 # The logic lives in the layer the console shares; these are its historical names here.
 from provisio_lib.admin.dlq import (
-    AUDIT, COMMANDS, DeadLetter, _letters, _list_hint, _read_one, _replay, _replayed, _row, drop, parse_id,
+    AUDIT,
+    COMMANDS,
+    DeadLetter,
+    _letters,
+    _list_hint,
+    _read_one,
+    _replay,
+    _replayed,
+    _row,
+    drop,
+    parse_id,
 )
-from provisio_lib.topology import Topology
+from provisio_lib.topology import OUTCOMES_FIELD, Topology
 
 from .context import CliError, database, print_rows, redis, settings, tenant_id, topology
 
-app = typer.Typer(help="Dead-lettered commands (and, with --audit, audit entries): list, show, replay, drop.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Dead-lettered commands (and, with --audit, audit entries): list, show, replay, drop.", no_args_is_help=True
+)
 
 USAGE = 2
 NOT_FOUND = 1
@@ -102,7 +113,9 @@ def dlq_list(
 
 @app.command("show")
 def dlq_show(
-    entry: str = typer.Argument(..., metavar="ID", help="<partition>:<entry-id> or audit:<partition>:<entry-id> from `dlq list`"),
+    entry: str = typer.Argument(
+        ..., metavar="ID", help="<partition>:<entry-id> or audit:<partition>:<entry-id> from `dlq list`"
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object"),
 ) -> None:
     """Show one dead letter: its error, delivery count and the command (or the outcomes)."""
@@ -122,14 +135,20 @@ def dlq_show(
         return
     body = row.pop(key)
     row.pop("event_ids", None)
-    print_rows([{"field": k, "value": v} for k, v in row.items()], ["field", "value"], as_json=False,
-               title=f"Dead letter {d.id}")
+    print_rows(
+        [{"field": k, "value": v} for k, v in row.items()],
+        ["field", "value"],
+        as_json=False,
+        title=f"Dead letter {d.id}",
+    )
     typer.echo(json.dumps(body, indent=2, default=str) if isinstance(body, dict | list) else body)
 
 
 @app.command("replay")
 def dlq_replay(
-    entry: str | None = typer.Argument(None, metavar="[ID]", help="<partition>:<entry-id> (audit:… for the auditor's); or --all"),
+    entry: str | None = typer.Argument(
+        None, metavar="[ID]", help="<partition>:<entry-id> (audit:… for the auditor's); or --all"
+    ),
     replay_all: bool = typer.Option(False, "--all", help="Every dead letter (of --tenant, if given)"),
     tenant: str | None = typer.Option(None, "--tenant", help="With --all: only this tenant's"),
     audit: bool = typer.Option(False, "--audit", help="With --all: the auditor's dead letters"),
@@ -180,7 +199,9 @@ def dlq_replay(
 
 
 @app.command("drop")
-def dlq_drop(entry: str = typer.Argument(..., metavar="ID", help="<partition>:<entry-id> or audit:<partition>:<entry-id>")) -> None:
+def dlq_drop(
+    entry: str = typer.Argument(..., metavar="ID", help="<partition>:<entry-id> or audit:<partition>:<entry-id>"),
+) -> None:
     """Delete one dead letter for good (the command is not applied; the outcomes are not recorded)."""
 
     async def go() -> tuple[str, int]:

@@ -110,8 +110,6 @@ def dev(
         raise typer.Exit(code)
 
 
-
-
 def run() -> None:
     try:
         app()

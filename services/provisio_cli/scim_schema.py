@@ -82,7 +82,10 @@ def add(
             try:
                 await conn.execute(
                     "INSERT INTO scim_schema_extensions (tenant_id, urn, preset, document) VALUES ($1, $2, $3, $4)",
-                    tid, urn, preset_name, doc,
+                    tid,
+                    urn,
+                    preset_name,
+                    doc,
                 )
             except asyncpg.UniqueViolationError:
                 raise CliError(
@@ -119,13 +122,23 @@ def list_(
                     for a in (r["document"] or {}).get("attributes") or ()
                     if isinstance(a, dict)
                 ]
-                out.append({"urn": r["urn"], "preset": r["preset"], "attributes": " ".join(attrs),
-                            "created_at": r["created_at"]})
+                out.append(
+                    {
+                        "urn": r["urn"],
+                        "preset": r["preset"],
+                        "attributes": " ".join(attrs),
+                        "created_at": r["created_at"],
+                    }
+                )
             return out, mode
 
     rows, mode = asyncio.run(go())
-    print_rows(rows, ["urn", "preset", "attributes", "created_at"], as_json=as_json,
-               title=f"SCIM schema extensions of {tenant}")
+    print_rows(
+        rows,
+        ["urn", "preset", "attributes", "created_at"],
+        as_json=as_json,
+        title=f"SCIM schema extensions of {tenant}",
+    )
     if not as_json:
         typer.echo(f"undeclared extensions: {mode}")
 
@@ -155,7 +168,8 @@ def remove(
 def undeclared(
     tenant: str = typer.Argument(..., help="Tenant name or id"),
     mode: str | None = typer.Argument(
-        None, help=f"store (keep as sent and return it; the default, {UNDECLARED_DEFAULT}) or reject (400 naming the URN)"
+        None,
+        help=f"store (keep as sent and return it; the default, {UNDECLARED_DEFAULT}) or reject (400 naming the URN)",
     ),
 ) -> None:
     """Show or set what happens to extension data under a URN the tenant has not declared."""

@@ -29,8 +29,10 @@ class SsoCliSettings(CommonSettings):
     saml_public_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://[^\s]+$")
 
 
-GROUPS_ABSENT_HELP = ("What a login without a groups claim means (IdPs omit it when the user has no groups): "
-                      "auto (no groups once this connection has sent one), none, or unchanged")
+GROUPS_ABSENT_HELP = (
+    "What a login without a groups claim means (IdPs omit it when the user has no groups): "
+    "auto (no groups once this connection has sent one), none, or unchanged"
+)
 
 
 def _check_groups_absent(value: str | None) -> None:
@@ -107,15 +109,26 @@ def add(
                            jit_mode, app_url, allow_idp_initiated, attribute_map, required_attributes,
                            sp_cert_pem, sp_key_pem, app_secret_hash, groups_absent)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-                    uuid.uuid4(), tid, name, preset, info.entity_id, raw.decode("utf-8", "replace"),
-                    jit, app_url, allow_idp_initiated, amap, required, cert_pem, key_pem, secret_hash, groups_absent,
+                    uuid.uuid4(),
+                    tid,
+                    name,
+                    preset,
+                    info.entity_id,
+                    raw.decode("utf-8", "replace"),
+                    jit,
+                    app_url,
+                    allow_idp_initiated,
+                    amap,
+                    required,
+                    cert_pem,
+                    key_pem,
+                    secret_hash,
+                    groups_absent,
                 )
             except asyncpg.UniqueViolationError:
                 raise CliError(f"tenant {tenant!r} already has an SSO connection named {name!r}") from None
             except asyncpg.CheckViolationError:
-                raise CliError(
-                    f"invalid connection name {name!r}: 1-63 lowercase letters, digits and dashes"
-                ) from None
+                raise CliError(f"invalid connection name {name!r}: 1-63 lowercase letters, digits and dashes") from None
             return tname, secret
 
     tname, secret = asyncio.run(go())
@@ -141,7 +154,8 @@ async def _connection(conn: asyncpg.Connection, tenant: str, name: str) -> dict[
     row = await conn.fetchrow(
         """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
            WHERE c.tenant_id = $1 AND c.name = $2""",
-        tid, name.strip().lower(),
+        tid,
+        name.strip().lower(),
     )
     if row is None:
         raise CliError(f"tenant {tenant!r} has no SSO connection named {name!r} (see `provisio sso list {tenant}`)")
@@ -182,20 +196,30 @@ def update(
             try:
                 for field, claim in sso.parse_map_options(map_).items():
                     amap[field] = sso.attribute_map(row["preset"], {field: claim})[field]
-                required = sso.check_required(require, amap) if require is not None else list(row["required_attributes"])
+                required = (
+                    sso.check_required(require, amap) if require is not None else list(row["required_attributes"])
+                )
             except sso.MappingError as err:
                 raise CliError(str(err)) from None
             if info is not None and info.entity_id != row["idp_entity_id"]:
-                raise CliError(f"the new metadata is for IdP {info.entity_id!r}, not this connection's "
-                               f"{row['idp_entity_id']!r}; add a new connection instead")
+                raise CliError(
+                    f"the new metadata is for IdP {info.entity_id!r}, not this connection's "
+                    f"{row['idp_entity_id']!r}; add a new connection instead"
+                )
             await conn.execute(
                 """UPDATE sso_connections SET idp_metadata = coalesce($2, idp_metadata),
                        jit_mode = coalesce($3, jit_mode), app_url = coalesce($4, app_url),
                        allow_idp_initiated = coalesce($5, allow_idp_initiated), attribute_map = $6,
                        required_attributes = $7, groups_absent = coalesce($8, groups_absent), updated_at = now()
                    WHERE id = $1""",
-                row["id"], raw.decode("utf-8", "replace") if raw is not None else None, jit, app_url,
-                allow_idp_initiated, amap, required, groups_absent,
+                row["id"],
+                raw.decode("utf-8", "replace") if raw is not None else None,
+                jit,
+                app_url,
+                allow_idp_initiated,
+                amap,
+                required,
+                groups_absent,
             )
 
     asyncio.run(go())
@@ -259,8 +283,12 @@ def list_(tenant: str, as_json: bool = typer.Option(False, "--json", help="JSON 
             )
             return [dict(r) for r in rows]
 
-    print_rows(asyncio.run(go()), ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated",
-                                   "created_at"], as_json=as_json, title=f"SSO connections of {tenant}")
+    print_rows(
+        asyncio.run(go()),
+        ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated", "created_at"],
+        as_json=as_json,
+        title=f"SSO connections of {tenant}",
+    )
 
 
 @app.command("remove")
@@ -320,11 +348,16 @@ def domains(
             others = await conn.fetch(
                 """SELECT name, d FROM sso_connections, unnest(verified_domains) AS d
                    WHERE tenant_id = $1 AND id <> $2 AND d = ANY($3::text[])""",
-                row["tenant_id"], row["id"], added)
+                row["tenant_id"],
+                row["id"],
+                added,
+            )
             if added or removed:
                 await conn.execute(
                     "UPDATE sso_connections SET verified_domains = $2, updated_at = now() WHERE id = $1",
-                    row["id"], current)
+                    row["id"],
+                    current,
+                )
             return current, [(r["name"], r["d"]) for r in others]
 
     current, others = asyncio.run(go())
@@ -350,12 +383,18 @@ def link(
             row = await _connection(conn, tenant, name)
             found = await conn.fetchrow(
                 "SELECT id, user_name FROM users WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR id::text = $2)",
-                row["tenant_id"], user.strip())
+                row["tenant_id"],
+                user.strip(),
+            )
             if found is None:
                 raise CliError(f"tenant {tenant!r} has no user {user!r}")
             taken = await conn.fetchval(
                 "SELECT u.user_name FROM user_identities i JOIN users u ON u.id = i.user_id "
-                "WHERE i.connection_id = $1 AND i.name_id = $2 AND i.user_id <> $3", row["id"], name_id, found["id"])
+                "WHERE i.connection_id = $1 AND i.name_id = $2 AND i.user_id <> $3",
+                row["id"],
+                name_id,
+                found["id"],
+            )
             if taken:
                 raise CliError(f"NameID {name_id!r} of {name} is linked to {taken!r}; unlink it first")
             await conn.execute(
@@ -363,7 +402,11 @@ def link(
                    VALUES ($1, $2, $3, $4, 'cli')
                    ON CONFLICT (connection_id, user_id) DO UPDATE SET name_id = EXCLUDED.name_id,
                        linked_by = 'cli', linked_at = now()""",
-                row["tenant_id"], row["id"], name_id, found["id"])
+                row["tenant_id"],
+                row["id"],
+                name_id,
+                found["id"],
+            )
             return str(found["user_name"])
 
     user_name = asyncio.run(go())
@@ -379,7 +422,8 @@ def unlink(tenant: str, name: str, name_id: str) -> None:
         async with database() as conn:
             row = await _connection(conn, tenant, name)
             status = await conn.execute(
-                "DELETE FROM user_identities WHERE connection_id = $1 AND name_id = $2", row["id"], name_id)
+                "DELETE FROM user_identities WHERE connection_id = $1 AND name_id = $2", row["id"], name_id
+            )
             return int(status.split()[-1])
 
     if not asyncio.run(go()):

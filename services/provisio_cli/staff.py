@@ -31,14 +31,22 @@ def _link(token: str) -> str:
 
 async def _record(conn: object, s: staff_admin.Staff, action: str) -> None:
     # The CLI's operator is not a staff account: recorded as `cli`, with the account acted on.
-    await record_staff_action(conn, staff_id="cli", staff_email="cli", action=action, tenant_id=None,  # type: ignore[arg-type]
-                              notes=[f"staff {s.email} ({s.role})"])
+    await record_staff_action(
+        conn,
+        staff_id="cli",
+        staff_email="cli",
+        action=action,
+        tenant_id=None,
+        notes=[f"staff {s.email} ({s.role})"],
+    )
 
 
 @app.command("add")
 def staff_add(
     email: str = typer.Argument(..., help="The staff member's email (their login)"),
-    role: str = typer.Option(..., "--role", help="support (read the audit trail) or admin (also replay/drop dead letters)"),
+    role: str = typer.Option(
+        ..., "--role", help="support (read the audit trail) or admin (also replay/drop dead letters)"
+    ),
 ) -> None:
     """Create an account; print its one-time set-password link (last line)."""
     from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
@@ -52,8 +60,10 @@ def staff_add(
             return s, token
 
     s, token = asyncio.run(go())
-    typer.echo(f"added {s.email} ({s.role}); this link sets the password, works once and expires in "
-               f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:")
+    typer.echo(
+        f"added {s.email} ({s.role}); this link sets the password, works once and expires in "
+        f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:"
+    )
     typer.echo(link + token)
 
 
@@ -62,13 +72,19 @@ def staff_list(as_json: bool = typer.Option(False, "--json", help="JSON lines"))
     """Every staff account with its role and whether its password is set."""
     from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
 
-
     async def go() -> list[staff_admin.Staff]:
         async with database() as conn:
             return await staff_admin.list_staff(conn)
 
-    rows = [{"email": s.email, "role": s.role, "password": "set" if s.has_password else "not set (link pending)",
-             "created_at": s.created_at} for s in asyncio.run(go())]
+    rows = [
+        {
+            "email": s.email,
+            "role": s.role,
+            "password": "set" if s.has_password else "not set (link pending)",
+            "created_at": s.created_at,
+        }
+        for s in asyncio.run(go())
+    ]
     if not rows and not as_json:
         typer.echo("no staff accounts (add one: provisio staff add EMAIL --role admin)", err=True)
         return
@@ -79,7 +95,6 @@ def staff_list(as_json: bool = typer.Option(False, "--json", help="JSON lines"))
 def staff_remove(email: str = typer.Argument(..., help="The staff member's email")) -> None:
     """Delete an account; its sessions end at once."""
     from provisio_lib.admin import staff as staff_admin  # argon2: loaded only by these commands
-
 
     async def go() -> staff_admin.Staff:
         async with database() as conn:
@@ -105,8 +120,10 @@ def staff_reset(email: str = typer.Argument(..., help="The staff member's email"
             return s, token
 
     s, token = asyncio.run(go())
-    typer.echo(f"reset {s.email}: password cleared, sessions ended; the new link works once and expires in "
-               f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:")
+    typer.echo(
+        f"reset {s.email}: password cleared, sessions ended; the new link works once and expires in "
+        f"{int(staff_admin.LINK_TTL.total_seconds() // 3600)} hours:"
+    )
     typer.echo(link + token)
 
 

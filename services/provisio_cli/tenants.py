@@ -19,7 +19,9 @@ token_app = typer.Typer(help="SCIM bearer tokens: create, list, revoke.", no_arg
 @tenant_app.command("create")
 def tenant_create(
     name: str = typer.Argument(..., help="Short name: lowercase letters, digits, dashes"),
-    deprovision: str = typer.Option("delete", help="On SCIM DELETE: delete (RFC 7644 §3.6) or deactivate (keep the user, active=false)"),
+    deprovision: str = typer.Option(
+        "delete", help="On SCIM DELETE: delete (RFC 7644 §3.6) or deactivate (keep the user, active=false)"
+    ),
 ) -> None:
     """Create a tenant; prints its id."""
     name = name.strip().lower()
@@ -63,8 +65,17 @@ def tenant_list(as_json: bool = typer.Option(False, "--json", help="JSON lines")
     rows = asyncio.run(go())
     print_rows(
         rows,
-        ["name", "id", "users", "tokens", "deprovision", "one_group_per_user", "immutable_user_name", "rate_limit",
-         "created_at"],
+        [
+            "name",
+            "id",
+            "users",
+            "tokens",
+            "deprovision",
+            "one_group_per_user",
+            "immutable_user_name",
+            "rate_limit",
+            "created_at",
+        ],
         as_json=as_json,
         title="Tenants",
     )
@@ -77,7 +88,9 @@ def tenant_policy(
     one_group_per_user: bool | None = typer.Option(None, "--one-group-per-user/--many-groups-per-user"),
     immutable_user_name: bool | None = typer.Option(None, "--immutable-user-name/--mutable-user-name"),
     rate_limit: str | None = typer.Option(
-        None, "--rate-limit", metavar="N",
+        None,
+        "--rate-limit",
+        metavar="N",
         help="SCIM requests per second for this tenant, per gateway process (0: unlimited; "
         "'default': PROVISIO_SCIM_RATE_LIMIT_PER_S)",
     ),
@@ -96,7 +109,12 @@ def tenant_policy(
                        immutable_user_name = coalesce($4, immutable_user_name),
                        rate_limit_per_s = CASE WHEN $5 THEN $6::integer ELSE rate_limit_per_s END
                    WHERE id = $1""",
-                tid, deprovision, one_group_per_user, immutable_user_name, rate_limit is not None, rate,
+                tid,
+                deprovision,
+                one_group_per_user,
+                immutable_user_name,
+                rate_limit is not None,
+                rate,
             )
 
     asyncio.run(go())
@@ -111,7 +129,9 @@ def _rate_limit(raw: str | None) -> int | None:
     try:
         value = int(raw.strip())
     except ValueError:
-        raise CliError(f"--rate-limit must be a whole number of requests per second or 'default', not {raw!r}") from None
+        raise CliError(
+            f"--rate-limit must be a whole number of requests per second or 'default', not {raw!r}"
+        ) from None
     if not 0 <= value <= 1_000_000:
         raise CliError("--rate-limit must be between 0 (unlimited) and 1000000")
     return value
@@ -135,7 +155,10 @@ def token_create(
             try:
                 await conn.execute(
                     "INSERT INTO scim_tokens (id, tenant_id, label, token_hash) VALUES ($1, $2, $3, $4)",
-                    uuid.uuid4(), tid, label, hash_token(token),
+                    uuid.uuid4(),
+                    tid,
+                    label,
+                    hash_token(token),
                 )
             except asyncpg.UniqueViolationError:
                 raise CliError(f"tenant {tenant!r} already has an active token labelled {label!r}") from None
@@ -161,8 +184,12 @@ def token_list(tenant: str, as_json: bool = typer.Option(False, "--json")) -> No
             )
             return [dict(r) for r in rows]
 
-    print_rows(asyncio.run(go()), ["label", "status", "created_at", "last_used_at", "revoked_at"],
-               as_json=as_json, title=f"SCIM tokens of {tenant}")
+    print_rows(
+        asyncio.run(go()),
+        ["label", "status", "created_at", "last_used_at", "revoked_at"],
+        as_json=as_json,
+        title=f"SCIM tokens of {tenant}",
+    )
 
 
 @token_app.command("revoke")
@@ -174,7 +201,8 @@ def token_revoke(tenant: str, label: str) -> None:
             tid = await tenant_id(conn, tenant)
             status = await conn.execute(
                 "UPDATE scim_tokens SET revoked_at = now() WHERE tenant_id = $1 AND label = $2 AND revoked_at IS NULL",
-                tid, label,
+                tid,
+                label,
             )
             return int(status.split()[-1])
 

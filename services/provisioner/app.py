@@ -43,11 +43,21 @@ def create_app(settings: ProvisionerSettings | None = None) -> FastStream:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         try:
-            async with worker_runtime(settings, service="provisioner", redis=redis, topology=topology,
-                                      consumer=consumer, stream_kinds=("commands", "dlq")) as runtime:
+            async with worker_runtime(
+                settings,
+                service="provisioner",
+                redis=redis,
+                topology=topology,
+                consumer=consumer,
+                stream_kinds=("commands", "dlq"),
+            ) as runtime:
                 worker.pool, worker.health = runtime.pool, runtime.health
-                log.info("provisioner_started", consumer=consumer.consumer, partitions=topology.partitions,
-                         health_port=runtime.health.port)
+                log.info(
+                    "provisioner_started",
+                    consumer=consumer.consumer,
+                    partitions=topology.partitions,
+                    health_port=runtime.health.port,
+                )
                 yield
         finally:
             log.info("provisioner_stopped", **consumer.counters, **worker.counters, batches=worker.paths)

@@ -110,7 +110,9 @@ def _group_dict(row: Any) -> dict[str, Any]:
     return {"display_name": row["display_name"], "external_id": row["external_id"], "attributes": row["attributes"]}
 
 
-async def _user_result(conn: asyncpg.Connection, row: Any, ctx: Ctx | None = None, *, with_groups: bool = True) -> dict[str, Any]:
+async def _user_result(
+    conn: asyncpg.Connection, row: Any, ctx: Ctx | None = None, *, with_groups: bool = True
+) -> dict[str, Any]:
     if not with_groups:
         groups: list[Any] = []
     elif ctx is not None and ctx.groups is not None and row["id"] in ctx.groups:
@@ -130,7 +132,9 @@ async def create_user(conn: asyncpg.Connection, cmd: Command, p: CreateUser, ctx
 def created_user(row: Any) -> Applied:
     """A new user has no groups yet: no query needed for its state."""
     return Applied(
-        resource_type="User", resource_id=row["id"], user_name=row["user_name"],
+        resource_type="User",
+        resource_id=row["id"],
+        user_name=row["user_name"],
         resource=store.user_state(row).model_dump(mode="json"),
         changes=diff(None, _user_dict(row), USER_FIELDS),
     )
@@ -155,9 +159,15 @@ def _replace_plan(p: ReplaceUser, ctx: Ctx, row: Any) -> tuple[str, dict[str, An
 async def _replaced(conn: asyncpg.Connection, ctx: Ctx, row: Any, kind: str, changes: dict[str, Any]) -> Applied:
     """The Applied of a replace planned as ``kind``; ``row`` is the new row after an update."""
     notes = ["stale: a newer change was applied first"] if kind == "stale" else []
-    return Applied(result="applied" if kind == "update" else "unchanged", resource_type="User",
-                   resource_id=row["id"], user_name=row["user_name"], resource=await _user_result(conn, row, ctx),
-                   changes=changes, notes=notes)
+    return Applied(
+        result="applied" if kind == "update" else "unchanged",
+        resource_type="User",
+        resource_id=row["id"],
+        user_name=row["user_name"],
+        resource=await _user_result(conn, row, ctx),
+        changes=changes,
+        notes=notes,
+    )
 
 
 async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
@@ -194,18 +204,33 @@ async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx
     if ctx.policy["deprovision"] == "deactivate":
         # Tenant policy: deprovision by deactivation (the user and history stay).
         if not row["active"]:
-            return Applied(result="unchanged", resource_type="User", resource_id=row["id"],
-                           user_name=row["user_name"], resource=await _user_result(conn, row, ctx),
-                           notes=["deactivated instead of deleted"])
+            return Applied(
+                result="unchanged",
+                resource_type="User",
+                resource_id=row["id"],
+                user_name=row["user_name"],
+                resource=await _user_result(conn, row, ctx),
+                notes=["deactivated instead of deleted"],
+            )
         new = ctx.changed(await store.update_user(conn, row, {"active": False}, seq=ctx.seq))
-        return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, new, ctx), changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
-                       notes=["deactivated instead of deleted"])
+        return Applied(
+            resource_type="User",
+            resource_id=row["id"],
+            user_name=row["user_name"],
+            resource=await _user_result(conn, new, ctx),
+            changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
+            notes=["deactivated instead of deleted"],
+        )
     await store.delete_user(conn, row["id"])
     if ctx.users is not None:
         ctx.users.pop(row["id"], None)
-    return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                   changes=diff(_user_dict(row), None, ("user_name", "active")), notes=["deleted"])
+    return Applied(
+        resource_type="User",
+        resource_id=row["id"],
+        user_name=row["user_name"],
+        changes=diff(_user_dict(row), None, ("user_name", "active")),
+        notes=["deleted"],
+    )
 
 
 # --------------------------------------------------------------------------- groups
@@ -223,19 +248,37 @@ async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, c
         changes = diff(None, _group_dict(row), ("display_name", "external_id"))
     added: list[uuid.UUID] = []
     if p.data.members:
-        n = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added)
+        n = await store.add_members(
+            conn,
+            cmd.tenant_id,
+            row["id"],
+            list(dict.fromkeys(p.data.members)),
+            "scim",
+            one_group_per_user=ctx.policy["one_group_per_user"],
+            added=added,
+        )
         changes["members"] = Change(before=0, after=n)
     resource = store.group_state(row).model_dump(mode="json")
-    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
-                   notes=["adopted a group JIT created"] if jit_row is not None else [],
-                   extra_events=_member_events(resource, row["id"], added, []))
+    return Applied(
+        resource_type="Group",
+        resource_id=row["id"],
+        resource=resource,
+        changes=changes,
+        notes=["adopted a group JIT created"] if jit_row is not None else [],
+        extra_events=_member_events(resource, row["id"], added, []),
+    )
 
 
-def _member_events(group: dict[str, Any] | None, group_id: uuid.UUID, added: list[uuid.UUID],
-                   removed: list[uuid.UUID], source: str = "scim") -> list[EventSpec]:
-    return ([member_event("added", group, group_id, u, source) for u in added]
-            + [member_event("removed", group, group_id, u, source) for u in removed])
+def _member_events(
+    group: dict[str, Any] | None,
+    group_id: uuid.UUID,
+    added: list[uuid.UUID],
+    removed: list[uuid.UUID],
+    source: str = "scim",
+) -> list[EventSpec]:
+    return [member_event("added", group, group_id, u, source) for u in added] + [
+        member_event("removed", group, group_id, u, source) for u in removed
+    ]
 
 
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
@@ -243,41 +286,77 @@ async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup,
     if p.expected_version is not None and p.expected_version != row["version"]:
         raise PermanentError("version_mismatch", f"group is at version {row['version']}, not {p.expected_version}")
     if is_stale(row, ctx.seq):
-        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
-                       resource=store.group_state(row).model_dump(mode="json"), notes=["stale: a newer change was applied first"])
-    changes = diff(_group_dict(row), {"display_name": p.data.display_name, "external_id": p.data.external_id,
-                                      "attributes": dict(p.data.attributes)}, ("display_name", "external_id"))
+        return Applied(
+            result="unchanged",
+            resource_type="Group",
+            resource_id=row["id"],
+            resource=store.group_state(row).model_dump(mode="json"),
+            notes=["stale: a newer change was applied first"],
+        )
+    changes = diff(
+        _group_dict(row),
+        {"display_name": p.data.display_name, "external_id": p.data.external_id, "attributes": dict(p.data.attributes)},
+        ("display_name", "external_id"),
+    )
     added_ids: list[uuid.UUID] = []
     removed_ids: list[uuid.UUID] = []
     if p.data.members is not None:
         # Full replace of the members SCIM manages; JIT memberships are not SCIM's to drop.
         current = await store.member_ids(conn, row["id"], "scim")
         wanted = list(dict.fromkeys(p.data.members))
-        added = await store.add_members(conn, cmd.tenant_id, row["id"], [u for u in wanted if u not in current], "scim",
-                                        one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
-        removed = await store.remove_members(conn, row["id"], [u for u in current if u not in set(wanted)], "scim",
-                                             removed=removed_ids)
+        added = await store.add_members(
+            conn,
+            cmd.tenant_id,
+            row["id"],
+            [u for u in wanted if u not in current],
+            "scim",
+            one_group_per_user=ctx.policy["one_group_per_user"],
+            added=added_ids,
+        )
+        removed = await store.remove_members(
+            conn, row["id"], [u for u in current if u not in set(wanted)], "scim", removed=removed_ids
+        )
         if added or removed:
             changes["members"] = Change(before=None, after=f"+{added} -{removed}")
     if not changes:
-        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
-                       resource=store.group_state(row).model_dump(mode="json"))
+        return Applied(
+            result="unchanged",
+            resource_type="Group",
+            resource_id=row["id"],
+            resource=store.group_state(row).model_dump(mode="json"),
+        )
     new = await store.update_group(conn, row, p.data, seq=ctx.seq)
     resource = store.group_state(new).model_dump(mode="json")
-    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
-                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
+    return Applied(
+        resource_type="Group",
+        resource_id=row["id"],
+        resource=resource,
+        changes=changes,
+        extra_events=_member_events(resource, row["id"], added_ids, removed_ids),
+    )
 
 
 async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupMembers, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     added_ids: list[uuid.UUID] = []
     removed_ids: list[uuid.UUID] = []
-    added = await store.add_members(conn, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), "scim",
-                                    one_group_per_user=ctx.policy["one_group_per_user"], added=added_ids)
+    added = await store.add_members(
+        conn,
+        cmd.tenant_id,
+        row["id"],
+        list(dict.fromkeys(p.add)),
+        "scim",
+        one_group_per_user=ctx.policy["one_group_per_user"],
+        added=added_ids,
+    )
     removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim", removed=removed_ids)
     if not added and not removed:
-        return Applied(result="unchanged", resource_type="Group", resource_id=row["id"],
-                       resource=store.group_state(row).model_dump(mode="json"))
+        return Applied(
+            result="unchanged",
+            resource_type="Group",
+            resource_id=row["id"],
+            resource=store.group_state(row).model_dump(mode="json"),
+        )
     new = await store.update_group(conn, row, None, seq=ctx.seq)
     changes: dict[str, Any] = {}
     if p.add:
@@ -285,15 +364,24 @@ async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupM
     if p.remove:
         changes["members.removed"] = {"before": [str(u) for u in p.remove][:100], "after": None}
     resource = store.group_state(new).model_dump(mode="json")
-    return Applied(resource_type="Group", resource_id=row["id"], resource=resource, changes=changes,
-                   extra_events=_member_events(resource, row["id"], added_ids, removed_ids))
+    return Applied(
+        resource_type="Group",
+        resource_id=row["id"],
+        resource=resource,
+        changes=changes,
+        extra_events=_member_events(resource, row["id"], added_ids, removed_ids),
+    )
 
 
 async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     await store.delete_group(conn, row["id"])
-    return Applied(resource_type="Group", resource_id=row["id"],
-                   changes=diff(_group_dict(row), None, ("display_name",)), notes=["deleted"])
+    return Applied(
+        resource_type="Group",
+        resource_id=row["id"],
+        changes=diff(_group_dict(row), None, ("display_name",)),
+        notes=["deleted"],
+    )
 
 
 # --------------------------------------------------------------------------- JIT login
@@ -320,16 +408,23 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
     if row is not None and link:
         linked_here = await store.identity_name_id(conn, p.connection_id, row["id"]) is not None
         basis = adoption_basis(
-            connection_name=p.connection_name, connection_names=names, verified_domains=this["verified_domains"],
-            linked_here=linked_here, user_sso_name=row["sso_name"], user_email=row["email"],
-            user_name=row["user_name"])
+            connection_name=p.connection_name,
+            connection_names=names,
+            verified_domains=this["verified_domains"],
+            linked_here=linked_here,
+            user_sso_name=row["sso_name"],
+            user_email=row["email"],
+            user_name=row["user_name"],
+        )
         if basis is None:
             raise PermanentError(
                 "not_linked",
                 f"this sign-in (NameID {p.name_id!r}) matches the existing user {row['user_name']!r}, but the "
                 f"connection {p.connection_name!r} is not authoritative for it (it did not create the user, the "
                 f"user's ssoName does not name it, the user's email domain is not verified for it, and the tenant "
-                f"has other SSO connections): an administrator must link the account", field="name_id")
+                f"has other SSO connections): an administrator must link the account",
+                field="name_id",
+            )
         notes.append(f"linked:{basis}")
     failures: list[PermanentError] = []
     claimed = p.groups
@@ -339,11 +434,18 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         claimed = groups_claim(None, this["groups_absent"], this["groups_claim_seen"])
     if row is None:
         if p.mode == "off":
-            raise PermanentError("user_not_found", f"no user {p.user_name!r} in this tenant and JIT is off for connection {p.connection_name!r}")
+            raise PermanentError(
+                "user_not_found",
+                f"no user {p.user_name!r} in this tenant and JIT is off for connection {p.connection_name!r}",
+            )
         data = UserData(
-            user_name=p.user_name, display_name=p.display_name, given_name=p.given_name, family_name=p.family_name,
+            user_name=p.user_name,
+            display_name=p.display_name,
+            given_name=p.given_name,
+            family_name=p.family_name,
             emails=({"value": p.email, "type": "work", "primary": True},) if p.email else (),  # type: ignore[arg-type]
-            sso_name=p.connection_name, attributes={"custom": dict(p.custom)} if p.custom else {},
+            sso_name=p.connection_name,
+            attributes={"custom": dict(p.custom)} if p.custom else {},
         )
         row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
         await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
@@ -353,45 +455,88 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
             joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, events=extra)
             if joined:
                 changes["groups.jit"] = Change(before=[], after=joined)
-        return Applied(resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row), changes=changes, notes=[*notes, "created"],
-                       failures=failures, extra_events=extra)
+        return Applied(
+            resource_type="User",
+            resource_id=row["id"],
+            user_name=row["user_name"],
+            resource=await _user_result(conn, row),
+            changes=changes,
+            notes=[*notes, "created"],
+            failures=failures,
+            extra_events=extra,
+        )
     if not row["active"]:
         raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
     if link:
         await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
     if p.mode != "sync":
         # off / create: an existing user is left exactly as it is (Splashtop create-only).
-        return Applied(result="unchanged", resource_type="User", resource_id=row["id"], user_name=row["user_name"],
-                       resource=await _user_result(conn, row), notes=notes)
+        return Applied(
+            result="unchanged",
+            resource_type="User",
+            resource_id=row["id"],
+            user_name=row["user_name"],
+            resource=await _user_result(conn, row),
+            notes=notes,
+        )
     changes = {}
     updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login := p.model_dump())
-    if "emails" in updates and (what := immutable_change(ctx.policy, {"user_name": row["user_name"], "email": row["email"]},
-                                                         {"user_name": row["user_name"], "email": login["email"]})):
+    if "emails" in updates and (
+        what := immutable_change(
+            ctx.policy,
+            {"user_name": row["user_name"], "email": row["email"]},
+            {"user_name": row["user_name"], "email": login["email"]},
+        )
+    ):
         # The login still signs in; the change the tenant forbids is not made, and says so.
         del updates["emails"]
-        failures.append(PermanentError("mutability", f"this tenant does not allow changing {what}: the identity "
-                                       f"provider sent {login['email']!r} for {row['user_name']!r}, which keeps "
-                                       f"{row['email']!r}", field=what))
+        failures.append(
+            PermanentError(
+                "mutability",
+                f"this tenant does not allow changing {what}: the identity "
+                f"provider sent {login['email']!r} for {row['user_name']!r}, which keeps "
+                f"{row['email']!r}",
+                field=what,
+            )
+        )
     if updates:
         before = _user_dict(row)
         row = await store.update_user(conn, row, updates, seq=ctx.seq)
         changes = diff(before, _user_dict(row), USER_FIELDS)
-    extra: list[EventSpec] = []
+    extra = []
     if claimed is not None:
         before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
-        if await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True, events=extra) is not None:
+        if (
+            await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True, events=extra)
+            is not None
+        ):
             after_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
             if after_groups != before_groups:
                 changes["groups.jit"] = Change(before=before_groups, after=after_groups)
-    return Applied(result="applied" if changes else "unchanged", resource_type="User", resource_id=row["id"],
-                   user_name=row["user_name"], resource=await _user_result(conn, row), changes=changes, notes=notes,
-                   failures=failures, extra_events=extra)
+    return Applied(
+        result="applied" if changes else "unchanged",
+        resource_type="User",
+        resource_id=row["id"],
+        user_name=row["user_name"],
+        resource=await _user_result(conn, row),
+        changes=changes,
+        notes=notes,
+        failures=failures,
+        extra_events=extra,
+    )
 
 
-async def _sync_jit_groups(conn: asyncpg.Connection, ctx: Ctx, tenant_id: uuid.UUID, user: Any, claimed: tuple[str, ...],
-                           failures: list[PermanentError], *, sync: bool = False,
-                           events: list[EventSpec] | None = None) -> list[str] | None:
+async def _sync_jit_groups(
+    conn: asyncpg.Connection,
+    ctx: Ctx,
+    tenant_id: uuid.UUID,
+    user: Any,
+    claimed: tuple[str, ...],
+    failures: list[PermanentError],
+    *,
+    sync: bool = False,
+    events: list[EventSpec] | None = None,
+) -> list[str] | None:
     """Make the user's JIT memberships equal the claim (``sync``) or add the claim's groups
     (a new user). Joins that break "one group per user" are not made: a failure for the
     audit trail instead. Returns the displayNames of the groups joined. ``events``
@@ -411,9 +556,14 @@ async def _sync_jit_groups(conn: asyncpg.Connection, ctx: Ctx, tenant_id: uuid.U
         _, refused = one_group_refusals(kept, join)
         if refused:
             join = [gid for gid in join if gid not in refused]
-            failures.append(PermanentError(
-                "policy", f"this tenant allows one group per user: {user['user_name']!r} was not added to "
-                f"{', '.join(repr(claim_of[g]) for g in refused)} (the sign-in itself went ahead)", field="groups"))
+            failures.append(
+                PermanentError(
+                    "policy",
+                    f"this tenant allows one group per user: {user['user_name']!r} was not added to "
+                    f"{', '.join(repr(claim_of[g]) for g in refused)} (the sign-in itself went ahead)",
+                    field="groups",
+                )
+            )
     for gid in join:
         added: list[uuid.UUID] = []
         await store.add_members(conn, tenant_id, gid, [user["id"]], "jit", added=added)
@@ -436,7 +586,8 @@ def side_outcomes(cmd: Command, applied: Applied) -> list[tuple[Command, Outcome
     for i, err in enumerate(applied.failures):
         side = cmd.model_copy(update={"event_id": uuid.uuid5(cmd.event_id, f"policy-{i}"), "reply_to": None})
         outcome = make_outcome(side, error=err).model_copy(
-            update={"resource_id": applied.resource_id, "user_name": applied.user_name})
+            update={"resource_id": applied.resource_id, "user_name": applied.user_name}
+        )
         out.append((side, outcome, encode(outcome)))
     return out
 
@@ -461,18 +612,35 @@ HANDLERS: dict[str, Callable[[asyncpg.Connection, Command, Any, Ctx], Awaitable[
 def make_outcome(cmd: Command, applied: Applied | None = None, error: PermanentError | None = None) -> Outcome:
     now = datetime.now(UTC)
     base: dict[str, Any] = dict(
-        event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id, source=cmd.source,
-        correlation_id=cmd.correlation_id, occurred_at=cmd.occurred_at, completed_at=now,
+        event_id=cmd.event_id,
+        command_type=cmd.type,
+        tenant_id=cmd.tenant_id,
+        source=cmd.source,
+        correlation_id=cmd.correlation_id,
+        occurred_at=cmd.occurred_at,
+        completed_at=now,
         latency_ms=round((now - cmd.occurred_at).total_seconds() * 1000, 3),
     )
     if error is not None:
         rtype, rid, uname = _resource_of(cmd)
-        return Outcome(result="failed", error=ErrorInfo(code=error.code, message=error.message, field=error.field),  # type: ignore[arg-type]
-                       resource_type=rtype, resource_id=rid, user_name=uname, **base)
+        return Outcome(
+            result="failed",
+            error=ErrorInfo(code=error.code, message=error.message, field=error.field),  # type: ignore[arg-type]
+            resource_type=rtype,
+            resource_id=rid,
+            user_name=uname,
+            **base,
+        )
     assert applied is not None
     return Outcome(
-        result=applied.result, resource_type=applied.resource_type, resource_id=applied.resource_id,
-        user_name=applied.user_name, resource=applied.resource, changes=applied.changes, notes=tuple(applied.notes), **base,
+        result=applied.result,
+        resource_type=applied.resource_type,
+        resource_id=applied.resource_id,
+        user_name=applied.user_name,
+        resource=applied.resource,
+        changes=applied.changes,
+        notes=tuple(applied.notes),
+        **base,
     )
 
 

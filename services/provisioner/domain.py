@@ -13,8 +13,14 @@ from provisio_lib.names import refresh_formatted
 SECRET_KEYS = frozenset({"password", "secret", "token"})
 
 USER_FIELDS = (
-    "user_name", "external_id", "active", "display_name", "given_name", "family_name",
-    "emails", "sso_name",
+    "user_name",
+    "external_id",
+    "active",
+    "display_name",
+    "given_name",
+    "family_name",
+    "emails",
+    "sso_name",
 )
 
 

@@ -88,8 +88,14 @@ def _unique(err: asyncpg.UniqueViolationError, what: str, value: str) -> Permane
 # --------------------------------------------------------------------------- users
 
 
-async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData,
-                      created_by: str = "scim", seq: Seq = (0, 0)) -> asyncpg.Record:
+async def insert_user(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    data: UserData,
+    created_by: str = "scim",
+    seq: Seq = (0, 0),
+) -> asyncpg.Record:
     v = user_values(data)
     try:
         return await conn.fetchrow(
@@ -97,9 +103,21 @@ async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: u
                                   family_name, email, emails, sso_name, attributes, created_by, seq_ms, seq_n)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                 RETURNING {USER_COLUMNS}""",
-            user_id, tenant_id, v["user_name"], v["external_id"], v["active"], v["display_name"],
-            v["given_name"], v["family_name"], v["email"], v["emails"], v["sso_name"], v["attributes"], created_by,
-            seq[0], seq[1],
+            user_id,
+            tenant_id,
+            v["user_name"],
+            v["external_id"],
+            v["active"],
+            v["display_name"],
+            v["given_name"],
+            v["family_name"],
+            v["email"],
+            v["emails"],
+            v["sso_name"],
+            v["attributes"],
+            created_by,
+            seq[0],
+            seq[1],
         )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "users_pkey":
@@ -109,8 +127,22 @@ async def insert_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: u
         raise PermanentError("invalid_value", "unknown tenant", field="tenant") from None
 
 
-_BULK_USER_COLS = ("id", "tenant_id", "user_name", "external_id", "active", "display_name", "given_name",
-                   "family_name", "email", "emails", "sso_name", "attributes", "seq_ms", "seq_n")
+_BULK_USER_COLS = (
+    "id",
+    "tenant_id",
+    "user_name",
+    "external_id",
+    "active",
+    "display_name",
+    "given_name",
+    "family_name",
+    "email",
+    "emails",
+    "sso_name",
+    "attributes",
+    "seq_ms",
+    "seq_n",
+)
 _BULK_USER_ROWS = """SELECT i, t, u, x, a, d, g, f, e, es::jsonb, s, at::jsonb, sm, sn
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
@@ -130,15 +162,28 @@ def _bulk_user_columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
 def new_user_row(tenant_id: uuid.UUID, user_id: uuid.UUID, data: UserData, seq: Seq, now: datetime) -> dict[str, Any]:
     """The users row a create writes, built here so the outcome can be made before the
     INSERT (``insert_users_with_outcomes``, which writes ``now`` as created_at/updated_at)."""
-    return {**user_values(data), "id": user_id, "tenant_id": tenant_id, "version": 1, "created_at": now,
-            "updated_at": now, "created_by": "scim", "seq_ms": seq[0], "seq_n": seq[1]}
+    return {
+        **user_values(data),
+        "id": user_id,
+        "tenant_id": tenant_id,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+        "created_by": "scim",
+        "seq_ms": seq[0],
+        "seq_n": seq[1],
+    }
 
 
-async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData, Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
+async def insert_users_bulk(
+    conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, UserData, Seq]]
+) -> dict[uuid.UUID, asyncpg.Record]:
     """Many creates in one statement (the provisioner's fast path; any error aborts it).
     ``rows`` are (tenant_id, user_id, data, seq); returns the inserted rows by id."""
-    values = [{**user_values(data), "id": user_id, "tenant_id": tenant_id, "seq_ms": seq[0], "seq_n": seq[1]}
-              for tenant_id, user_id, data, seq in rows]
+    values = [
+        {**user_values(data), "id": user_id, "tenant_id": tenant_id, "seq_ms": seq[0], "seq_n": seq[1]}
+        for tenant_id, user_id, data, seq in rows
+    ]
     inserted = await conn.fetch(
         f"""INSERT INTO users ({", ".join(_BULK_USER_COLS)}) {_BULK_USER_ROWS} RETURNING {USER_COLUMNS}""",
         *_bulk_user_columns(values),
@@ -146,8 +191,12 @@ async def insert_users_bulk(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID
     return {r["id"]: r for r in inserted}
 
 
-async def insert_users_with_outcomes(conn: asyncpg.Connection, rows: list[dict[str, Any]], now: datetime,
-                                     inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]]) -> None:
+async def insert_users_with_outcomes(
+    conn: asyncpg.Connection,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]],
+) -> None:
     """A batch of creates and their inbox rows as ONE statement, outside any explicit
     transaction: Postgres commits it alone, atomically, in a single round trip (instead of
     BEGIN, INSERT, INSERT, COMMIT). A taken userName or a redelivered event (inbox key)
@@ -162,8 +211,15 @@ async def insert_users_with_outcomes(conn: asyncpg.Connection, rows: list[dict[s
             x AS (SELECT e, t, y, o::jsonb AS o, n
                   FROM unnest($16::uuid[], $17::uuid[], $18::text[], $19::text[]) WITH ORDINALITY AS x(e, t, y, o, n)),
             inbox_rows AS (INSERT INTO inbox (event_id, tenant_id, type, outcome) SELECT e, t, y, o FROM x)
-            """ + _EVENTS_INSERT.format(k="$20", ty="$21", rt="$22", ri="$23", d="$24", ch="$25"),
-        *_bulk_user_columns(rows), now, ev, te, ty, oc, *event_columns(events),
+            """
+        + _EVENTS_INSERT.format(k="$20", ty="$21", rt="$22", ri="$23", d="$24", ch="$25"),
+        *_bulk_user_columns(rows),
+        now,
+        ev,
+        te,
+        ty,
+        oc,
+        *event_columns(events),
     )
 
 
@@ -176,8 +232,17 @@ async def lock_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uui
     return row
 
 
-_UPDATABLE = ("user_name", "external_id", "active", "display_name", "given_name", "family_name", "emails",
-              "sso_name", "attributes")
+_UPDATABLE = (
+    "user_name",
+    "external_id",
+    "active",
+    "display_name",
+    "given_name",
+    "family_name",
+    "emails",
+    "sso_name",
+    "attributes",
+)
 
 
 def _merged(row: Any, values: dict[str, Any], seq: Seq) -> dict[str, Any]:
@@ -190,7 +255,9 @@ def _merged(row: Any, values: dict[str, Any], seq: Seq) -> dict[str, Any]:
     return merged
 
 
-async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any], seq: Seq = (0, 0)) -> asyncpg.Record:
+async def update_user(
+    conn: asyncpg.Connection, row: asyncpg.Record, values: dict[str, Any], seq: Seq = (0, 0)
+) -> asyncpg.Record:
     """Write ``values`` over ``row``, bump the version, remember the newest stream position."""
     merged = _merged(row, values, seq)
     try:
@@ -199,15 +266,27 @@ async def update_user(conn: asyncpg.Connection, row: asyncpg.Record, values: dic
                        given_name = $6, family_name = $7, email = $8, emails = $9, sso_name = $10,
                        attributes = $11, version = version + 1, updated_at = now(), seq_ms = $12, seq_n = $13
                 WHERE id = $1 RETURNING {USER_COLUMNS}""",
-            row["id"], merged["user_name"], merged["external_id"], merged["active"], merged["display_name"],
-            merged["given_name"], merged["family_name"], merged["email"], merged["emails"], merged["sso_name"],
-            merged["attributes"], merged["seq_ms"], merged["seq_n"],
+            row["id"],
+            merged["user_name"],
+            merged["external_id"],
+            merged["active"],
+            merged["display_name"],
+            merged["given_name"],
+            merged["family_name"],
+            merged["email"],
+            merged["emails"],
+            merged["sso_name"],
+            merged["attributes"],
+            merged["seq_ms"],
+            merged["seq_n"],
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "userName", merged["user_name"]) from None
 
 
-async def update_users_bulk(conn: asyncpg.Connection, updates: list[tuple[Any, dict[str, Any], Seq]]) -> dict[uuid.UUID, asyncpg.Record]:
+async def update_users_bulk(
+    conn: asyncpg.Connection, updates: list[tuple[Any, dict[str, Any], Seq]]
+) -> dict[uuid.UUID, asyncpg.Record]:
     """``update_user`` for several distinct users in one statement (the fast path; any
     error, e.g. a userName taken, aborts it). ``updates``: (row, values, seq)."""
     merged = [{**_merged(row, values, seq), "id": row["id"]} for row, values, seq in updates]
@@ -252,14 +331,18 @@ async def delete_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM users WHERE id = $1", user_id)
 
 
-async def find_user_for_login(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_name: str, email: str | None) -> asyncpg.Record | None:
+async def find_user_for_login(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, user_name: str, email: str | None
+) -> asyncpg.Record | None:
     """The user a SAML login refers to: same userName, else same email (case-insensitive),
     so a user SCIM created first is matched, not duplicated."""
     return await conn.fetchrow(
         f"""SELECT {USER_COLUMNS} FROM users
             WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR ($3::text IS NOT NULL AND lower(email) = lower($3)))
             ORDER BY (lower(user_name) = lower($2)) DESC LIMIT 1 FOR NO KEY UPDATE""",
-        tenant_id, user_name, email,
+        tenant_id,
+        user_name,
+        email,
     )
 
 
@@ -272,25 +355,35 @@ async def login_connections(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> l
     )
 
 
-async def user_by_identity(conn: asyncpg.Connection, tenant_id: uuid.UUID, connection_id: uuid.UUID,
-                           name_id: str) -> asyncpg.Record | None:
+async def user_by_identity(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, connection_id: uuid.UUID, name_id: str
+) -> asyncpg.Record | None:
     """The user linked to (connection, NameID), locked."""
     return await conn.fetchrow(
         f"""SELECT {", ".join("u." + c for c in USER_COLUMNS.split(", "))} FROM user_identities i
             JOIN users u ON u.id = i.user_id
             WHERE i.connection_id = $1 AND i.name_id = $2 AND u.tenant_id = $3 FOR NO KEY UPDATE OF u""",
-        connection_id, name_id, tenant_id,
+        connection_id,
+        name_id,
+        tenant_id,
     )
 
 
 async def identity_name_id(conn: asyncpg.Connection, connection_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
     """The NameID a connection has linked to this user, if any."""
     return await conn.fetchval(
-        "SELECT name_id FROM user_identities WHERE connection_id = $1 AND user_id = $2", connection_id, user_id)
+        "SELECT name_id FROM user_identities WHERE connection_id = $1 AND user_id = $2", connection_id, user_id
+    )
 
 
-async def link_identity(conn: asyncpg.Connection, tenant_id: uuid.UUID, connection_id: uuid.UUID, name_id: str,
-                        user_id: uuid.UUID, linked_by: str = "jit") -> None:
+async def link_identity(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    name_id: str,
+    user_id: uuid.UUID,
+    linked_by: str = "jit",
+) -> None:
     """Link (connection, NameID) to the user; the user's earlier NameID on this
     connection, if any, is replaced (a NameID change at the IdP)."""
     await conn.execute(
@@ -298,25 +391,43 @@ async def link_identity(conn: asyncpg.Connection, tenant_id: uuid.UUID, connecti
            VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (connection_id, user_id) DO UPDATE SET name_id = EXCLUDED.name_id,
                linked_by = EXCLUDED.linked_by, linked_at = now()""",
-        tenant_id, connection_id, name_id, user_id, linked_by,
+        tenant_id,
+        connection_id,
+        name_id,
+        user_id,
+        linked_by,
     )
 
 
 async def mark_groups_claim_seen(conn: asyncpg.Connection, connection_id: uuid.UUID) -> None:
     await conn.execute(
-        "UPDATE sso_connections SET groups_claim_seen = true WHERE id = $1 AND NOT groups_claim_seen", connection_id)
+        "UPDATE sso_connections SET groups_claim_seen = true WHERE id = $1 AND NOT groups_claim_seen", connection_id
+    )
 
 
 # --------------------------------------------------------------------------- groups
 
 
-async def insert_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, data: GroupData,
-                       created_by: str = "scim", seq: Seq = (0, 0)) -> asyncpg.Record:
+async def insert_group(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    group_id: uuid.UUID,
+    data: GroupData,
+    created_by: str = "scim",
+    seq: Seq = (0, 0),
+) -> asyncpg.Record:
     try:
         return await conn.fetchrow(
             f"""INSERT INTO groups (id, tenant_id, display_name, external_id, attributes, created_by, seq_ms, seq_n)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {GROUP_COLUMNS}""",
-            group_id, tenant_id, data.display_name, data.external_id, dict(data.attributes), created_by, seq[0], seq[1],
+            group_id,
+            tenant_id,
+            data.display_name,
+            data.external_id,
+            dict(data.attributes),
+            created_by,
+            seq[0],
+            seq[1],
         )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "groups_pkey":
@@ -335,20 +446,29 @@ async def lock_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: u
     return row
 
 
-async def update_group(conn: asyncpg.Connection, row: asyncpg.Record, data: GroupData | None, seq: Seq = (0, 0)) -> asyncpg.Record:
+async def update_group(
+    conn: asyncpg.Connection, row: asyncpg.Record, data: GroupData | None, seq: Seq = (0, 0)
+) -> asyncpg.Record:
     seq_ms, seq_n = newer(row, seq)
     if data is None:  # membership change only: bump the version (the ETag covers members)
         return await conn.fetchrow(
             f"""UPDATE groups SET version = version + 1, updated_at = now(), seq_ms = $2, seq_n = $3
                 WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
-            row["id"], seq_ms, seq_n,
+            row["id"],
+            seq_ms,
+            seq_n,
         )
     try:
         return await conn.fetchrow(
             f"""UPDATE groups SET display_name = $2, external_id = $3, attributes = $4,
                        version = version + 1, updated_at = now(), seq_ms = $5, seq_n = $6
                 WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
-            row["id"], data.display_name, data.external_id, dict(data.attributes), seq_ms, seq_n,
+            row["id"],
+            data.display_name,
+            data.external_id,
+            dict(data.attributes),
+            seq_ms,
+            seq_n,
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "displayName", data.display_name) from None
@@ -358,17 +478,31 @@ async def delete_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM groups WHERE id = $1", group_id)
 
 
-async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str, *, one_group_per_user: bool = False,
-                      added: list[uuid.UUID] | None = None) -> int:
+async def add_members(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    group_id: uuid.UUID,
+    user_ids: list[uuid.UUID],
+    source: str,
+    *,
+    one_group_per_user: bool = False,
+    added: list[uuid.UUID] | None = None,
+) -> int:
     """Add memberships; unknown user ids are refused (RFC 7644 §3.5.2: invalidValue).
     ``added`` collects the user ids actually added (for the member events)."""
     if not user_ids:
         return 0
-    found = {r["id"] for r in await conn.fetch(
-        "SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, user_ids)}
+    found = {
+        r["id"]
+        for r in await conn.fetch(
+            "SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, user_ids
+        )
+    }
     missing = [str(u) for u in user_ids if u not in found]
     if missing:
-        raise PermanentError("invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members")
+        raise PermanentError(
+            "invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members"
+        )
     if one_group_per_user:
         # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue);
         # the rule itself is domain.one_group_refusals, shared with JIT logins.
@@ -376,7 +510,9 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
             """SELECT DISTINCT m.user_id, m.group_id, u.user_name, g.display_name FROM memberships m
                JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
                WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3""",
-            tenant_id, user_ids, group_id,
+            tenant_id,
+            user_ids,
+            group_id,
         )
         kept: dict[uuid.UUID, set[uuid.UUID]] = {}
         for r in others:
@@ -393,13 +529,22 @@ async def add_members(conn: asyncpg.Connection, tenant_id: uuid.UUID, group_id: 
         added.extend(r["user_id"] for r in rows)
         return len(rows)
     status = await conn.execute(
-        sql, tenant_id, group_id, sorted(user_ids), source,  # one row order for every writer
+        sql,
+        tenant_id,
+        group_id,
+        sorted(user_ids),
+        source,  # one row order for every writer
     )
     return int(status.split()[-1])
 
 
-async def remove_members(conn: asyncpg.Connection, group_id: uuid.UUID, user_ids: list[uuid.UUID], source: str,
-                         removed: list[uuid.UUID] | None = None) -> int:
+async def remove_members(
+    conn: asyncpg.Connection,
+    group_id: uuid.UUID,
+    user_ids: list[uuid.UUID],
+    source: str,
+    removed: list[uuid.UUID] | None = None,
+) -> int:
     """``removed`` collects the user ids actually removed (for the member events)."""
     if not user_ids:
         return 0
@@ -413,12 +558,17 @@ async def remove_members(conn: asyncpg.Connection, group_id: uuid.UUID, user_ids
 
 
 async def member_ids(conn: asyncpg.Connection, group_id: uuid.UUID, source: str) -> set[uuid.UUID]:
-    return {r["user_id"] for r in await conn.fetch(
-        "SELECT user_id FROM memberships WHERE group_id = $1 AND source = $2", group_id, source)}
+    return {
+        r["user_id"]
+        for r in await conn.fetch(
+            "SELECT user_id FROM memberships WHERE group_id = $1 AND source = $2", group_id, source
+        )
+    }
 
 
-async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, claims: list[str],
-                             created: list[asyncpg.Record] | None = None) -> dict[str, uuid.UUID]:
+async def resolve_jit_groups(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, claims: list[str], created: list[asyncpg.Record] | None = None
+) -> dict[str, uuid.UUID]:
     """Claim value → group id: matched by externalId, then displayName (domain.
     match_group_claims); a group first seen in a claim is created, with the claim as its
     externalId when it looks like an Entra object id (so Entra's SCIM adopts it later).
@@ -435,7 +585,9 @@ async def resolve_jit_groups(conn: asyncpg.Connection, tenant_id: uuid.UUID, cla
         f"""INSERT INTO groups (id, tenant_id, display_name, external_id, created_by)
            SELECT gen_random_uuid(), $1, n, x, 'jit' FROM unnest($2::text[], $3::text[]) AS r(n, x)
            ON CONFLICT (tenant_id, lower(display_name)) DO NOTHING RETURNING {GROUP_COLUMNS}""",
-        tenant_id, missing, [c if looks_like_object_id(c) else None for c in missing],
+        tenant_id,
+        missing,
+        [c if looks_like_object_id(c) else None for c in missing],
     )
     if created is not None:
         created.extend(made)
@@ -461,12 +613,15 @@ async def member_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[uuid.U
     return out
 
 
-async def adoptable_jit_group(conn: asyncpg.Connection, tenant_id: uuid.UUID, external_id: str) -> asyncpg.Record | None:
+async def adoptable_jit_group(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, external_id: str
+) -> asyncpg.Record | None:
     """A group JIT created from a claim with this externalId (a SCIM create adopts it)."""
     return await conn.fetchrow(
         f"""SELECT {GROUP_COLUMNS} FROM groups WHERE tenant_id = $1 AND external_id = $2 AND created_by = 'jit'
             ORDER BY created_at LIMIT 1 FOR NO KEY UPDATE""",
-        tenant_id, external_id,
+        tenant_id,
+        external_id,
     )
 
 
@@ -479,19 +634,31 @@ async def adopt_group(conn: asyncpg.Connection, row: asyncpg.Record, data: Group
             f"""UPDATE groups SET display_name = $2, external_id = $3, attributes = $4, created_by = 'scim',
                        version = version + 1, updated_at = now(), seq_ms = $5, seq_n = $6
                 WHERE id = $1 RETURNING {GROUP_COLUMNS}""",
-            row["id"], data.display_name, data.external_id, dict(data.attributes), seq_ms, seq_n,
+            row["id"],
+            data.display_name,
+            data.external_id,
+            dict(data.attributes),
+            seq_ms,
+            seq_n,
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "displayName", data.display_name) from None
 
 
-async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, group_ids: list[uuid.UUID], source: str,
-                                  removed: list[uuid.UUID] | None = None) -> None:
+async def remove_user_from_groups(
+    conn: asyncpg.Connection,
+    user_id: uuid.UUID,
+    group_ids: list[uuid.UUID],
+    source: str,
+    removed: list[uuid.UUID] | None = None,
+) -> None:
     """``removed`` collects the group ids the user actually left (for the member events)."""
     if group_ids:
         rows = await conn.fetch(
             "DELETE FROM memberships WHERE user_id = $1 AND source = $2 AND group_id = ANY($3::uuid[]) RETURNING group_id",
-            user_id, source, group_ids,
+            user_id,
+            source,
+            group_ids,
         )
         if removed is not None:
             removed.extend(r["group_id"] for r in rows)
@@ -500,8 +667,9 @@ async def remove_user_from_groups(conn: asyncpg.Connection, user_id: uuid.UUID, 
 # --------------------------------------------------------------------------- tenants & inbox
 
 
-async def lock_in_order(conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID], *,
-                        with_groups: bool = False) -> dict[uuid.UUID, asyncpg.Record]:
+async def lock_in_order(
+    conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID], *, with_groups: bool = False
+) -> dict[uuid.UUID, asyncpg.Record]:
     """Lock every user and group a batch will change, groups first, each in id order;
     return the locked users' rows (so the batch need not read them again), with each
     user's groups if ``with_groups`` (see ``locked_groups``).
@@ -543,7 +711,7 @@ def advisory_key(resource_id: uuid.UUID) -> int:
 
 # A locked user's groups, read by the same statement, ordered as ``user_groups`` orders them.
 _GROUPS_OF_U = f"""SELECT coalesce(jsonb_agg(jsonb_build_array(x.id, x.display_name) ORDER BY x.display_name, x.id), '[]')
-    FROM ({_GROUPS_OF.format(user='u.id')}) AS x"""
+    FROM ({_GROUPS_OF.format(user="u.id")}) AS x"""
 
 
 def locked_groups(row: asyncpg.Record) -> list[GroupRef]:
@@ -564,8 +732,14 @@ async def stored_outcomes(conn: asyncpg.Connection, event_ids: list[uuid.UUID]) 
     return {r["event_id"]: r["outcome"] for r in rows}
 
 
-async def record_outcome(conn: asyncpg.Connection, event_id: uuid.UUID, tenant_id: uuid.UUID, type_: str, outcome_json: str,
-                         events: list[EventSpec] | tuple[EventSpec, ...] = ()) -> None:
+async def record_outcome(
+    conn: asyncpg.Connection,
+    event_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    type_: str,
+    outcome_json: str,
+    events: list[EventSpec] | tuple[EventSpec, ...] = (),
+) -> None:
     """One command's inbox row and its events (the careful path, in its savepoint)."""
     await record_outcomes(conn, [(event_id, tenant_id, type_, outcome_json)], [(1, e) for e in events])
 
@@ -585,12 +759,21 @@ _EVENTS_INSERT = """INSERT INTO events (tenant_id, type, occurred_at, source, co
 
 def event_columns(events: list[tuple[int, EventSpec]]) -> list[list[Any]]:
     """Column arrays for ``_EVENTS_INSERT`` from (outcome position, EventSpec)."""
-    return [[k for k, _ in events], [e.type for _, e in events], [e.resource_type for _, e in events],
-            [e.resource_id for _, e in events], [e.data for _, e in events], [e.with_changes for _, e in events]]
+    return [
+        [k for k, _ in events],
+        [e.type for _, e in events],
+        [e.resource_type for _, e in events],
+        [e.resource_id for _, e in events],
+        [e.data for _, e in events],
+        [e.with_changes for _, e in events],
+    ]
 
 
-async def record_outcomes(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, uuid.UUID, str, str]],
-                          events: list[tuple[int, EventSpec]] | None = None) -> None:
+async def record_outcomes(
+    conn: asyncpg.Connection,
+    rows: list[tuple[uuid.UUID, uuid.UUID, str, str]],
+    events: list[tuple[int, EventSpec]] | None = None,
+) -> None:
     """Inbox rows for a whole batch and their events in one statement: rows are (event_id,
     tenant_id, type, outcome JSON); events (position in rows, 1-based; EventSpec)."""
     if not rows:
@@ -600,15 +783,23 @@ async def record_outcomes(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, 
         await conn.execute(
             """INSERT INTO inbox (event_id, tenant_id, type, outcome)
                SELECT e, t, y, o::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS x(e, t, y, o)""",
-            list(ev), list(te), list(ty), list(oc),
+            list(ev),
+            list(te),
+            list(ty),
+            list(oc),
         )
         return
     await conn.execute(
         """WITH x AS (SELECT e, t, y, o::jsonb AS o, n
                       FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS x(e, t, y, o, n)),
                 inbox_rows AS (INSERT INTO inbox (event_id, tenant_id, type, outcome) SELECT e, t, y, o FROM x)
-           """ + _EVENTS_INSERT.format(k="$5", ty="$6", rt="$7", ri="$8", d="$9", ch="$10"),
-        list(ev), list(te), list(ty), list(oc), *event_columns(events),
+           """
+        + _EVENTS_INSERT.format(k="$5", ty="$6", rt="$7", ri="$8", d="$9", ch="$10"),
+        list(ev),
+        list(te),
+        list(ty),
+        list(oc),
+        *event_columns(events),
     )
 
 

@@ -118,8 +118,13 @@ class Provisioner:
         verdicts.announced = lambda: self._observe(results, retry, items, per_command_s)
         return verdicts
 
-    def _observe(self, results: list[tuple[Command, Outcome, bytes]], retry: dict[str, str],
-                 items: list[tuple[Delivery, Command]], per_command_s: float) -> None:
+    def _observe(
+        self,
+        results: list[tuple[Command, Outcome, bytes]],
+        retry: dict[str, str],
+        items: list[tuple[Delivery, Command]],
+        per_command_s: float,
+    ) -> None:
         seen: set[uuid.UUID] = set()
         for cmd, outcome, _ in results:
             again = outcome.redelivered or cmd.event_id in seen  # from the inbox, or twice in this batch
@@ -135,7 +140,9 @@ class Provisioner:
             if d.entry_id in retry:
                 COMMANDS_RETRIED.labels(type=cmd.type).inc()
 
-    async def _apply(self, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
+    async def _apply(
+        self, items: list[tuple[Delivery, Command]], verdicts: Verdicts
+    ) -> list[tuple[Command, Outcome, bytes]]:
         """Fast path first: the whole batch in one transaction, inbox rows in one statement.
         Anything unusual (a failure, a race, a bug) rolls it back and the batch is redone
         command by command in savepoints, where each failure is isolated and recorded."""
@@ -159,7 +166,9 @@ class Provisioner:
             self.paths["careful"] += 1
             return results
 
-    async def _apply_fast(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
+    async def _apply_fast(
+        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]
+    ) -> list[tuple[Command, Outcome, bytes]]:
         # No inbox lookup here: a redelivered command makes the inbox INSERT at the end
         # fail on its primary key, which rolls this whole transaction back (the change
         # with it), and the careful path then answers it from the inbox.
@@ -188,14 +197,18 @@ class Provisioner:
             if j - i > 1:
                 run = commands[i:j]
                 rows = await store.insert_users_bulk(
-                    conn, [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)]  # type: ignore[union-attr,misc]
+                    conn,
+                    [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)],  # type: ignore[union-attr,misc]
                 )
                 applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
                 pairs = list(zip(run, applied_run, strict=True))
                 i = j
             elif k - i > 1:
                 run = commands[i:k]
-                ctxs = [Ctx(policies[c.tenant_id], q, users=users, groups=groups) for c, q in zip(run, seqs[i:k], strict=True)]
+                ctxs = [
+                    Ctx(policies[c.tenant_id], q, users=users, groups=groups)
+                    for c, q in zip(run, seqs[i:k], strict=True)
+                ]
                 pairs = list(zip(run, await replace_users(conn, list(zip(run, ctxs, strict=True))), strict=True))
                 i = k
             else:
@@ -208,7 +221,9 @@ class Provisioner:
         await store.record_outcomes(conn, inbox, events)
         return results
 
-    async def _apply_creates(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> list[tuple[Command, Outcome, bytes]]:
+    async def _apply_creates(
+        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]
+    ) -> list[tuple[Command, Outcome, bytes]]:
         """A batch of creates only (an initial sync, a burst of new hires): the rows and
         outcomes are made here, then written with their inbox rows in one statement."""
         await self._fast_path_policies(conn, items)
@@ -225,7 +240,9 @@ class Provisioner:
         await store.insert_users_with_outcomes(conn, rows, now, inbox)
         return results
 
-    async def _fast_path_policies(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]) -> dict[uuid.UUID, Any]:
+    async def _fast_path_policies(
+        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]
+    ) -> dict[uuid.UUID, Any]:
         """The batch's tenant policies, or _Fallback for what only the careful path handles
         (an event twice in the batch, an unknown tenant)."""
         if len({c.event_id for _, c in items}) != len(items):
@@ -247,7 +264,9 @@ class Provisioner:
                 found[tid] = row
         return found
 
-    async def _apply_careful(self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts) -> list[tuple[Command, Outcome, bytes]]:
+    async def _apply_careful(
+        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts
+    ) -> list[tuple[Command, Outcome, bytes]]:
         results: list[tuple[Command, Outcome, bytes]] = []
         await _lock_batch(conn, items)
         policies = await self._policies(conn, {c.tenant_id for _, c in items})
@@ -271,8 +290,13 @@ class Provisioner:
             except _AlreadyApplied as race:
                 outcome = race.outcome
             except Exception as err:  # a bug or poison: leave pending, dead-letter after N tries
-                log.exception("command_failed_unexpectedly", event_id=str(cmd.event_id), correlation_id=cmd.correlation_id,
-                              tenant=str(cmd.tenant_id), type=cmd.type)
+                log.exception(
+                    "command_failed_unexpectedly",
+                    event_id=str(cmd.event_id),
+                    correlation_id=cmd.correlation_id,
+                    tenant=str(cmd.tenant_id),
+                    type=cmd.type,
+                )
                 verdicts.retry[d.entry_id] = f"{type(err).__name__}: {err}"[:1000]
                 continue
             data = encode(outcome)
@@ -281,8 +305,14 @@ class Provisioner:
             results.extend(side)
         return results
 
-    async def _apply_one(self, conn: asyncpg.Connection, cmd: Command, policy: Any, seq: tuple[int, int],
-                         side: list[tuple[Command, Outcome, bytes]] | None = None) -> Outcome:
+    async def _apply_one(
+        self,
+        conn: asyncpg.Connection,
+        cmd: Command,
+        policy: Any,
+        seq: tuple[int, int],
+        side: list[tuple[Command, Outcome, bytes]] | None = None,
+    ) -> Outcome:
         refused: BaseException | None = None
         try:
             async with conn.transaction():  # savepoint: a failing command rolls back alone
@@ -290,8 +320,14 @@ class Provisioner:
                     raise PermanentError("invalid_value", f"unknown tenant {cmd.tenant_id}", field="tenant")
                 applied = await HANDLERS[cmd.type](conn, cmd, cmd.payload, Ctx(policy, seq))
                 outcome = make_outcome(cmd, applied)
-                await store.record_outcome(conn, cmd.event_id, cmd.tenant_id, cmd.type, encode(outcome).decode(),
-                                           outcome_events(cmd, outcome, applied.extra_events))
+                await store.record_outcome(
+                    conn,
+                    cmd.event_id,
+                    cmd.tenant_id,
+                    cmd.type,
+                    encode(outcome).decode(),
+                    outcome_events(cmd, outcome, applied.extra_events),
+                )
             if side is not None:
                 side.extend(side_outcomes(cmd, applied))
             return outcome
@@ -341,15 +377,21 @@ class Provisioner:
             audits.setdefault(topo.audit_stream_for(cmd.tenant_id), []).append(data)
         for stream, datas in audits.items():
             for i in range(0, len(datas), MAX_OUTCOMES_PER_ENTRY):
-                pipe.xadd(stream, outcome_fields(datas[i:i + MAX_OUTCOMES_PER_ENTRY]), maxlen=topo.maxlen, approximate=True)
+                pipe.xadd(
+                    stream, outcome_fields(datas[i : i + MAX_OUTCOMES_PER_ENTRY]), maxlen=topo.maxlen, approximate=True
+                )
         for stream, datas in replies.items():
             pipe.xadd(stream, outcome_fields(datas), maxlen=topo.reply_maxlen, approximate=True)
             pipe.expire(stream, topo.reply_ttl_s)
         # Wake the App API's long-polls (docs/events.md): a hint only, after commit, one
         # PUBLISH per tenant with new events; the events themselves are in Postgres.
-        changed = {str(cmd.tenant_id) for cmd, outcome, _ in results
-                   if outcome.result != "failed" and not outcome.redelivered
-                   and (outcome.result == "applied" or cmd.type == "jit.login")}
+        changed = {
+            str(cmd.tenant_id)
+            for cmd, outcome, _ in results
+            if outcome.result != "failed"
+            and not outcome.redelivered
+            and (outcome.result == "applied" or cmd.type == "jit.login")
+        }
         for tenant in sorted(changed):
             pipe.publish(topo.events_channel(), tenant)
 
@@ -366,8 +408,12 @@ class Provisioner:
             cmd = decode_command(d.data or b"")
         except (ValidationError, ValueError):
             return
-        outcome = make_outcome(cmd, error=PermanentError("dead_letter", f"moved to the dead-letter stream: {error}"[:1000]))
-        outcome = outcome.model_copy(update={"error": ErrorInfo(code="dead_letter", message=outcome.error.message if outcome.error else error)})
+        outcome = make_outcome(
+            cmd, error=PermanentError("dead_letter", f"moved to the dead-letter stream: {error}"[:1000])
+        )
+        outcome = outcome.model_copy(
+            update={"error": ErrorInfo(code="dead_letter", message=outcome.error.message if outcome.error else error)}
+        )
         await self._publish([(cmd, outcome, encode(outcome))])
         self.counters["failed"] += 1
         COMMANDS_DEAD_LETTERED.labels(type=cmd.type).inc()
@@ -386,8 +432,13 @@ def _reply_data(outcome: Outcome, data: bytes) -> bytes:
     return encode(outcome.model_copy(update={"changes": {}}))
 
 
-def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, bytes]],
-            inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]], events: list[tuple[int, EventSpec]] | None = None) -> None:
+def _record(
+    cmd: Command,
+    applied: Any,
+    results: list[tuple[Command, Outcome, bytes]],
+    inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]],
+    events: list[tuple[int, EventSpec]] | None = None,
+) -> None:
     """The outcome of an applied command, encoded once for the inbox row and the streams;
     its events (the outbox) joined to the inbox row by position."""
     outcome = make_outcome(cmd, applied)
@@ -402,12 +453,22 @@ def _record(cmd: Command, applied: Any, results: list[tuple[Command, Outcome, by
 
 
 def outcome_events(cmd: Command, outcome: Outcome, extra: list[EventSpec]) -> list[EventSpec]:
-    return events_of(cmd, outcome.result, outcome.resource_type, outcome.resource_id, outcome.user_name,
-                     outcome.resource, outcome.changes, outcome.notes, extra)
+    return events_of(
+        cmd,
+        outcome.result,
+        outcome.resource_type,
+        outcome.resource_id,
+        outcome.user_name,
+        outcome.resource,
+        outcome.changes,
+        outcome.notes,
+        extra,
+    )
 
 
-async def _lock_batch(conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], *,
-                      with_groups: bool = False) -> dict[uuid.UUID, Any]:
+async def _lock_batch(
+    conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], *, with_groups: bool = False
+) -> dict[uuid.UUID, Any]:
     """Take the row locks of the users and groups the batch changes, in one global order;
     the locked users' rows by id."""
     users: list[uuid.UUID] = []

@@ -12,8 +12,15 @@ def main() -> None:
 
         app = create_app(settings)
     # In-flight logins wait for their outcome; give them time to finish.
-    serve_http(app, host=settings.saml_host, port=settings.saml_port, shutdown_timeout=15, service="saml_gateway",
-               event_loop=settings.event_loop, young_gc=None)
+    serve_http(
+        app,
+        host=settings.saml_host,
+        port=settings.saml_port,
+        shutdown_timeout=15,
+        service="saml_gateway",
+        event_loop=settings.event_loop,
+        young_gc=None,
+    )
 
 
 if __name__ == "__main__":

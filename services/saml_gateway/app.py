@@ -23,16 +23,16 @@ import asyncio
 import hashlib
 import json
 import logging
+import multiprocessing
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp import web
@@ -102,7 +102,8 @@ class ConnectionRegistry:
         row = await self.pool.fetchrow(
             """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
                WHERE t.name = $1 AND c.name = $2""",
-            tenant, name,
+            tenant,
+            name,
         )
         conn = Connection.from_row(row) if row else None
         self._cache[key] = (now + self.ttl_s, conn)
@@ -145,8 +146,11 @@ async def _connection(request: web.Request) -> Connection:
     conn = await request.app[REGISTRY].get(request.match_info["tenant"], request.match_info["connection"])
     if conn is None:
         raise web.HTTPNotFound(
-            text=error_page(404, "There is no such SSO connection. Check the sign-in link you were given.",
-                            title="Unknown SSO connection").text,
+            text=error_page(
+                404,
+                "There is no such SSO connection. Check the sign-in link you were given.",
+                title="Unknown SSO connection",
+            ).text,
             content_type="text/html",
         )
     return conn
@@ -170,8 +174,11 @@ async def certificate(request: web.Request) -> web.Response:
     """The connection's SP certificate (PEM; also in the metadata as use="encryption"):
     the file Entra ID's "Token encryption" and Okta's "Encryption Certificate" ask for."""
     conn = await _connection(request)
-    return web.Response(text=conn.sp_cert_pem, content_type="application/x-pem-file",
-                        headers={"Content-Disposition": f'attachment; filename="{conn.tenant_name}-{conn.name}.pem"'})
+    return web.Response(
+        text=conn.sp_cert_pem,
+        content_type="application/x-pem-file",
+        headers={"Content-Disposition": f'attachment; filename="{conn.tenant_name}-{conn.name}.pem"'},
+    )
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -201,13 +208,19 @@ async def acs(request: web.Request) -> web.StreamResponse:
     try:
         form = await request.post()
     except web.HTTPRequestEntityTooLarge:
-        return await _refuse(request, conn, Refused("too_large", "The SAML response is larger than this service "
-                                                     "accepts.", 413), correlation, started)
+        return await _refuse(
+            request,
+            conn,
+            Refused("too_large", "The SAML response is larger than this service accepts.", 413),
+            correlation,
+            started,
+        )
     saml_response = form.get("SAMLResponse")
     relay_state = form.get("RelayState") or ""
     if not isinstance(saml_response, str) or not isinstance(relay_state, str):
-        return await _refuse(request, conn, Refused("malformed", "The login request carried no SAMLResponse.", 400),
-                             correlation, started)
+        return await _refuse(
+            request, conn, Refused("malformed", "The login request carried no SAMLResponse.", 400), correlation, started
+        )
     if len(relay_state.encode()) > MAX_RELAY_STATE:
         relay_state = ""
     try:
@@ -216,19 +229,24 @@ async def acs(request: web.Request) -> web.StreamResponse:
             await _check_state(app, conn, verified)
         except RedisError as err:
             log.warning("saml_redis_unavailable", error=str(err), correlation_id=correlation)
-            return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
-                              reference=correlation, title="Please try again")
-        mapped = map_claims(conn.attribute_map, conn.required_attributes, verified.name_id,
-                            verified.name_id_format, verified.attributes)
+            return error_page(
+                503,
+                "The sign-in service is temporarily unavailable. Please try again shortly.",
+                reference=correlation,
+                title="Please try again",
+            )
+        mapped = map_claims(
+            conn.attribute_map, conn.required_attributes, verified.name_id, verified.name_id_format, verified.attributes
+        )
         check_claims(mapped, verified.name_id)
     except Refused as refusal:
         return await _refuse(request, conn, refusal, correlation, started)
     except MissingClaim as missing:
-        refusal = Refused("missing_claim", str(missing), 400, user_name=verified.name_id, field=missing.field)
-        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
+        refused = Refused("missing_claim", str(missing), 400, user_name=verified.name_id, field=missing.field)
+        return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
     except ClaimTooLong as too_long:
-        refusal = Refused("claim_too_long", str(too_long), 400, user_name=verified.name_id[:512], field=too_long.field)
-        return await _refuse(request, conn, refusal, correlation, started, code="invalid_value")
+        refused = Refused("claim_too_long", str(too_long), 400, user_name=verified.name_id[:512], field=too_long.field)
+        return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
 
     try:
         command = Command(
@@ -257,21 +275,36 @@ async def acs(request: web.Request) -> web.StreamResponse:
         # e.g. a NameID longer than the contract allows: the IdP's data, not our bug.
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "payload"
-        refused = Refused("invalid_value", f"The identity provider sent an unusable value for {field}: "
-                          f"{first['msg']}.", 400, user_name=verified.name_id[:512], field=field)
+        refused = Refused(
+            "invalid_value",
+            f"The identity provider sent an unusable value for {field}: {first['msg']}.",
+            400,
+            user_name=verified.name_id[:512],
+            field=field,
+        )
         return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
     t0 = time.perf_counter()
     try:
         outcome = await app[WAITER].submit(command, settings.saml_outcome_timeout_s)
     except OutcomeTimeout:
         OUTCOME_WAIT.labels(type="jit.login", result="timeout").observe(time.perf_counter() - t0)
-        log.warning("saml_outcome_timeout", tenant=conn.tenant_name, connection=conn.name, event_id=str(command.event_id))
-        return error_page(503, "Your sign-in was accepted but your account is still being set up. "
-                          "Please sign in again in a minute.", reference=correlation, title="Please try again")
+        log.warning(
+            "saml_outcome_timeout", tenant=conn.tenant_name, connection=conn.name, event_id=str(command.event_id)
+        )
+        return error_page(
+            503,
+            "Your sign-in was accepted but your account is still being set up. Please sign in again in a minute.",
+            reference=correlation,
+            title="Please try again",
+        )
     except BrokerUnavailable:
         OUTCOME_WAIT.labels(type="jit.login", result="unavailable").observe(time.perf_counter() - t0)
-        return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
-                          reference=correlation, title="Please try again")
+        return error_page(
+            503,
+            "The sign-in service is temporarily unavailable. Please try again shortly.",
+            reference=correlation,
+            title="Please try again",
+        )
     OUTCOME_WAIT.labels(type="jit.login", result="outcome").observe(time.perf_counter() - t0)
     if not outcome.ok or outcome.resource is None:
         # The provisioner recorded this failure in the audit stream itself.
@@ -281,20 +314,29 @@ async def acs(request: web.Request) -> web.StreamResponse:
             message = "You have no account here yet, and this sign-in does not create accounts. Ask your administrator."
         elif failure and failure.code == "not_linked":
             # Issue 13 §1: an existing account is never taken over on a claim alone.
-            message = ("An account with your name or email already exists, but it is not linked to this sign-in "
-                       "method. An administrator must link the account before you can sign in this way.")
+            message = (
+                "An account with your name or email already exists, but it is not linked to this sign-in "
+                "method. An administrator must link the account before you can sign in this way."
+            )
         elif failure and failure.code in ("invalid_value", "policy", "uniqueness", "mutability"):
             message = f"Your account could not be set up: {failure.message}."
         else:  # internal errors and dead letters: details are in the audit trail, not here
             message = "Your account could not be set up. Please try again later or contact support."
-        return error_page(403 if failure and failure.code in ("user_not_found", "policy", "not_linked") else 422, message,
-                          reference=correlation)
+        return error_page(
+            403 if failure and failure.code in ("user_not_found", "policy", "not_linked") else 422,
+            message,
+            reference=correlation,
+        )
     SAML_LOGINS_ACCEPTED.labels(mode=conn.jit_mode).inc()
 
     if not conn.app_url:
-        return error_page(200, "You are signed in, but this connection has no application URL to continue to. "
-                          "Ask your administrator to set one (provisio sso add … --app-url).",
-                          title="Signed in", reference=correlation)
+        return error_page(
+            200,
+            "You are signed in, but this connection has no application URL to continue to. "
+            "Ask your administrator to set one (provisio sso add … --app-url).",
+            title="Signed in",
+            reference=correlation,
+        )
     code = secrets.token_urlsafe(32)
     profile = _profile(conn, outcome.resource, verified, mapped.groups_overage, outcome.notes)
     await app[REDIS].set(
@@ -316,21 +358,31 @@ async def _check_state(app: web.Application, conn: Connection, verified: Verifie
     # re-wrapped in a new response) is a replay, until the assertion expires anyway.
     fresh = await redis.set(_seen_key(topo, conn.id, verified.assertion_id), b"1", nx=True, ex=ttl)
     if not fresh:
-        raise Refused("replay", "This sign-in response was already used. Please sign in again.",
-                      user_name=verified.name_id)
+        raise Refused(
+            "replay", "This sign-in response was already used. Please sign in again.", user_name=verified.name_id
+        )
     if verified.in_response_to:
         owner = await redis.getdel(_request_key(topo, verified.in_response_to))
         owner = owner.decode() if isinstance(owner, bytes) else owner
         if owner != str(conn.id):
-            raise Refused("in_response_to", "This response answers a sign-in request this service did not make, "
-                          "made for another connection, or already answered.", user_name=verified.name_id)
+            raise Refused(
+                "in_response_to",
+                "This response answers a sign-in request this service did not make, "
+                "made for another connection, or already answered.",
+                user_name=verified.name_id,
+            )
     elif not conn.allow_idp_initiated:
-        raise Refused("idp_initiated", "Sign-ins started at the identity provider are not allowed for this "
-                      "connection; use the sign-in link of the application.", user_name=verified.name_id)
+        raise Refused(
+            "idp_initiated",
+            "Sign-ins started at the identity provider are not allowed for this "
+            "connection; use the sign-in link of the application.",
+            user_name=verified.name_id,
+        )
 
 
-def _profile(conn: Connection, resource: dict[str, Any], verified: VerifiedLogin, overage: bool,
-             notes: tuple[str, ...]) -> dict[str, Any]:
+def _profile(
+    conn: Connection, resource: dict[str, Any], verified: VerifiedLogin, overage: bool, notes: tuple[str, ...]
+) -> dict[str, Any]:
     """What the app gets for a code: the committed user (``UserState``) and its groups."""
     emails = resource.get("emails") or []
     email = next((e.get("value") for e in emails if e.get("primary")), emails[0].get("value") if emails else None)
@@ -361,11 +413,17 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-async def _refuse(request: web.Request, conn: Connection, refusal: Refused, correlation: str, started: datetime,
-                  code: str = "refused") -> web.Response:
+async def _refuse(
+    request: web.Request, conn: Connection, refusal: Refused, correlation: str, started: datetime, code: str = "refused"
+) -> web.Response:
     SAML_LOGINS_REFUSED.labels(reason=refusal.reason).inc()
-    log.info("saml_login_refused", tenant=conn.tenant_name, connection=conn.name, reason=refusal.reason,
-             correlation_id=correlation)
+    log.info(
+        "saml_login_refused",
+        tenant=conn.tenant_name,
+        connection=conn.name,
+        reason=refusal.reason,
+        correlation_id=correlation,
+    )
     outcome = Outcome(
         event_id=uuid.uuid4(),
         command_type="jit.login",
@@ -381,8 +439,12 @@ async def _refuse(request: web.Request, conn: Connection, refusal: Refused, corr
     )
     app = request.app
     try:
-        await app[REDIS].xadd(app[TOPOLOGY].audit_stream_for(conn.tenant_id), {DATA_FIELD: encode(outcome)},
-                              maxlen=app[TOPOLOGY].maxlen, approximate=True)
+        await app[REDIS].xadd(
+            app[TOPOLOGY].audit_stream_for(conn.tenant_id),
+            {DATA_FIELD: encode(outcome)},
+            maxlen=app[TOPOLOGY].maxlen,
+            approximate=True,
+        )
     except Exception as err:  # the page must still render; the log line keeps the record
         log.error("saml_audit_publish_failed", error=str(err), correlation_id=correlation)
     return error_page(refusal.status, refusal.message, reference=correlation)
@@ -404,6 +466,7 @@ async def token(request: web.Request) -> web.Response:
             code = (await request.post()).get("code")
     except Exception:
         return _token_error(400, "invalid_request", "the body must be a form or JSON object with a code")
+
     async def secret_hash_of(connection_id: uuid.UUID) -> bytes | None:
         conn = await app[REGISTRY].by_id(connection_id)
         return bytes(conn.app_secret_hash) if conn is not None and conn.app_secret_hash is not None else None
@@ -443,10 +506,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         # login can simply be tried again once they are back.
         log.warning("saml_dependency_unavailable", error=str(err), path=request.path)
         if request.path.startswith("/saml/token"):
-            return web.json_response({"error": "temporarily_unavailable", "error_description": "try again shortly"},
-                                     status=503, headers={"Retry-After": "5"})
-        return error_page(503, "The sign-in service is temporarily unavailable. Please try again shortly.",
-                          title="Try again shortly")
+            return web.json_response(
+                {"error": "temporarily_unavailable", "error_description": "try again shortly"},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        return error_page(
+            503, "The sign-in service is temporarily unavailable. Please try again shortly.", title="Try again shortly"
+        )
     except Exception:
         # Never a stack trace to the browser; the log has it.
         ref = uuid.uuid4().hex
@@ -484,9 +551,12 @@ def create_app(settings: SamlSettings) -> web.Application:
         await app[WAITER].start()
         app[EXECUTOR] = ThreadPoolExecutor(settings.saml_verify_threads, thread_name_prefix="saml-verify")
         engine_kwargs = dict(
-            public_url=settings.saml_public_url, skew_s=settings.saml_clock_skew_s,
-            max_bytes=settings.saml_max_response_bytes, backend=settings.saml_crypto_backend,
-            xmlsec1_path=settings.saml_xmlsec1_path, schema_validator=settings.saml_schema_validator,
+            public_url=settings.saml_public_url,
+            skew_s=settings.saml_clock_skew_s,
+            max_bytes=settings.saml_max_response_bytes,
+            backend=settings.saml_crypto_backend,
+            xmlsec1_path=settings.saml_xmlsec1_path,
+            schema_validator=settings.saml_schema_validator,
         )
         app[ENGINE] = SamlEngine(**engine_kwargs)  # type: ignore[arg-type]
         processes: ProcessPoolExecutor | None = None
@@ -494,8 +564,10 @@ def create_app(settings: SamlSettings) -> web.Application:
         if settings.saml_verify_processes:
             # spawn, not fork: this process already runs threads and open sockets.
             processes = ProcessPoolExecutor(
-                settings.saml_verify_processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(engine_kwargs,),
+                settings.saml_verify_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker,
+                initargs=(engine_kwargs,),
             )
             pool_ = processes
 

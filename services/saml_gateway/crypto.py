@@ -32,8 +32,8 @@ handles both backends alike. Decryption is shared by both backends (``xmlenc.py`
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 import xmlsec
@@ -191,8 +191,9 @@ class CryptoBackendXmlsecBinding(CryptoBackend):
             raise NotImplementedError("XML encryption needs the xmlsec1 program")
         return self._program.encrypt(text, recv_key, template, key_type, xpath)
 
-    def encrypt_assertion(self, statement: Any, enc_key: Any, template: Any, key_type: Any = "des-192",
-                          node_xpath: Any = None) -> Any:
+    def encrypt_assertion(
+        self, statement: Any, enc_key: Any, template: Any, key_type: Any = "des-192", node_xpath: Any = None
+    ) -> Any:
         if self._program is None:
             raise NotImplementedError("XML encryption needs the xmlsec1 program")
         return self._program.encrypt_assertion(statement, enc_key, template, key_type, node_xpath)

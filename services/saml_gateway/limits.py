@@ -53,8 +53,11 @@ def rate_limits(settings: SamlSettings, topology: Topology, redis: Callable[[], 
                 wait = await limiter("saml-login", settings.saml_login_per_min).hit(address)
             if wait is not None:
                 log.warning("saml_login_limited", source=address)
-                page = error_page(429, "Too many sign-in attempts from your network. Please wait a minute "
-                                  "and try again.", title="Please wait")
+                page = error_page(
+                    429,
+                    "Too many sign-in attempts from your network. Please wait a minute and try again.",
+                    title="Please wait",
+                )
                 page.headers["Retry-After"] = str(wait)
                 return page
             return await handler(request)
@@ -65,9 +68,12 @@ def rate_limits(settings: SamlSettings, topology: Topology, redis: Callable[[], 
             if wait is not None:
                 log.warning("saml_token_limited", source=address)
                 return web.json_response(
-                    {"error": "slow_down", "error_description": "too many failed code exchanges from this "
-                     "address; retry later"},
-                    status=429, headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+                    {
+                        "error": "slow_down",
+                        "error_description": "too many failed code exchanges from this address; retry later",
+                    },
+                    status=429,
+                    headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
                 )
             response = await handler(request)
             if response.status in (400, 401):

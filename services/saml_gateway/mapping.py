@@ -123,8 +123,11 @@ def check_claims(login: MappedLogin, name_id: str) -> None:
 
     def bounded(field: str, value: str | None, limit: int, label: str | None = None) -> None:
         if value is not None and len(value) > limit:
-            raise ClaimTooLong(field, f"The identity provider sent a {label or field} of {len(value)} characters; "
-                               f"the limit is {limit}. Ask your administrator to shorten the claim.")
+            raise ClaimTooLong(
+                field,
+                f"The identity provider sent a {label or field} of {len(value)} characters; "
+                f"the limit is {limit}. Ask your administrator to shorten the claim.",
+            )
 
     bounded("user_name", login.user_name, MAX_INDEXED)
     bounded("NameID", name_id, MAX_INDEXED)
@@ -133,14 +136,18 @@ def check_claims(login: MappedLogin, name_id: str) -> None:
         bounded(field, getattr(login, field), MAX_NAME)
     if login.groups is not None:
         if len(login.groups) > MAX_GROUPS:
-            raise ClaimTooLong("groups", f"The identity provider sent {len(login.groups)} groups; the limit is "
-                               f"{MAX_GROUPS}. Ask your administrator to filter the group claim.")
+            raise ClaimTooLong(
+                "groups",
+                f"The identity provider sent {len(login.groups)} groups; the limit is "
+                f"{MAX_GROUPS}. Ask your administrator to filter the group claim.",
+            )
         for group in login.groups:
             bounded("groups", group, MAX_INDEXED, "group name")
     for field, value in login.custom.items():
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_CUSTOM_VALUES:
-            raise ClaimTooLong(field, f"The identity provider sent {len(values)} values of {field}; the limit is "
-                               f"{MAX_CUSTOM_VALUES}.")
+            raise ClaimTooLong(
+                field, f"The identity provider sent {len(values)} values of {field}; the limit is {MAX_CUSTOM_VALUES}."
+            )
         for v in values:
             bounded(field, v, MAX_CUSTOM)

@@ -18,16 +18,20 @@ h1{{font-size:1.4rem}}.ref{{color:#666;font-size:.85rem}}</style></head>
 RETRY_AFTER_S = 5
 
 
-def error_page(status: int, message: str, *, reference: str | None = None,
-               title: str = "Sign-in failed") -> web.Response:
+def error_page(
+    status: int, message: str, *, reference: str | None = None, title: str = "Sign-in failed"
+) -> web.Response:
     extra = (
         f'<p class="ref">If you contact support, give this reference: <code>{escape(reference)}</code></p>'
         if reference
         else ""
     )
     body = _PAGE.format(title=escape(title), message=escape(message), extra=extra)
-    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-               "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    }
     if status == 503:  # every "try again" page says when (RFC 9110 §10.2.3)
         headers["Retry-After"] = str(RETRY_AFTER_S)
     return web.Response(status=status, text=body, content_type="text/html", headers=headers)

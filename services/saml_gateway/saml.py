@@ -17,8 +17,8 @@ documented reason and names the values, instead of pysaml2's bare ``Exception``.
 from __future__ import annotations
 
 import base64
-import calendar
 import binascii
+import calendar
 import os
 import tempfile
 import threading
@@ -52,8 +52,9 @@ class Refused(Exception):
     """A login Provisio refuses. ``reason`` is a short fixed code (metrics, audit notes);
     ``message`` is shown to the user and recorded, and never holds secrets."""
 
-    def __init__(self, reason: str, message: str, status: int = 403, *, user_name: str | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, status: int = 403, *, user_name: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -94,13 +95,22 @@ class Connection:
     @classmethod
     def from_row(cls, row: Any) -> Connection:
         return cls(
-            id=row["id"], tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], name=row["name"],
-            preset=row["preset"], idp_entity_id=row["idp_entity_id"], idp_metadata=row["idp_metadata"],
-            jit_mode=row["jit_mode"], app_url=row["app_url"], allow_idp_initiated=row["allow_idp_initiated"],
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            tenant_name=row["tenant_name"],
+            name=row["name"],
+            preset=row["preset"],
+            idp_entity_id=row["idp_entity_id"],
+            idp_metadata=row["idp_metadata"],
+            jit_mode=row["jit_mode"],
+            app_url=row["app_url"],
+            allow_idp_initiated=row["allow_idp_initiated"],
             attribute_map={k: list(v) for k, v in (row["attribute_map"] or {}).items()},
             required_attributes=tuple(row["required_attributes"] or ()),
-            sp_cert_pem=row["sp_cert_pem"] or "", sp_key_pem=row["sp_key_pem"] or "",
-            app_secret_hash=row["app_secret_hash"], updated_at=row["updated_at"],
+            sp_cert_pem=row["sp_cert_pem"] or "",
+            sp_key_pem=row["sp_key_pem"] or "",
+            app_secret_hash=row["app_secret_hash"],
+            updated_at=row["updated_at"],
         )
 
 
@@ -122,8 +132,17 @@ class SamlEngine:
     """Builds and caches one pysaml2 ``Saml2Client`` per connection (keyed by its
     ``updated_at``), with the configured crypto backend."""
 
-    def __init__(self, *, public_url: str, skew_s: int, max_bytes: int, backend: str, xmlsec1_path: str,
-                 schema_validator: str = "xmlschema", workdir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        public_url: str,
+        skew_s: int,
+        max_bytes: int,
+        backend: str,
+        xmlsec1_path: str,
+        schema_validator: str = "xmlschema",
+        workdir: str | None = None,
+    ) -> None:
         self.public_url = public_url
         self.skew_s = skew_s
         self.max_bytes = max_bytes
@@ -277,9 +296,13 @@ class SamlEngine:
             codes = [(el.get("Value") or "").rsplit(":", 1)[-1] for el in root.iter(f"{{{SAMLP_NS}}}StatusCode")]
             codes = [c for c in codes if c.isalnum() and c != "Success"]
             if codes:
-                raise Refused("idp_status", "The identity provider did not sign you in (status: "
-                              f"{' / '.join(codes[:2])}). Ask your administrator whether you are assigned "
-                              "to this application.", 403)
+                raise Refused(
+                    "idp_status",
+                    "The identity provider did not sign you in (status: "
+                    f"{' / '.join(codes[:2])}). Ask your administrator whether you are assigned "
+                    "to this application.",
+                    403,
+                )
         if count != 1:
             raise Refused("assertions", f"The SAML response must hold exactly one assertion (it holds {count}).", 400)
         # The algorithms of every Signature in the message (an allow-list); the ones in
@@ -315,18 +338,24 @@ class SamlEngine:
         except PolicyRefusal as refusal:
             raise Refused(refusal.reason, refusal.message, refusal.status) from None
         except DecryptError:
-            raise Refused("decrypt", "The assertion could not be decrypted with this connection's key; give the "
-                          "identity provider this connection's current SP metadata.", 403) from None
+            raise Refused(
+                "decrypt",
+                "The assertion could not be decrypted with this connection's key; give the "
+                "identity provider this connection's current SP metadata.",
+                403,
+            ) from None
         except SigverError:
-            raise Refused("signature", "The response is not correctly signed by this connection's identity "
-                          "provider.", 403) from None
+            raise Refused(
+                "signature", "The response is not correctly signed by this connection's identity provider.", 403
+            ) from None
         except ToEarly:
             raise Refused("not_yet_valid", "The assertion is not valid yet (check the clocks).", 403) from None
         except ResponseLifetimeExceed:
             raise Refused("expired", "The assertion has expired; sign in again.", 403) from None
         except StatusError as err:
-            raise Refused("idp_status", f"The identity provider reported an error: {type(err).__name__}.",
-                          403) from None
+            raise Refused(
+                "idp_status", f"The identity provider reported an error: {type(err).__name__}.", 403
+            ) from None
         except Exception as err:
             raise Refused("invalid", f"The SAML response was refused ({_describe(err)}).", 403) from None
         if resp is None or getattr(resp, "assertion", None) is None:
@@ -360,23 +389,32 @@ class SamlEngine:
         _check_issuer(conn, assertion_issuer, "assertion")
         # saml-bindings §3.5.5.2: Destination must be our ACS. All four IdPs set it.
         if response.destination != urls.acs:
-            raise Refused("destination", "The response is addressed to another service: its Destination is "
-                          f"{_shown([response.destination])}, this connection's ACS (Reply URL) is \"{urls.acs}\".")
+            raise Refused(
+                "destination",
+                "The response is addressed to another service: its Destination is "
+                f'{_shown([response.destination])}, this connection\'s ACS (Reply URL) is "{urls.acs}".',
+            )
         # saml-profiles §4.1.4.2: the assertion MUST contain an AudienceRestriction
         # including the SP's entity id.
         conditions = assertion.conditions
         restrictions = list(getattr(conditions, "audience_restriction", None) or [])
         if not restrictions:
-            raise Refused("audience", "The assertion has no AudienceRestriction; it must name this connection's "
-                          f"SP entity ID \"{urls.entity_id}\".")
+            raise Refused(
+                "audience",
+                "The assertion has no AudienceRestriction; it must name this connection's "
+                f'SP entity ID "{urls.entity_id}".',
+            )
         for restriction in restrictions:
             audiences = [_text(a) for a in restriction.audience or []]
             if urls.entity_id not in audiences:
                 # Entra's "Identifier mismatch", the most common set-up mistake: say
                 # what was received and what the IdP must send instead.
-                raise Refused("audience", f"The assertion is meant for another service: its Audience is "
-                              f"{_shown(audiences)}, but this connection's SP entity ID (Identifier) is "
-                              f"\"{urls.entity_id}\". Set the identity provider's Identifier (Entity ID) to it.")
+                raise Refused(
+                    "audience",
+                    f"The assertion is meant for another service: its Audience is "
+                    f"{_shown(audiences)}, but this connection's SP entity ID (Identifier) is "
+                    f'"{urls.entity_id}". Set the identity provider\'s Identifier (Entity ID) to it.',
+                )
 
         skew = timedelta(seconds=self.skew_s)
         expiries: list[datetime] = []
@@ -389,8 +427,9 @@ class SamlEngine:
         subject = assertion.subject
         if subject is None or subject.name_id is None or not _text(subject.name_id):
             raise Refused("subject", "The assertion names no user (NameID).", 400)
-        bearer = [sc for sc in subject.subject_confirmation or []
-                  if sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"]
+        bearer = [
+            sc for sc in subject.subject_confirmation or [] if sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+        ]
         if not bearer:
             raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
         response_irt = response.in_response_to or None
@@ -412,9 +451,12 @@ class SamlEngine:
             confirmed = True
         if not confirmed:
             recipients = [sc.subject_confirmation_data.recipient for sc in bearer if sc.subject_confirmation_data]
-            raise Refused("recipient", "The assertion is not confirmed for this service: its bearer "
-                          f"SubjectConfirmationData has Recipient {_shown(recipients)} (this connection's ACS is "
-                          f"\"{urls.acs}\") or an InResponseTo other than the response's, or is not valid yet.")
+            raise Refused(
+                "recipient",
+                "The assertion is not confirmed for this service: its bearer "
+                f"SubjectConfirmationData has Recipient {_shown(recipients)} (this connection's ACS is "
+                f'"{urls.acs}") or an InResponseTo other than the response\'s, or is not valid yet.',
+            )
         if not expiries:
             raise Refused("expired", "The assertion has no NotOnOrAfter, so a replay could not be detected.", 400)
         expires_at = min(expiries)
@@ -497,13 +539,15 @@ class _AuthnResponse(AuthnResponse):
         # pysaml2 says "No valid subject confirmation" (invalid); the documented reason
         # for an assertion without a bearer confirmation is "subject".
         subject = self.assertion.subject if self.assertion is not None else None
-        if subject is not None and not any(sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer"
-                                           for sc in subject.subject_confirmation or []):
+        if subject is not None and not any(
+            sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer" for sc in subject.subject_confirmation or []
+        ):
             raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
         return super().get_subject(keys)
 
-    def decrypt_assertions(self, encrypted_assertions: Any, decr_txt: Any, issuer: Any = None,
-                           verified: bool = False) -> Any:
+    def decrypt_assertions(
+        self, encrypted_assertions: Any, decr_txt: Any, issuer: Any = None, verified: bool = False
+    ) -> Any:
         from saml2 import extension_elements_to_elements, saml, samlp
 
         if self.connection is not None:
@@ -518,8 +562,9 @@ class _Client(Saml2Client):
 
     response_class: type[_AuthnResponse] = _AuthnResponse
 
-    def _parse_response(self, xmlstr: Any, response_cls: Any, service: Any, binding: Any,
-                        outstanding_certs: Any = None, **kwargs: Any) -> Any:
+    def _parse_response(
+        self, xmlstr: Any, response_cls: Any, service: Any, binding: Any, outstanding_certs: Any = None, **kwargs: Any
+    ) -> Any:
         if response_cls is AuthnResponse:
             response_cls = self.response_class
         return super()._parse_response(xmlstr, response_cls, service, binding, outstanding_certs, **kwargs)
@@ -530,8 +575,11 @@ def _check_issuer(conn: Connection, issuer: str | None, what: str) -> None:
     if what == "assertion" and value is None:
         raise Refused("issuer", "The assertion names no Issuer.")
     if value is not None and value != conn.idp_entity_id:
-        raise Refused("issuer", f"The {what} was issued by {_shown([value])}, not by this connection's identity "
-                      f"provider \"{conn.idp_entity_id}\" (check the IdP metadata given to this connection).")
+        raise Refused(
+            "issuer",
+            f"The {what} was issued by {_shown([value])}, not by this connection's identity "
+            f'provider "{conn.idp_entity_id}" (check the IdP metadata given to this connection).',
+        )
 
 
 def _signature_problem(signature: Any) -> str | None:

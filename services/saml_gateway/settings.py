@@ -13,12 +13,15 @@ class SamlSettings(CommonSettings):
     # asyncio's loop by default here: signature checks run in worker threads, and with
     # uvloop the gateway did fewer logins (bench_saml at 32 clients: 145-157/s on uvloop,
     # 172-181/s on asyncio, same machine, same hour). PROVISIO_EVENT_LOOP still decides.
-    event_loop: str = Field(default="asyncio", pattern=r"^(uvloop|asyncio)$",
-                            description="asyncio (default for the SAML gateway) or uvloop")
+    event_loop: str = Field(
+        default="asyncio", pattern=r"^(uvloop|asyncio)$", description="asyncio (default for the SAML gateway) or uvloop"
+    )
     saml_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
     saml_port: int = Field(default=8082, ge=1, le=65535)
     saml_metrics_port: int = Field(
-        default=9182, ge=0, le=65535,
+        default=9182,
+        ge=0,
+        le=65535,
         description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
     )
     saml_public_url: str = Field(
@@ -54,18 +57,22 @@ class SamlSettings(CommonSettings):
         default=4, ge=1, le=64, description="Threads that parse and verify SAML responses off the event loop"
     )
     saml_verify_processes: int = Field(
-        default=0, ge=0, le=64,
+        default=0,
+        ge=0,
+        le=64,
         description="Worker processes that verify responses (0: threads in the gateway process). "
         "pysaml2 is Python code that holds the GIL; processes let verification use more than one core "
         "and keep the event loop's process free",
     )
     saml_login_per_min: int = Field(
-        default=300, ge=0,
+        default=300,
+        ge=0,
         description="Login URL calls per source address per minute, across replicas (each signs an "
         "AuthnRequest and stores a Redis key); 0 = unlimited",
     )
     saml_failed_token_per_min: int = Field(
-        default=30, ge=0,
+        default=30,
+        ge=0,
         description="Failed /saml/token exchanges (unknown code, wrong secret) per source address per "
         "minute, across replicas; then 429 until the minute ends (0 = unlimited)",
     )

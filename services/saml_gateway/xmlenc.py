@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -109,8 +110,10 @@ class PolicyRefusal(Exception):
         return (PolicyRefusal, (self.reason, self.message, self.status))
 
 
-DECRYPT_FAILED = ("The assertion could not be decrypted with this connection's key; give the identity provider "
-                  "this connection's current SP metadata.")
+DECRYPT_FAILED = (
+    "The assertion could not be decrypted with this connection's key; give the identity provider "
+    "this connection's current SP metadata."
+)
 
 
 class DecryptFailed(Exception):
@@ -126,15 +129,19 @@ def signature_algorithm_problem(signature_method: str | None, digest_methods: li
     None when its SignatureMethod and every Reference's DigestMethod are allowed."""
     method = (signature_method or "").strip()
     if method not in SIGNATURE_METHODS:
-        return (f"The response is signed with {_name(method) if method else 'no SignatureMethod'}, which is "
-                "refused; configure the identity provider to sign with RSA-SHA256 (SHA-256).")
+        return (
+            f"The response is signed with {_name(method) if method else 'no SignatureMethod'}, which is "
+            "refused; configure the identity provider to sign with RSA-SHA256 (SHA-256)."
+        )
     if not digest_methods:
         return "The signature has no Reference, which is refused."
     for digest in digest_methods:
         d = (digest or "").strip()
         if d not in DIGEST_METHODS:
-            return (f"The response's signature uses the digest {_name(d) if d else '(none)'}, which is refused; "
-                    "configure the identity provider to use SHA-256.")
+            return (
+                f"The response's signature uses the digest {_name(d) if d else '(none)'}, which is refused; "
+                "configure the identity provider to use SHA-256."
+            )
     return None
 
 
@@ -149,8 +156,10 @@ def check_signature_elements(root: Any) -> None:
             continue  # not a signature anyone can verify: the signature check refuses it
         method_el = signed_info.find(f"{{{DSIG_NS}}}SignatureMethod")
         method = method_el.get("Algorithm") if method_el is not None else None
-        digests = [(ref.find(_DIGEST_METHOD).get("Algorithm") if ref.find(_DIGEST_METHOD) is not None else None)
-                   for ref in signed_info.findall(f"{{{DSIG_NS}}}Reference")]
+        digests = [
+            (ref.find(_DIGEST_METHOD).get("Algorithm") if ref.find(_DIGEST_METHOD) is not None else None)
+            for ref in signed_info.findall(f"{{{DSIG_NS}}}Reference")
+        ]
         problem = signature_algorithm_problem(method, digests)
         if problem:
             raise PolicyRefusal("weak_signature", problem)
@@ -171,13 +180,13 @@ _RSA_OAEP_MGF1P = XENC + "rsa-oaep-mgf1p"
 _RSA_OAEP = XENC11 + "rsa-oaep"
 _RSA_1_5 = XENC + "rsa-1_5"
 # OAEP's hash (DigestMethod) and MGF1's hash (xenc11:MGF), xmlenc-core1 §5.5.2.
-_OAEP_DIGESTS = {
+_OAEP_DIGESTS: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     DSIG_NS + "sha1": hashes.SHA1,
     XENC + "sha256": hashes.SHA256,
     DSIG_MORE + "sha384": hashes.SHA384,
     XENC + "sha512": hashes.SHA512,
 }
-_MGF_DIGESTS = {
+_MGF_DIGESTS: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     XENC11 + "mgf1sha1": hashes.SHA1,
     XENC11 + "mgf1sha256": hashes.SHA256,
     XENC11 + "mgf1sha384": hashes.SHA384,
@@ -201,24 +210,33 @@ def _key_transport(ek: Any) -> padding.OAEP:
     method = ek.find(_ENCRYPTION_METHOD)
     alg = (method.get("Algorithm") if method is not None else "") or ""
     if alg == _RSA_1_5:
-        raise PolicyRefusal("weak_encryption", "The assertion's key is encrypted with RSA-1_5 "
-                            f"({_RSA_1_5}), which is refused (it is open to padding-oracle attacks); configure "
-                            "the identity provider to use RSA-OAEP key transport.")
+        raise PolicyRefusal(
+            "weak_encryption",
+            "The assertion's key is encrypted with RSA-1_5 "
+            f"({_RSA_1_5}), which is refused (it is open to padding-oracle attacks); configure "
+            "the identity provider to use RSA-OAEP key transport.",
+        )
     if alg not in (_RSA_OAEP_MGF1P, _RSA_OAEP):
-        raise PolicyRefusal("weak_encryption", f"The assertion's key is encrypted with {_name(alg) if alg else '(none)'}"
-                            ", which is not supported; configure the identity provider to use RSA-OAEP.")
+        raise PolicyRefusal(
+            "weak_encryption",
+            f"The assertion's key is encrypted with {_name(alg) if alg else '(none)'}"
+            ", which is not supported; configure the identity provider to use RSA-OAEP.",
+        )
     digest_el = method.find(_DIGEST_METHOD)
     digest_uri = digest_el.get("Algorithm") if digest_el is not None else DSIG_NS + "sha1"  # the OAEP default
     if digest_uri not in _OAEP_DIGESTS:
-        raise PolicyRefusal("weak_encryption", f"RSA-OAEP with the digest {_name(digest_uri or '')} is not "
-                            "supported; use SHA-1 (the default) or SHA-256.")
-    mgf_hash: type[hashes.HashAlgorithm] = hashes.SHA1  # rsa-oaep-mgf1p: MGF1 with SHA-1, always
+        raise PolicyRefusal(
+            "weak_encryption",
+            f"RSA-OAEP with the digest {_name(digest_uri or '')} is not supported; use SHA-1 (the default) or SHA-256.",
+        )
+    mgf_hash: Callable[[], hashes.HashAlgorithm] = hashes.SHA1  # rsa-oaep-mgf1p: MGF1 with SHA-1, always
     mgf_el = method.find(_MGF)
     if alg == _RSA_OAEP and mgf_el is not None:
         mgf_uri = mgf_el.get("Algorithm") or ""
         if mgf_uri not in _MGF_DIGESTS:
-            raise PolicyRefusal("weak_encryption", f"RSA-OAEP with the mask generation function {_name(mgf_uri)} "
-                                "is not supported.")
+            raise PolicyRefusal(
+                "weak_encryption", f"RSA-OAEP with the mask generation function {_name(mgf_uri)} is not supported."
+            )
         mgf_hash = _MGF_DIGESTS[mgf_uri]
     params_el = method.find(_OAEP_PARAMS)
     label = _b64(params_el.text) if params_el is not None and (params_el.text or "").strip() else None
@@ -237,7 +255,7 @@ def _content_key(container: Any, data: Any, private_key: rsa.RSAPrivateKey, key_
     if not candidates:
         raise DecryptFailed()
     paddings = [_key_transport(ek) for ek in candidates]  # every key's algorithm is judged first
-    for ek, pad in zip(candidates, paddings):
+    for ek, pad in zip(candidates, paddings, strict=True):
         value = ek.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
         if value is None:
             continue
@@ -288,8 +306,7 @@ def _plain_assertion(plaintext: bytes) -> Any:
     if nested:
         # Signature wrapping inside the ciphertext: a second assertion for the signature
         # to resolve to (saml-profiles §4.1.4.2 allows exactly one assertion).
-        raise PolicyRefusal("assertions", "The encrypted assertion holds another assertion, which is refused.",
-                            400)
+        raise PolicyRefusal("assertions", "The encrypted assertion holds another assertion, which is refused.", 400)
     check_signature_elements(el)
     return el
 
@@ -322,14 +339,18 @@ def decrypt_document(data: bytes, private_key: rsa.RSAPrivateKey) -> str:
         kind = enc.get("Type")
         if kind not in (None, XENC + "Element"):
             # #Content would splice arbitrary nodes into the container.
-            raise PolicyRefusal("malformed", "The encrypted assertion is not an encrypted element "
-                                "(EncryptedData Type).", 400)
+            raise PolicyRefusal(
+                "malformed", "The encrypted assertion is not an encrypted element (EncryptedData Type).", 400
+            )
         method = enc.find(_ENCRYPTION_METHOD)
         alg = (method.get("Algorithm") if method is not None else "") or ""
         if alg not in _DATA_ALGORITHMS:
-            raise PolicyRefusal("weak_encryption", f"The assertion is encrypted with {_name(alg) if alg else '(none)'}"
-                                ", which is not supported; configure the identity provider to use AES-256-GCM "
-                                "or AES-256-CBC.")
+            raise PolicyRefusal(
+                "weak_encryption",
+                f"The assertion is encrypted with {_name(alg) if alg else '(none)'}"
+                ", which is not supported; configure the identity provider to use AES-256-GCM "
+                "or AES-256-CBC.",
+            )
         key = _content_key(container, enc, private_key, _DATA_ALGORITHMS[alg][0])
         cipher_value = enc.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
         if cipher_value is None:
@@ -339,7 +360,9 @@ def decrypt_document(data: bytes, private_key: rsa.RSAPrivateKey) -> str:
         # into this tree would let lxml rename its prefixes to the ones declared here,
         # and exclusive c14n (the assertion's signature) covers prefixes.
         token = secrets.token_hex(16)
-        container.replace(enc, etree.Element(f"{{{_PLACEHOLDER_NS}}}decrypted", token=token, nsmap={"ph": _PLACEHOLDER_NS}))
+        container.replace(
+            enc, etree.Element(f"{{{_PLACEHOLDER_NS}}}decrypted", token=token, nsmap={"ph": _PLACEHOLDER_NS})
+        )
         spliced.append((token, etree.tostring(assertion, encoding="unicode")))
     out = etree.tostring(root, encoding="unicode")
     for token, text in spliced:

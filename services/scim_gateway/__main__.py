@@ -9,9 +9,14 @@ from .settings import ScimSettings
 def main() -> None:
     settings = start(ScimSettings, "scim-gateway")
     # In-flight writes wait up to the outcome timeout; let them finish before stopping.
-    serve_http(create_app(settings), host=settings.scim_host, port=settings.scim_port,
-               shutdown_timeout=settings.scim_outcome_timeout_s + 5, service="scim-gateway",
-               event_loop=settings.event_loop)
+    serve_http(
+        create_app(settings),
+        host=settings.scim_host,
+        port=settings.scim_port,
+        shutdown_timeout=settings.scim_outcome_timeout_s + 5,
+        service="scim-gateway",
+        event_loop=settings.event_loop,
+    )
 
 
 if __name__ == "__main__":

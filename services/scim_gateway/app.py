@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from provisio_lib import db
+from provisio_lib.contract import Source, encode
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import (
     add_health_routes,
@@ -24,7 +25,6 @@ from provisio_lib.observability import (
     redis_check,
     set_service_info,
 )
-from provisio_lib.contract import Source, encode
 from provisio_lib.outcomes import OutcomeWaiter
 from provisio_lib.ratelimit import WindowLimiter, parse_trusted_proxies, source_address
 from provisio_lib.redis_client import connect_redis
@@ -50,8 +50,8 @@ from .keys import (
     TRUSTED_PROXIES,
     WAITER,
 )
-from .refusals import RECORDED_STATUSES, RefusalSampler, refusal_outcome, refused_operation
 from .openapi import build_openapi
+from .refusals import RECORDED_STATUSES, RefusalSampler, refusal_outcome, refused_operation
 from .settings import ScimSettings
 
 log = get_logger(__name__)
@@ -103,9 +103,9 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             await audit_refusal(request, err)
         except web.HTTPRequestEntityTooLarge:
             settings = request.app[SETTINGS]
-            err = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes")
-            response = error_response(err)
-            await audit_refusal(request, err)
+            too_large = ScimError(413, f"the request body is larger than {settings.scim_max_body} bytes")
+            response = error_response(too_large)
+            await audit_refusal(request, too_large)
         except web.HTTPException as err:
             if err.status < 400:
                 raise
@@ -119,9 +119,13 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         except _DB_DOWN as err:
             log.warning("database_unavailable", error=str(err), path=request.path)
             settings = request.app[SETTINGS]
-            response = error_response(ScimError(
-                503, "the database is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
-            ))
+            response = error_response(
+                ScimError(
+                    503,
+                    "the database is unavailable; retry later",
+                    headers={"Retry-After": str(settings.scim_retry_after_s)},
+                )
+            )
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             response = error_response(ScimError(500, "internal error; it has been logged with the correlation id"))
@@ -140,8 +144,11 @@ def _statement_timeout(request: web.Request) -> ScimError:
     searching = request.path.endswith(".search") or (request.method == "GET" and "filter" in request.query)
     if searching:
         return ScimError(400, f"the filter took longer than {limit} to evaluate; narrow it", "tooMany")
-    return ScimError(503, f"the query took longer than {limit}; retry later",
-                     headers={"Retry-After": str(settings.scim_retry_after_s)})
+    return ScimError(
+        503,
+        f"the query took longer than {limit}; retry later",
+        headers={"Retry-After": str(settings.scim_retry_after_s)},
+    )
 
 
 def _too_many(detail: str, wait: float) -> ScimError:
@@ -202,8 +209,12 @@ async def audit_refusal(request: web.Request, err: ScimError) -> None:
     )
     try:
         topology = app[TOPOLOGY]
-        await app[REDIS].xadd(topology.audit_stream_for(auth.tenant_id), {DATA_FIELD: encode(outcome)},
-                              maxlen=topology.maxlen, approximate=True)
+        await app[REDIS].xadd(
+            topology.audit_stream_for(auth.tenant_id),
+            {DATA_FIELD: encode(outcome)},
+            maxlen=topology.maxlen,
+            approximate=True,
+        )
     except Exception as err2:  # Redis down: the answer still goes out; the log keeps it
         log.warning("scim_refusal_audit_failed", error=str(err2), status=err.status)
 
@@ -221,7 +232,9 @@ def protected(handler: Handler) -> Handler:
         request[TENANT] = auth  # also for the audit record of a 429
         wait = request.app[LIMITER].check(auth)
         if wait is not None:
-            raise ScimError(429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))})
+            raise ScimError(
+                429, "too many requests for this tenant; slow down", headers={"Retry-After": str(int(wait))}
+            )
         tokens = bind_contextvars(tenant=auth.tenant_label)
         slot = None
         try:
@@ -230,8 +243,10 @@ def protected(handler: Handler) -> Handler:
                 # primary key and wait on the provisioner, not on the pool.
                 slot = await request.app[READS].acquire(auth.tenant_id)
                 if slot is None:
-                    raise _too_many("too many concurrent reads for this tenant; retry later",
-                                    request.app[SETTINGS].scim_retry_after_s)
+                    raise _too_many(
+                        "too many concurrent reads for this tenant; retry later",
+                        request.app[SETTINGS].scim_retry_after_s,
+                    )
             return await handler(request)
         finally:
             if slot is not None:
@@ -264,8 +279,9 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
         # connect; no round trip): no tenant's query holds a connection longer than this.
         timeout_ms = int(settings.scim_statement_timeout_s * 1000)
         server_settings = {"statement_timeout": str(timeout_ms)} if timeout_ms else {}
-        pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-                                    server_settings=server_settings)
+        pool = await db.create_pool(
+            dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, server_settings=server_settings
+        )
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn)  # refuse to serve against the wrong schema
@@ -307,4 +323,3 @@ def create_app(settings: ScimSettings, *, instance: str | None = None) -> web.Ap
 
 
 __all__ = ["create_app", "error_response"]
-

@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from scim2_models.exceptions import InvalidFilterException
@@ -45,7 +45,7 @@ from .errors import invalid_filter, invalid_value
 from .limits import check_filter_text, check_filter_tree
 from .schema import ENTERPRISE_SCHEMA, PROVISIO_SCHEMA, Attr, ResourceKind
 
-__all__ = ["SqlFilter", "compile_filter", "compile_sort", "fast_eq_filter", "parse_filter", "like_escape"]
+__all__ = ["SqlFilter", "compile_filter", "compile_sort", "fast_eq_filter", "like_escape", "parse_filter"]
 
 
 @dataclass
@@ -403,7 +403,13 @@ class _Compiler:
             var = self.fresh()
             if op == CompareOperator.ne:
                 # "emails ne x": no email equals x (not: some email differs from x)
-                eq = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, CompareOperator.eq, value) if sub.type != "boolean" else self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", CompareOperator.eq, value)
+                eq = (
+                    self.compare_sql(
+                        f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, CompareOperator.eq, value
+                    )
+                    if sub.type != "boolean"
+                    else self.compare_json_bool(f"({var}.v -> {self.key(sub.name)})", CompareOperator.eq, value)
+                )
                 return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {eq})"
             # Built only here: each comparison binds parameters, and a parameter the SQL
             # never uses makes Postgres refuse the statement (a 500 before, for "ne").
@@ -419,14 +425,26 @@ class _Compiler:
         raise invalid_filter("unsupported comparison")
 
     def compare_link(
-        self, m: str, other: str, own_col: str, other_col: str, table: str, sub: str | None, op: CompareOperator, value: Any
+        self,
+        m: str,
+        other: str,
+        own_col: str,
+        other_col: str,
+        table: str,
+        sub: str | None,
+        op: CompareOperator,
+        value: Any,
     ) -> str:
         s = (sub or "value").lower()
         if s == "value":
-            cond = self.compare_sql(f"{m}.{other_col}", "uuid", True, op if op != CompareOperator.ne else CompareOperator.eq, value)
+            cond = self.compare_sql(
+                f"{m}.{other_col}", "uuid", True, op if op != CompareOperator.ne else CompareOperator.eq, value
+            )
         elif s == "display":
             col = "display_name"  # users and groups both
-            cond = self.compare_sql(f"{other}.{col}", "string", False, op if op != CompareOperator.ne else CompareOperator.eq, value)
+            cond = self.compare_sql(
+                f"{other}.{col}", "string", False, op if op != CompareOperator.ne else CompareOperator.eq, value
+            )
         elif s == "type":
             cond = "TRUE" if _const_match("User" if table == "users" else "direct", op, value) else "FALSE"
         else:
@@ -479,7 +497,7 @@ class _Compiler:
             try:
                 # Postgres compares in UTC: 0001-01-01T00:00:00+14:00 is before year 1
                 # there, which Python cannot represent (an OverflowError, a 500 before).
-                when = when.astimezone(timezone.utc)
+                when = when.astimezone(UTC)
             except (OverflowError, ValueError):
                 raise invalid_filter(f"{value!r} is outside the range of dates this server stores") from None
             return f"({expr} {_SYM[op]} {self.param(when)}::timestamptz)"
@@ -616,5 +634,3 @@ def compile_sort(kind: ResourceKind, sort_by: str, alias: str, first_param: int)
     if isinstance(t, _Const):
         return SqlFilter(f"{alias}.id", [])
     raise invalid_value(f"sortBy {sort_by!r} cannot be sorted on")
-
-

@@ -44,10 +44,10 @@ from .resources import (
     canonical_group,
     canonical_user,
     etag,
+    fold_sso_aliases,
     group_data,
     member_ids,
     normalise,
-    fold_sso_aliases,
     project,
     refresh_name,
     render_group,
@@ -156,7 +156,7 @@ def if_match_version(request: web.Request) -> int | None:
     tags = [t.strip() for t in raw.split(",")]
     for t in tags:
         t = t.removeprefix("W/").strip('"')
-        # isdigit() alone accepts "²" or "١" (int() refuses them: a 500 before); an
+        # isdigit() alone accepts superscript or Arabic-Indic digits (int() refuses them: a 500 before); an
         # ETag this server issued is ASCII digits of a bigint.
         if t.isascii() and t.isdigit() and len(t) <= 18:
             return int(t)
@@ -236,7 +236,9 @@ async def submit(request: web.Request, payload: CommandPayload) -> Outcome:
     except BrokerUnavailable:
         _outcome_wait(payload.type, "unavailable").observe(time.perf_counter() - started)
         raise ScimError(
-            503, "the command queue is unavailable; retry later", headers={"Retry-After": str(settings.scim_retry_after_s)}
+            503,
+            "the command queue is unavailable; retry later",
+            headers={"Retry-After": str(settings.scim_retry_after_s)},
         ) from None
     _outcome_wait(payload.type, "outcome").observe(time.perf_counter() - started)
     return outcome
@@ -253,7 +255,7 @@ def _token_source(token_id: uuid.UUID, label: str) -> Source:
     return Source(kind="scim", id=str(token_id), label=label)
 
 
-@functools.lru_cache(maxsize=None)  # command types × 3 results
+@functools.cache  # command types × 3 results
 def _outcome_wait(command_type: str, result: str) -> Any:
     return OUTCOME_WAIT.labels(type=command_type, result=result)
 
@@ -381,7 +383,9 @@ async def _search(
     if kind_name == "User":
         items = [render_user(r, base, kind=kind) for r in rows]
     else:
-        members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
+        members = (
+            await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
+        )
         items = [render_group(r, members.get(r["id"]) if wants_links else None, base) for r in rows]
     items = [project(kind, i, attributes, excluded) for i in items]
     return scim_json(_list(items, start_index, total))
@@ -598,9 +602,7 @@ async def delete_user(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- groups
 
 
-async def _group_response(
-    request: web.Request, group: dict[str, Any] | Any, status: int = 200
-) -> web.Response:
+async def _group_response(request: web.Request, group: dict[str, Any] | Any, status: int = 200) -> web.Response:
     auth = tenant(request)
     attrs, excluded = _projection(request)
     members = None
@@ -686,7 +688,9 @@ async def patch_group(request: web.Request) -> web.Response:
             state = _committed(outcome)
             break
     if plan.add or plan.remove:
-        outcome = await submit(request, ChangeGroupMembers(group_id=gid, add=tuple(plan.add), remove=tuple(plan.remove)))
+        outcome = await submit(
+            request, ChangeGroupMembers(group_id=gid, add=tuple(plan.add), remove=tuple(plan.remove))
+        )
         state = _committed(outcome)
     return await _group_response(request, state)
 
@@ -721,7 +725,9 @@ async def root_search(request: web.Request) -> web.Response:
     req = _search_request(body)
     settings = request.app[SETTINGS]
     start = min(max(1, req["start_index"]), _MAX_START_INDEX)
-    count = settings.scim_default_count if req["count"] is None else max(0, min(req["count"], settings.scim_max_results))
+    count = (
+        settings.scim_default_count if req["count"] is None else max(0, min(req["count"], settings.scim_max_results))
+    )
     auth = tenant(request)
     pool = request.app[POOL]
     base = base_url(request)
@@ -731,8 +737,16 @@ async def root_search(request: web.Request) -> web.Response:
     offset = start - 1
     for kind in (tenant_user_kind(request), group_kind()):
         try:
-            total, _ = await repo.search(pool, kind, auth.tenant_id, filter_text=req["filter"], start_index=1, count=0,
-                                         sort_by=None, descending=False)
+            total, _ = await repo.search(
+                pool,
+                kind,
+                auth.tenant_id,
+                filter_text=req["filter"],
+                start_index=1,
+                count=0,
+                sort_by=None,
+                descending=False,
+            )
         except ScimError as err:
             if err.scim_type != "invalidFilter":
                 raise
@@ -743,8 +757,16 @@ async def root_search(request: web.Request) -> web.Response:
         take = max(0, min(count - sum(len(p) for p in pages), total - offset)) if offset < total else 0
         rows: list[Any] = []
         if take:
-            _, rows = await repo.search(pool, kind, auth.tenant_id, filter_text=req["filter"], start_index=offset + 1,
-                                        count=take, sort_by=None, descending=False)
+            _, rows = await repo.search(
+                pool,
+                kind,
+                auth.tenant_id,
+                filter_text=req["filter"],
+                start_index=offset + 1,
+                count=take,
+                sort_by=None,
+                descending=False,
+            )
         offset = max(0, offset - total)
         if kind.name == "User":
             items = [render_user(r, base, kind=kind) for r in rows]
@@ -783,4 +805,3 @@ ROUTES: list[tuple[str, str, Any, bool, str]] = [
     ("DELETE", "/Groups/{id}", delete_group, True, "Delete a group"),
     ("POST", "/.search", root_search, True, "Search Users and Groups at once"),
 ]
-

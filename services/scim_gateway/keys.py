@@ -19,7 +19,7 @@ BASE_PATH = "/scim/v2"
 
 SETTINGS = web.AppKey("settings", ScimSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Any)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 WAITER = web.AppKey("waiter", OutcomeWaiter)
 TOKENS = web.AppKey("tokens", TokenCache)
 LIMITER = web.AppKey("limiter", RateLimiter)

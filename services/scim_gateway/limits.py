@@ -47,13 +47,9 @@ def check_filter_tree(node: FilterNode, scim_type: str = "invalidFilter") -> Non
     """Refuse a parsed filter with too many terms or too deep a nesting."""
     terms, depth = filter_cost(node)
     if terms > MAX_FILTER_TERMS:
-        raise ScimError(
-            400, f"the filter has {terms} comparisons; at most {MAX_FILTER_TERMS} are allowed", scim_type
-        )
+        raise ScimError(400, f"the filter has {terms} comparisons; at most {MAX_FILTER_TERMS} are allowed", scim_type)
     if depth > MAX_FILTER_DEPTH:
-        raise ScimError(
-            400, f"the filter nests {depth} levels deep; at most {MAX_FILTER_DEPTH} are allowed", scim_type
-        )
+        raise ScimError(400, f"the filter nests {depth} levels deep; at most {MAX_FILTER_DEPTH} are allowed", scim_type)
 
 
 def filter_cost(node: FilterNode) -> tuple[int, int]:

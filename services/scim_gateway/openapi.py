@@ -34,7 +34,10 @@ def build_openapi(routes: list[tuple[str, str, Any, bool, str]], server_url: str
     paths: dict[str, dict[str, Any]] = {}
     for method, rel, _handler, needs_auth, summary in routes:
         path = BASE_PATH + rel
-        op: dict[str, Any] = {"summary": summary, "operationId": f"{method.lower()}{rel.replace('/', '_').replace('{', '').replace('}', '').replace('.', '')}"}
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method.lower()}{rel.replace('/', '_').replace('{', '').replace('}', '').replace('.', '')}",
+        }
         params: list[dict[str, Any]] = []
         if "{id}" in rel:
             params.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})

@@ -342,8 +342,8 @@ def _apply_undeclared(kind: ResourceKind, res: dict[str, Any], op: Op) -> bool:
         raise invalid_path(f"{path!r}: name an attribute of the extension (urn:...:User:attribute)")
     top, _, sub = name.partition(".")
     key = next((k for k in res if k.lower() == urn.lower()), urn)
-    part = res.get(key) if isinstance(res.get(key), dict) else {}
-    part = dict(part)
+    found = res.get(key)
+    part = dict(found) if isinstance(found, dict) else {}
     value = None if op.op == "remove" else check_json(op.value, path)
     if sub:
         inner = dict(part.get(top) or {}) if isinstance(part.get(top), dict) else {}
@@ -428,7 +428,7 @@ def _apply_one(res: dict[str, Any], t: _Target, op: Op) -> None:
     if t.sub is not None:
         if attr.multi_valued:
             raise invalid_path(
-                f"{name}.{t.sub.name}: select the values with a filter, e.g. {name}[type eq \"work\"].{t.sub.name}"
+                f'{name}.{t.sub.name}: select the values with a filter, e.g. {name}[type eq "work"].{t.sub.name}'
             )
         v = coerce_single(t.sub, op.value, f"{name}.{t.sub.name}")
         old = c.get(name)
@@ -458,7 +458,11 @@ def _apply_one(res: dict[str, Any], t: _Target, op: Op) -> None:
         if any(isinstance(i, dict) and i.get("primary") is True for i in new):
             # RFC 7643 §2.4: the newly added primary value wins
             for item in cur:
-                if isinstance(item, dict) and item.get("primary") is True and not any(item is n or item == n for n in new):
+                if (
+                    isinstance(item, dict)
+                    and item.get("primary") is True
+                    and not any(item is n or item == n for n in new)
+                ):
                     item["primary"] = False
         c[name] = cur
         return
@@ -524,7 +528,7 @@ def _apply_value_path(res: dict[str, Any], t: _Target, op: Op) -> None:
         raise invalid_value(f"{attr.name}: the value must be an object")
     if not hits:
         seed = _seed_from_filter(t.value_filter, attr)
-        if seed is None or op.op == "replace" and not seed:
+        if seed is None or (op.op == "replace" and not seed):
             raise no_target(f"no {attr.name} value matches the filter")
         items.append({**seed, **v})
     for i in hits:
@@ -536,7 +540,7 @@ def _prune(res: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in res.items():
         if isinstance(v, dict) and k.startswith("urn:"):
-            v = {sk: sv for sk, sv in v.items() if sv not in (None, [], {}, "") or sk == "custom" and sv == {}}
+            v = {sk: sv for sk, sv in v.items() if sv not in (None, [], {}, "") or (sk == "custom" and sv == {})}
         if v in (None, [], {}):
             continue
         out[k] = v
@@ -564,8 +568,11 @@ def plan_group_patch(kind: ResourceKind, ops: list[Op]) -> GroupPlan:
     for op in expand(kind, ops):
         assert op.path is not None
         low = op.path.lower()
-        is_members = low == "members" or low.startswith("members[") or low.startswith("members.") or (
-            low.startswith(kind.core.id.lower() + ":members")
+        is_members = (
+            low == "members"
+            or low.startswith("members[")
+            or low.startswith("members.")
+            or (low.startswith(kind.core.id.lower() + ":members"))
         )
         if not is_members:
             plan.other.append(op)
@@ -612,8 +619,13 @@ def _simple_member_ids(op: Op, low: str) -> list[uuid.UUID] | None:
 
 
 def _value_eq_ids(node: FilterNode) -> list[uuid.UUID] | None:
-    if (isinstance(node, Comparison) and node.op == CompareOperator.eq and node.attr_path.attr.lower() == "value"
-            and not node.attr_path.sub_attr and not node.attr_path.uri):
+    if (
+        isinstance(node, Comparison)
+        and node.op == CompareOperator.eq
+        and node.attr_path.attr.lower() == "value"
+        and not node.attr_path.sub_attr
+        and not node.attr_path.uri
+    ):
         try:
             return [uuid.UUID(str(node.value))]
         except ValueError:

@@ -78,7 +78,8 @@ def unique_sql(
         return None
     table = "users" if kind.name == "User" else "groups"
     return f"SELECT {_cols(kind, with_groups)} FROM {table} {alias} WHERE {alias}.tenant_id = $1 AND {f.sql}", [
-        tenant_id, *f.params
+        tenant_id,
+        *f.params,
     ]
 
 
@@ -140,8 +141,14 @@ async def search(
             # at most one row: it is the page when the page starts at 1 and holds any
             return len(rows), (list(rows) if start_index == 1 and count > 0 else [])
     sql, params, count_sql, count_params = search_sql(
-        kind, tenant_id, filter_text=filter_text, start_index=start_index, count=count,
-        sort_by=sort_by, descending=descending, with_groups=with_groups,
+        kind,
+        tenant_id,
+        filter_text=filter_text,
+        start_index=start_index,
+        count=count,
+        sort_by=sort_by,
+        descending=descending,
+        with_groups=with_groups,
     )
     if count == 0:
         return int(await pool.fetchval(count_sql, *count_params)), []

@@ -180,7 +180,7 @@ def check_json(value: Any, where: str, depth: int = 0) -> Any:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             check_json(v, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    elif (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
         raise invalid_value(f"{where} is not a finite number")
     return value
 
@@ -325,7 +325,11 @@ def require(kind: ResourceKind, resource: Mapping[str, Any]) -> None:
         if not isinstance(part, dict):
             continue  # the extension itself is optional (schemaExtensions required: false)
         for attr in schema.attrs.values():
-            if attr.required and part.get(attr.name) in _ABSENT + ("",) and (schema.id, attr.name) not in kind.sso_aliases:
+            if (
+                attr.required
+                and part.get(attr.name) in (*_ABSENT, "")
+                and (schema.id, attr.name) not in kind.sso_aliases
+            ):
                 raise ScimError(400, f"{schema.id}:{attr.name} is required", "invalidValue")
 
 

@@ -9,8 +9,8 @@ filters, /Schemas) reads these tables, so an attribute is declared exactly once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 import json
+from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from typing import Any
 

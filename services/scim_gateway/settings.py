@@ -11,7 +11,9 @@ class ScimSettings(CommonSettings):
     scim_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
     scim_port: int = Field(default=8081, ge=1, le=65535)
     scim_metrics_port: int = Field(
-        default=9181, ge=0, le=65535,
+        default=9181,
+        ge=0,
+        le=65535,
         description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
     )
     scim_public_url: AnyHttpUrl | None = Field(
@@ -42,22 +44,28 @@ class ScimSettings(CommonSettings):
         default=5, ge=0, le=20, description="Re-reads of a PATCH whose version went stale (concurrent writers)"
     )
     scim_statement_timeout_s: float = Field(
-        default=5.0, ge=0, le=300,
+        default=5.0,
+        ge=0,
+        le=300,
         description="Postgres statement_timeout of the gateway's connections: a query running longer "
         "is cancelled (a search with a filter: 400 tooMany; otherwise 503 + Retry-After). 0: not sent "
         "at connect (set it on the database role instead, e.g. behind PgBouncer)",
     )
     scim_tenant_reads: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Reads (GET, .search) one tenant may run at once per gateway process; 0 = half of "
         "PROVISIO_DB_POOL_MAX, so one tenant never holds the whole pool",
     )
     scim_tenant_read_wait_s: float = Field(
-        default=2.0, ge=0, le=60,
+        default=2.0,
+        ge=0,
+        le=60,
         description="How long a read waits for one of its tenant's slots before 429 + Retry-After",
     )
     scim_failed_auth_per_min: int = Field(
-        default=30, ge=0,
+        default=30,
+        ge=0,
         description="Failed bearer-token attempts per source address per minute, across replicas "
         "(Redis); then 429 until the minute ends (0 = unlimited)",
     )

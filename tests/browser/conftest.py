@@ -15,8 +15,15 @@ import pytest
 
 CHROMIUM = os.environ.get("PROVISIO_TEST_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,8 +32,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.browser)
             if not os.path.exists(CHROMIUM):
-                item.add_marker(pytest.mark.skip(
-                    reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)"))
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)"
+                    )
+                )
 
 
 @pytest.fixture

@@ -58,17 +58,30 @@ async def test_audit_search_and_user_page_after_a_scim_sync(service_env, pool, r
     await make_staff(pool, "ann@example.com", "support")
     async with running_provisioner(), running_auditor(), scim_client() as scim:
         h = bearer(t.token)
-        r = await scim.post("/scim/v2/Users", headers=h, json={
-            "schemas": [USER], "userName": "alice@acme.example", "displayName": HOSTILE,
-            "name": {"givenName": "Alice", "familyName": "Liddell"},
-            "emails": [{"value": "alice@acme.example", "primary": True}]})
+        r = await scim.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": [USER],
+                "userName": "alice@acme.example",
+                "displayName": HOSTILE,
+                "name": {"givenName": "Alice", "familyName": "Liddell"},
+                "emails": [{"value": "alice@acme.example", "primary": True}],
+            },
+        )
         assert r.status == 201, await r.text()
         uid = (await r.json())["id"]
-        r = await scim.post("/scim/v2/Groups", headers=h, json={
-            "schemas": [GROUP], "displayName": "Engineering", "members": [{"value": uid}]})
+        r = await scim.post(
+            "/scim/v2/Groups",
+            headers=h,
+            json={"schemas": [GROUP], "displayName": "Engineering", "members": [{"value": uid}]},
+        )
         assert r.status == 201, await r.text()
-        r = await scim.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "path": "name.givenName", "value": "Alicia"}))
+        r = await scim.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "path": "name.givenName", "value": "Alicia"}),
+        )
         assert r.status == 200, await r.text()
         # The IdP creates her again: refused (uniqueness), recorded as a failure.
         r = await scim.post("/scim/v2/Users", headers=h, json={"schemas": [USER], "userName": "ALICE@acme.example"})
@@ -76,6 +89,7 @@ async def test_audit_search_and_user_page_after_a_scim_sync(service_env, pool, r
 
         async def audited():
             return await pool.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", t.id) >= 4
+
         await eventually(audited, timeout=30)
 
     async with console_client() as client:
@@ -132,8 +146,11 @@ async def test_live_tail_streams_new_outcomes(service_env, pool, redis, topology
         await page.goto(base + "/audit/tail?tenant=acme")
         assert await page.get_by_role("heading", level=1).inner_text() == "Live tail"
         await page.wait_for_timeout(1500)  # the stream is connected and positioned at the end
-        await publish(redis, topology, make_outcome(t.id, user="tail@acme.example", result="failed",
-                                                    code="policy", message=HOSTILE))
+        await publish(
+            redis,
+            topology,
+            make_outcome(t.id, user="tail@acme.example", result="failed", code="policy", message=HOSTILE),
+        )
         row = page.locator("#tail tbody tr").first
         await row.wait_for(timeout=15000)
         text = await row.inner_text()
@@ -144,12 +161,22 @@ async def test_live_tail_streams_new_outcomes(service_env, pool, redis, topology
 
 async def test_dead_letter_replay_as_admin_and_refused_as_support(service_env, pool, redis, topology, page):
     t = await make_tenant(pool, "acme")
-    cmd = Command(tenant_id=t.id, source=Source(kind="scim", id="tok", label="test"), correlation_id="cid-dead",
-                  payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name="dead@acme.example")))
+    cmd = Command(
+        tenant_id=t.id,
+        source=Source(kind="scim", id="tok", label="test"),
+        correlation_id="cid-dead",
+        payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name="dead@acme.example")),
+    )
     p = topology.partition_of(t.id)
-    entry = await redis.xadd(topology.dead_letter_stream(p), {
-        DATA_FIELD: encode(cmd), "error": "database refused: deadlock detected", "deliveries": "5",
-        "failed_at": "2026-12-02T10:00:00+00:00"})
+    entry = await redis.xadd(
+        topology.dead_letter_stream(p),
+        {
+            DATA_FIELD: encode(cmd),
+            "error": "database refused: deadlock detected",
+            "deliveries": "5",
+            "failed_at": "2026-12-02T10:00:00+00:00",
+        },
+    )
     dl_id = f"{p}:{entry.decode()}"
     await make_staff(pool, "sam@example.com", "support")
     await make_staff(pool, "ada@example.com", "admin")

@@ -12,7 +12,9 @@ from .support import Processes
 
 
 @pytest.fixture
-async def procs(tmp_path: Path, service_env: dict[str, str], redis: Any, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
+async def procs(
+    tmp_path: Path, service_env: dict[str, str], redis: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[Processes]:
     """Services as subprocesses on this test's database and Redis prefix; all ended at
     teardown (before the ``redis`` fixture deletes the prefix's keys, which it depends on).
     Their logs are printed when the drill fails."""

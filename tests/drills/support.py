@@ -27,7 +27,6 @@ import aiohttp
 from provisio_lib.embedded import EmbeddedRedis, free_port
 from provisio_lib.topology import PROVISIONER_GROUP, Topology
 
-
 # --------------------------------------------------------------------------- services
 
 
@@ -55,7 +54,10 @@ class Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         out.close()
@@ -73,7 +75,7 @@ class Service:
                     async with http.get(self.ready_url) as resp:
                         if resp.status == 200:
                             return
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     pass
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{self.module} not ready within {timeout}s:\n{self.tail()}")
@@ -128,9 +130,13 @@ class Processes:
     services: list[Service] = field(default_factory=list)
     servers: list[Callable[[], None]] = field(default_factory=list)
 
-    def _service(self, module: str, name: str, ready_url: str | None, env: dict[str, str] | None, **settings: Any) -> Service:
+    def _service(
+        self, module: str, name: str, ready_url: str | None, env: dict[str, str] | None, **settings: Any
+    ) -> Service:
         n = sum(1 for s in self.services if s.module == module)
-        svc = Service(module, settings_env(env or self.base_env, **settings), self.directory / f"{name}-{n}.log", ready_url)
+        svc = Service(
+            module, settings_env(env or self.base_env, **settings), self.directory / f"{name}-{n}.log", ready_url
+        )
         self.services.append(svc)
         return svc.start()
 
@@ -144,9 +150,16 @@ class Processes:
 
     async def auditor(self, env: dict[str, str] | None = None, **settings: Any) -> Service:
         port = free_port()
-        settings = {"health_host": "127.0.0.1", "health_port": port, "claim_idle_ms": 1000,
-                    "notify_poll_s": 0.1, "notify_backoff_s": 0.2, "notify_backoff_max_s": 0.5, "smtp_timeout_s": 2,
-                    **settings}
+        settings = {
+            "health_host": "127.0.0.1",
+            "health_port": port,
+            "claim_idle_ms": 1000,
+            "notify_poll_s": 0.1,
+            "notify_backoff_s": 0.2,
+            "notify_backoff_max_s": 0.5,
+            "smtp_timeout_s": 2,
+            **settings,
+        }
         svc = self._service("auditor", "auditor", f"http://127.0.0.1:{port}/readyz", env, **settings)
         await svc.wait_ready()
         return svc
@@ -274,8 +287,13 @@ async def backlog(redis: Any, topology: Topology, group: str = PROVISIONER_GROUP
     return total
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1,
-                   diagnostics: Callable[[], str] | None = None) -> Any:
+async def wait_for(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    diagnostics: Callable[[], str] | None = None,
+) -> Any:
     """Poll until ``check`` returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -321,8 +339,9 @@ class ScimLoad:
     ``userName eq`` (GET); every answer is recorded. No client retries: each userName is
     sent once, so what happened to it can be checked afterwards."""
 
-    def __init__(self, base_url: str, token: str, clients: int = 4, tag: str = "load", pause_s: float = 0.02,
-                 readers: int = 0) -> None:
+    def __init__(
+        self, base_url: str, token: str, clients: int = 4, tag: str = "load", pause_s: float = 0.02, readers: int = 0
+    ) -> None:
         self.base_url = base_url
         self.token = token
         self.clients = clients
@@ -368,7 +387,7 @@ class ScimLoad:
             async with http.request(method, path, **kw) as resp:
                 text = await resp.text()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             self.answers.append(Answer(at, method, 0, None, f"{type(err).__name__}: {err}", name))
             return
         detail, rid = text[:300], None
@@ -385,8 +404,15 @@ class DirectLoad:
     """Publishes distinct creates (``publish_command``) at a steady rate until stopped;
     keeps the ones Redis acknowledged (XADD answered) apart from the ones it refused."""
 
-    def __init__(self, redis: Any, topology: Topology, tenant_ids: list[Any], per_tick: int = 20, tick_s: float = 0.1,
-                 tag: str = "direct") -> None:
+    def __init__(
+        self,
+        redis: Any,
+        topology: Topology,
+        tenant_ids: list[Any],
+        per_tick: int = 20,
+        tick_s: float = 0.1,
+        tag: str = "direct",
+    ) -> None:
         self.redis, self.topology, self.tenant_ids = redis, topology, tenant_ids
         self.per_tick, self.tick_s, self.tag = per_tick, tick_s, tag
         self.acknowledged: list[Any] = []
@@ -413,14 +439,17 @@ class DirectLoad:
         i = 0
         while not self._stop.is_set():
             for _ in range(self.per_tick):
-                c = Command(tenant_id=self.tenant_ids[i % len(self.tenant_ids)], source=source,
-                            correlation_id=f"{self.tag}-{i}",
-                            payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"{self.tag}{i}@drill.test")))
+                c = Command(
+                    tenant_id=self.tenant_ids[i % len(self.tenant_ids)],
+                    source=source,
+                    correlation_id=f"{self.tag}-{i}",
+                    payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"{self.tag}{i}@drill.test")),
+                )
                 i += 1
                 try:
                     await asyncio.wait_for(publish_command(self.redis, self.topology, c), 2)
                     self.acknowledged.append(c)
-                except (BrokerUnavailable, asyncio.TimeoutError):
+                except (TimeoutError, BrokerUnavailable):
                     self.refused += 1
             await asyncio.sleep(self.tick_s)
 
@@ -479,9 +508,10 @@ class SamlLoad:
                 try:
                     async with http.post(acs, data=data, allow_redirects=False) as resp:
                         body = await resp.text()
-                        self.answers.append(Answer(at, "ACS", resp.status, resp.headers.get("Retry-After"),
-                                                   body[:300], name))
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+                        self.answers.append(
+                            Answer(at, "ACS", resp.status, resp.headers.get("Retry-After"), body[:300], name)
+                        )
+                except (TimeoutError, aiohttp.ClientError, OSError) as err:
                     self.answers.append(Answer(at, "ACS", 0, None, f"{type(err).__name__}: {err}", name))
                 await asyncio.sleep(0.02)
 

@@ -54,22 +54,63 @@ MAX_EXAMPLES = 200
 B_NAME = "b0@b.test"
 
 HOSTILE = [
-    "", " ", "\x00", "alice\x00@a.test", "a" * 5000, "alice@a.test<!---->.evil.test", "<x/>", "&amp;", "]]>",
-    "' OR 1=1 --", "../../etc/passwd", "\u202eevil", "\U0001f600", B_NAME, "https://idp.b.test/", "%00", "\r\n",
-    "0", "-1", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "not-a-time", "_" + "0" * 40, "2.0", "1.1",
+    "",
+    " ",
+    "\x00",
+    "alice\x00@a.test",
+    "a" * 5000,
+    "alice@a.test<!---->.evil.test",
+    "<x/>",
+    "&amp;",
+    "]]>",
+    "' OR 1=1 --",
+    "../../etc/passwd",
+    "\u202eevil",
+    "\U0001f600",
+    B_NAME,
+    "https://idp.b.test/",
+    "%00",
+    "\r\n",
+    "0",
+    "-1",
+    "1970-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "not-a-time",
+    "_" + "0" * 40,
+    "2.0",
+    "1.1",
 ]
 ATTRS = [
-    ("/samlp:Response", "Destination"), ("/samlp:Response", "InResponseTo"), ("/samlp:Response", "Version"),
-    ("/samlp:Response", "ID"), ("/samlp:Response", "IssueInstant"),
-    ("//saml:SubjectConfirmationData", "Recipient"), ("//saml:SubjectConfirmationData", "NotOnOrAfter"),
-    ("//saml:SubjectConfirmationData", "InResponseTo"), ("//saml:Conditions", "NotBefore"),
-    ("//saml:Conditions", "NotOnOrAfter"), ("//saml:Assertion", "ID"), ("//saml:Assertion", "IssueInstant"),
-    ("//saml:NameID", "Format"), ("//samlp:StatusCode", "Value"), ("//saml:Attribute", "Name"),
+    ("/samlp:Response", "Destination"),
+    ("/samlp:Response", "InResponseTo"),
+    ("/samlp:Response", "Version"),
+    ("/samlp:Response", "ID"),
+    ("/samlp:Response", "IssueInstant"),
+    ("//saml:SubjectConfirmationData", "Recipient"),
+    ("//saml:SubjectConfirmationData", "NotOnOrAfter"),
+    ("//saml:SubjectConfirmationData", "InResponseTo"),
+    ("//saml:Conditions", "NotBefore"),
+    ("//saml:Conditions", "NotOnOrAfter"),
+    ("//saml:Assertion", "ID"),
+    ("//saml:Assertion", "IssueInstant"),
+    ("//saml:NameID", "Format"),
+    ("//samlp:StatusCode", "Value"),
+    ("//saml:Attribute", "Name"),
 ]
 TEXTS = ["//saml:NameID", "//saml:Issuer", "//saml:Audience", "//saml:AttributeValue", "/samlp:Response/saml:Issuer"]
-REMOVABLE = ["//saml:Conditions", "//saml:AudienceRestriction", "//saml:Subject", "//saml:NameID", "//saml:Issuer",
-             "//ds:Signature", "//saml:AttributeStatement", "//saml:AuthnStatement", "//samlp:Status",
-             "//saml:SubjectConfirmation", "//saml:Assertion"]
+REMOVABLE = [
+    "//saml:Conditions",
+    "//saml:AudienceRestriction",
+    "//saml:Subject",
+    "//saml:NameID",
+    "//saml:Issuer",
+    "//ds:Signature",
+    "//saml:AttributeStatement",
+    "//saml:AuthnStatement",
+    "//samlp:Status",
+    "//saml:SubjectConfirmation",
+    "//saml:Assertion",
+]
 DTDS = [
     '<!DOCTYPE r [<!ENTITY x "alice@a.test">]>',
     '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
@@ -78,15 +119,24 @@ DTDS = [
 
 text_values = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=200))
 mutations = st.one_of(
-    st.tuples(st.just("bytes"), st.lists(st.tuples(st.floats(0, 1), st.sampled_from(["flip", "insert", "cut"]),
-                                                   st.integers(0, 255)), min_size=1, max_size=6)),
+    st.tuples(
+        st.just("bytes"),
+        st.lists(
+            st.tuples(st.floats(0, 1), st.sampled_from(["flip", "insert", "cut"]), st.integers(0, 255)),
+            min_size=1,
+            max_size=6,
+        ),
+    ),
     st.tuples(st.just("attr"), st.sampled_from(ATTRS), text_values, st.booleans()),
     st.tuples(st.just("text"), st.sampled_from(TEXTS), text_values, st.booleans()),
     st.tuples(st.just("remove"), st.sampled_from(REMOVABLE), st.booleans()),
     st.tuples(st.just("xsw"), st.sampled_from(sorted(atk.XSW))),
     st.tuples(st.just("dtd"), st.sampled_from(DTDS)),
-    st.tuples(st.just("form"), st.sampled_from(["raw", "not-base64", "empty", "missing", "relay", "twice"]),
-              st.binary(max_size=300)),
+    st.tuples(
+        st.just("form"),
+        st.sampled_from(["raw", "not-base64", "empty", "missing", "relay", "twice"]),
+        st.binary(max_size=300),
+    ),
     st.tuples(st.just("cross"), st.sampled_from(["to-b", "to-b-resigned"])),
 )
 
@@ -131,7 +181,7 @@ def mutate(kind: str, args: tuple[Any, ...], xml: str, keys: Any) -> tuple[str, 
             elif op == "insert":
                 raw.insert(i, byte)
             else:
-                del raw[i:i + 1 + byte % 16]
+                del raw[i : i + 1 + byte % 16]
         return raw.decode(errors="replace"), False
     if kind in ("attr", "text"):
         target, value, resign = args
@@ -141,8 +191,11 @@ def mutate(kind: str, args: tuple[Any, ...], xml: str, keys: Any) -> tuple[str, 
             else:
                 xml = atk.edit(xml, target, value=value)
         except ValueError:  # not XML-compatible: the raw text goes in, unsignable
-            return (_raw_replace(xml, target, value) if kind == "text" else
-                    xml.replace(f'{target[1]}="', f'{target[1]}="{value}', 1)), False
+            return (
+                _raw_replace(xml, target, value)
+                if kind == "text"
+                else xml.replace(f'{target[1]}="', f'{target[1]}="{value}', 1)
+            ), False
         if resign:
             try:
                 return atk.sign(xml, keys, assertion=True), True
@@ -187,8 +240,11 @@ async def test_mutated_saml_responses_never_5xx_never_cross_tenant(procs, pool):
 
     def exchange(location: str) -> dict[str, Any]:
         code = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["code"][0]
-        req = urllib.request.Request(f"{base}/saml/token", data=urllib.parse.urlencode({"code": code}).encode(),
-                                     headers={"Authorization": f"Bearer {sa.secret}"})
+        req = urllib.request.Request(
+            f"{base}/saml/token",
+            data=urllib.parse.urlencode({"code": code}).encode(),
+            headers={"Authorization": f"Bearer {sa.secret}"},
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
@@ -202,10 +258,14 @@ async def test_mutated_saml_responses_never_5xx_never_cross_tenant(procs, pool):
         if kind == "form":
             how, junk = args
             text = junk.decode("latin-1")
-            form = {"raw": [("SAMLResponse", xml)], "not-base64": [("SAMLResponse", text + "%%%")],
-                    "empty": [("SAMLResponse", "")], "missing": [("RelayState", text)],
-                    "relay": [("SAMLResponse", b64(xml)), ("RelayState", text * 20)],
-                    "twice": [("SAMLResponse", b64(xml)), ("SAMLResponse", base64.b64encode(junk).decode())]}[how]
+            form = {
+                "raw": [("SAMLResponse", xml)],
+                "not-base64": [("SAMLResponse", text + "%%%")],
+                "empty": [("SAMLResponse", "")],
+                "missing": [("RelayState", text)],
+                "relay": [("SAMLResponse", b64(xml)), ("RelayState", text * 20)],
+                "twice": [("SAMLResponse", b64(xml)), ("SAMLResponse", base64.b64encode(junk).decode())],
+            }[how]
         elif kind == "cross":
             url = acs_b
             if args[0] == "to-b-resigned":  # A's key, but B's audience and destination
@@ -239,10 +299,18 @@ async def test_mutated_saml_responses_never_5xx_never_cross_tenant(procs, pool):
     for target in TEXTS:
         for value in HOSTILE:
             fuzz = example(mutation=("text", target, value, True))(fuzz)
-    for fixed in [("xsw", k) for k in atk.XSW] + [("dtd", d) for d in DTDS] + [("cross", "to-b"), ("cross", "to-b-resigned")]:
+    for fixed in (
+        [("xsw", k) for k in atk.XSW] + [("dtd", d) for d in DTDS] + [("cross", "to-b"), ("cross", "to-b-resigned")]
+    ):
         fuzz = example(mutation=fixed)(fuzz)
-    fuzz = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))(fuzz)
+    fuzz = settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )(fuzz)
     await asyncio.to_thread(fuzz)
     clock.mark(f"{sum(tally.kinds.values())} examples")
     assert not failures, "\n".join(failures[:20]) + f"\n{procs.logs()}"
@@ -254,5 +322,7 @@ async def test_mutated_saml_responses_never_5xx_never_cross_tenant(procs, pool):
         assert resp.status == 200
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", b.id) == 0
-    print(f"drill 7 (SAML): {clock}; statuses {dict(sorted(tally.statuses.items()))}; "
-          f"{tally.accepted} accepted; kinds {tally.kinds}")
+    print(
+        f"drill 7 (SAML): {clock}; statuses {dict(sorted(tally.statuses.items()))}; "
+        f"{tally.accepted} accepted; kinds {tally.kinds}"
+    )

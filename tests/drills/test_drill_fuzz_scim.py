@@ -71,8 +71,14 @@ async def snapshot(pool: Any, tenant_id: Any) -> dict[str, Any]:
         groups = await conn.fetch("SELECT * FROM groups WHERE tenant_id = $1 ORDER BY id", tenant_id)
         members = await conn.fetch(
             "SELECT m.* FROM memberships m JOIN groups g ON g.id = m.group_id WHERE g.tenant_id = $1 "
-            "ORDER BY m.group_id, m.user_id", tenant_id)
-    return {"users": [dict(r) for r in users], "groups": [dict(r) for r in groups], "members": [dict(r) for r in members]}
+            "ORDER BY m.group_id, m.user_id",
+            tenant_id,
+        )
+    return {
+        "users": [dict(r) for r in users],
+        "groups": [dict(r) for r in groups],
+        "members": [dict(r) for r in members],
+    }
 
 
 async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool, tmp_path: Path):
@@ -102,16 +108,37 @@ async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool,
     # One worker: with two, schemathesis's threads hit a CPython 3.11 race in ast.parse
     # ("AST constructor recursion depth mismatch") inside Hypothesis and abort the run.
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config),
-        "run", f"{base}/openapi.json",
-        "--header", f"Authorization: Bearer {a.token}",
-        "--checks", "not_a_server_error,ignored_auth",
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_TIME_S),
-        "--seed", str(SEED), "--workers", "1", "--request-timeout", "15",
-        "--generation-database", "none", "--no-color",
-        "--report", "junit", "--report-junit-path", str(report),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(config),
+        "run",
+        f"{base}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {a.token}",
+        "--checks",
+        "not_a_server_error,ignored_auth",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--max-time",
+        str(MAX_TIME_S),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "15",
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), MAX_TIME_S + 60)
     text = out.decode(errors="replace")
@@ -127,12 +154,29 @@ async def test_schemathesis_finds_no_5xx_and_no_cross_tenant_access(procs, pool,
     async with aiohttp.ClientSession(base_url=base, headers=headers(a.token)) as http:
         for kind, rid in [("Users", u) for u in b_users] + [("Groups", b_group)]:
             path = f"/scim/v2/{kind}/{rid}"
-            probes = [("GET", None),
-                      ("PUT", {"schemas": [USER], "userName": "stolen@a.test"} if kind == "Users"
-                       else {"schemas": [GROUP], "displayName": "stolen"}),
-                      ("PATCH", {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active" if kind == "Users"
-                                                                     else "displayName", "value": False if kind == "Users" else "x"}]}),
-                      ("DELETE", None)]
+            probes = [
+                ("GET", None),
+                (
+                    "PUT",
+                    {"schemas": [USER], "userName": "stolen@a.test"}
+                    if kind == "Users"
+                    else {"schemas": [GROUP], "displayName": "stolen"},
+                ),
+                (
+                    "PATCH",
+                    {
+                        "schemas": [PATCH],
+                        "Operations": [
+                            {
+                                "op": "replace",
+                                "path": "active" if kind == "Users" else "displayName",
+                                "value": False if kind == "Users" else "x",
+                            }
+                        ],
+                    },
+                ),
+                ("DELETE", None),
+            ]
             for method, body in probes:
                 async with http.request(method, path, json=body) as resp:
                     assert resp.status == 404, (method, path, resp.status, await resp.text())

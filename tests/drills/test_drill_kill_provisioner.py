@@ -34,7 +34,9 @@ SOURCE = Source(kind="scim", id="drill", label="drill-1")
 def creates(tenants: list[Any], n: int) -> list[Command]:
     return [
         Command(
-            tenant_id=tenants[i % len(tenants)].id, source=SOURCE, correlation_id=f"drill1-{i}",
+            tenant_id=tenants[i % len(tenants)].id,
+            source=SOURCE,
+            correlation_id=f"drill1-{i}",
             payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"user{i}@drill.test")),
         )
         for i in range(n)
@@ -43,7 +45,7 @@ def creates(tenants: list[Any], n: int) -> list[Command]:
 
 async def publish_all(redis: Any, topology: Topology, commands: list[Command], chunk: int = 100) -> None:
     for i in range(0, len(commands), chunk):
-        await asyncio.gather(*(publish_command(redis, topology, c) for c in commands[i:i + chunk]))
+        await asyncio.gather(*(publish_command(redis, topology, c) for c in commands[i : i + chunk]))
         await asyncio.sleep(0.01)  # a steady load, not one burst
 
 
@@ -51,9 +53,13 @@ async def victim_entries(redis: Any, topology: Topology, consumer: str) -> dict[
     """Stream → entry ids the consumer holds unacknowledged."""
     held: dict[str, list[str]] = {}
     for stream in topology.command_streams():
-        rows = await redis.xpending_range(stream, PROVISIONER_GROUP, min="-", max="+", count=10_000, consumername=consumer)
+        rows = await redis.xpending_range(
+            stream, PROVISIONER_GROUP, min="-", max="+", count=10_000, consumername=consumer
+        )
         if rows:
-            held[stream] = [r["message_id"].decode() if isinstance(r["message_id"], bytes) else r["message_id"] for r in rows]
+            held[stream] = [
+                r["message_id"].decode() if isinstance(r["message_id"], bytes) else r["message_id"] for r in rows
+            ]
     return held
 
 
@@ -108,7 +114,7 @@ async def test_sigkill_a_provisioner_mid_load_loses_and_doubles_nothing(procs, p
     held_events: list[str] = []
     for stream, ids in held.items():
         for entry_id in ids:
-            (_, fields), = await redis.xrange(stream, min=entry_id, max=entry_id)
+            ((_, fields),) = await redis.xrange(stream, min=entry_id, max=entry_id)
             held_events.append(json.loads(fields[DATA_FIELD.encode()])["event_id"])
 
     async with pool.acquire() as conn:
@@ -142,7 +148,9 @@ async def _at_least(count: Any, n: int) -> bool:
     return await count() >= n
 
 
-async def test_sigkill_a_provisioner_under_scim_load_every_create_answered_and_applied_once(procs, pool, redis, topology):
+async def test_sigkill_a_provisioner_under_scim_load_every_create_answered_and_applied_once(
+    procs, pool, redis, topology
+):
     """The same crash with the load coming through the SCIM gateway (a process): the
     clients whose creates the dead worker held still get their 201 (claimed and applied by
     the survivor within the gateway's wait), or at worst 503 "queued"; afterwards every

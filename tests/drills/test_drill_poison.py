@@ -33,8 +33,12 @@ SOURCE = Source(kind="scim", id="drill", label="drill-4")
 
 
 def create(tenant_id: uuid.UUID, name: str) -> Command:
-    return Command(tenant_id=tenant_id, source=SOURCE, correlation_id=f"drill4-{uuid.uuid4().hex[:8]}",
-                   payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=name)))
+    return Command(
+        tenant_id=tenant_id,
+        source=SOURCE,
+        correlation_id=f"drill4-{uuid.uuid4().hex[:8]}",
+        payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=name)),
+    )
 
 
 async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(procs, pool, redis, topology, waiter):
@@ -77,7 +81,8 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
     # (The outcome is published just before the DLQ entry is written.)
     entries = await wait_for(lambda: _n_entries(redis, dlq, 2), 5, "the dead-letter entries")
     assert sorted(json.loads(f[DATA_FIELD.encode()])["event_id"] for _, f in entries) == sorted(
-        [str(poison.event_id), str(poison2.event_id)])
+        [str(poison.event_id), str(poison2.event_id)]
+    )
     for _, fields in entries:
         assert int(fields[b"deliveries"]) == MAX_DELIVERIES
         assert fields[b"stream"].decode() == topology.command_stream_for(acme.id)
@@ -85,9 +90,14 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
 
     async def audited() -> bool:
         async with pool.acquire() as conn:
-            return await conn.fetchval(
-                "SELECT count(*) FROM audit_log WHERE event_id = ANY($1::uuid[]) AND result = 'failed' "
-                "AND error_code = 'dead_letter'", [poison.event_id, poison2.event_id]) == 2
+            return (
+                await conn.fetchval(
+                    "SELECT count(*) FROM audit_log WHERE event_id = ANY($1::uuid[]) AND result = 'failed' "
+                    "AND error_code = 'dead_letter'",
+                    [poison.event_id, poison2.event_id],
+                )
+                == 2
+            )
 
     await wait_for(audited, 10, "the dead_letter outcomes in audit_log")
     # The first failure is mailed at once, the second waits for the window's digest.
@@ -107,8 +117,9 @@ async def test_poison_is_dead_lettered_reported_and_mailed_and_the_stream_flows(
 
     async with pool.acquire() as conn:
         users = await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id)
-        inbox_poison = await conn.fetchval("SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])",
-                                           [poison.event_id, poison2.event_id])
+        inbox_poison = await conn.fetchval(
+            "SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])", [poison.event_id, poison2.event_id]
+        )
     assert users == 100 and inbox_poison == 0  # nothing of the poison was stored
     print(f"drill 4: {clock}")
 

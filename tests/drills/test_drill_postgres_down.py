@@ -36,9 +36,9 @@ from provisio_lib.topology import PROVISIONER_GROUP
 from tests.conftest import make_tenant
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-from saml_setup import PUBLIC, add_connection  # noqa: E402
+from saml_setup import PUBLIC, add_connection
 
-from .support import Clock, DirectLoad, OwnedPostgres, SamlLoad, ScimLoad, backlog, summarize, wait_for  # noqa: E402
+from .support import Clock, DirectLoad, OwnedPostgres, SamlLoad, ScimLoad, backlog, summarize, wait_for
 
 pytestmark = [pytest.mark.drills, pytest.mark.integration]
 
@@ -105,6 +105,7 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
 
     check = await db.create_pool(url, min_size=1, max_size=2)
     try:
+
         async def drained() -> bool:
             async with check.acquire() as conn:
                 n = await conn.fetchval("SELECT count(*) FROM inbox")
@@ -114,8 +115,10 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
         clock.mark("backlog drained")
 
         async with check.acquire() as conn:
-            inbox = {r["event_id"]: r["result"] for r in await conn.fetch(
-                "SELECT event_id, outcome->>'result' AS result FROM inbox")}
+            inbox = {
+                r["event_id"]: r["result"]
+                for r in await conn.fetch("SELECT event_id, outcome->>'result' AS result FROM inbox")
+            }
             users = {r["user_name"]: str(r["id"]) for r in await conn.fetch("SELECT id, user_name FROM users")}
     finally:
         await check.close()
@@ -156,10 +159,10 @@ async def test_postgres_down_10s_503s_then_nothing_lost(owned_pg, procs, redis, 
         assert resp.status == 200
     for s in topology.command_streams():
         assert (await redis.xpending(s, PROVISIONER_GROUP))["pending"] == 0
-    print(f"drill 2: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} published, "
-          f"{len(queued)} creates 503-queued and applied, {len(refused)} refused before publishing")
-
-
+    print(
+        f"drill 2: {clock}; SCIM {summary}; direct {len(direct.acknowledged)} published, "
+        f"{len(queued)} creates 503-queued and applied, {len(refused)} refused before publishing"
+    )
 
 
 async def test_postgres_down_10s_saml_logins_503_then_resume(owned_pg, procs, redis, topology, service_env):
@@ -177,8 +180,9 @@ async def test_postgres_down_10s_saml_logins_503_then_resume(owned_pg, procs, re
     finally:
         await pool.close()
     await procs.provisioner(env)
-    gateway, base = await procs.saml_gateway(env, saml_public_url=PUBLIC, saml_outcome_timeout_s=3,
-                                             saml_connection_cache_s=5)
+    gateway, base = await procs.saml_gateway(
+        env, saml_public_url=PUBLIC, saml_outcome_timeout_s=3, saml_connection_cache_s=5
+    )
     clock.mark("services ready")
     saml = SamlLoad(base, sso, tag="pgsaml").start()
     await asyncio.sleep(2)
@@ -215,8 +219,10 @@ async def test_postgres_down_10s_saml_logins_503_then_resume(owned_pg, procs, re
     assert sum([await redis.xlen(s) for s in topology.dead_letter_streams()]) == 0
     assert gateway.alive()
     no_retry_after = sum(1 for a in logins if a.status == 503 and not a.retry_after)
-    print(f"drill 2 (SAML): {clock}; {summary}; {len(queued)} logins 'being set up' and applied; "
-          f"{no_retry_after} of the 503 pages without Retry-After")
+    print(
+        f"drill 2 (SAML): {clock}; {summary}; {len(queued)} logins 'being set up' and applied; "
+        f"{no_retry_after} of the 503 pages without Retry-After"
+    )
 
 
 def _errors(service: Any) -> list[str]:

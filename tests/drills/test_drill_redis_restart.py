@@ -29,7 +29,7 @@ from provisio_lib.topology import Topology
 from tests.conftest import make_tenant
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-from saml_setup import PUBLIC, add_connection  # noqa: E402
+from saml_setup import PUBLIC, add_connection
 
 from .support import Clock, DirectLoad, OwnedRedis, SamlLoad, ScimLoad, backlog, summarize, wait_for
 
@@ -47,7 +47,9 @@ async def owned_redis(tmp_path):
     await asyncio.to_thread(server.close)
 
 
-async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowledged(owned_redis, procs, pool, redis_prefix, service_env):
+async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowledged(
+    owned_redis, procs, pool, redis_prefix, service_env
+):
     clock = Clock()
     env = {**service_env, "PROVISIO_REDIS_URL": owned_redis.url}
     topology = Topology(prefix=redis_prefix, partitions=int(service_env["PROVISIO_PARTITIONS"]))
@@ -77,8 +79,12 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
         async def recovered() -> bool:
             return any(a.status == 201 and a.at > up_at for a in scim.answers)
 
-        await wait_for(recovered, 20, "a 201 after the restart (the gateway recovers by itself)",
-                       diagnostics=lambda: f"{summarize([a for a in scim.answers if a.at > up_at])}\n{procs.logs()}")
+        await wait_for(
+            recovered,
+            20,
+            "a 201 after the restart (the gateway recovers by itself)",
+            diagnostics=lambda: f"{summarize([a for a in scim.answers if a.at > up_at])}\n{procs.logs()}",
+        )
         clock.mark("gateway answers 201 again")
         await asyncio.sleep(2)
         answers = await scim.stop()
@@ -96,8 +102,10 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
         await rd.aclose()
 
     async with pool.acquire() as conn:
-        inbox = {str(r["event_id"]): r["result"] for r in await conn.fetch(
-            "SELECT event_id, outcome->>'result' AS result FROM inbox")}
+        inbox = {
+            str(r["event_id"]): r["result"]
+            for r in await conn.fetch("SELECT event_id, outcome->>'result' AS result FROM inbox")
+        }
         users = {r["user_name"]: str(r["id"]) for r in await conn.fetch("SELECT id, user_name FROM users")}
 
     summary = summarize(answers)
@@ -133,6 +141,8 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
     assert all(a.user_name in users for a in logins if a.status == 503 and "being set up" in a.detail)
     assert worker.alive() and gateway.alive() and saml_gateway.alive()
     first_201 = min(a.at for a in created if a.at > up_at) - up_at
-    print(f"drill 3: {clock}; first 201 {first_201:.1f} s after the restart; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
-          f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied; SAML {saml_summary} "
-          f"({sum(1 for a in logins if a.status == 503 and not a.retry_after)} of the 503 pages without Retry-After)")
+    print(
+        f"drill 3: {clock}; first 201 {first_201:.1f} s after the restart; SCIM {summary}; direct {len(direct.acknowledged)} acknowledged, "
+        f"{direct.refused} refused while down; {len(queued)} creates 503-queued and applied; SAML {saml_summary} "
+        f"({sum(1 for a in logins if a.status == 503 and not a.retry_after)} of the 503 pages without Retry-After)"
+    )

@@ -32,8 +32,13 @@ def headers(token: str) -> dict[str, str]:
 
 
 def user(i: int) -> dict[str, Any]:
-    return {"schemas": [USER], "userName": f"slow{i}@drill.test", "name": {"givenName": "Slow", "familyName": str(i)},
-            "emails": [{"value": f"slow{i}@drill.test", "type": "work", "primary": True}], "active": True}
+    return {
+        "schemas": [USER],
+        "userName": f"slow{i}@drill.test",
+        "name": {"givenName": "Slow", "familyName": str(i)},
+        "emails": [{"value": f"slow{i}@drill.test", "type": "work", "primary": True}],
+        "active": True,
+    }
 
 
 async def test_slow_provisioner_503_then_applied_once_and_retry_is_409(procs, pool):
@@ -45,6 +50,7 @@ async def test_slow_provisioner_503_then_applied_once_and_retry_is_409(procs, po
     clock.mark("provisioner paused")
 
     async with aiohttp.ClientSession(base_url=base, headers=headers(acme.token)) as http:
+
         async def post(i: int) -> tuple[int, str | None, dict[str, Any]]:
             async with http.post("/scim/v2/Users", json=user(i)) as resp:
                 return resp.status, resp.headers.get("Retry-After"), await resp.json(content_type=None)
@@ -69,10 +75,12 @@ async def test_slow_provisioner_503_then_applied_once_and_retry_is_409(procs, po
             users = await conn.fetch("SELECT user_name FROM users WHERE tenant_id = $1", acme.id)
             results = await conn.fetch(
                 "SELECT outcome->>'result' AS result, outcome->'error'->>'code' AS code FROM inbox WHERE tenant_id = $1",
-                acme.id)
+                acme.id,
+            )
         assert sorted(r["user_name"] for r in users) == sorted(f"slow{i}@drill.test" for i in range(USERS))
         assert sorted((r["result"], r["code"]) for r in results) == sorted(
-            [("applied", None)] * USERS + [("failed", "uniqueness")] * USERS)
+            [("applied", None)] * USERS + [("failed", "uniqueness")] * USERS
+        )
 
         again = await asyncio.gather(*(post(i) for i in range(USERS)))  # the next retry: a clear 409
         assert [s for s, _, _ in again] == [409] * USERS

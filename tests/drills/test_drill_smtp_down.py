@@ -33,15 +33,23 @@ SOURCE = Source(kind="scim", id="drill", label="drill-5")
 
 
 def create(tenant_id: uuid.UUID, name: str, cid: str) -> Command:
-    return Command(tenant_id=tenant_id, source=SOURCE, correlation_id=cid,
-                   payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=name)))
+    return Command(
+        tenant_id=tenant_id,
+        source=SOURCE,
+        correlation_id=cid,
+        payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=name)),
+    )
 
 
 async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, redis, topology):
     clock = Clock()
     port = free_port()  # nothing listens here until the server starts
-    smtp_settings: dict[str, Any] = {"notify_window_s": WINDOW_S, "smtp_host": "127.0.0.1", "smtp_port": port,
-                                     "smtp_from": "provisio@drill.test"}
+    smtp_settings: dict[str, Any] = {
+        "notify_window_s": WINDOW_S,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_from": "provisio@drill.test",
+    }
     tenants = [await make_tenant(pool, notify_emails=[f"ops{i}@drill.test"]) for i in range(3)]
     await procs.provisioner()
     auditor = await procs.auditor(**smtp_settings)
@@ -60,8 +68,10 @@ async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, red
 
     async def first_mails_failing() -> list[int]:
         async with pool.acquire() as conn:
-            ids = await conn.fetch("SELECT id FROM notifications WHERE status = 'pending' AND attempts >= 1 "
-                                   "AND last_error IS NOT NULL AND kind = 'first'")
+            ids = await conn.fetch(
+                "SELECT id FROM notifications WHERE status = 'pending' AND attempts >= 1 "
+                "AND last_error IS NOT NULL AND kind = 'first'"
+            )
         return [r["id"] for r in ids] if len(ids) == len(tenants) else []
 
     failed_first = await wait_for(first_mails_failing, 15, "first mails tried and failing while SMTP is down")
@@ -84,8 +94,12 @@ async def test_smtp_down_delays_mail_but_loses_and_doubles_none(procs, pool, red
     async def all_reported() -> bool:
         return set(seen()) == set(failing)
 
-    await wait_for(all_reported, 20, "every failure reported",
-                   diagnostics=lambda: f"missing {set(failing) - set(seen())}\n{procs.logs()}")
+    await wait_for(
+        all_reported,
+        20,
+        "every failure reported",
+        diagnostics=lambda: f"missing {set(failing) - set(seen())}\n{procs.logs()}",
+    )
     clock.mark("all failures mailed")
     await asyncio.sleep(WINDOW_S + 1.0)  # nothing more is owed: a late duplicate would show here
 

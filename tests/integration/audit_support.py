@@ -97,8 +97,6 @@ async def running_auditor(**overrides: Any) -> AsyncIterator[Any]:
         yield app
 
 
-
-
 def make_outcome(
     tenant_id: uuid.UUID,
     *,

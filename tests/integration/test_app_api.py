@@ -73,8 +73,13 @@ async def all_events(c, h, n: int, **params) -> list[dict[str, Any]]:
 
 
 def cmd(tenant, payload, **kw):
-    return Command(tenant_id=tenant.id, source=SCIM, correlation_id=kw.pop("cid", "c-" + uuid.uuid4().hex[:6]),
-                   payload=payload, **kw)
+    return Command(
+        tenant_id=tenant.id,
+        source=SCIM,
+        correlation_id=kw.pop("cid", "c-" + uuid.uuid4().hex[:6]),
+        payload=payload,
+        **kw,
+    )
 
 
 def create(tenant, name):
@@ -87,30 +92,64 @@ def create(tenant, name):
 async def test_scim_changes_become_events_in_order_with_state_and_changes(service_env, pool, tenant, provisioner):
     async with scim_client() as s, app_client() as c:
         h = bearer(tenant.token)
-        r = await s.post("/scim/v2/Users", json={"schemas": [USER], "userName": "ann@x.test", "name": {"givenName": "Ann"}},
-                         headers={**h, "X-Correlation-Id": "corr-ann"})
+        r = await s.post(
+            "/scim/v2/Users",
+            json={"schemas": [USER], "userName": "ann@x.test", "name": {"givenName": "Ann"}},
+            headers={**h, "X-Correlation-Id": "corr-ann"},
+        )
         ann = (await r.json())["id"]
         r = await s.post("/scim/v2/Users", json={"schemas": [USER], "userName": "bob@x.test"}, headers=h)
         bob = (await r.json())["id"]
-        await s.patch(f"/scim/v2/Users/{ann}", json=patch_body({"op": "replace", "path": "name.givenName", "value": "Anna"}), headers=h)
-        await s.patch(f"/scim/v2/Users/{ann}", json=patch_body({"op": "replace", "path": "active", "value": False}), headers=h)
-        await s.patch(f"/scim/v2/Users/{ann}", json=patch_body({"op": "replace", "path": "active", "value": True}), headers=h)
-        r = await s.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales", "members": [{"value": ann}]}, headers=h)
+        await s.patch(
+            f"/scim/v2/Users/{ann}",
+            json=patch_body({"op": "replace", "path": "name.givenName", "value": "Anna"}),
+            headers=h,
+        )
+        await s.patch(
+            f"/scim/v2/Users/{ann}", json=patch_body({"op": "replace", "path": "active", "value": False}), headers=h
+        )
+        await s.patch(
+            f"/scim/v2/Users/{ann}", json=patch_body({"op": "replace", "path": "active", "value": True}), headers=h
+        )
+        r = await s.post(
+            "/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales", "members": [{"value": ann}]}, headers=h
+        )
         g = (await r.json())["id"]
-        await s.patch(f"/scim/v2/Groups/{g}", json=patch_body({"op": "add", "path": "members", "value": [{"value": bob}]}), headers=h)
-        await s.patch(f"/scim/v2/Groups/{g}", json=patch_body({"op": "replace", "path": "displayName", "value": "Sales EU"}), headers=h)
-        await s.patch(f"/scim/v2/Groups/{g}", json=patch_body({"op": "remove", "path": f'members[value eq "{ann}"]'}), headers=h)
+        await s.patch(
+            f"/scim/v2/Groups/{g}",
+            json=patch_body({"op": "add", "path": "members", "value": [{"value": bob}]}),
+            headers=h,
+        )
+        await s.patch(
+            f"/scim/v2/Groups/{g}",
+            json=patch_body({"op": "replace", "path": "displayName", "value": "Sales EU"}),
+            headers=h,
+        )
+        await s.patch(
+            f"/scim/v2/Groups/{g}", json=patch_body({"op": "remove", "path": f'members[value eq "{ann}"]'}), headers=h
+        )
         # A PATCH that changes nothing makes no event.
-        await s.patch(f"/scim/v2/Users/{bob}", json=patch_body({"op": "replace", "path": "active", "value": True}), headers=h)
+        await s.patch(
+            f"/scim/v2/Users/{bob}", json=patch_body({"op": "replace", "path": "active", "value": True}), headers=h
+        )
         assert (await s.delete(f"/scim/v2/Groups/{g}", headers=h)).status == 204
         assert (await s.delete(f"/scim/v2/Users/{bob}", headers=h)).status == 204
 
         key = await new_key(pool, tenant.id)
         events = await all_events(c, key, 12, tenant=tenant.name)
         assert [(e["type"], e["resource_id"]) for e in events] == [
-            ("user.created", ann), ("user.created", bob), ("user.updated", ann), ("user.deactivated", ann),
-            ("user.reactivated", ann), ("group.created", g), ("group.member_added", g), ("group.member_added", g),
-            ("group.updated", g), ("group.member_removed", g), ("group.deleted", g), ("user.deleted", bob),
+            ("user.created", ann),
+            ("user.created", bob),
+            ("user.updated", ann),
+            ("user.deactivated", ann),
+            ("user.reactivated", ann),
+            ("group.created", g),
+            ("group.member_added", g),
+            ("group.member_added", g),
+            ("group.updated", g),
+            ("group.member_removed", g),
+            ("group.deleted", g),
+            ("user.deleted", bob),
         ]
         seqs = [e["sequence"] for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -124,7 +163,10 @@ async def test_scim_changes_become_events_in_order_with_state_and_changes(servic
         assert created["data"]["user_name"] == "ann@x.test" and created["data"]["given_name"] == "Ann"
         assert updated["changes"]["given_name"] == {"before": "Ann", "after": "Anna"}
         assert updated["data"]["given_name"] == "Anna" and updated["data"]["version"] == 2
-        assert deactivated["data"]["active"] is False and deactivated["changes"]["active"] == {"before": True, "after": False}
+        assert deactivated["data"]["active"] is False and deactivated["changes"]["active"] == {
+            "before": True,
+            "after": False,
+        }
         added = [e["data"] for e in events if e["type"] == "group.member_added"]
         assert [a["user"]["id"] for a in added] == [ann, bob] and added[0]["group"]["display_name"] == "Sales"
         assert events[9]["data"]["user"]["id"] == ann
@@ -142,20 +184,32 @@ async def test_scim_changes_become_events_in_order_with_state_and_changes(servic
         assert r.status == 400  # a pattern is a type prefix and .*, not an arbitrary glob
         filtered = await all_events(c, key, 7, types="group.*,user.deleted")
         assert [e["type"] for e in filtered] == [
-            "group.created", "group.member_added", "group.member_added", "group.updated", "group.member_removed",
-            "group.deleted", "user.deleted"]
+            "group.created",
+            "group.member_added",
+            "group.member_added",
+            "group.updated",
+            "group.member_removed",
+            "group.deleted",
+            "user.deleted",
+        ]
 
 
 async def test_jit_logins_make_sso_login_and_resource_events(service_env, pool, tenant, provisioner, waiter):
     conn_id = uuid.uuid4()  # a real connection row: the provisioner reads its settings and links to it
     await pool.execute(
         """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
-           VALUES ($1, $2, 'okta-prod', 'okta', 'https://idp.test/', '<md/>')""", conn_id, tenant.id)
+           VALUES ($1, $2, 'okta-prod', 'okta', 'https://idp.test/', '<md/>')""",
+        conn_id,
+        tenant.id,
+    )
 
     def login(**kw):
-        return Command(tenant_id=tenant.id, source=Source(kind="saml", id=str(conn_id), label="okta-prod"),
-                       correlation_id="c-" + uuid.uuid4().hex[:6],
-                       payload=JitLogin(connection_id=conn_id, connection_name="okta-prod", mode="sync", name_id="n", **kw))
+        return Command(
+            tenant_id=tenant.id,
+            source=Source(kind="saml", id=str(conn_id), label="okta-prod"),
+            correlation_id="c-" + uuid.uuid4().hex[:6],
+            payload=JitLogin(connection_id=conn_id, connection_name="okta-prod", mode="sync", name_id="n", **kw),
+        )
 
     first = await waiter.submit(login(user_name="jo@x.test", given_name="Jo", groups=("Eng",)), 10)
     uid = str(first.resource_id)
@@ -164,8 +218,12 @@ async def test_jit_logins_make_sso_login_and_resource_events(service_env, pool, 
     async with app_client() as c:
         events = await all_events(c, await new_key(pool), 7)
     assert [e["type"] for e in events] == [
-        "user.created", "group.created", "group.member_added", "sso.login",
-        "user.updated", "sso.login",
+        "user.created",
+        "group.created",
+        "group.member_added",
+        "sso.login",
+        "user.updated",
+        "sso.login",
         "sso.login",
     ]
     assert all(e["source"] == {"kind": "saml", "label": "okta-prod"} for e in events)
@@ -181,7 +239,9 @@ async def test_jit_logins_make_sso_login_and_resource_events(service_env, pool, 
 # --------------------------------------------------------------------------- exactly the committed changes
 
 
-async def test_a_rolled_back_batch_leaves_no_event_and_a_redelivery_none_twice(service_env, pool, tenant, redis, topology, waiter):
+async def test_a_rolled_back_batch_leaves_no_event_and_a_redelivery_none_twice(
+    service_env, pool, tenant, redis, topology, waiter
+):
     # Published before the provisioner starts, so they arrive as one batch; the duplicate
     # userName makes the batch's one-statement path fail and roll back, and the careful
     # path applies the others one by one.
@@ -189,9 +249,11 @@ async def test_a_rolled_back_batch_leaves_no_event_and_a_redelivery_none_twice(s
     for c_ in cmds:
         await publish_command(redis, topology, c_)
     async with running_provisioner() as app:
+
         async def done():
             async with pool.acquire() as conn:
                 return await conn.fetchval("SELECT count(*) FROM inbox WHERE tenant_id = $1", tenant.id) == 5
+
         await eventually(done, timeout=30)
         assert app.context.get("provisioner").paths["careful"] >= 1
         again = await waiter.submit(cmds[0], 10)  # redelivered: answered from the inbox
@@ -206,10 +268,18 @@ async def test_concurrent_commits_become_visible_in_cursor_order_only(pool, tena
 
     async def write(conn, n):
         cid = uuid.uuid4()
-        outcome = json.dumps({"completed_at": "2026-01-01T00:00:00+00:00", "source": {"kind": "scim", "label": "t"},
-                              "correlation_id": f"c{n}", "resource": {"n": n}, "changes": {}})
-        await store.record_outcomes(conn, [(cid, tenant.id, "user.create", outcome)],
-                                    [(1, EventSpec("user.created", "User", uuid.uuid4()))])
+        outcome = json.dumps(
+            {
+                "completed_at": "2026-01-01T00:00:00+00:00",
+                "source": {"kind": "scim", "label": "t"},
+                "correlation_id": f"c{n}",
+                "resource": {"n": n},
+                "changes": {},
+            }
+        )
+        await store.record_outcomes(
+            conn, [(cid, tenant.id, "user.create", outcome)], [(1, EventSpec("user.created", "User", uuid.uuid4()))]
+        )
 
     early, late = await pool.acquire(), await pool.acquire()
     try:
@@ -236,13 +306,23 @@ async def test_a_batch_waiting_for_anothers_resource_has_no_xid_so_the_feed_keep
     x, y = sorted([uuid.uuid4(), uuid.uuid4()])
     async with pool.acquire() as conn:
         for uid in (x, y):
-            await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", uid, tenant.id, f"{uid}@x")
+            await conn.execute(
+                "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", uid, tenant.id, f"{uid}@x"
+            )
 
     async def write(conn, label):
-        outcome = json.dumps({"completed_at": "2026-01-01T00:00:00+00:00", "source": {"kind": "scim", "label": "t"},
-                              "correlation_id": label, "resource": {"who": label}, "changes": {}})
-        await store.record_outcomes(conn, [(uuid.uuid4(), tenant.id, "user.replace", outcome)],
-                                    [(1, EventSpec("user.updated", "User", y))])
+        outcome = json.dumps(
+            {
+                "completed_at": "2026-01-01T00:00:00+00:00",
+                "source": {"kind": "scim", "label": "t"},
+                "correlation_id": label,
+                "resource": {"who": label},
+                "changes": {},
+            }
+        )
+        await store.record_outcomes(
+            conn, [(uuid.uuid4(), tenant.id, "user.replace", outcome)], [(1, EventSpec("user.updated", "User", y))]
+        )
 
     first, second = await pool.acquire(), await pool.acquire()
     try:
@@ -254,8 +334,11 @@ async def test_a_batch_waiting_for_anothers_resource_has_no_xid_so_the_feed_keep
         waiting = asyncio.create_task(store.lock_in_order(second, [x, y], []))
 
         async def queued():
-            return await pool.fetchrow("SELECT wait_event_type, backend_xid FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
-                                       second_pid)
+            return await pool.fetchrow(
+                "SELECT wait_event_type, backend_xid FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                second_pid,
+            )
+
         row = await eventually(queued, timeout=30)
         assert row["backend_xid"] is None  # no xid while it waits: it cannot sort before `first`
         await write(first, "first")
@@ -270,10 +353,13 @@ async def test_a_batch_waiting_for_anothers_resource_has_no_xid_so_the_feed_keep
     async def both():
         evs = await events_feed.read_events(pool, [tenant.id], None, 10)
         return evs if len(evs) == 2 else None
+
     assert [e["data"]["who"] for e in await eventually(both, timeout=60)] == ["first", "second"]
 
 
-async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_order(service_env, pool, redis, topology):
+async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_order(
+    service_env, pool, redis, topology
+):
     """Two provisioners apply one tenant's commands (the tenant's partition is shared,
     so both take batches of it) while other transactions commit out of order; a reader
     follows the feed over HTTP the whole time."""
@@ -297,10 +383,20 @@ async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_
         async with pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
-            outcome = json.dumps({"completed_at": "2026-01-01T00:00:00+00:00", "source": {"kind": "scim", "label": "t"},
-                                  "correlation_id": f"w{i}", "resource": {"w": i}, "changes": {}})
-            await store.record_outcomes(conn, [(uuid.uuid4(), tenant.id, "user.create", outcome)],
-                                        [(1, EventSpec("user.created", "User", uuid.uuid4()))])
+            outcome = json.dumps(
+                {
+                    "completed_at": "2026-01-01T00:00:00+00:00",
+                    "source": {"kind": "scim", "label": "t"},
+                    "correlation_id": f"w{i}",
+                    "resource": {"w": i},
+                    "changes": {},
+                }
+            )
+            await store.record_outcomes(
+                conn,
+                [(uuid.uuid4(), tenant.id, "user.create", outcome)],
+                [(1, EventSpec("user.created", "User", uuid.uuid4()))],
+            )
             await asyncio.sleep(0.3 * ((i * 7) % 5) / 5)  # commit in a scrambled order
             await tx.commit()
 
@@ -312,7 +408,10 @@ async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_
 
         async def all_applied():
             async with pool.acquire() as conn:
-                return await conn.fetchval("SELECT count(*) FROM events WHERE tenant_id = $1", tenant.id) == n_cmds + n_tx
+                return (
+                    await conn.fetchval("SELECT count(*) FROM events WHERE tenant_id = $1", tenant.id) == n_cmds + n_tx
+                )
+
         await eventually(all_applied, timeout=60)
         stop.set()
         await asyncio.wait_for(reader, 90)
@@ -344,12 +443,18 @@ async def test_a_long_poll_returns_when_an_event_arrives(service_env, pool, tena
         assert await r.json() == {"data": [], "next_cursor": body["next_cursor"]}
 
 
-async def test_retention_prunes_old_events_and_the_feed_starts_at_the_oldest_kept(service_env, pool, tenant, provisioner, waiter):
+async def test_retention_prunes_old_events_and_the_feed_starts_at_the_oldest_kept(
+    service_env, pool, tenant, provisioner, waiter
+):
     for i in range(5):
         await waiter.submit(create(tenant, f"r{i}@x.test"), 10)
     async with pool.acquire() as conn:
-        ids = [r["id"] for r in await conn.fetch("SELECT id FROM events WHERE tenant_id = $1 ORDER BY xid, id", tenant.id)]
-        await conn.execute("UPDATE events SET created_at = now() - interval '40 days' WHERE id = ANY($1::bigint[])", ids[:3])
+        ids = [
+            r["id"] for r in await conn.fetch("SELECT id FROM events WHERE tenant_id = $1 ORDER BY xid, id", tenant.id)
+        ]
+        await conn.execute(
+            "UPDATE events SET created_at = now() - interval '40 days' WHERE id = ANY($1::bigint[])", ids[:3]
+        )
     assert await prune_events(pool, 30) == 3
     assert await prune_events(pool, 30) == 0
     async with pool.acquire() as conn:
@@ -400,9 +505,21 @@ async def test_groups_members_and_one_resource(service_env, pool, tenant, provis
         h = bearer(tenant.token)
         ids = []
         for n in ("m1@x.test", "m2@x.test", "m3@x.test"):
-            ids.append((await (await s.post("/scim/v2/Users", json={"schemas": [USER], "userName": n}, headers=h)).json())["id"])
-        r = await s.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Ops", "externalId": "ops-1",
-                                                  "members": [{"value": i} for i in ids[:2]]}, headers=h)
+            ids.append(
+                (await (await s.post("/scim/v2/Users", json={"schemas": [USER], "userName": n}, headers=h)).json())[
+                    "id"
+                ]
+            )
+        r = await s.post(
+            "/scim/v2/Groups",
+            json={
+                "schemas": [GROUP],
+                "displayName": "Ops",
+                "externalId": "ops-1",
+                "members": [{"value": i} for i in ids[:2]],
+            },
+            headers=h,
+        )
         g = (await r.json())["id"]
         await s.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Empty"}, headers=h)
         r = await c.get(f"/api/v1/tenants/{tenant.name}/groups", headers=key)
@@ -414,11 +531,18 @@ async def test_groups_members_and_one_resource(service_env, pool, tenant, provis
         r = await c.get(f"/api/v1/tenants/{tenant.name}/groups/{g}/members", params={"limit": "1"}, headers=key)
         page = await r.json()
         assert [u["id"] for u in page["data"]] == ids[:1] and page["next_cursor"]
-        r = await c.get(f"/api/v1/tenants/{tenant.name}/groups/{g}/members", params={"cursor": page["next_cursor"]}, headers=key)
+        r = await c.get(
+            f"/api/v1/tenants/{tenant.name}/groups/{g}/members", params={"cursor": page["next_cursor"]}, headers=key
+        )
         assert [u["id"] for u in (await r.json())["data"]] == ids[1:2]
         r = await c.get(f"/api/v1/tenants/{tenant.name}/users/{ids[0]}", headers=key)
         assert [x["display_name"] for x in (await r.json())["groups"]] == ["Ops"]
-        for path in (f"users/{uuid.uuid4()}", "users/not-a-uuid", f"groups/{uuid.uuid4()}", f"groups/{uuid.uuid4()}/members"):
+        for path in (
+            f"users/{uuid.uuid4()}",
+            "users/not-a-uuid",
+            f"groups/{uuid.uuid4()}",
+            f"groups/{uuid.uuid4()}/members",
+        ):
             r = await c.get(f"/api/v1/tenants/{tenant.name}/{path}", headers=key)
             assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
 
@@ -433,8 +557,12 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
     key_a = await new_key(pool, a.id, "key-a")
     key_all = await new_key(pool, None, "key-all")
     async with app_client() as c:
-        for path in (f"/api/v1/tenants/{b.name}/users", f"/api/v1/tenants/{b.id}/users/{made_b.resource_id}",
-                     "/api/v1/tenants/no-such-tenant/users", f"/api/v1/tenants/{b.name}/groups"):
+        for path in (
+            f"/api/v1/tenants/{b.name}/users",
+            f"/api/v1/tenants/{b.id}/users/{made_b.resource_id}",
+            "/api/v1/tenants/no-such-tenant/users",
+            f"/api/v1/tenants/{b.name}/groups",
+        ):
             r = await c.get(path, headers=key_a)
             assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden", path
         r = await c.get("/api/v1/events", params={"tenant": b.name}, headers=key_a)
@@ -451,7 +579,12 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
         r = await c.get(f"/api/v1/tenants/{a.name}/users", headers=key_a)
         assert r.status == 200 and [u["user_name"] for u in (await r.json())["data"]] == ["a@x.test"]
 
-        for headers in ({}, {"Authorization": "Bearer prk_nope"}, {"Authorization": "Basic eDp5"}, {"Authorization": "Bearer " + tenant_token(a)}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer prk_nope"},
+            {"Authorization": "Basic eDp5"},
+            {"Authorization": "Bearer " + tenant_token(a)},
+        ):
             r = await c.get("/api/v1/events", headers=headers)
             assert r.status == 401 and (await r.json())["error"]["code"] == "unauthorized"
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -462,7 +595,14 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
 
         r = await c.get("/api/v1/events", params={"after": "f" * 16 + "7" + "f" * 15}, headers=key_all)
         assert r.status == 200 and (await r.json())["data"] == []
-        for params in ({"after": "nope"}, {"after": "0" * 16 + "f" * 16}, {"limit": "5000"}, {"wait": "-1"}, {"wait": "nan"}, {"types": "'; drop"}):
+        for params in (
+            {"after": "nope"},
+            {"after": "0" * 16 + "f" * 16},
+            {"limit": "5000"},
+            {"wait": "-1"},
+            {"wait": "nan"},
+            {"types": "'; drop"},
+        ):
             r = await c.get("/api/v1/events", params=params, headers=key_all)
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_parameter", params
         r = await c.get("/api/v1/nothing", headers=key_all)
@@ -497,22 +637,32 @@ async def test_saml_code_exchange_on_the_app_api(service_env, pool, tenant, redi
         await conn.execute(
             """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata, app_secret_hash)
                VALUES ($1, $2, 'okta', 'okta', 'https://idp', '<x/>', $3)""",
-            conn_id, tenant.id, hash_token(secret))
+            conn_id,
+            tenant.id,
+            hash_token(secret),
+        )
     profile = {"user_id": str(uuid.uuid4()), "email": "x@y.test"}
-    await redis.set(code_key(topology, "the-code"), json.dumps({"connection_id": str(conn_id), "profile": profile}), ex=60)
+    await redis.set(
+        code_key(topology, "the-code"), json.dumps({"connection_id": str(conn_id), "profile": profile}), ex=60
+    )
     async with app_client() as c:
         # A wrong secret gets the unknown code's answer (one answer: a code cannot be probed).
         r = await c.post("/api/v1/saml/token", data={"code": "the-code"}, headers={"Authorization": "Bearer wrong"})
         wrong = await r.json()
         assert r.status == 400 and wrong["error"]["code"] == "invalid_grant"
-        r = await c.post("/api/v1/saml/token", data={"code": "no-such-code"}, headers={"Authorization": f"Bearer {secret}"})
+        r = await c.post(
+            "/api/v1/saml/token", data={"code": "no-such-code"}, headers={"Authorization": f"Bearer {secret}"}
+        )
         assert r.status == 400 and await r.json() == wrong
         r = await c.post("/api/v1/saml/token", json={"code": "the-code"}, headers={"Authorization": f"Bearer {secret}"})
         assert r.status == 200 and await r.json() == profile and r.headers["Cache-Control"] == "no-store"
         r = await c.post("/api/v1/saml/token", json={"code": "the-code"}, headers={"Authorization": f"Bearer {secret}"})
         assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_grant"
-        r = await c.post("/api/v1/saml/token", data=b"\xff\xfe", headers={"Authorization": f"Bearer {secret}",
-                                                                          "Content-Type": "application/json"})
+        r = await c.post(
+            "/api/v1/saml/token",
+            data=b"\xff\xfe",
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
         assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_request"
 
 
@@ -520,7 +670,9 @@ async def test_saml_code_exchange_on_the_app_api(service_env, pool, tenant, redi
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def test_api_key_cli_lifecycle(service_env):
@@ -540,7 +692,10 @@ def test_api_key_cli_lifecycle(service_env):
     assert nope.returncode == 1 and "unknown tenant" in nope.stderr
     listed = cli("api-key", "list", "--json", env=env)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [(r["name"], r["tenant"], r["status"]) for r in rows] == [("backend", "acme", "active"), ("ops", "*", "active")]
+    assert [(r["name"], r["tenant"], r["status"]) for r in rows] == [
+        ("backend", "acme", "active"),
+        ("ops", "*", "active"),
+    ]
     assert key not in listed.stdout
     assert cli("api-key", "revoke", "backend", env=env).returncode == 0
     again = cli("api-key", "revoke", "backend", env=env)
@@ -556,7 +711,9 @@ def test_the_app_api_runs_as_its_own_process(service_env, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, **service_env, "PROVISIO_APP_API_PORT": str(port), "PROVISIO_APP_API_HOST": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "app_api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app_api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

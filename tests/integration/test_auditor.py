@@ -46,7 +46,7 @@ async def test_outcomes_become_rows_once(service_env, pool, redis, topology):
         await publish(redis, topology, *outcomes[:5], outcomes[25].model_copy(update={"redelivered": True}))
         stream = topology.audit_stream_for(a.id)
         await redis.xadd(stream, {DATA_FIELD: b'{"not": "an outcome"}'})
-        await eventually(lambda: count(pool, "SELECT count(*) FROM audit_log") , timeout=10)
+        await eventually(lambda: count(pool, "SELECT count(*) FROM audit_log"), timeout=10)
         await eventually(lambda: _settled(redis, topology, stream, pool, len(outcomes)), timeout=10)
         handler = app.context.get("audit_handler")
         assert handler.counters["rows"] == len(outcomes)
@@ -68,11 +68,7 @@ async def test_outcomes_become_rows_once(service_env, pool, redis, topology):
 
 
 async def _settled(redis, topology, stream, pool, expected):
-    return (
-        await count(pool) == expected
-        and await redis.exists(stream + ":dlq")
-        and await pending(redis, topology) == 0
-    )
+    return await count(pool) == expected and await redis.exists(stream + ":dlq") and await pending(redis, topology) == 0
 
 
 async def test_failures_queue_notifications_in_the_same_transaction(service_env, pool, redis, topology):
@@ -175,8 +171,12 @@ async def test_retention_deletes_only_expired_rows(service_env, pool):
 
     t = await make_tenant(pool, notify_emails=["ops@example.test"])
     now = datetime.now(UTC)
-    old = [make_outcome(t.id, result="failed", code="internal").model_copy(update={"completed_at": now - timedelta(days=40)})
-           for _ in range(5)]
+    old = [
+        make_outcome(t.id, result="failed", code="internal").model_copy(
+            update={"completed_at": now - timedelta(days=40)}
+        )
+        for _ in range(5)
+    ]
     fresh = [make_outcome(t.id) for _ in range(3)]
     async with pool.acquire() as conn:
         await write_batch(conn, [audit_row(o) for o in old + fresh], 60)
@@ -193,8 +193,11 @@ def _run_auditor_process(env, **extra):
     import sys
 
     return subprocess.Popen(
-        [sys.executable, "-m", "auditor"], env={**os.environ, **env, **extra},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "auditor"],
+        env={**os.environ, **env, **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -252,7 +255,9 @@ async def test_a_batch_entry_of_several_outcomes_becomes_one_row_each(service_en
         await redis.xadd(stream, {"__outcomes__": b'[{"not": "an outcome"}]'})
         await eventually(lambda: _settled(redis, topology, stream, pool, 4), timeout=10)
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT event_id, result, user_name FROM audit_log WHERE tenant_id = $1 ORDER BY id", t.id)
+        rows = await conn.fetch(
+            "SELECT event_id, result, user_name FROM audit_log WHERE tenant_id = $1 ORDER BY id", t.id
+        )
     assert [(r["event_id"], r["result"]) for r in rows] == [(o.event_id, o.result) for o in outcomes]
     # The undecodable batch entry is dead-lettered as it was (its field kept, not a repr).
     [(_, dead)] = await redis.xrange(stream + ":dlq")

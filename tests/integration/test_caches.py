@@ -14,14 +14,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from saml_idp import make_keypair  # noqa: E402
-from saml_setup import add_connection  # noqa: E402
+from saml_idp import make_keypair
+from saml_setup import add_connection
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_token_in_use_stays_cached_through_a_spray_of_unknown_tokens(pool: Any, tenant: Any,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_token_in_use_stays_cached_through_a_spray_of_unknown_tokens(
+    pool: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from scim_gateway import auth
 
     monkeypatch.setattr(auth, "_MAX_ENTRIES", 8)
@@ -39,7 +40,8 @@ async def test_a_token_in_use_stays_cached_through_a_spray_of_unknown_tokens(poo
 
 
 async def test_a_connection_in_use_stays_cached_through_a_scan_of_unknown_names(
-        pool: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from saml_gateway import app
 
     setup = await add_connection(pool, tenant.id, "entra")

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def lines(out):
@@ -66,7 +68,12 @@ async def test_search_filters(env, pool):
     assert ids("--connection", okta.id) == ["c-b1"]
     assert ids("--correlation-id", "c-o1") == ["c-o1"]
     assert ids("--tenant", "acme", "--since", "1h") == ["c-a1", "c-a2", "c-b1"]
-    assert ids("--tenant", str(acme.id), "--since", (now - timedelta(hours=4)).isoformat()) == ["c-a1", "c-a2", "c-b1", "c-old"]
+    assert ids("--tenant", str(acme.id), "--since", (now - timedelta(hours=4)).isoformat()) == [
+        "c-a1",
+        "c-a2",
+        "c-b1",
+        "c-old",
+    ]
     assert len(ids("--tenant", "acme", "--limit", "2")) == 2
 
     failed = lines(cli("audit", "search", "--json", "--failed", env=env).stdout)[0]
@@ -79,7 +86,10 @@ async def test_search_filters(env, pool):
     none = cli("audit", "search", "--tenant", "acme", "--correlation-id", "nope", env=env)
     assert (none.returncode, none.stderr.strip()) == (1, "error: no audit records match these filters")
     unknown = cli("audit", "search", "--tenant", "nope", env=env)
-    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: unknown tenant 'nope' (see `provisio tenant list`)")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "error: unknown tenant 'nope' (see `provisio tenant list`)",
+    )
     bad = cli("audit", "search", "--since", "yesterday-ish", env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: bad time expression 'yesterday-ish'")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -91,17 +101,25 @@ async def test_user_history_and_state(env, pool):
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO users (id, tenant_id, user_name, display_name, created_by) VALUES ($1, $2, 'alice@acme.example', 'Alice', 'scim')",
-            uid, acme.id,
+            uid,
+            acme.id,
         )
-        await conn.execute("INSERT INTO groups (id, tenant_id, display_name) VALUES ($1, $2, 'Engineering')", gid, acme.id)
         await conn.execute(
-            "INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')", acme.id, gid, uid
+            "INSERT INTO groups (id, tenant_id, display_name) VALUES ($1, $2, 'Engineering')", gid, acme.id
+        )
+        await conn.execute(
+            "INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')",
+            acme.id,
+            gid,
+            uid,
         )
     now = datetime.now(UTC)
     saml = Source(kind="saml", id="c1", label="okta-sso")
     events = [
         make_outcome(acme.id, user="alice@acme.example", resource_id=uid, correlation_id="h1"),
-        make_outcome(acme.id, user="alice@acme.example", op="jit.login", source=saml, resource_id=uid, correlation_id="h2"),
+        make_outcome(
+            acme.id, user="alice@acme.example", op="jit.login", source=saml, resource_id=uid, correlation_id="h2"
+        ),
         # An old name of the same user (renamed later): found by id.
         make_outcome(acme.id, user="alice.old@acme.example", op="user.replace", resource_id=uid, correlation_id="h0"),
         make_outcome(acme.id, user="bob@acme.example", correlation_id="other"),
@@ -123,15 +141,30 @@ async def test_user_history_and_state(env, pool):
 
     missing = cli("audit", "user", "acme", "nobody@acme.example", env=env)
     assert missing.returncode == 1
-    assert missing.stderr.strip() == "error: no user 'nobody@acme.example' in tenant 'acme', and no audit records for that name"
+    assert (
+        missing.stderr.strip()
+        == "error: no user 'nobody@acme.example' in tenant 'acme', and no audit records for that name"
+    )
 
 
 async def test_tail_live_with_filters_and_ctrl_c(env, pool, redis, topology):
     acme = await make_tenant(pool, name="acme")
     other = await make_tenant(pool, name="other")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "provisio_cli", "audit", "tail", "--tenant", "acme", "--failed", "--json", "--count", "2",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "provisio_cli",
+        "audit",
+        "tail",
+        "--tenant",
+        "acme",
+        "--failed",
+        "--json",
+        "--count",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     # Tail reads only what arrives after it starts: keep publishing until it has seen two.
     published = 0
@@ -140,7 +173,8 @@ async def test_tail_live_with_filters_and_ctrl_c(env, pool, redis, topology):
         nonlocal published
         while True:
             await publish(
-                redis, topology,
+                redis,
+                topology,
                 make_outcome(acme.id, correlation_id=f"ok-{published}"),
                 make_outcome(acme.id, result="failed", code="policy", correlation_id=f"fail-{published}"),
                 make_outcome(other.id, result="failed", code="policy", correlation_id=f"other-{published}"),
@@ -160,12 +194,20 @@ async def test_tail_live_with_filters_and_ctrl_c(env, pool, redis, topology):
     assert proc.returncode == 0, stderr.decode()
     got = lines(stdout.decode())
     assert len(got) == 2
-    assert all(r["tenant"] == "acme" and r["result"] == "failed" and r["correlation_id"].startswith("fail-") for r in got)
+    assert all(
+        r["tenant"] == "acme" and r["result"] == "failed" and r["correlation_id"].startswith("fail-") for r in got
+    )
 
     # Ctrl-C ends a tail with exit code 0 and no traceback.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "provisio_cli", "audit", "tail", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "provisio_cli",
+        "audit",
+        "tail",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     await asyncio.sleep(2.0)
     proc.send_signal(signal.SIGINT)
@@ -181,7 +223,10 @@ async def test_tenant_notify(env, pool):
     res = cli("tenant", "notify", "acme", "--email", "a@b.example", "--email", "c@d.example", env=env)
     assert res.returncode == 0, res.stderr
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT notify_emails FROM tenants WHERE name = 'acme'") == ["a@b.example", "c@d.example"]
+        assert await conn.fetchval("SELECT notify_emails FROM tenants WHERE name = 'acme'") == [
+            "a@b.example",
+            "c@d.example",
+        ]
     assert cli("tenant", "notify", "acme", env=env).stdout.strip() == "a@b.example, c@d.example"
     bad = cli("tenant", "notify", "acme", "--email", "not-an-address", env=env)
     assert (bad.returncode, bad.stderr.strip()) == (2, "error: not an email address: 'not-an-address'")

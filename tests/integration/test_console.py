@@ -24,8 +24,13 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
 
 
 async def test_login_sets_a_hardened_session_cookie_and_wrong_passwords_are_refused(service_env, pool):
@@ -75,7 +80,7 @@ async def test_a_tampered_session_cookie_is_no_session(service_env, pool):
         r = await client.get("/tenants", allow_redirects=False, headers={"Cookie": f"provisio_console={tampered}"})
         assert r.status == 303 and r.headers["Location"].startswith("/login")
         # A validly signed cookie of a session id the server never issued: no session either.
-        from console.app import SIGNER  # noqa: PLC0415
+        from console.app import SIGNER
 
         forged = client.app[SIGNER].session_cookie("not-a-session")
         r = await client.get("/tenants", allow_redirects=False, headers={"Cookie": f"provisio_console={forged}"})
@@ -168,17 +173,22 @@ async def test_audit_search_pages_newest_first(service_env, pool):
 
 
 def _command(tenant_id: uuid.UUID) -> Command:
-    return Command(tenant_id=tenant_id, source=Source(kind="scim", id="tok", label="test"),
-                   correlation_id="cid-dlq",
-                   payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name="dead@example.com")))
+    return Command(
+        tenant_id=tenant_id,
+        source=Source(kind="scim", id="tok", label="test"),
+        correlation_id="cid-dlq",
+        payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name="dead@example.com")),
+    )
 
 
 async def test_dead_letters_replay_as_admin_refused_for_support_and_audited(service_env, pool, redis, topology):
     t = await make_tenant(pool)
     cmd = _command(t.id)
     p = topology.partition_of(t.id)
-    entry = await redis.xadd(topology.dead_letter_stream(p), {DATA_FIELD: encode(cmd), "error": "boom",
-                                                             "deliveries": "5", "failed_at": "now"})
+    entry = await redis.xadd(
+        topology.dead_letter_stream(p),
+        {DATA_FIELD: encode(cmd), "error": "boom", "deliveries": "5", "failed_at": "now"},
+    )
     dl_id = f"{p}:{entry.decode() if isinstance(entry, bytes) else entry}"
     await make_staff(pool, "sam@example.com", "support")
     await make_staff(pool, "ada@example.com", "admin")
@@ -201,8 +211,9 @@ async def test_dead_letters_replay_as_admin_refused_for_support_and_audited(serv
         r = await client.post(f"/dead-letters/{dl_id}/replay", data={"csrf_token": token})
         assert r.status == 400
         assert await redis.xlen(topology.dead_letter_stream(p)) == 1
-        r = await client.post(f"/dead-letters/{dl_id}/replay", data={"csrf_token": token, "confirm": "yes"},
-                              allow_redirects=False)
+        r = await client.post(
+            f"/dead-letters/{dl_id}/replay", data={"csrf_token": token, "confirm": "yes"}, allow_redirects=False
+        )
         assert r.status == 303 and r.headers["Location"] == "/dead-letters?notice=replayed"
         # The action is in the audit trail, found by who did it (as `audit search --connection`).
         html = await (await client.get("/audit?connection=ada@example.com")).text()
@@ -232,11 +243,15 @@ async def test_staff_cli_add_link_once_list_reset_remove(service_env, pool):
         assert page.status == 200 and "zoe@example.com" in html
         from tests.console_support import form_token
 
-        short = await client.post(f"/set-password/{token}", data={"form_token": form_token(html),
-                                                                   "password": "short", "password2": "short"})
+        short = await client.post(
+            f"/set-password/{token}", data={"form_token": form_token(html), "password": "short", "password2": "short"}
+        )
         assert short.status == 400 and "at least 12" in await short.text()
-        r2 = await client.post(f"/set-password/{token}", data={"form_token": form_token(html), "password": PASSWORD,
-                                                               "password2": PASSWORD}, allow_redirects=False)
+        r2 = await client.post(
+            f"/set-password/{token}",
+            data={"form_token": form_token(html), "password": PASSWORD, "password2": PASSWORD},
+            allow_redirects=False,
+        )
         assert r2.status == 303
         assert (await client.get(f"/set-password/{token}")).status == 404  # used once
         assert (await login(client, "zoe@example.com")).status == 303
@@ -248,8 +263,10 @@ async def test_staff_cli_add_link_once_list_reset_remove(service_env, pool):
     assert await pool.fetchval("SELECT password_hash FROM staff") is None
     assert cli("staff", "remove", "zoe@example.com", env=env).returncode == 0
     assert cli("staff", "remove", "zoe@example.com", env=env).returncode == 1
-    actions = [r["operation"] for r in await pool.fetch(
-        "SELECT operation FROM audit_log WHERE source_kind = 'staff' ORDER BY id")]
+    actions = [
+        r["operation"]
+        for r in await pool.fetch("SELECT operation FROM audit_log WHERE source_kind = 'staff' ORDER BY id")
+    ]
     assert actions == ["staff.add", "staff.set_password", "staff.reset", "staff.remove"]
 
 
@@ -264,7 +281,9 @@ async def test_two_factor_sign_in_with_totp(service_env, pool):
     totp = pyotp.parse_uri(uri)
     async with console_client() as client:
         assert (await login(client, "ann@example.com")).status == 401  # password alone is not enough
-        assert (await login(client, "ann@example.com", code="000000" if totp.now() != "000000" else "111111")).status == 401
+        assert (
+            await login(client, "ann@example.com", code="000000" if totp.now() != "000000" else "111111")
+        ).status == 401
         assert (await login(client, "ann@example.com", PASSWORD + "x", code=totp.now())).status == 401
         assert (await login(client, "ann@example.com", code=totp.now())).status == 303
     assert cli("staff", "totp", "ann@example.com", "--off", env=service_env).returncode == 0

@@ -1,8 +1,6 @@
 """ReliableConsumer on a real Redis: acks, retries, claims, dead letters, transient errors."""
 
-
 import pytest
-
 
 from provisio_lib.delivery import Delivery, ReliableConsumer, TransientError, Verdicts, make_broker
 from tests.conftest import eventually
@@ -111,8 +109,14 @@ async def test_on_shutdown_a_consumer_finishes_what_it_read_but_did_not_handle(r
         await redis.xadd(stream, {"__data__": body})
     # What FastStream may leave behind when it stops between XREADGROUP and the handler.
     await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
-    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
-                                handler=record, consumer="worker-1")
+    consumer = ReliableConsumer(
+        broker=make_broker(redis_url, 5.0),
+        redis=redis,
+        streams=[stream],
+        group="g",
+        handler=record,
+        consumer="worker-1",
+    )
     await consumer.finish_own_pending_quietly()
     assert handled == [b"a", b"b", b"c"]
     assert (await redis.xpending(stream, "g"))["pending"] == 0
@@ -141,8 +145,14 @@ async def test_what_a_handler_publishes_goes_out_with_the_ack_and_redis_failing_
     for body in (b"a", b"b"):
         await redis.xadd(stream, {"__data__": body})
     await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
-    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
-                                handler=answer, consumer="worker-1")
+    consumer = ReliableConsumer(
+        broker=make_broker(redis_url, 5.0),
+        redis=redis,
+        streams=[stream],
+        group="g",
+        handler=answer,
+        consumer="worker-1",
+    )
     await consumer.finish_own_pending()
     assert handled == [[b"a", b"b"], [b"a", b"b"]]  # the same batch, handled again
     assert [f[b"__data__"] for _, f in await redis.xrange(out)] == [b"answer-a", b"answer-b"]
@@ -170,8 +180,15 @@ async def test_a_redis_refusal_while_announcing_is_retried_not_dead_lettered(red
 
     await redis.xadd(stream, {"__data__": b"a"})
     await redis.xreadgroup("g", "worker-1", {stream: ">"}, count=10)
-    consumer = ReliableConsumer(broker=make_broker(redis_url, 5.0), redis=redis, streams=[stream], group="g",
-                                handler=answer, consumer="worker-1", max_deliveries=1)
+    consumer = ReliableConsumer(
+        broker=make_broker(redis_url, 5.0),
+        redis=redis,
+        streams=[stream],
+        group="g",
+        handler=answer,
+        consumer="worker-1",
+        max_deliveries=1,
+    )
     await consumer.finish_own_pending()
     assert calls == 2 and consumer.counters["transient"] == 1 and consumer.counters["dead_lettered"] == 0
     assert (await redis.xpending(stream, "g"))["pending"] == 0

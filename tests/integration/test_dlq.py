@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def lines(out):
@@ -37,8 +39,9 @@ def create_user(tenant_id, user_name):
     )
 
 
-async def dead_letter(redis, topology, tenant_id, data: bytes | dict, error="boom: database refused", deliveries=5,
-                      audit=False):
+async def dead_letter(
+    redis, topology, tenant_id, data: bytes | dict, error="boom: database refused", deliveries=5, audit=False
+):
     """A DLQ entry as provisio_lib.delivery writes it: the provisioner's, or with ``audit``
     the auditor's (``data``: the entry's fields, e.g. ``__outcomes__``)."""
     p = topology.partition_of(tenant_id)
@@ -46,22 +49,29 @@ async def dead_letter(redis, topology, tenant_id, data: bytes | dict, error="boo
         source, dlq, group = topology.audit_stream(p), topology.audit_dead_letter_stream(p), "auditor"
     else:
         source, dlq, group = topology.command_stream(p), topology.dead_letter_stream(p), "provisioner"
-    entry = await redis.xadd(dlq, {
-        **(data if isinstance(data, dict) else {DATA_FIELD: data}),
-        "error": error,
-        "deliveries": str(deliveries),
-        "failed_at": datetime.now(UTC).isoformat(),
-        "stream": source,
-        "entry_id": "1-0",
-        "group": group,
-    })
+    entry = await redis.xadd(
+        dlq,
+        {
+            **(data if isinstance(data, dict) else {DATA_FIELD: data}),
+            "error": error,
+            "deliveries": str(deliveries),
+            "failed_at": datetime.now(UTC).isoformat(),
+            "stream": source,
+            "entry_id": "1-0",
+            "group": group,
+        },
+    )
     return f"{'audit:' if audit else ''}{p}:{entry.decode()}"
 
 
 async def test_list_show_replay_drop(env, pool, redis, topology):
     acme = await make_tenant(pool, name="acme")
     other = await make_tenant(pool, name="other")
-    c1, c2, c3 = create_user(acme.id, "a1@acme.example"), create_user(acme.id, "a2@acme.example"), create_user(other.id, "o@x.example")
+    c1, c2, c3 = (
+        create_user(acme.id, "a1@acme.example"),
+        create_user(acme.id, "a2@acme.example"),
+        create_user(other.id, "o@x.example"),
+    )
     id1 = await dead_letter(redis, topology, acme.id, encode(c1), error="deadlock detected", deliveries=5)
     id2 = await dead_letter(redis, topology, acme.id, encode(c2))
     id3 = await dead_letter(redis, topology, other.id, encode(c3))
@@ -106,7 +116,9 @@ async def test_list_show_replay_drop(env, pool, redis, topology):
     assert f"replayed {id3} as " in rest.stdout
     assert f"error: cannot replay {bad}: its data is not a valid command" in rest.stderr
     assert {r["id"] for r in lines(cli("dlq", "list", "--json", env=env).stdout)} == {bad}
-    other_stream = [decode_command(f[DATA_FIELD.encode()]) for _, f in await redis.xrange(topology.command_stream_for(other.id))]
+    other_stream = [
+        decode_command(f[DATA_FIELD.encode()]) for _, f in await redis.xrange(topology.command_stream_for(other.id))
+    ]
     assert c3.event_id in {c.event_id for c in other_stream}
 
     assert cli("dlq", "drop", bad, env=env).returncode == 0
@@ -147,9 +159,12 @@ async def test_replay_is_applied_at_most_once(env, pool, redis, topology, provis
     assert [o.event_id for o in seen] == [cmd.event_id] * 3
     assert [o.redelivered for o in seen] == [False, True, True]
     async with pool.acquire() as conn:
-        assert await conn.fetchval(
-            "SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'replayed@acme.example'", acme.id
-        ) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'replayed@acme.example'", acme.id
+            )
+            == 1
+        )
 
 
 async def _n(get, n):
@@ -167,15 +182,30 @@ async def test_audit_dead_letters_list_show_replay_drop(env, pool, redis, topolo
     acme = await make_tenant(pool, name="acme")
     other = await make_tenant(pool, name="other")
     outcomes = [make_outcome(acme.id, user=f"a{i}@acme.example") for i in range(2)]
-    good = await dead_letter(redis, topology, acme.id, outcome_fields([encode(o) for o in outcomes]),
-                             error="audit row refused by Postgres: value too long", audit=True)
-    bad = await dead_letter(redis, topology, other.id, {"__outcomes__": b'[{"not": "an outcome"}]'},
-                            error="undecodable outcome: 1 validation error", audit=True)
+    good = await dead_letter(
+        redis,
+        topology,
+        acme.id,
+        outcome_fields([encode(o) for o in outcomes]),
+        error="audit row refused by Postgres: value too long",
+        audit=True,
+    )
+    bad = await dead_letter(
+        redis,
+        topology,
+        other.id,
+        {"__outcomes__": b'[{"not": "an outcome"}]'},
+        error="undecodable outcome: 1 validation error",
+        audit=True,
+    )
 
     # The commands' list says there are audit dead letters too.
     plain = cli("dlq", "list", env=env)
     assert plain.returncode == 0, plain.stderr
-    assert plain.stderr.splitlines() == ["no dead letters", "note: 2 audit dead letter(s) too: provisio dlq list --audit"]
+    assert plain.stderr.splitlines() == [
+        "no dead letters",
+        "note: 2 audit dead letter(s) too: provisio dlq list --audit",
+    ]
 
     rows = {r["id"]: r for r in lines(cli("dlq", "list", "--audit", "--json", env=env).stdout)}
     assert set(rows) == {good, bad}
@@ -183,14 +213,20 @@ async def test_audit_dead_letters_list_show_replay_drop(env, pool, redis, topolo
     assert rows[good]["event_ids"] == [str(o.event_id) for o in outcomes] and rows[good]["type"] == "user.create"
     assert rows[good]["error"] == "audit row refused by Postgres: value too long" and rows[good]["deliveries"] == 5
     assert rows[bad]["tenant"] is None and rows[bad]["type"] is None
-    assert {r["id"] for r in lines(cli("dlq", "list", "--audit", "--tenant", "acme", "--json", env=env).stdout)} == {good}
+    assert {r["id"] for r in lines(cli("dlq", "list", "--audit", "--tenant", "acme", "--json", env=env).stdout)} == {
+        good
+    }
     table = cli("dlq", "list", "--audit", env=env)
     assert table.returncode == 0 and good in table.stdout and "Audit dead letters (2)" in table.stdout
 
     shown = json.loads(cli("dlq", "show", good, "--json", env=env).stdout)
     assert [o["event_id"] for o in shown["outcomes"]] == [str(o.event_id) for o in outcomes]
     readable = cli("dlq", "show", good, env=env)
-    assert readable.returncode == 0 and "value too long" in readable.stdout and str(outcomes[1].event_id) in readable.stdout
+    assert (
+        readable.returncode == 0
+        and "value too long" in readable.stdout
+        and str(outcomes[1].event_id) in readable.stdout
+    )
 
     # Not outcomes: refused, and it stays.
     refused = cli("dlq", "replay", bad, env=env)
@@ -199,22 +235,29 @@ async def test_audit_dead_letters_list_show_replay_drop(env, pool, redis, topolo
     replayed = cli("dlq", "replay", good, env=env)
     assert replayed.returncode == 0, replayed.stderr
     p = topology.partition_of(acme.id)
-    assert replayed.stdout.startswith(f"replayed {good} as {p}:") and replayed.stdout.strip().endswith("on the audit stream")
+    assert replayed.stdout.startswith(f"replayed {good} as {p}:") and replayed.stdout.strip().endswith(
+        "on the audit stream"
+    )
     [(_, fields)] = await redis.xrange(topology.audit_stream(p))
     assert [o.event_id for o in entry_outcomes(fields)] == [o.event_id for o in outcomes]
     assert {r["id"] for r in lines(cli("dlq", "list", "--audit", "--json", env=env).stdout)} == {bad}
 
     # The auditor records them, once.
     async with running_auditor():
+
         async def recorded():
             async with pool.acquire() as conn:
                 n = await conn.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", acme.id)
             return n == 2
+
         await eventually(recorded, timeout=15)
 
     assert cli("dlq", "drop", bad, env=env).returncode == 0
     again = cli("dlq", "drop", bad, env=env)
-    assert (again.returncode, again.stderr.strip()) == (1, f"error: no dead letter {bad} (see `provisio dlq list --audit`)")
+    assert (again.returncode, again.stderr.strip()) == (
+        1,
+        f"error: no dead letter {bad} (see `provisio dlq list --audit`)",
+    )
     empty = cli("dlq", "list", "--audit", env=env)
     assert empty.returncode == 0 and empty.stderr.strip() == "no audit dead letters"
     nothing = cli("dlq", "replay", "--all", "--audit", env=env)

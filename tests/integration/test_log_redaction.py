@@ -53,18 +53,26 @@ async def test_tokens_and_filter_values_never_reach_the_log(service_env, tenant,
     app = create_app(load_settings(ScimSettings))
     async with TestServer(app) as server:
         # A control character in the header: aiohttp logs the whole header line at ERROR.
-        r = await _raw(server, b"GET /scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                       + SCIM_TOKEN.encode() + b"\x01\r\n\r\n")
+        r = await _raw(
+            server,
+            b"GET /scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SCIM_TOKEN.encode() + b"\x01\r\n\r\n",
+        )
         assert r.startswith(b"HTTP/1.") and b" 400 " in r
-        r = await _raw(server, b"POST /saml/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
-                       + APP_SECRET.encode() + b"\x7f\r\n\r\n")
+        r = await _raw(
+            server,
+            b"POST /saml/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + APP_SECRET.encode() + b"\x7f\r\n\r\n",
+        )
         assert b" 400 " in r
         # "line too long": the request line (filter values) and a header value
         flt = b"userName%20eq%20%22alice.smith%40example.com%22%20or%20" * 200
         r = await _raw(server, b"GET /scim/v2/Users?filter=" + flt + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b" 4" in r[:13]
-        r = await _raw(server, b"GET /scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                       + APP_SECRET.encode() * 300 + b"\r\n\r\n")
+        r = await _raw(
+            server,
+            b"GET /scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + APP_SECRET.encode() * 300
+            + b"\r\n\r\n",
+        )
         assert b" 4" in r[:13]
         # structlog events too: a value that is a token, under any key
         get_logger("probe").warning("probe", detail=f"client sent Bearer {SCIM_TOKEN}", note=APP_SECRET)
@@ -73,7 +81,14 @@ async def test_tokens_and_filter_values_never_reach_the_log(service_env, tenant,
     errors = [e for e in lines if e.get("logger") == "aiohttp.server"]
     assert len(errors) >= 3, out  # the errors are still logged, only without the secrets
     assert any("[redacted]" in json.dumps(e) for e in errors)
-    for secret in (SCIM_TOKEN, APP_SECRET, SCIM_TOKEN[4:20], APP_SECRET[4:20], "alice.smith", "alice.smith%40example.com"):
+    for secret in (
+        SCIM_TOKEN,
+        APP_SECRET,
+        SCIM_TOKEN[4:20],
+        APP_SECRET[4:20],
+        "alice.smith",
+        "alice.smith%40example.com",
+    ):
         assert secret not in out, f"{secret!r} leaked into the log"
     probe = next(e for e in lines if e.get("event") == "probe")
     assert probe["detail"] == "client sent Bearer [redacted]" and probe["note"] == "pas_[redacted]"

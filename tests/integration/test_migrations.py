@@ -20,7 +20,16 @@ async def test_migrate_applies_everything_once_and_records_it(empty_database_url
         assert await db.migrate(conn) == []
         await db.check_schema(conn)
         tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
-        assert {"tenants", "scim_tokens", "sso_connections", "users", "groups", "memberships", "inbox", "audit_log"} <= tables
+        assert {
+            "tenants",
+            "scim_tokens",
+            "sso_connections",
+            "users",
+            "groups",
+            "memberships",
+            "inbox",
+            "audit_log",
+        } <= tables
     finally:
         await conn.close()
 
@@ -41,7 +50,9 @@ async def test_migrate_records_each_files_checksum(empty_database_url):
     conn = await db.connect(empty_database_url)
     try:
         await db.migrate(conn)
-        rows = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
         assert rows == {m.version: m.checksum for m in db.load_migrations()}
         assert all(len(c) == 64 for c in rows.values())
     finally:
@@ -94,7 +105,9 @@ async def test_a_database_migrated_before_checksums_gets_them_recorded_once(data
             await db.check_schema(conn)
         assert await db.migrate(conn) == []
         await db.check_schema(conn)
-        rows = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
         assert rows == {m.version: m.checksum for m in db.load_migrations()}
         # From then on a change is caught.
         await conn.execute("UPDATE schema_migrations SET checksum = repeat('f', 64) WHERE version = 1")
@@ -129,14 +142,26 @@ async def test_user_name_is_unique_per_tenant_ignoring_case(pool, tenant):
     import asyncpg
 
     async with pool.acquire() as conn:
-        await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'Alice@Acme.test')", uuid.uuid4(), tenant.id)
+        await conn.execute(
+            "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'Alice@Acme.test')", uuid.uuid4(), tenant.id
+        )
         with pytest.raises(asyncpg.UniqueViolationError):
-            await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'alice@acme.TEST')", uuid.uuid4(), tenant.id)
+            await conn.execute(
+                "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'alice@acme.TEST')",
+                uuid.uuid4(),
+                tenant.id,
+            )
         other = uuid.uuid4()
         await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, 'other')", other)
-        await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'alice@acme.test')", uuid.uuid4(), other)
-        plan = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN SELECT * FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)", tenant.id, "x"))
+        await conn.execute(
+            "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'alice@acme.test')", uuid.uuid4(), other
+        )
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN SELECT * FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)", tenant.id, "x"
+            )
+        )
         assert "users_user_name_key" in plan
 
 
@@ -166,7 +191,9 @@ async def test_a_plan_made_on_an_empty_table_does_not_outlive_the_statement_life
             await pool.fetch(sql, tenant.id, "nobody@x.test")
         await pool.execute(
             "INSERT INTO users (id, tenant_id, user_name) SELECT gen_random_uuid(), $1, 'u' || i || '@x.test'"
-            " FROM generate_series(1, 20000) i", tenant.id)
+            " FROM generate_series(1, 20000) i",
+            tenant.id,
+        )
         stale = await per_lookup_s()
         await asyncio.sleep(1.5)
         fresh = await per_lookup_s()

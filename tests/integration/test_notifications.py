@@ -31,20 +31,42 @@ async def test_first_failure_at_once_then_one_digest_per_window(service_env, poo
     window = 1.5
     async with running_auditor(notify_window_s=window, **smtp_env(smtp.port)):
         await publish(redis, topology, make_outcome(acme.id))  # a success: no mail
-        first = make_outcome(acme.id, result="failed", code="uniqueness", user="alice@acme.example",
-                             correlation_id="corr-first", message="userName alice@acme.example is taken")
+        first = make_outcome(
+            acme.id,
+            result="failed",
+            code="uniqueness",
+            user="alice@acme.example",
+            correlation_id="corr-first",
+            message="userName alice@acme.example is taken",
+        )
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await publish(redis, topology, first)
         await eventually(lambda: _mails(smtp.inbox, 1), timeout=5)
         assert loop.time() - t0 < window  # promptly, not at the end of the window
         later = [
-            make_outcome(acme.id, result="failed", code="policy", op="group.members", user=f"u{i}@acme.example",
-                         message="one group per user", correlation_id=f"corr-later-{i}")
+            make_outcome(
+                acme.id,
+                result="failed",
+                code="policy",
+                op="group.members",
+                user=f"u{i}@acme.example",
+                message="one group per user",
+                correlation_id=f"corr-later-{i}",
+            )
             for i in range(4)
         ]
-        later.append(make_outcome(acme.id, result="failed", code="not_found", op="user.replace",
-                                  user="bob@acme.example", correlation_id="corr-later-nf", message="no such user"))
+        later.append(
+            make_outcome(
+                acme.id,
+                result="failed",
+                code="not_found",
+                op="user.replace",
+                user="bob@acme.example",
+                correlation_id="corr-later-nf",
+                message="no such user",
+            )
+        )
         await publish(redis, topology, *later)
         await asyncio.sleep(window / 3)
         assert len(smtp.inbox.messages) == 1  # collected, not one mail per failure
@@ -53,7 +75,10 @@ async def test_first_failure_at_once_then_one_digest_per_window(service_env, poo
 
     assert len(smtp.inbox.messages) == 2
     mail1, digest = smtp.inbox.messages
-    assert mail1["Subject"] == f"[Provisio] {acme.name}: provisioning failed: user.create for alice@acme.example (uniqueness)"
+    assert (
+        mail1["Subject"]
+        == f"[Provisio] {acme.name}: provisioning failed: user.create for alice@acme.example (uniqueness)"
+    )
     assert mail1["X-Envelope-To"] == "ops@acme.example, it@acme.example"
     body1 = mail1.get_payload(decode=True).decode()
     assert "corr-first" in body1 and "userName alice@acme.example is taken" in body1

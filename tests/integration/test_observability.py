@@ -92,8 +92,13 @@ async def test_http_metrics_use_the_route_template_and_final_status(pool, redis)
     # The observability routes themselves are not counted.
     assert 'route="/metrics"' not in text
     # Every metric family Provisio defines is exported (with or without samples).
-    for name in ("provisio_commands_processed", "provisio_outcome_wait_seconds",
-                 "provisio_saml_logins_refused", "provisio_emails_pending", "process_cpu_seconds"):
+    for name in (
+        "provisio_commands_processed",
+        "provisio_outcome_wait_seconds",
+        "provisio_saml_logins_refused",
+        "provisio_emails_pending",
+        "process_cpu_seconds",
+    ):
         assert f"# TYPE {name}" in text
 
 
@@ -159,7 +164,9 @@ async def test_readyz_fails_while_draining(pool, redis):
 
 def _command(tenant_id: uuid.UUID) -> Command:
     return Command(
-        tenant_id=tenant_id, source=Source(kind="cli", id="t", label="t"), correlation_id="c",
+        tenant_id=tenant_id,
+        source=Source(kind="cli", id="t", label="t"),
+        correlation_id="c",
         payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"{uuid.uuid4().hex}@x.test")),
     )
 
@@ -230,7 +237,7 @@ async def test_worker_health_server_serves_the_three_routes(pool, redis, topolog
                 assert r.status == 503
     assert value(text, "provisio_commands_processed_total", type="user.create", result="applied") >= 1
     assert value(text, "provisio_stream_length", stream=topology.command_streams()[0]) == 0
-    assert "provisio_stream_length{stream=\"" + topology.audit_streams()[0] not in text
+    assert 'provisio_stream_length{stream="' + topology.audit_streams()[0] not in text
     # Stopped: the port is closed again.
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http:
@@ -242,9 +249,8 @@ async def test_start_stop_pair_on_a_fixed_port(redis):
     server = start_health_server("127.0.0.1", port, {"redis": redis_check(redis)})
     await server.start()
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                assert r.status == 200
-                assert (await r.json())["checks"] == {"redis": "ok"}
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as r:
+            assert r.status == 200
+            assert (await r.json())["checks"] == {"redis": "ok"}
     finally:
         await server.stop()

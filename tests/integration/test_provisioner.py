@@ -2,8 +2,8 @@
 
 import asyncio
 import json
-from datetime import datetime
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -30,7 +30,13 @@ SCIM = Source(kind="scim", id="tok", label="entra")
 
 
 def cmd(tenant, payload, **kw):
-    return Command(tenant_id=tenant.id, source=SCIM, correlation_id=kw.pop("cid", "c-" + uuid.uuid4().hex[:6]), payload=payload, **kw)
+    return Command(
+        tenant_id=tenant.id,
+        source=SCIM,
+        correlation_id=kw.pop("cid", "c-" + uuid.uuid4().hex[:6]),
+        payload=payload,
+        **kw,
+    )
 
 
 def create(tenant, name, **data):
@@ -42,7 +48,9 @@ async def audit_outcomes(redis, topology, tenant):
     return [o for _, f in entries for o in entry_outcomes(f)]
 
 
-async def test_create_is_applied_once_and_a_redelivery_gets_the_stored_outcome(provisioner, waiter, pool, tenant, redis, topology):
+async def test_create_is_applied_once_and_a_redelivery_gets_the_stored_outcome(
+    provisioner, waiter, pool, tenant, redis, topology
+):
     c = create(tenant, "Alice@Acme.test", given_name="Alice", emails=({"value": "alice@acme.test", "primary": True},))
     first = await waiter.submit(c, timeout=10)
     assert first.result == "applied" and not first.redelivered
@@ -74,12 +82,30 @@ async def test_duplicate_user_name_in_any_case_fails_with_uniqueness(provisioner
 async def test_stale_replace_never_overwrites_a_newer_one(provisioner, waiter, tenant):
     created = await waiter.submit(create(tenant, "carol@acme.test", display_name="Carol"), 10)
     uid = created.resource_id
-    v1 = await waiter.submit(cmd(tenant, ReplaceUser(user_id=uid, expected_version=1, data=UserData(user_name="carol@acme.test", display_name="Carol B"))), 10)
+    v1 = await waiter.submit(
+        cmd(
+            tenant,
+            ReplaceUser(
+                user_id=uid, expected_version=1, data=UserData(user_name="carol@acme.test", display_name="Carol B")
+            ),
+        ),
+        10,
+    )
     assert v1.result == "applied" and v1.resource["version"] == 2
     assert v1.changes["display_name"].before == "Carol" and v1.changes["display_name"].after == "Carol B"
-    stale = await waiter.submit(cmd(tenant, ReplaceUser(user_id=uid, expected_version=1, data=UserData(user_name="carol@acme.test", display_name="Old"))), 10)
+    stale = await waiter.submit(
+        cmd(
+            tenant,
+            ReplaceUser(
+                user_id=uid, expected_version=1, data=UserData(user_name="carol@acme.test", display_name="Old")
+            ),
+        ),
+        10,
+    )
     assert stale.result == "failed" and stale.error.code == "version_mismatch"
-    same = await waiter.submit(cmd(tenant, ReplaceUser(user_id=uid, data=UserData(user_name="carol@acme.test", display_name="Carol B"))), 10)
+    same = await waiter.submit(
+        cmd(tenant, ReplaceUser(user_id=uid, data=UserData(user_name="carol@acme.test", display_name="Carol B"))), 10
+    )
     assert same.result == "unchanged" and same.resource["version"] == 2
 
 
@@ -99,7 +125,9 @@ async def test_groups_members_and_one_group_per_user(provisioner, waiter, pool):
     t = await make_tenant(pool, one_group_per_user=True)
     u1 = (await waiter.submit(create(t, "u1@x.test"), 10)).resource_id
     u2 = (await waiter.submit(create(t, "u2@x.test"), 10)).resource_id
-    g1 = await waiter.submit(cmd(t, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Sales", members=(u1,)))), 10)
+    g1 = await waiter.submit(
+        cmd(t, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Sales", members=(u1,)))), 10
+    )
     assert g1.result == "applied"
     g2 = await waiter.submit(cmd(t, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Support"))), 10)
     clash = await waiter.submit(cmd(t, ChangeGroupMembers(group_id=g2.resource_id, add=(u1, u2))), 10)
@@ -120,8 +148,17 @@ async def test_jit_create_sync_and_group_claims(provisioner, waiter, pool, tenan
 
     off = await waiter.submit(login("off", user_name="erin@acme.test"), 10)
     assert off.error.code == "user_not_found"
-    first = await waiter.submit(login("sync", user_name="erin@acme.test", email="erin@acme.test", given_name="Erin",
-                                      groups=("Eng", "Ops"), custom={"department": "R&D"}), 10)
+    first = await waiter.submit(
+        login(
+            "sync",
+            user_name="erin@acme.test",
+            email="erin@acme.test",
+            given_name="Erin",
+            groups=("Eng", "Ops"),
+            custom={"department": "R&D"},
+        ),
+        10,
+    )
     assert first.result == "applied" and "created" in first.notes
     assert {g["display_name"] for g in first.resource["groups"]} == {"Eng", "Ops"}
     assert first.resource["attributes"]["custom"] == {"department": "R&D"}
@@ -129,13 +166,19 @@ async def test_jit_create_sync_and_group_claims(provisioner, waiter, pool, tenan
     async with pool.acquire() as conn:
         eng = await conn.fetchval("SELECT id FROM groups WHERE tenant_id = $1 AND display_name = 'Eng'", tenant.id)
     await waiter.submit(cmd(tenant, ChangeGroupMembers(group_id=eng, add=(first.resource_id,))), 10)
-    second = await waiter.submit(login("sync", user_name="erin@acme.test", given_name="Erin J", groups=("Ops", "QA")), 10)
+    second = await waiter.submit(
+        login("sync", user_name="erin@acme.test", given_name="Erin J", groups=("Ops", "QA")), 10
+    )
     assert second.changes["given_name"].after == "Erin J"
     assert {g["display_name"] for g in second.resource["groups"]} == {"Eng", "Ops", "QA"}  # Eng kept: SCIM's
     async with pool.acquire() as conn:
-        jit = {r[0] for r in await conn.fetch(
-            "SELECT g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 AND m.source = 'jit'",
-            first.resource_id)}
+        jit = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 AND m.source = 'jit'",
+                first.resource_id,
+            )
+        }
     assert jit == {"Ops", "QA"}
     create_only = await waiter.submit(login("create", user_name="ERIN@acme.test", given_name="Changed", groups=()), 10)
     assert create_only.result == "unchanged" and create_only.resource["given_name"] == "Erin J"
@@ -149,15 +192,33 @@ async def _sso_connection(pool, tenant, name):
     conn_id = uuid.uuid4()
     await pool.execute(
         """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
-           VALUES ($1, $2, $3, 'entra', 'https://idp.test/', '<md/>')""", conn_id, tenant.id, name)
+           VALUES ($1, $2, $3, 'entra', 'https://idp.test/', '<md/>')""",
+        conn_id,
+        tenant.id,
+        name,
+    )
     return conn_id
 
 
 async def test_jit_matches_a_user_scim_created_by_email(provisioner, waiter, pool, tenant):
-    made = await waiter.submit(create(tenant, "frank.scim", emails=({"value": "Frank@Acme.test", "primary": True},)), 10)
+    made = await waiter.submit(
+        create(tenant, "frank.scim", emails=({"value": "Frank@Acme.test", "primary": True},)), 10
+    )
     conn_id = await _sso_connection(pool, tenant, "okta")  # the tenant's only connection: it may adopt
-    out = await waiter.submit(cmd(tenant, JitLogin(connection_id=conn_id, connection_name="okta", mode="create",
-                                                   name_id="frank@acme.test", user_name="frank@acme.test", email="frank@acme.test")), 10)
+    out = await waiter.submit(
+        cmd(
+            tenant,
+            JitLogin(
+                connection_id=conn_id,
+                connection_name="okta",
+                mode="create",
+                name_id="frank@acme.test",
+                user_name="frank@acme.test",
+                email="frank@acme.test",
+            ),
+        ),
+        10,
+    )
     assert out.resource_id == made.resource_id and out.result == "unchanged"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 1
@@ -171,7 +232,9 @@ async def test_unknown_tenant_is_a_failure_outcome_not_a_crash(provisioner, wait
     assert out.result == "failed" and out.error.code == "invalid_value"
 
 
-async def test_garbage_and_poison_messages_are_dead_lettered_and_the_stream_keeps_flowing(service_env, redis, topology, tenant, waiter, pool):
+async def test_garbage_and_poison_messages_are_dead_lettered_and_the_stream_keeps_flowing(
+    service_env, redis, topology, tenant, waiter, pool
+):
     stream = topology.command_stream_for(tenant.id)
     await redis.xadd(stream, {DATA_FIELD: b"{not json"})
     # A command that fails every time in a way nobody planned for: Postgres refuses a NUL
@@ -208,8 +271,10 @@ async def test_a_dead_workers_pending_messages_are_claimed_and_applied_once(serv
     await redis.xreadgroup(PROVISIONER_GROUP, "dead-worker", {stream: ">"}, count=100)
     assert (await redis.xpending(stream, PROVISIONER_GROUP))["pending"] == 20
     async with running_provisioner(claim_idle_ms=300):
+
         async def drained():
             return (await redis.xpending(stream, PROVISIONER_GROUP))["pending"] == 0
+
         await eventually(drained, timeout=30)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 20
@@ -223,57 +288,85 @@ async def test_many_concurrent_creates_in_batches(provisioner, waiter, pool, ten
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 300
 
 
-async def test_a_batch_with_one_bad_command_applies_the_others_and_fails_only_that_one(service_env, redis, topology, tenant, pool, waiter):
+async def test_a_batch_with_one_bad_command_applies_the_others_and_fails_only_that_one(
+    service_env, redis, topology, tenant, pool, waiter
+):
     """The fast path (one INSERT for a run of creates) falls back to per-command savepoints."""
-    cmds = [create(tenant, f"batch{i}@x.test", emails=({"value": f"b{i}@x.test", "type": "work", "primary": True},))
-            for i in range(40)]
+    cmds = [
+        create(tenant, f"batch{i}@x.test", emails=({"value": f"b{i}@x.test", "type": "work", "primary": True},))
+        for i in range(40)
+    ]
     cmds.insert(20, create(tenant, "BATCH3@x.test"))  # duplicate of batch3, any case
     for c in cmds:
         await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
     async with running_provisioner(batch_size=500):
+
         async def all_recorded():
             async with pool.acquire() as conn:
                 return await conn.fetchval("SELECT count(*) FROM inbox WHERE tenant_id = $1", tenant.id) == 41
+
         await eventually(all_recorded, timeout=20)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", tenant.id) == 40
-        failed = await conn.fetch("SELECT outcome FROM inbox WHERE tenant_id = $1 AND outcome->>'result' = 'failed'", tenant.id)
-        emails = await conn.fetchval("SELECT emails FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id)
-        email = await conn.fetchval("SELECT email FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id)
+        failed = await conn.fetch(
+            "SELECT outcome FROM inbox WHERE tenant_id = $1 AND outcome->>'result' = 'failed'", tenant.id
+        )
+        emails = await conn.fetchval(
+            "SELECT emails FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id
+        )
+        email = await conn.fetchval(
+            "SELECT email FROM users WHERE tenant_id = $1 AND user_name = 'batch7@x.test'", tenant.id
+        )
     assert len(failed) == 1 and failed[0]["outcome"]["error"]["code"] == "uniqueness"
     assert failed[0]["outcome"]["event_id"] == str(cmds[20].event_id)
     assert emails == [{"value": "b7@x.test", "type": "work", "primary": True}] and email == "b7@x.test"
 
 
-async def test_a_replace_claimed_late_from_a_dead_worker_does_not_overwrite_a_newer_one(service_env, redis, topology, tenant, pool, waiter):
+async def test_a_replace_claimed_late_from_a_dead_worker_does_not_overwrite_a_newer_one(
+    service_env, redis, topology, tenant, pool, waiter
+):
     """Acceptance order is the stream order: an older full replace that reaches Postgres
     after a newer one (its worker died holding it) is stale and changes nothing."""
     stream = topology.command_stream_for(tenant.id)
     async with running_provisioner(claim_idle_ms=500):
         made = await waiter.submit(create(tenant, "order@x.test", display_name="v0"), 10)
-    older = cmd(tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="older")))
+    older = cmd(
+        tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="older"))
+    )
     await publish_command(redis, topology, older.model_copy(update={"reply_to": waiter.stream}))
     # A worker that took the older replace and died before applying it.
     taken = await redis.xreadgroup(PROVISIONER_GROUP, "dying-worker", {stream: ">"}, count=10)
     assert len(taken[0][1]) == 1
     async with running_provisioner(claim_idle_ms=500):
-        newer = cmd(tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="newer")))
+        newer = cmd(
+            tenant, ReplaceUser(user_id=made.resource_id, data=UserData(user_name="order@x.test", display_name="newer"))
+        )
         applied = await waiter.submit(newer, 10)
         assert applied.result == "applied"
 
         async def older_done():
             async with pool.acquire() as conn:
                 return await conn.fetchval("SELECT outcome FROM inbox WHERE event_id = $1", older.event_id)
+
         late = await eventually(older_done, timeout=15)
     assert late["result"] == "unchanged" and any("stale" in n for n in late["notes"])
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", made.resource_id) == "newer"
 
 
-async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was_committed(service_env, redis, topology, tenant, pool, waiter):
-    cmds = [create(tenant, f"sync{i}@x.test", given_name=f"G{i}", emails=({"value": f"s{i}@x.test", "type": "work", "primary": True},),
-                   attributes={"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"}})
-            for i in range(30)]
+async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was_committed(
+    service_env, redis, topology, tenant, pool, waiter
+):
+    cmds = [
+        create(
+            tenant,
+            f"sync{i}@x.test",
+            given_name=f"G{i}",
+            emails=({"value": f"s{i}@x.test", "type": "work", "primary": True},),
+            attributes={"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D"}},
+        )
+        for i in range(30)
+    ]
     # A reply stream no waiter reads: a reading waiter trims what it has read.
     replies_to = waiter.stream + ":probe"
     for c in cmds:
@@ -294,11 +387,18 @@ async def test_a_batch_of_creates_is_one_statement_and_its_outcomes_are_what_was
             stored = await conn.fetchval("SELECT outcome FROM inbox WHERE event_id = $1", c.event_id)
             # The outcome (made before the INSERT) says what the row holds.
             assert datetime.fromisoformat(o.resource["created_at"]) == row["created_at"] == row["updated_at"]
-            assert (o.resource["user_name"], o.resource["given_name"], o.resource["version"]) == (row["user_name"], row["given_name"], 1)
+            assert (o.resource["user_name"], o.resource["given_name"], o.resource["version"]) == (
+                row["user_name"],
+                row["given_name"],
+                1,
+            )
             assert [{k: v for k, v in e.items() if v is not None} for e in o.resource["emails"]] == row["emails"]
             assert o.resource["attributes"] == row["attributes"]
             assert row["email"] == c.payload.data.emails[0].value and row["created_by"] == "scim"
-            assert stored["event_id"] == str(c.event_id) and stored["resource"] == json.loads(o.model_dump_json())["resource"]
+            assert (
+                stored["event_id"] == str(c.event_id)
+                and stored["resource"] == json.loads(o.model_dump_json())["resource"]
+            )
     # A redelivered batch of creates changes nothing and is answered from the inbox.
     for c in cmds[:5]:
         await publish_command(redis, topology, c.model_copy(update={"reply_to": waiter.stream}))
@@ -320,64 +420,138 @@ async def _batch_outcomes(redis, topology, tenant, commands, before):
     return outs[before:], paths
 
 
-async def test_a_batch_changing_the_same_user_twice_sees_its_own_changes(provisioner, waiter, tenant, redis, topology, pool):
+async def test_a_batch_changing_the_same_user_twice_sees_its_own_changes(
+    provisioner, waiter, tenant, redis, topology, pool
+):
     made = await waiter.submit(create(tenant, "twice@x.test", display_name="v0"), 10)
     other = await waiter.submit(create(tenant, "gone@x.test"), 10)
-    group = await waiter.submit(cmd(tenant, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Ops", members=(made.resource_id,)))), 10)
+    group = await waiter.submit(
+        cmd(
+            tenant, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Ops", members=(made.resource_id,)))
+        ),
+        10,
+    )
     await provisioner.stop()
     uid = made.resource_id
 
     def replace(name, **kw):
         return cmd(tenant, ReplaceUser(user_id=uid, data=UserData(user_name="twice@x.test", display_name=name), **kw))
 
-    outs, paths = await _batch_outcomes(redis, topology, tenant, [
-        replace("v1"), replace("v2", expected_version=2),  # 2: what the batch's own first change made it
-        cmd(tenant, DeleteUser(user_id=other.resource_id)),
-    ], before=3)
+    outs, paths = await _batch_outcomes(
+        redis,
+        topology,
+        tenant,
+        [
+            replace("v1"),
+            replace("v2", expected_version=2),  # 2: what the batch's own first change made it
+            cmd(tenant, DeleteUser(user_id=other.resource_id)),
+        ],
+        before=3,
+    )
     assert paths["one_transaction"] == 1 and paths["careful"] == 0
-    assert [(o.result, o.resource and o.resource["version"]) for o in outs] == [("applied", 2), ("applied", 3), ("applied", None)]
+    assert [(o.result, o.resource and o.resource["version"]) for o in outs] == [
+        ("applied", 2),
+        ("applied", 3),
+        ("applied", None),
+    ]
     assert [o.resource["display_name"] for o in outs[:2]] == ["v1", "v2"]
     assert all(o.resource["groups"] == [{"id": str(group.resource_id), "display_name": "Ops"}] for o in outs[:2])
 
     # A batch that also changes groups reads each user's groups after those changes.
-    outs, paths = await _batch_outcomes(redis, topology, tenant, [
-        cmd(tenant, ChangeGroupMembers(group_id=group.resource_id, remove=(uid,))), replace("v4"),
-    ], before=6)
+    outs, paths = await _batch_outcomes(
+        redis,
+        topology,
+        tenant,
+        [
+            cmd(tenant, ChangeGroupMembers(group_id=group.resource_id, remove=(uid,))),
+            replace("v4"),
+        ],
+        before=6,
+    )
     assert outs[1].result == "applied" and outs[1].resource["groups"] == [] and outs[1].resource["version"] == 4
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT display_name FROM users WHERE id = $1", uid) == "v4"
         assert await conn.fetchval("SELECT count(*) FROM users WHERE id = $1", other.resource_id) == 0
 
 
-async def test_replaces_of_distinct_users_in_one_batch_are_one_update_with_per_user_outcomes(provisioner, waiter, tenant, redis, topology, pool):
-    made = [await waiter.submit(create(tenant, f"r{i}@x.test", display_name=f"R{i}", emails=({"value": f"r{i}@x.test", "primary": True},)), 10)
-            for i in range(4)]
-    group = await waiter.submit(cmd(tenant, CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Team", members=(made[0].resource_id,)))), 10)
+async def test_replaces_of_distinct_users_in_one_batch_are_one_update_with_per_user_outcomes(
+    provisioner, waiter, tenant, redis, topology, pool
+):
+    made = [
+        await waiter.submit(
+            create(tenant, f"r{i}@x.test", display_name=f"R{i}", emails=({"value": f"r{i}@x.test", "primary": True},)),
+            10,
+        )
+        for i in range(4)
+    ]
+    group = await waiter.submit(
+        cmd(
+            tenant,
+            CreateGroup(group_id=uuid.uuid4(), data=GroupData(display_name="Team", members=(made[0].resource_id,))),
+        ),
+        10,
+    )
     await provisioner.stop()
 
     def replace(i, name, email=None, **kw):
         emails = ({"value": email or f"r{i}@x.test", "primary": True},)
-        return cmd(tenant, ReplaceUser(user_id=made[i].resource_id, data=UserData(user_name=f"r{i}@x.test", display_name=name, emails=emails), **kw))
+        return cmd(
+            tenant,
+            ReplaceUser(
+                user_id=made[i].resource_id,
+                data=UserData(user_name=f"r{i}@x.test", display_name=name, emails=emails),
+                **kw,
+            ),
+        )
 
-    outs, paths = await _batch_outcomes(redis, topology, tenant, [
-        replace(0, "R0 new"), replace(1, "R1"),  # the second changes nothing
-        replace(2, "R2 new", email="new2@x.test", expected_version=1), replace(3, "R3 new"),
-    ], before=5)
+    outs, paths = await _batch_outcomes(
+        redis,
+        topology,
+        tenant,
+        [
+            replace(0, "R0 new"),
+            replace(1, "R1"),  # the second changes nothing
+            replace(2, "R2 new", email="new2@x.test", expected_version=1),
+            replace(3, "R3 new"),
+        ],
+        before=5,
+    )
     assert paths == {"one_statement": 0, "one_transaction": 1, "careful": 0}
     assert [(o.result, o.resource["version"], o.resource["display_name"]) for o in outs] == [
-        ("applied", 2, "R0 new"), ("unchanged", 1, "R1"), ("applied", 2, "R2 new"), ("applied", 2, "R3 new")]
+        ("applied", 2, "R0 new"),
+        ("unchanged", 1, "R1"),
+        ("applied", 2, "R2 new"),
+        ("applied", 2, "R3 new"),
+    ]
     assert outs[0].resource["groups"] == [{"id": str(group.resource_id), "display_name": "Team"}]
     assert outs[2].changes["emails"].after == [{"value": "new2@x.test", "primary": True}] and not outs[1].changes
     async with pool.acquire() as conn:
-        rows = {r["id"]: r for r in await conn.fetch("SELECT id, version, display_name, email FROM users WHERE tenant_id = $1", tenant.id)}
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "SELECT id, version, display_name, email FROM users WHERE tenant_id = $1", tenant.id
+            )
+        }
     assert [(rows[m.resource_id]["version"], rows[m.resource_id]["display_name"]) for m in made] == [
-        (2, "R0 new"), (1, "R1"), (2, "R2 new"), (2, "R3 new")]
+        (2, "R0 new"),
+        (1, "R1"),
+        (2, "R2 new"),
+        (2, "R3 new"),
+    ]
     assert rows[made[2].resource_id]["email"] == "new2@x.test"
 
     # One replace that may not apply: the batch is redone command by command, only it fails.
-    outs, paths = await _batch_outcomes(redis, topology, tenant, [
-        replace(0, "R0 again"), replace(1, "R1 again", expected_version=7), replace(3, "R3 again"),
-    ], before=9)
+    outs, paths = await _batch_outcomes(
+        redis,
+        topology,
+        tenant,
+        [
+            replace(0, "R0 again"),
+            replace(1, "R1 again", expected_version=7),
+            replace(3, "R3 again"),
+        ],
+        before=9,
+    )
     assert paths["careful"] == 1
     assert [o.result for o in outs] == ["applied", "failed", "applied"] and outs[1].error.code == "version_mismatch"
 
@@ -430,8 +604,14 @@ async def test_handling_a_batch_leaves_no_cyclic_garbage(service_env, tenant, re
     stream = topology.command_stream_for(tenant.id)
 
     def batch(n: int, start: int) -> list[Delivery]:
-        return [Delivery(stream, f"{1_700_000_000_000 + start + i}-0", {DATA_FIELD.encode(): encode(create(tenant, f"gc{start + i}@acme.test"))})
-                for i in range(n)]
+        return [
+            Delivery(
+                stream,
+                f"{1_700_000_000_000 + start + i}-0",
+                {DATA_FIELD.encode(): encode(create(tenant, f"gc{start + i}@acme.test"))},
+            )
+            for i in range(n)
+        ]
 
     async with running_provisioner() as app:
         worker = app.context.get("provisioner")

@@ -53,7 +53,10 @@ def _free_cluster_port() -> int:
 def _cli(port: int, *args: str) -> str:
     return subprocess.run(
         [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
-        check=True, capture_output=True, text=True, timeout=30,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
 
 
@@ -69,13 +72,35 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
             port = _free_cluster_port()
             node = base / str(port)
             node.mkdir()
-            procs.append(subprocess.Popen(
-                [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", str(node / "nodes.conf"),
-                 "--cluster-node-timeout", "2000", "--dir", str(node),
-                 "--appendonly", "no", "--save", "", "--daemonize", "no", "--logfile", str(node / "log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        REDIS_SERVER,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--dir",
+                        str(node),
+                        "--appendonly",
+                        "no",
+                        "--save",
+                        "",
+                        "--daemonize",
+                        "no",
+                        "--logfile",
+                        str(node / "log"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             ports.append(port)
         deadline = time.monotonic() + 10
         for port in ports:
@@ -89,9 +114,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
                     raise RuntimeError(f"cluster node {port} did not start: {(base / str(port) / 'log').read_text()}")
                 time.sleep(0.05)
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, text=True, timeout=60,
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         deadline = time.monotonic() + 20
         while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports):
@@ -141,7 +176,9 @@ async def running_auditor() -> AsyncIterator[Any]:
 
 def _command(tenant_id: uuid.UUID, **kw: Any) -> Command:
     return Command(
-        tenant_id=tenant_id, source=Source(kind="cli", id="t", label="t"), correlation_id="corr-1",
+        tenant_id=tenant_id,
+        source=Source(kind="cli", id="t", label="t"),
+        correlation_id="corr-1",
         payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"{uuid.uuid4().hex[:8]}@x.test")),
         **kw,
     )
@@ -226,10 +263,15 @@ async def test_outcome_waiter_round_trip_through_the_cluster(rc):
                     for entry_id, fields in entries:
                         cmd = decode_command(fields[DATA_FIELD.encode()])
                         outcome = Outcome(
-                            event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id,
-                            source=cmd.source, correlation_id=cmd.correlation_id,
-                            occurred_at=cmd.occurred_at, result="applied",
-                            resource_type="User", resource_id=cmd.payload.user_id,
+                            event_id=cmd.event_id,
+                            command_type=cmd.type,
+                            tenant_id=cmd.tenant_id,
+                            source=cmd.source,
+                            correlation_id=cmd.correlation_id,
+                            occurred_at=cmd.occurred_at,
+                            result="applied",
+                            resource_type="User",
+                            resource_id=cmd.payload.user_id,
                         )
                         assert cmd.reply_to == waiter.reply_to()
                         await publish_reply(rc, topo, outcome, cmd.reply_to)
@@ -239,9 +281,7 @@ async def test_outcome_waiter_round_trip_through_the_cluster(rc):
     try:
         commands = [_command(_tenant_in_partition(topo, p % topo.partitions)) for p in range(12)]
         worker = asyncio.create_task(fake_provisioner(len(commands)))
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*(waiter.submit(c, timeout=10) for c in commands)), 20
-        )
+        outcomes = await asyncio.wait_for(asyncio.gather(*(waiter.submit(c, timeout=10) for c in commands)), 20)
         await asyncio.wait_for(worker, 5)
     finally:
         await waiter.stop()
@@ -285,14 +325,14 @@ async def test_pipeline_on_the_cluster(cluster_url, database_url, pool, monkeypa
             await waiter.start()
             commands = [
                 Command(
-                    tenant_id=t.id, source=Source(kind="scim", id="tok", label="test"), correlation_id=f"c{p}",
+                    tenant_id=t.id,
+                    source=Source(kind="scim", id="tok", label="test"),
+                    correlation_id=f"c{p}",
                     payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"user{p}@cluster.test")),
                 )
                 for p, t in sorted(tenants.items())
             ]
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(*(waiter.submit(c, timeout=20) for c in commands)), 30
-            )
+            outcomes = await asyncio.wait_for(asyncio.gather(*(waiter.submit(c, timeout=20) for c in commands)), 30)
             poison_stream = topo.command_stream(3)
             await rc.xadd(poison_stream, {DATA_FIELD: b"{not json"})
             dlq = topo.dead_letter_stream(3)
@@ -366,6 +406,9 @@ async def test_scim_gateway_on_the_cluster(cluster_url, database_url, pool, monk
             await rc.delete(key)
         await rc.aclose()
     async with pool.acquire() as conn:
-        assert await conn.fetchval(
-            "SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'bob@cluster.test'", tenant.id
-        ) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'bob@cluster.test'", tenant.id
+            )
+            == 1
+        )

@@ -16,12 +16,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from saml2.xmldsig import DIGEST_SHA1, SIG_RSA_SHA1  # noqa: E402
+from saml2.xmldsig import DIGEST_SHA1, SIG_RSA_SHA1
 
-import saml_attacks as atk  # noqa: E402
-from provisio_lib import sso  # noqa: E402
-from saml_gateway.saml import Connection, Refused, SamlEngine  # noqa: E402
-from saml_idp import (  # noqa: E402
+import saml_attacks as atk
+from provisio_lib import sso
+from saml_gateway.saml import Connection, Refused, SamlEngine
+from saml_idp import (
     ENCRYPTIONS,
     ENTRA,
     TestIdP,
@@ -47,20 +47,40 @@ def idp() -> TestIdP:
 def conn(idp: TestIdP) -> Connection:
     key, cert = sso.generate_sp_keypair("sp")
     return Connection(
-        id=uuid.uuid4(), tenant_id=uuid.uuid4(), tenant_name="acme", name="entra", preset="entra",
-        idp_entity_id=idp.entity_id, idp_metadata=idp.metadata(), jit_mode="create", app_url="https://app.test/cb",
-        allow_idp_initiated=True, attribute_map=sso.attribute_map("entra"), required_attributes=(),
-        sp_cert_pem=cert, sp_key_pem=key, app_secret_hash=None, updated_at=datetime.now(UTC),
+        id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        tenant_name="acme",
+        name="entra",
+        preset="entra",
+        idp_entity_id=idp.entity_id,
+        idp_metadata=idp.metadata(),
+        jit_mode="create",
+        app_url="https://app.test/cb",
+        allow_idp_initiated=True,
+        attribute_map=sso.attribute_map("entra"),
+        required_attributes=(),
+        sp_cert_pem=cert,
+        sp_key_pem=key,
+        app_secret_hash=None,
+        updated_at=datetime.now(UTC),
     )
 
 
 @pytest.fixture(scope="module")
 def engines() -> Any:
-    made = {b: SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend=b,
-                          xmlsec1_path="/usr/bin/xmlsec1") for b in BACKENDS}
+    made = {
+        b: SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend=b, xmlsec1_path="/usr/bin/xmlsec1")
+        for b in BACKENDS
+    }
     # The fast schema validator too: every attack must get the same verdict through it.
-    made["xmlsec+libxml2"] = SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec",
-                                        xmlsec1_path="/usr/bin/xmlsec1", schema_validator="libxml2")
+    made["xmlsec+libxml2"] = SamlEngine(
+        public_url=PUBLIC,
+        skew_s=180,
+        max_bytes=256 * 1024,
+        backend="xmlsec",
+        xmlsec1_path="/usr/bin/xmlsec1",
+        schema_validator="libxml2",
+    )
     yield made
     for e in made.values():
         e.close()
@@ -76,9 +96,14 @@ def make(idp: TestIdP, conn: Connection, urls: sso.SpUrls, engines: Any) -> Any:
     sp_metadata = engines["xmlsec"].sp_metadata(conn)
 
     def response(*, signer: TestIdP | None = None, **kw: Any) -> str:
-        args: dict[str, Any] = dict(sp_entity_id=urls.entity_id, acs_url=urls.acs, name_id="alice@acme.test",
-                                    attributes=entra_attributes(["Sales"]), sp_metadata=sp_metadata,
-                                    in_response_to="id-" + uuid.uuid4().hex)
+        args: dict[str, Any] = dict(
+            sp_entity_id=urls.entity_id,
+            acs_url=urls.acs,
+            name_id="alice@acme.test",
+            attributes=entra_attributes(["Sales"]),
+            sp_metadata=sp_metadata,
+            in_response_to="id-" + uuid.uuid4().hex,
+        )
         args.update(kw)
         return (signer or idp).response(**args)
 
@@ -99,7 +124,9 @@ def verdicts(engines: Any, conn: Connection, xml_or_b64: str, *, raw: bool = Fal
     return out
 
 
-def assert_refused(engines: Any, conn: Connection, xml: str, reason: str | tuple[str, ...], *, raw: bool = False) -> None:
+def assert_refused(
+    engines: Any, conn: Connection, xml: str, reason: str | tuple[str, ...], *, raw: bool = False
+) -> None:
     got = verdicts(engines, conn, xml, raw=raw)
     reasons = (reason,) if isinstance(reason, str) else reason
     assert len(set(got.values())) == 1, f"backends disagree: {got}"
@@ -111,10 +138,12 @@ def assert_refused(engines: Any, conn: Connection, xml: str, reason: str | tuple
 
 @pytest.mark.parametrize("shape", ["response", "assertion", "both", "encrypted"])
 def test_genuine_responses_pass_on_both_backends(engines: Any, conn: Connection, make: Any, shape: str) -> None:
-    kw = {"response": dict(sign_response=True, sign_assertion=False),
-          "assertion": dict(sign_response=False, sign_assertion=True),
-          "both": dict(sign_response=True, sign_assertion=True),
-          "encrypted": dict(sign_response=False, sign_assertion=True, encrypt_cert=sso.cert_b64(conn.sp_cert_pem))}[shape]
+    kw = {
+        "response": dict(sign_response=True, sign_assertion=False),
+        "assertion": dict(sign_response=False, sign_assertion=True),
+        "both": dict(sign_response=True, sign_assertion=True),
+        "encrypted": dict(sign_response=False, sign_assertion=True, encrypt_cert=sso.cert_b64(conn.sp_cert_pem)),
+    }[shape]
     xml = make(**kw)
     if shape == "encrypted":
         assert "EncryptedAssertion" in xml and "alice@acme.test" not in xml
@@ -167,13 +196,13 @@ WEAK_SIGNATURES = {
 
 @pytest.mark.parametrize("name", list(WEAK_SIGNATURES))
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-def test_weak_signature_algorithms_refused_by_name(engines: Any, conn: Connection, make: Any, idp: TestIdP,
-                                                   name: str, encrypted: bool) -> None:
+def test_weak_signature_algorithms_refused_by_name(
+    engines: Any, conn: Connection, make: Any, idp: TestIdP, name: str, encrypted: bool
+) -> None:
     """An allow-list: RSA-MD5, MD5, RIPEMD-160 and SHA-224 were accepted before, and an
     RSA-SHA1 assertion inside an EncryptedAssertion was never looked at."""
     method, digest = WEAK_SIGNATURES[name]
-    xml = sign_xml(make(sign_response=False, sign_assertion=False), idp.keys, sign_method=method,
-                   digest_method=digest)
+    xml = sign_xml(make(sign_response=False, sign_assertion=False), idp.keys, sign_method=method, digest_method=digest)
     if encrypted:
         xml = encrypt_assertion(xml, sso.cert_b64(conn.sp_cert_pem), ENCRYPTIONS["entra"])
         assert name not in xml and "alice@acme.test" not in xml
@@ -185,25 +214,36 @@ def test_weak_signature_algorithms_refused_by_name(engines: Any, conn: Connectio
 
 
 @pytest.mark.parametrize("method", ["rsa-sha384", "rsa-sha512"])
-def test_strong_signature_algorithms_accepted(engines: Any, conn: Connection, make: Any, idp: TestIdP,
-                                              method: str) -> None:
-    xml = sign_xml(make(sign_response=False, sign_assertion=False), idp.keys, sign_method=MORE + method,
-                   digest_method=XENC + "sha512")
+def test_strong_signature_algorithms_accepted(
+    engines: Any, conn: Connection, make: Any, idp: TestIdP, method: str
+) -> None:
+    xml = sign_xml(
+        make(sign_response=False, sign_assertion=False),
+        idp.keys,
+        sign_method=MORE + method,
+        digest_method=XENC + "sha512",
+    )
     assert set(verdicts(engines, conn, xml).values()) == {"ok"}
 
 
 # ------------------------------------------------------------------ encrypted assertions
 
 
-@pytest.mark.parametrize("encryption", ["entra", "okta", "okta-aes128-cbc", "okta-aes256-gcm", "okta-aes128-gcm",
-                                        "xmlenc11-oaep-sha256"])
+@pytest.mark.parametrize(
+    "encryption", ["entra", "okta", "okta-aes128-cbc", "okta-aes256-gcm", "okta-aes128-gcm", "xmlenc11-oaep-sha256"]
+)
 @pytest.mark.parametrize("signed", ["assertion", "both"])
-def test_encrypted_as_entra_and_okta_send_it(engines: Any, conn: Connection, make: Any, encryption: str,
-                                            signed: str) -> None:
+def test_encrypted_as_entra_and_okta_send_it(
+    engines: Any, conn: Connection, make: Any, encryption: str, signed: str
+) -> None:
     """The OAEP DigestMethod (SHA-1, the default Entra and Okta send) is a key-transport
     parameter, not a signature: these pass on both backends (before: weak_signature)."""
-    xml = make(encrypt_cert=sso.cert_b64(conn.sp_cert_pem), encryption=encryption,
-               sign_response=signed == "both", sign_assertion=True)
+    xml = make(
+        encrypt_cert=sso.cert_b64(conn.sp_cert_pem),
+        encryption=encryption,
+        sign_response=signed == "both",
+        sign_assertion=True,
+    )
     assert "EncryptedKey" in xml and "alice@acme.test" not in xml
     if ENCRYPTIONS[encryption].oaep_digest == "http://www.w3.org/2000/09/xmldsig#sha1":
         assert 'DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"' in xml
@@ -214,8 +254,7 @@ def test_encrypted_as_entra_and_okta_send_it(engines: Any, conn: Connection, mak
 
 
 @pytest.mark.parametrize(("encryption", "named"), [("okta-rsa-1_5", "RSA-1_5"), ("tripledes", "tripledes-cbc")])
-def test_refused_encryption_algorithms(engines: Any, conn: Connection, make: Any, encryption: str,
-                                       named: str) -> None:
+def test_refused_encryption_algorithms(engines: Any, conn: Connection, make: Any, encryption: str, named: str) -> None:
     xml = make(encrypt_cert=sso.cert_b64(conn.sp_cert_pem), encryption=encryption)
     assert_refused(engines, conn, xml, "weak_encryption")
     for engine in engines.values():
@@ -254,8 +293,9 @@ def test_wrapping_inside_the_ciphertext(engines: Any, conn: Connection, make: An
     cert = sso.cert_b64(conn.sp_cert_pem)
     wrapped = atk.parse(atk.xsw4(make()))
     evil = wrapped.find("saml:Assertion", atk.NS)
-    wrapped.replace(evil, etree.fromstring(encrypted_assertion_xml(etree.tostring(evil), cert,
-                                                                   ENCRYPTIONS["entra"]).encode()))
+    wrapped.replace(
+        evil, etree.fromstring(encrypted_assertion_xml(etree.tostring(evil), cert, ENCRYPTIONS["entra"]).encode())
+    )
     xml = atk.dump(wrapped)
     assert "EncryptedAssertion" in xml and atk.EVIL not in xml
     assert_refused(engines, conn, xml, "assertions")
@@ -362,29 +402,46 @@ def test_not_yet_valid(engines: Any, conn: Connection, make: Any, idp: TestIdP) 
         # several of them and the page said "invalid (Exception)").
         ("wrong audience", "//saml:Audience", {"value": "https://other.test/sp"}, "audience"),
         ("no AudienceRestriction", "//saml:AudienceRestriction", {"remove": True}, "audience"),
-        ("wrong destination", "/samlp:Response", {"attr": "Destination", "value": PUBLIC + "/saml/acme/okta/acs"},
-         "destination"),
+        (
+            "wrong destination",
+            "/samlp:Response",
+            {"attr": "Destination", "value": PUBLIC + "/saml/acme/okta/acs"},
+            "destination",
+        ),
         ("no destination", "/samlp:Response", {"attr": "Destination", "remove": True}, "destination"),
-        ("wrong recipient", "//saml:SubjectConfirmationData", {"attr": "Recipient", "value": "https://evil.test/acs"},
-         "recipient"),
+        (
+            "wrong recipient",
+            "//saml:SubjectConfirmationData",
+            {"attr": "Recipient", "value": "https://evil.test/acs"},
+            "recipient",
+        ),
         ("wrong assertion issuer", "//saml:Assertion/saml:Issuer", {"value": "https://evil.test/idp"}, "issuer"),
         ("wrong response issuer", "/samlp:Response/saml:Issuer", {"value": "https://evil.test/idp"}, "issuer"),
-        ("InResponseTo mismatch", "//saml:SubjectConfirmationData", {"attr": "InResponseTo", "value": "id-other"},
-         "recipient"),
+        (
+            "InResponseTo mismatch",
+            "//saml:SubjectConfirmationData",
+            {"attr": "InResponseTo", "value": "id-other"},
+            "recipient",
+        ),
         ("no NameID", "//saml:Subject/saml:NameID", {"remove": True}, "subject"),
         ("no SubjectConfirmation", "//saml:SubjectConfirmation", {"remove": True}, "subject"),
-        ("sender-vouches only", "//saml:SubjectConfirmation", {"attr": "Method",
-                                                               "value": "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches"},
-         "subject"),
+        (
+            "sender-vouches only",
+            "//saml:SubjectConfirmation",
+            {"attr": "Method", "value": "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches"},
+            "subject",
+        ),
     ],
 )
-def test_wrong_content_validly_signed(engines: Any, conn: Connection, make: Any, idp: TestIdP, case: str, xpath: str,
-                                      edit: dict[str, Any], reason: Any) -> None:
+def test_wrong_content_validly_signed(
+    engines: Any, conn: Connection, make: Any, idp: TestIdP, case: str, xpath: str, edit: dict[str, Any], reason: Any
+) -> None:
     assert_refused(engines, conn, _resigned(make, idp, xpath, **edit), reason)
 
 
-def test_wrong_audience_names_both_values(engines: Any, conn: Connection, make: Any, idp: TestIdP,
-                                          urls: sso.SpUrls) -> None:
+def test_wrong_audience_names_both_values(
+    engines: Any, conn: Connection, make: Any, idp: TestIdP, urls: sso.SpUrls
+) -> None:
     """Entra's "Identifier mismatch": the page says what came and what is expected."""
     xml = _resigned(make, idp, "//saml:Audience", value="https://other.test/sp")
     for engine in engines.values():
@@ -396,8 +453,10 @@ def test_wrong_audience_names_both_values(engines: Any, conn: Connection, make: 
 
 
 def test_wrong_audience_in_an_encrypted_assertion(engines: Any, conn: Connection, make: Any, idp: TestIdP) -> None:
-    plain = atk.sign(atk.edit(make(sign_response=False, sign_assertion=False), "//saml:Audience",
-                              value="https://other.test/sp"), idp.keys)
+    plain = atk.sign(
+        atk.edit(make(sign_response=False, sign_assertion=False), "//saml:Audience", value="https://other.test/sp"),
+        idp.keys,
+    )
     xml = encrypt_assertion(plain, sso.cert_b64(conn.sp_cert_pem), ENCRYPTIONS["entra"])
     assert_refused(engines, conn, xml, "audience")
 
@@ -430,10 +489,10 @@ def test_nameid_comment_injection_keeps_the_whole_value(engines: Any, conn: Conn
 
 
 DTDS = {
-    "doctype": '<!DOCTYPE Response [<!ELEMENT Response ANY>]>',
+    "doctype": "<!DOCTYPE Response [<!ELEMENT Response ANY>]>",
     "xxe": '<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
     "billion laughs": '<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
-                      '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
+    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
 }
 
 
@@ -614,8 +673,7 @@ def test_schema_validators_agree(make: Any, conn: Connection) -> None:
     compared = invalid = 0
     for label, xml in _schema_corpus(make, conn).items():
         root = atk.parse(xml)
-        items = [etree.tostring(el, encoding="unicode")
-                 for el in [root, *root.iter(f"{{{atk.SAML}}}Assertion")]]
+        items = [etree.tostring(el, encoding="unicode") for el in [root, *root.iter(f"{{{atk.SAML}}}Assertion")]]
         try:
             parsed = samlp.response_from_string(xml)
             items += [str(parsed), *(str(a) for a in parsed.assertion)]
@@ -632,10 +690,17 @@ def test_schema_validators_agree(make: Any, conn: Connection) -> None:
 
 
 def test_libxml2_validator_engine_refuses_like_the_default(conn: Connection, make: Any) -> None:
-    default = SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec",
-                         xmlsec1_path="/usr/bin/xmlsec1")
-    fast = SamlEngine(public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec",
-                      xmlsec1_path="/usr/bin/xmlsec1", schema_validator="libxml2")
+    default = SamlEngine(
+        public_url=PUBLIC, skew_s=180, max_bytes=256 * 1024, backend="xmlsec", xmlsec1_path="/usr/bin/xmlsec1"
+    )
+    fast = SamlEngine(
+        public_url=PUBLIC,
+        skew_s=180,
+        max_bytes=256 * 1024,
+        backend="xmlsec",
+        xmlsec1_path="/usr/bin/xmlsec1",
+        schema_validator="libxml2",
+    )
     try:
         cases = {"genuine": make(), **{k: v for k, v in _schema_corpus(make, conn).items()}}
         for label, xml in cases.items():

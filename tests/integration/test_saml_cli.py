@@ -13,14 +13,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from saml_idp import TestIdP  # noqa: E402
+from saml_idp import TestIdP
 
 pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 @pytest.fixture
@@ -39,9 +40,27 @@ async def test_sso_connection_lifecycle(env: dict[str, str], pool: object, tmp_p
     md = tmp_path / "entra.xml"  # type: ignore[operator]
     md.write_text(idp.metadata())
     name = tenant.name  # type: ignore[attr-defined]
-    added = cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra", "--jit", "sync",
-                "--app-url", "https://app.example.com/sso", "--map", "department=http://x/department",
-                "--require", "given_name", "--require", "family_name", env=env)
+    added = cli(
+        "sso",
+        "add",
+        name,
+        "entra",
+        "--metadata",
+        str(md),
+        "--preset",
+        "entra",
+        "--jit",
+        "sync",
+        "--app-url",
+        "https://app.example.com/sso",
+        "--map",
+        "department=http://x/department",
+        "--require",
+        "given_name",
+        "--require",
+        "family_name",
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     out = added.stdout
     assert f"ACS URL:          https://sso.example.com/saml/{name}/entra/acs" in out
@@ -79,8 +98,20 @@ async def test_sso_connection_lifecycle(env: dict[str, str], pool: object, tmp_p
     rolled = TestIdP(idp.entity_id)  # same IdP, new signing certificate
     new_md = tmp_path / "entra-2.xml"  # type: ignore[operator]
     new_md.write_text(rolled.metadata())
-    updated = cli("sso", "update", name, "entra", "--metadata", str(new_md), "--jit", "create", "--no-idp-initiated",
-                  "--map", "cost_center=http://x/cc", env=env)
+    updated = cli(
+        "sso",
+        "update",
+        name,
+        "entra",
+        "--metadata",
+        str(new_md),
+        "--jit",
+        "create",
+        "--no-idp-initiated",
+        "--map",
+        "cost_center=http://x/cc",
+        env=env,
+    )
     assert updated.returncode == 0, updated.stderr
     row2 = await pool.fetchrow("SELECT * FROM sso_connections WHERE name = 'entra'")  # type: ignore[attr-defined]
     assert row2["jit_mode"] == "create" and rolled.keys.cert_b64 in row2["idp_metadata"]
@@ -89,8 +120,9 @@ async def test_sso_connection_lifecycle(env: dict[str, str], pool: object, tmp_p
     assert row2["sp_key_pem"] == row["sp_key_pem"] and row2["app_secret_hash"] == row["app_secret_hash"]
     other_idp = tmp_path / "other.xml"  # type: ignore[operator]
     other_idp.write_text(TestIdP("https://other.test/").metadata())
-    one_error_line(cli("sso", "update", name, "entra", "--metadata", str(other_idp), env=env),
-                   "add a new connection instead")
+    one_error_line(
+        cli("sso", "update", name, "entra", "--metadata", str(other_idp), env=env), "add a new connection instead"
+    )
 
     new_secret = cli("sso", "secret", name, "entra", env=env)
     assert new_secret.returncode == 0 and new_secret.stdout.strip().splitlines()[-1] != secret
@@ -103,26 +135,35 @@ def test_bad_input_is_one_clear_line(env: dict[str, str], tmp_path: object, tena
     name = tenant.name  # type: ignore[attr-defined]
     bad = tmp_path / "bad.xml"  # type: ignore[operator]
     bad.write_text("<html>this is the login page, not metadata</html>")
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(bad), "--preset", "okta", env=env),
-                   "invalid IdP metadata: not SAML 2.0 metadata")
+    one_error_line(
+        cli("sso", "add", name, "x", "--metadata", str(bad), "--preset", "okta", env=env),
+        "invalid IdP metadata: not SAML 2.0 metadata",
+    )
     dtd = tmp_path / "dtd.xml"  # type: ignore[operator]
     dtd.write_text('<!DOCTYPE x [<!ENTITY a SYSTEM "file:///etc/passwd">]><x>&a;</x>')
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(dtd), "--preset", "okta", env=env),
-                   "DTD or entities")
-    one_error_line(cli("sso", "add", name, "x", "--metadata", "/nope.xml", "--preset", "okta", env=env),
-                   "not found")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", str(dtd), "--preset", "okta", env=env), "DTD or entities")
+    one_error_line(cli("sso", "add", name, "x", "--metadata", "/nope.xml", "--preset", "okta", env=env), "not found")
     good = tmp_path / "good.xml"  # type: ignore[operator]
     good.write_text(TestIdP("https://idp.test/").metadata())
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "adfs", env=env),
-                   "unknown --preset 'adfs'")
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--jit", "always",
-                       env=env), "unknown --jit 'always'")
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--map", "oops",
-                       env=env), "expected FIELD=CLAIM")
-    one_error_line(cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--require", "shoe",
-                       env=env), "not a mapped field")
-    one_error_line(cli("sso", "add", name, "Bad_Name!", "--metadata", str(good), "--preset", "okta", env=env),
-                   "invalid connection name")
+    one_error_line(
+        cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "adfs", env=env), "unknown --preset 'adfs'"
+    )
+    one_error_line(
+        cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--jit", "always", env=env),
+        "unknown --jit 'always'",
+    )
+    one_error_line(
+        cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--map", "oops", env=env),
+        "expected FIELD=CLAIM",
+    )
+    one_error_line(
+        cli("sso", "add", name, "x", "--metadata", str(good), "--preset", "okta", "--require", "shoe", env=env),
+        "not a mapped field",
+    )
+    one_error_line(
+        cli("sso", "add", name, "Bad_Name!", "--metadata", str(good), "--preset", "okta", env=env),
+        "invalid connection name",
+    )
     one_error_line(cli("sso", "list", "nope", env=env), "unknown tenant 'nope'")
 
 
@@ -141,8 +182,10 @@ def test_metadata_from_a_url(env: dict[str, str], tmp_path: object, tenant: obje
         ok = cli("sso", "add", name, "google", "--metadata", f"{base}/md.xml", "--preset", "google", env=env)
         assert ok.returncode == 0, ok.stderr
         assert "IdP https://accounts.google.test/o/saml2?idpid=C0" in ok.stdout
-        one_error_line(cli("sso", "add", name, "g2", "--metadata", f"{base}/missing.xml", "--preset", "google",
-                           env=env), "cannot download metadata")
+        one_error_line(
+            cli("sso", "add", name, "g2", "--metadata", f"{base}/missing.xml", "--preset", "google", env=env),
+            "cannot download metadata",
+        )
     finally:
         server.shutdown()
 
@@ -151,10 +194,26 @@ async def test_sso_domains_groups_absent_and_links(env: dict[str, str], pool: An
     name = tenant.name
     md = tmp_path / "entra.xml"
     md.write_text(TestIdP("https://sts.windows.test/dom/").metadata())
-    assert cli("sso", "add", name, "entra", "--metadata", str(md), "--preset", "entra",
-               "--groups-absent-means", "none", env=env).returncode == 0
-    one_error_line(cli("sso", "update", name, "entra", "--groups-absent-means", "maybe", env=env),
-                   "unknown --groups-absent-means 'maybe'")
+    assert (
+        cli(
+            "sso",
+            "add",
+            name,
+            "entra",
+            "--metadata",
+            str(md),
+            "--preset",
+            "entra",
+            "--groups-absent-means",
+            "none",
+            env=env,
+        ).returncode
+        == 0
+    )
+    one_error_line(
+        cli("sso", "update", name, "entra", "--groups-absent-means", "maybe", env=env),
+        "unknown --groups-absent-means 'maybe'",
+    )
     assert cli("sso", "update", name, "entra", "--groups-absent-means", "unchanged", env=env).returncode == 0
     assert await pool.fetchval("SELECT groups_absent FROM sso_connections WHERE name = 'entra'") == "unchanged"
 

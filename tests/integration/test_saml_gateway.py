@@ -15,9 +15,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-import saml_attacks as atk  # noqa: E402
-from saml_idp import ENTRA  # noqa: E402
-from saml_setup import (  # noqa: E402
+import saml_attacks as atk
+from saml_idp import ENTRA
+from saml_setup import (
     add_connection,
     audit_outcomes,
     code_of,
@@ -27,7 +27,7 @@ from saml_setup import (  # noqa: E402
     sp_login,
     start_gateway,
 )
-from tests.conftest import make_tenant  # noqa: E402
+from tests.conftest import make_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -73,11 +73,13 @@ async def test_unknown_connection_is_a_404_page(gateway: Any, acme: Any) -> None
         assert page_is_clean(await resp.text())
 
 
-async def test_login_redirects_with_a_signed_request_kept_in_redis(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                                    topology: Any) -> None:
+async def test_login_redirects_with_a_signed_request_kept_in_redis(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     s = await add_connection(pool, acme.id, "okta", preset="okta")
-    resp = await gateway.get(f"/saml/{s.tenant}/okta/login", params={"RelayState": "/reports/42"},
-                             allow_redirects=False)
+    resp = await gateway.get(
+        f"/saml/{s.tenant}/okta/login", params={"RelayState": "/reports/42"}, allow_redirects=False
+    )
     assert resp.status == 302
     location = urlsplit(resp.headers["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == s.idp.sso_url
@@ -87,8 +89,7 @@ async def test_login_redirects_with_a_signed_request_kept_in_redis(gateway: Any,
     req_id = await sp_login(gateway, s)
     ttl = await redis.ttl(topology.key("saml", "req", req_id))
     assert 0 < ttl <= 600
-    too_long = await gateway.get(f"/saml/{s.tenant}/okta/login", params={"RelayState": "x" * 81},
-                                 allow_redirects=False)
+    too_long = await gateway.get(f"/saml/{s.tenant}/okta/login", params={"RelayState": "x" * 81}, allow_redirects=False)
     assert too_long.status == 400
 
 
@@ -97,12 +98,14 @@ async def test_login_redirects_with_a_signed_request_kept_in_redis(gateway: Any,
 
 @pytest.mark.parametrize("preset", ["entra", "google", "okta", "jumpcloud"])
 @pytest.mark.parametrize("shape", ["default", "encrypted"])
-async def test_sp_initiated_login_end_to_end(gateway: Any, pool: Any, acme: Any, provisioner: Any, preset: str,
-                                             shape: str) -> None:
+async def test_sp_initiated_login_end_to_end(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any, preset: str, shape: str
+) -> None:
     s = await add_connection(pool, acme.id, preset, preset=preset, jit="sync")
     req_id = await sp_login(gateway, s, relay_state="/inbox")
-    xml = s.response(in_response_to=req_id, groups=["Sales", "Engineering"],
-                     shape=None if shape == "default" else shape)
+    xml = s.response(
+        in_response_to=req_id, groups=["Sales", "Engineering"], shape=None if shape == "default" else shape
+    )
     resp = await post_acs(gateway, s, xml, relay_state="/inbox")
     assert resp.status == 303, await resp.text()
     location = urlsplit(resp.headers["Location"])
@@ -158,8 +161,9 @@ async def test_code_is_single_use_short_lived_and_bound_to_the_connection(
 # ------------------------------------------------------------------ stateful refusals
 
 
-async def _assert_refused(resp: Any, redis: Any, topology: Any, tenant_id: uuid.UUID, reason: str,
-                          status: int = 403) -> None:
+async def _assert_refused(
+    resp: Any, redis: Any, topology: Any, tenant_id: uuid.UUID, reason: str, status: int = 403
+) -> None:
     assert resp.status == status, (resp.status, await resp.text())
     html = await resp.text()
     assert "text/html" in resp.headers["Content-Type"] and page_is_clean(html)
@@ -169,8 +173,9 @@ async def _assert_refused(resp: Any, redis: Any, topology: Any, tenant_id: uuid.
     assert refused[-1].command_type == "jit.login" and refused[-1].source.kind == "saml"
 
 
-async def test_replay_exact_and_rewrapped(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
-                                          topology: Any) -> None:
+async def test_replay_exact_and_rewrapped(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any, topology: Any
+) -> None:
     s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
     req_id = await sp_login(gateway, s)
     xml = s.response(in_response_to=req_id)  # Entra shape: assertion signed
@@ -186,35 +191,50 @@ async def test_replay_exact_and_rewrapped(gateway: Any, pool: Any, acme: Any, pr
     await _assert_refused(await post_acs(gateway, s, bare), redis, topology, acme.id, "replay")
 
 
-async def test_unknown_and_foreign_in_response_to(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                  topology: Any) -> None:
+async def test_unknown_and_foreign_in_response_to(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     s = await add_connection(pool, acme.id, "entra")
     other = await add_connection(pool, acme.id, "okta", preset="okta")
-    await _assert_refused(await post_acs(gateway, s, s.response(in_response_to="id-never-issued")), redis, topology,
-                          acme.id, "in_response_to")
+    await _assert_refused(
+        await post_acs(gateway, s, s.response(in_response_to="id-never-issued")),
+        redis,
+        topology,
+        acme.id,
+        "in_response_to",
+    )
     other_req = await sp_login(gateway, other)  # a request of another connection
-    await _assert_refused(await post_acs(gateway, s, s.response(in_response_to=other_req)), redis, topology,
-                          acme.id, "in_response_to")
+    await _assert_refused(
+        await post_acs(gateway, s, s.response(in_response_to=other_req)), redis, topology, acme.id, "in_response_to"
+    )
 
 
-async def test_idp_initiated_only_where_allowed(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
-                                                topology: Any) -> None:
+async def test_idp_initiated_only_where_allowed(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any, topology: Any
+) -> None:
     closed = await add_connection(pool, acme.id, "entra")
-    await _assert_refused(await post_acs(gateway, closed, closed.response()), redis, topology, acme.id,
-                          "idp_initiated")
+    await _assert_refused(await post_acs(gateway, closed, closed.response()), redis, topology, acme.id, "idp_initiated")
     open_ = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
     assert (await post_acs(gateway, open_, open_.response())).status == 303
 
 
-async def test_refusals_through_http_are_pages_and_audit_records(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                                 topology: Any) -> None:
+async def test_refusals_through_http_are_pages_and_audit_records(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     s = await add_connection(pool, acme.id, "entra", allow_idp_initiated=True)
     unsigned = s.response(sign_response=False, sign_assertion=False)
     await _assert_refused(await post_acs(gateway, s, unsigned), redis, topology, acme.id, "signature")
-    await _assert_refused(await post_acs(gateway, s, atk.xsw3(s.response())), redis, topology, acme.id,
-                          "assertions", 400)
-    await _assert_refused(await post_acs(gateway, s, atk.with_dtd(s.response(), '<!DOCTYPE r [<!ENTITY a "b">]>')),
-                          redis, topology, acme.id, "dtd", 400)
+    await _assert_refused(
+        await post_acs(gateway, s, atk.xsw3(s.response())), redis, topology, acme.id, "assertions", 400
+    )
+    await _assert_refused(
+        await post_acs(gateway, s, atk.with_dtd(s.response(), '<!DOCTYPE r [<!ENTITY a "b">]>')),
+        redis,
+        topology,
+        acme.id,
+        "dtd",
+        400,
+    )
     resp = await gateway.post(f"/saml/{s.tenant}/entra/acs", data={"nothing": "here"})
     await _assert_refused(resp, redis, topology, acme.id, "malformed", 400)
     huge = await gateway.post(f"/saml/{s.tenant}/entra/acs", data={"SAMLResponse": "A" * 600_000})
@@ -235,8 +255,9 @@ async def _profile(gateway: Any, s: Any, resp: Any) -> dict[str, Any]:
     return dict(await got.json())
 
 
-async def test_jit_create_only_leaves_an_existing_user_unchanged(gateway: Any, pool: Any, acme: Any,
-                                                                 provisioner: Any) -> None:
+async def test_jit_create_only_leaves_an_existing_user_unchanged(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any
+) -> None:
     s = await add_connection(pool, acme.id, "entra", jit="create")
     first = await _profile(gateway, s, await _login(gateway, s, groups=["Sales"]))
     assert first["attributes"]["given_name"] == "Alice"
@@ -248,34 +269,53 @@ async def test_jit_create_only_leaves_an_existing_user_unchanged(gateway: Any, p
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1
 
 
-async def test_jit_sync_updates_fields_and_only_jit_memberships(gateway: Any, pool: Any, acme: Any,
-                                                                provisioner: Any) -> None:
+async def test_jit_sync_updates_fields_and_only_jit_memberships(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any
+) -> None:
     from saml_idp import entra_attributes
 
-    s = await add_connection(pool, acme.id, "entra", jit="sync", mapping={
-        "department": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/department"})
+    s = await add_connection(
+        pool,
+        acme.id,
+        "entra",
+        jit="sync",
+        mapping={"department": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/department"},
+    )
     attrs = {**entra_attributes(["Sales", "Beta"]), ENTRA + "department": ["R&D"]}
     first = await _profile(gateway, s, await _login(gateway, s, attributes=attrs))
     assert first["attributes"]["custom"] == {"department": "R&D"}
     user_id = uuid.UUID(first["user_id"])
     # A SCIM-managed membership of the same user, in a group JIT also claims.
     scim_group = uuid.uuid4()
-    await pool.execute("INSERT INTO groups (id, tenant_id, display_name) VALUES ($1, $2, 'Finance')", scim_group,
-                       acme.id)
-    await pool.execute("INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')",
-                       acme.id, scim_group, user_id)
+    await pool.execute(
+        "INSERT INTO groups (id, tenant_id, display_name) VALUES ($1, $2, 'Finance')", scim_group, acme.id
+    )
+    await pool.execute(
+        "INSERT INTO memberships (tenant_id, group_id, user_id, source) VALUES ($1, $2, $3, 'scim')",
+        acme.id,
+        scim_group,
+        user_id,
+    )
 
-    attrs = {**entra_attributes(["Sales", "Engineering"]), ENTRA + "givenname": ["Alicia"],
-             ENTRA + "department": ["Ops"]}
+    attrs = {
+        **entra_attributes(["Sales", "Engineering"]),
+        ENTRA + "givenname": ["Alicia"],
+        ENTRA + "department": ["Ops"],
+    }
     second = await _profile(gateway, s, await _login(gateway, s, attributes=attrs))
     assert second["user_id"] == first["user_id"]
     assert second["attributes"]["given_name"] == "Alicia"
     assert second["attributes"]["custom"] == {"department": "Ops"}
     rows = await pool.fetch(
         """SELECT g.display_name, m.source FROM memberships m JOIN groups g ON g.id = m.group_id
-           WHERE m.user_id = $1 ORDER BY 1, 2""", user_id)
+           WHERE m.user_id = $1 ORDER BY 1, 2""",
+        user_id,
+    )
     assert [(r["display_name"], r["source"]) for r in rows] == [
-        ("Engineering", "jit"), ("Finance", "scim"), ("Sales", "jit")]  # Beta removed, Finance kept
+        ("Engineering", "jit"),
+        ("Finance", "scim"),
+        ("Sales", "jit"),
+    ]  # Beta removed, Finance kept
 
     # No group claim at all, from a connection that sent one before: the IdP omits the
     # attribute when the user has no groups (issue 13 §3), so JIT's memberships go.
@@ -294,7 +334,10 @@ async def test_scim_user_is_matched_not_duplicated(gateway: Any, pool: Any, acme
     scim_id = uuid.uuid4()
     await pool.execute(
         """INSERT INTO users (id, tenant_id, user_name, email, given_name, created_by)
-           VALUES ($1, $2, 'Alice.L', 'ALICE@acme.test', 'Alice', 'scim')""", scim_id, acme.id)
+           VALUES ($1, $2, 'Alice.L', 'ALICE@acme.test', 'Alice', 'scim')""",
+        scim_id,
+        acme.id,
+    )
     s = await add_connection(pool, acme.id, "entra", jit="sync")
     profile = await _profile(gateway, s, await _login(gateway, s, groups=["Sales"]))
     assert profile["user_id"] == str(scim_id)
@@ -308,14 +351,19 @@ async def test_jit_off_requires_an_existing_user(gateway: Any, pool: Any, acme: 
     assert "no account" in (await resp.text())
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 0
     existing = uuid.uuid4()
-    await pool.execute("""INSERT INTO users (id, tenant_id, user_name, email, given_name, created_by)
-                          VALUES ($1, $2, 'alice@acme.test', 'alice@acme.test', 'Ally', 'scim')""", existing, acme.id)
+    await pool.execute(
+        """INSERT INTO users (id, tenant_id, user_name, email, given_name, created_by)
+                          VALUES ($1, $2, 'alice@acme.test', 'alice@acme.test', 'Ally', 'scim')""",
+        existing,
+        acme.id,
+    )
     profile = await _profile(gateway, s, await _login(gateway, s))
     assert profile["user_id"] == str(existing) and profile["attributes"]["given_name"] == "Ally"
 
 
-async def test_required_attribute_missing_names_the_claim(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                          topology: Any) -> None:
+async def test_required_attribute_missing_names_the_claim(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     from saml_idp import entra_attributes
 
     s = await add_connection(pool, acme.id, "entra", required=("given_name", "family_name"))
@@ -328,8 +376,9 @@ async def test_required_attribute_missing_names_the_claim(gateway: Any, pool: An
     assert outcomes[-1].error.field == "family_name" and outcomes[-1].user_name == "alice@acme.test"
 
 
-async def test_entra_group_overage_is_recorded(gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any,
-                                               topology: Any) -> None:
+async def test_entra_group_overage_is_recorded(
+    gateway: Any, pool: Any, acme: Any, provisioner: Any, redis: Any, topology: Any
+) -> None:
     from saml_idp import entra_attributes
 
     s = await add_connection(pool, acme.id, "entra", jit="sync")
@@ -358,15 +407,27 @@ async def test_scim_and_jit_on_the_same_user(gateway: Any, pool: Any, acme: Any,
     await scim.start_server()
     try:
         auth = {"Authorization": f"Bearer {acme.token}", "Content-Type": "application/scim+json"}
-        made = await scim.post("/scim/v2/Users", headers=auth, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Alice.Liddell",
-            "name": {"givenName": "Alice", "familyName": "Liddell"},
-            "emails": [{"value": "ALICE@acme.test", "primary": True, "type": "work"}]})
+        made = await scim.post(
+            "/scim/v2/Users",
+            headers=auth,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "Alice.Liddell",
+                "name": {"givenName": "Alice", "familyName": "Liddell"},
+                "emails": [{"value": "ALICE@acme.test", "primary": True, "type": "work"}],
+            },
+        )
         assert made.status == 201, await made.text()
         user_id = (await made.json())["id"]
-        group = await scim.post("/scim/v2/Groups", headers=auth, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Finance",
-            "members": [{"value": user_id}]})
+        group = await scim.post(
+            "/scim/v2/Groups",
+            headers=auth,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Finance",
+                "members": [{"value": user_id}],
+            },
+        )
         assert group.status == 201, await group.text()
     finally:
         await scim.close()
@@ -378,7 +439,9 @@ async def test_scim_and_jit_on_the_same_user(gateway: Any, pool: Any, acme: Any,
     async def memberships() -> list[tuple[str, str]]:
         rows = await pool.fetch(
             """SELECT g.display_name, m.source FROM memberships m JOIN groups g ON g.id = m.group_id
-               WHERE m.user_id = $1 ORDER BY 1, 2""", uuid.UUID(user_id))
+               WHERE m.user_id = $1 ORDER BY 1, 2""",
+            uuid.UUID(user_id),
+        )
         return [(r["display_name"], r["source"]) for r in rows]
 
     assert await memberships() == [("Finance", "jit"), ("Finance", "scim"), ("Sales", "jit")]
@@ -387,8 +450,9 @@ async def test_scim_and_jit_on_the_same_user(gateway: Any, pool: Any, acme: Any,
     assert await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1", acme.id) == 1
 
 
-async def test_verification_in_worker_processes(service_env: dict[str, str], topology: Any, pool: Any, acme: Any,
-                                                provisioner: Any, redis: Any) -> None:
+async def test_verification_in_worker_processes(
+    service_env: dict[str, str], topology: Any, pool: Any, acme: Any, provisioner: Any, redis: Any
+) -> None:
     client = await start_gateway(saml_verify_processes=1)
     try:
         s = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
@@ -402,8 +466,7 @@ async def test_verification_in_worker_processes(service_env: dict[str, str], top
         await client.close()
 
 
-async def test_unusable_value_is_a_clear_refusal(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                 topology: Any) -> None:
+async def test_unusable_value_is_a_clear_refusal(gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any) -> None:
     s = await add_connection(pool, acme.id, "okta", preset="okta", allow_idp_initiated=True)
     resp = await post_acs(gateway, s, s.response(name_id="a" * 600 + "@acme.test"))
     assert resp.status == 400 and "user_name" in await resp.text() and page_is_clean(await resp.text())
@@ -411,8 +474,9 @@ async def test_unusable_value_is_a_clear_refusal(gateway: Any, pool: Any, acme: 
     assert outcomes[-1].error is not None and outcomes[-1].error.code == "invalid_value"
 
 
-async def test_login_with_an_idp_that_takes_post_only(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                      topology: Any) -> None:
+async def test_login_with_an_idp_that_takes_post_only(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     from saml2 import BINDING_HTTP_POST
 
     from saml_idp import TestIdP
@@ -442,15 +506,16 @@ async def test_verification_runs_off_the_event_loop(gateway: Any, pool: Any, acm
 
     engine.verify_response = spy
     s = await add_connection(pool, acme.id, "entra")
-    await asyncio.gather(*(post_acs(gateway, s, s.response(sign_response=False, sign_assertion=False))
-                           for _ in range(4)))
+    await asyncio.gather(
+        *(post_acs(gateway, s, s.response(sign_response=False, sign_assertion=False)) for _ in range(4))
+    )
     assert len(seen) == 4 and all(name.startswith("saml-verify") for name in seen), seen
 
 
 @pytest.mark.parametrize("backend", ["xmlsec", "xmlsec1"])
-async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[str, str], topology: Any, pool: Any,
-                                                           acme: Any, provisioner: Any, redis: Any,
-                                                           backend: str) -> None:
+async def test_encrypted_logins_as_entra_and_okta_send_them(
+    service_env: dict[str, str], topology: Any, pool: Any, acme: Any, provisioner: Any, redis: Any, backend: str
+) -> None:
     """Entra ID (assertion signed, AES-256-CBC, RSA-OAEP with its SHA-1 DigestMethod) and
     Okta (response and assertion signed; AES-GCM among its options) through the real
     gateway on either backend: signed in. The refusals name what is refused."""
@@ -462,8 +527,9 @@ async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[st
         globex = await make_tenant(pool, name=f"globex-{uuid.uuid4().hex[:6]}")
         okta = await add_connection(pool, globex.id, "okta", preset="okta")
         for s, encryption in ((entra, "entra"), (okta, "okta"), (okta, "okta-aes256-gcm")):
-            xml = s.response(in_response_to=await sp_login(client, s), shape="encrypted", encryption=encryption,
-                             groups=["Sales"])
+            xml = s.response(
+                in_response_to=await sp_login(client, s), shape="encrypted", encryption=encryption, groups=["Sales"]
+            )
             assert "rsa-oaep-mgf1p" in xml and 'DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"' in xml
             profile = await _profile(client, s, await post_acs(client, s, xml))
             assert profile["user_name"] == "alice@acme.test" and profile["groups"][0]["display_name"] == "Sales"
@@ -472,14 +538,20 @@ async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[st
 
         # RSA-SHA1 inside the EncryptedAssertion (accepted before: never looked at).
         plain = entra.response(in_response_to=await sp_login(client, entra), sign_assertion=False)
-        sha1 = encrypt_assertion(sign_xml(plain, entra.idp.keys, sign_method="http://www.w3.org/2000/09/xmldsig#rsa-sha1",
-                                          digest_method="http://www.w3.org/2000/09/xmldsig#sha1"),
-                                 entra.sp_cert_b64, ENCRYPTIONS["entra"])
+        sha1 = encrypt_assertion(
+            sign_xml(
+                plain,
+                entra.idp.keys,
+                sign_method="http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+                digest_method="http://www.w3.org/2000/09/xmldsig#sha1",
+            ),
+            entra.sp_cert_b64,
+            ENCRYPTIONS["entra"],
+        )
         resp = await post_acs(client, entra, sha1)
         await _assert_refused(resp, redis, topology, acme.id, "weak_signature")
         assert "RSA-SHA1" in await resp.text()
-        rsa15 = okta.response(in_response_to=await sp_login(client, okta), shape="encrypted",
-                              encryption="okta-rsa-1_5")
+        rsa15 = okta.response(in_response_to=await sp_login(client, okta), shape="encrypted", encryption="okta-rsa-1_5")
         resp = await post_acs(client, okta, rsa15)
         await _assert_refused(resp, redis, topology, globex.id, "weak_encryption")
         assert "RSA-1_5" in await resp.text() and "RSA-OAEP" in await resp.text()
@@ -487,13 +559,20 @@ async def test_encrypted_logins_as_entra_and_okta_send_them(service_env: dict[st
         await client.close()
 
 
-async def test_wrong_audience_page_names_expected_and_received(gateway: Any, pool: Any, acme: Any, redis: Any,
-                                                              topology: Any) -> None:
+async def test_wrong_audience_page_names_expected_and_received(
+    gateway: Any, pool: Any, acme: Any, redis: Any, topology: Any
+) -> None:
     """Entra's "Identifier mismatch": the page says `audience`'s documented message with
     both values (before: "The SAML response was refused (Exception)")."""
     s = await add_connection(pool, acme.id, "entra")
-    xml = atk.sign(atk.edit(s.response(in_response_to=await sp_login(gateway, s), sign_assertion=False),
-                            "//saml:Audience", value="spn:00000000-1111-2222-3333-444444444444"), s.idp.keys)
+    xml = atk.sign(
+        atk.edit(
+            s.response(in_response_to=await sp_login(gateway, s), sign_assertion=False),
+            "//saml:Audience",
+            value="spn:00000000-1111-2222-3333-444444444444",
+        ),
+        s.idp.keys,
+    )
     resp = await post_acs(gateway, s, xml)
     await _assert_refused(resp, redis, topology, acme.id, "audience")
     html = await resp.text()
@@ -501,8 +580,9 @@ async def test_wrong_audience_page_names_expected_and_received(gateway: Any, poo
     assert "Exception" not in html
 
 
-async def test_plain_pysaml2_backends_selectable(service_env: dict[str, str], topology: Any, pool: Any, acme: Any,
-                                                 provisioner: Any, redis: Any) -> None:
+async def test_plain_pysaml2_backends_selectable(
+    service_env: dict[str, str], topology: Any, pool: Any, acme: Any, provisioner: Any, redis: Any
+) -> None:
     """PROVISIO_SAML_CRYPTO_BACKEND=xmlsec1 and PROVISIO_SAML_SCHEMA_VALIDATOR=xmlschema:
     pysaml2's own verification, same results over HTTP."""
     client = await start_gateway(saml_crypto_backend="xmlsec1", saml_schema_validator="xmlschema")

@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from saml_setup import add_connection, code_of, exchange, page_is_clean, post_acs, start_gateway  # noqa: E402
-from tests.conftest import make_tenant  # noqa: E402
+from saml_setup import add_connection, code_of, exchange, page_is_clean, post_acs, start_gateway
+from tests.conftest import make_tenant
 
 pytestmark = pytest.mark.integration
 

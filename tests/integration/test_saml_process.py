@@ -24,10 +24,16 @@ def free_port() -> int:
 
 async def test_serves_and_stops_on_sigterm(service_env: dict[str, str]) -> None:
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, **service_env, "PROVISIO_SAML_PORT": str(port), "PROVISIO_SAML_HOST": "127.0.0.1",
-           "PROVISIO_SAML_METRICS_PORT": str(metrics_port)}
-    proc = subprocess.Popen([sys.executable, "-m", "saml_gateway"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        **service_env,
+        "PROVISIO_SAML_PORT": str(port),
+        "PROVISIO_SAML_HOST": "127.0.0.1",
+        "PROVISIO_SAML_METRICS_PORT": str(metrics_port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saml_gateway"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         ready = False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -57,15 +63,22 @@ async def test_serves_and_stops_on_sigterm(service_env: dict[str, str]) -> None:
 
 def test_bad_settings_and_unmigrated_database(service_env: dict[str, str], empty_database_url: str) -> None:
     env = {**os.environ, **service_env}
-    bad = subprocess.run([sys.executable, "-m", "saml_gateway"], env={**env, "PROVISIO_SAML_CLOCK_SKEW_S": "-1"},
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "saml_gateway"],
+        env={**env, "PROVISIO_SAML_CLOCK_SKEW_S": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("error: PROVISIO_SAML_CLOCK_SKEW_S is invalid")
     assert "Traceback" not in bad.stderr
     empty = subprocess.run(
         [sys.executable, "-m", "saml_gateway"],
         env={**env, "PROVISIO_DATABASE_URL": empty_database_url, "PROVISIO_SAML_PORT": str(free_port())},
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert empty.returncode == 1 and "Traceback" not in empty.stderr
     assert empty.stderr.strip().splitlines()[-1].startswith("error: database is missing migration")

@@ -46,11 +46,13 @@ async def test_scim2_tester_all_checks_pass(service_env, pool, provisioner):
     report = [f"{r.status.name} {r.title} [{getattr(r, 'resource_type', '')}]: {r.reason}" for r in results]
     bad = [(r, line) for r, line in zip(results, report, strict=True) if r.status in (Status.ERROR, Status.CRITICAL)]
     known = {
-        k for r, _ in bad for k in KNOWN
-        if r.title == k[0] and r.resource_type == k[1] and k[2] in (r.reason or "")
+        k for r, _ in bad for k in KNOWN if r.title == k[0] and r.resource_type == k[1] and k[2] in (r.reason or "")
     }
-    unexpected = [line for r, line in bad if not any(
-        r.title == k[0] and r.resource_type == k[1] and k[2] in (r.reason or "") for k in KNOWN)]
+    unexpected = [
+        line
+        for r, line in bad
+        if not any(r.title == k[0] and r.resource_type == k[1] and k[2] in (r.reason or "") for k in KNOWN)
+    ]
     print("\n".join(report))
     assert len([r for r in results if r.status == Status.SUCCESS]) > 100
     assert not unexpected, "\n".join(unexpected)

@@ -57,28 +57,44 @@ async def test_bad_bodies_are_400(service_env, pool, tenant):
         await error_of(await c.post("/scim/v2/Users", json=["a"], headers=h), 400, "invalidSyntax")
         await error_of(await c.post("/scim/v2/Users", json={"schemas": [USER]}, headers=h), 400, "invalidValue")
         await error_of(await c.post("/scim/v2/Users", json={"userName": ""}, headers=h), 400, "invalidValue")
-        body = await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "shoeSize": 44}, headers=h), 400, "invalidSyntax")
+        body = await error_of(
+            await c.post("/scim/v2/Users", json={"userName": "a", "shoeSize": 44}, headers=h), 400, "invalidSyntax"
+        )
         assert "shoeSize" in body["detail"]
         # An undeclared extension is stored by default (issue 13 §4), but must be an object;
         # a tenant that rejects undeclared extensions gets a 400 naming the URN.
-        await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": "x"}, headers=h), 400, "invalidValue")
+        await error_of(
+            await c.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": "x"}, headers=h),
+            400,
+            "invalidValue",
+        )
         await pool.execute("UPDATE tenants SET scim_undeclared_extensions = 'reject' WHERE id = $1", tenant.id)
         async with scim_client(scim_token_cache_s=0) as strict:
-            body = await error_of(await strict.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": {}}, headers=h), 400, "invalidSyntax")
+            body = await error_of(
+                await strict.post("/scim/v2/Users", json={"userName": "a", "urn:example:ext:1.0:User": {}}, headers=h),
+                400,
+                "invalidSyntax",
+            )
             assert "urn:example:ext:1.0:User" in body["detail"]
-        await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "active": "maybe"}, headers=h), 400, "invalidValue")
-        await error_of(await c.post("/scim/v2/Users", json={"userName": "a", "emails": "x"}, headers=h), 400, "invalidValue")
+        await error_of(
+            await c.post("/scim/v2/Users", json={"userName": "a", "active": "maybe"}, headers=h), 400, "invalidValue"
+        )
+        await error_of(
+            await c.post("/scim/v2/Users", json={"userName": "a", "emails": "x"}, headers=h), 400, "invalidValue"
+        )
         await error_of(await c.post("/scim/v2/Users", json={"userName": "x" * 600}, headers=h), 400, "invalidValue")
         r = await c.post("/scim/v2/Users", data=b'{"userName": "a"}', headers={**h, "Content-Type": "text/plain"})
         await error_of(r, 415)
-        await error_of(await c.patch(f"/scim/v2/Users/{uuid.uuid4()}", json={"Operations": []}, headers=h), 400, "invalidSyntax")
+        await error_of(
+            await c.patch(f"/scim/v2/Users/{uuid.uuid4()}", json={"Operations": []}, headers=h), 400, "invalidSyntax"
+        )
         await error_of(await c.get("/scim/v2/Users", params={"count": "ten"}, headers=h), 400, "invalidValue")
         await error_of(await c.get("/scim/v2/Users", params={"sortOrder": "sideways"}, headers=h), 400, "invalidValue")
 
 
 @pytest.mark.parametrize(
     "filter_text",
-    ['userName eq', 'userName eq "a" and', 'shoeSize gt 40', '((userName pr)', 'userName eq \'single\'', 'active gt "x"'],
+    ["userName eq", 'userName eq "a" and', "shoeSize gt 40", "((userName pr)", "userName eq 'single'", 'active gt "x"'],
 )
 async def test_bad_filters_are_400_invalid_filter(service_env, tenant, filter_text):
     async with scim_client() as c:
@@ -198,14 +214,19 @@ async def test_postgres_down_is_503_for_reads(service_env, tenant, database_url)
     upstream_port = int(query.pop("port", [parts.port or 5432])[0])
     proxy = _TcpProxy(host, upstream_port)
     port = await proxy.start()
-    proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}",
-                                        query=urlencode(query, doseq=True)))
+    proxied = urlunsplit(
+        parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}", query=urlencode(query, doseq=True))
+    )
     async with scim_client(database_url=proxied, db_pool_min=1, db_pool_max=2) as c:
         h = bearer(tenant.token)
         assert (await c.get("/scim/v2/Users", headers=h)).status == 200
         await proxy.cut()
         await asyncio.sleep(0.05)
-        for path in ("/scim/v2/Users?filter=userName%20eq%20%22x%22", f"/scim/v2/Users/{uuid.uuid4()}", "/scim/v2/Groups"):
+        for path in (
+            "/scim/v2/Users?filter=userName%20eq%20%22x%22",
+            f"/scim/v2/Users/{uuid.uuid4()}",
+            "/scim/v2/Groups",
+        ):
             r = await c.get(path, headers=h)
             await error_of(r, 503)
             assert r.headers["Retry-After"] == "2"
@@ -215,9 +236,17 @@ async def test_scim_json_content_types_accepted(service_env, tenant, provisioner
     async with scim_client() as c:
         for ctype in (SCIM, "application/scim+json; charset=utf-8", "application/json"):
             name = f"{uuid.uuid4().hex[:8]}@x.com"
-            r = await c.post("/scim/v2/Users", data=json.dumps({"userName": name}), headers={**bearer(tenant.token), "Content-Type": ctype})
+            r = await c.post(
+                "/scim/v2/Users",
+                data=json.dumps({"userName": name}),
+                headers={**bearer(tenant.token), "Content-Type": ctype},
+            )
             assert r.status == 201, (ctype, await r.text())
-        r = await c.patch(f"/scim/v2/Users/{uuid.uuid4()}", json=patch_body({"op": "add", "path": "title", "value": "x"}), headers=bearer(tenant.token))
+        r = await c.patch(
+            f"/scim/v2/Users/{uuid.uuid4()}",
+            json=patch_body({"op": "add", "path": "title", "value": "x"}),
+            headers=bearer(tenant.token),
+        )
         await error_of(r, 404)
 
 
@@ -225,11 +254,22 @@ async def test_huge_paging_numbers_are_an_empty_page(service_env, tenant):
     # found by the schemathesis drill: a startIndex beyond int64 reached OFFSET (500)
     async with scim_client() as c:
         h = bearer(tenant.token)
-        for params in ({"startIndex": "3391994155956415499742969438666752"}, {"startIndex": "-99999999999999999999999"},
-                       {"count": "99999999999999999999999"}, {"count": "-5"}):
+        for params in (
+            {"startIndex": "3391994155956415499742969438666752"},
+            {"startIndex": "-99999999999999999999999"},
+            {"count": "99999999999999999999999"},
+            {"count": "-5"},
+        ):
             r = await c.get("/scim/v2/Users", params=params, headers=h)
             assert r.status == 200, (params, await r.text())
             assert (await r.json())["Resources"] == []
-        r = await c.post("/scim/v2/Groups/.search", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "startIndex": 10**40, "count": 10**40})
+        r = await c.post(
+            "/scim/v2/Groups/.search",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "startIndex": 10**40,
+                "count": 10**40,
+            },
+        )
         assert r.status == 200

@@ -42,8 +42,13 @@ CUSTOM_DOC = {
 
 
 def cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "provisio_cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provisio_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
 
 
 async def acli(env, *args):
@@ -71,15 +76,27 @@ async def test_entra_create_with_enterprise_and_custom_extension(service_env, po
             "active": True,
             "name": {"formatted": "givenName familyName", "familyName": "familyName", "givenName": "givenName"},
             ENTERPRISE: {"department": "Sales", "employeeNumber": "701984"},
-            CUSTOM: {"CustomAttribute": "blue", "badgeNumber": "1234", "contractor": "True",
-                     "hiredOn": "2024-03-01T09:00:00Z", "skills": ["scim", "saml"], "costCenter": "CC-9"},
+            CUSTOM: {
+                "CustomAttribute": "blue",
+                "badgeNumber": "1234",
+                "contractor": "True",
+                "hiredOn": "2024-03-01T09:00:00Z",
+                "skills": ["scim", "saml"],
+                "costCenter": "CC-9",
+            },
         }
         r = await c.post("/scim/v2/Users", headers=h, json=body)
         assert r.status == 201, await r.text()
         user = await r.json()
         # typed as declared: Entra's string booleans and numbers become JSON ones
-        assert user[CUSTOM] == {"CustomAttribute": "blue", "badgeNumber": 1234, "contractor": True,
-                                "hiredOn": "2024-03-01T09:00:00Z", "skills": ["scim", "saml"], "costCenter": "CC-9"}
+        assert user[CUSTOM] == {
+            "CustomAttribute": "blue",
+            "badgeNumber": 1234,
+            "contractor": True,
+            "hiredOn": "2024-03-01T09:00:00Z",
+            "skills": ["scim", "saml"],
+            "costCenter": "CC-9",
+        }
         assert user[ENTERPRISE]["department"] == "Sales"
         assert CUSTOM in user["schemas"] and ENTERPRISE in user["schemas"]
         uid = user["id"]
@@ -88,8 +105,12 @@ async def test_entra_create_with_enterprise_and_custom_extension(service_env, po
         assert (await r.json())[CUSTOM]["CustomAttribute"] == "blue"
 
         # filterable by the full URN path, case-insensitively like the rest of SCIM
-        for flt in (f'{CUSTOM}:CustomAttribute eq "BLUE"', f'{CUSTOM}:contractor eq true',
-                    f'{CUSTOM}:skills eq "saml"', f'{CUSTOM.lower()}:costcenter sw "CC"'):
+        for flt in (
+            f'{CUSTOM}:CustomAttribute eq "BLUE"',
+            f"{CUSTOM}:contractor eq true",
+            f'{CUSTOM}:skills eq "saml"',
+            f'{CUSTOM.lower()}:costcenter sw "CC"',
+        ):
             r = await c.get("/scim/v2/Users", params={"filter": flt}, headers=h)
             assert r.status == 200, (flt, await r.text())
             assert [u["id"] for u in (await r.json())["Resources"]] == [uid], flt
@@ -97,40 +118,65 @@ async def test_entra_create_with_enterprise_and_custom_extension(service_env, po
         assert (await r.json())["totalResults"] == 0
 
         # Entra's PATCH: the attribute's URN as path, "Add"/"Replace", string values
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "Add", "path": f"{CUSTOM}:CustomAttribute", "value": "green"},
-            {"op": "Replace", "path": f"{CUSTOM}:badgeNumber", "value": "77"},
-            {"op": "Remove", "path": f"{CUSTOM}:skills"},
-        ))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body(
+                {"op": "Add", "path": f"{CUSTOM}:CustomAttribute", "value": "green"},
+                {"op": "Replace", "path": f"{CUSTOM}:badgeNumber", "value": "77"},
+                {"op": "Remove", "path": f"{CUSTOM}:skills"},
+            ),
+        )
         assert r.status == 200, await r.text()
         ext = (await r.json())[CUSTOM]
         assert ext["CustomAttribute"] == "green" and ext["badgeNumber"] == 77 and "skills" not in ext
         # path-less form with the extension object (Entra and Okta both send it)
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "value": {CUSTOM: {"contractor": "False"}}}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "value": {CUSTOM: {"contractor": "False"}}}),
+        )
         assert (await r.json())[CUSTOM]["contractor"] is False
 
         # type checks: SCIM 400 invalidValue naming the attribute
-        for bad in ({"badgeNumber": "twelve"}, {"contractor": "maybe"}, {"hiredOn": "yesterday"},
-                    {"CustomAttribute": ["a", "b"]}, {"skills": "x", "badgeNumber": 1.5}):
-            r = await c.post("/scim/v2/Users", headers=h, json={
-                "schemas": [USER, CUSTOM], "userName": "bad@testuser.com", CUSTOM: {"costCenter": "1", **bad}})
+        for bad in (
+            {"badgeNumber": "twelve"},
+            {"contractor": "maybe"},
+            {"hiredOn": "yesterday"},
+            {"CustomAttribute": ["a", "b"]},
+            {"skills": "x", "badgeNumber": 1.5},
+        ):
+            r = await c.post(
+                "/scim/v2/Users",
+                headers=h,
+                json={"schemas": [USER, CUSTOM], "userName": "bad@testuser.com", CUSTOM: {"costCenter": "1", **bad}},
+            )
             assert r.status == 400, (bad, await r.text())
             err = await r.json()
             assert err["scimType"] == "invalidValue" and err["status"] == "400", err
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "path": f"{CUSTOM}:badgeNumber", "value": "many"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "path": f"{CUSTOM}:badgeNumber", "value": "many"}),
+        )
         assert r.status == 400 and (await r.json())["scimType"] == "invalidValue"
         # required inside the extension once the extension is sent
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": [USER, CUSTOM], "userName": "noreq@testuser.com", CUSTOM: {"CustomAttribute": "x"}})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={"schemas": [USER, CUSTOM], "userName": "noreq@testuser.com", CUSTOM: {"CustomAttribute": "x"}},
+        )
         assert r.status == 400 and "costCenter" in (await r.json())["detail"]
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "remove", "path": f"{CUSTOM}:costCenter"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}", headers=h, json=patch_body({"op": "remove", "path": f"{CUSTOM}:costCenter"})
+        )
         assert r.status == 400 and (await r.json())["scimType"] == "invalidValue"
         # an attribute the declared schema lacks
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "add", "path": f"{CUSTOM}:shoeSize", "value": "44"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "add", "path": f"{CUSTOM}:shoeSize", "value": "44"}),
+        )
         assert r.status == 400 and (await r.json())["scimType"] == "invalidPath"
 
         # discovery with the tenant's token lists the declared schema
@@ -148,9 +194,15 @@ async def test_splashtop_preset_maps_sso_name(service_env, pool, provisioner):
     assert r.returncode == 0, r.stderr
     async with scim_client() as c:
         h = bearer(tenant.token)
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": [USER, SPLASHTOP], "userName": "ann@splashtop.example",
-            SPLASHTOP: {"ssoName": "entra-sso"}})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": [USER, SPLASHTOP],
+                "userName": "ann@splashtop.example",
+                SPLASHTOP: {"ssoName": "entra-sso"},
+            },
+        )
         assert r.status == 201, await r.text()
         user = await r.json()
         uid = user["id"]
@@ -159,14 +211,20 @@ async def test_splashtop_preset_maps_sso_name(service_env, pool, provisioner):
         assert await pool.fetchval("SELECT attributes FROM users WHERE id = $1", user["id"]) == {}
 
         # Entra's PATCH with the URN path
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "Replace", "path": f"{SPLASHTOP}:ssoName", "value": "okta-sso"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "Replace", "path": f"{SPLASHTOP}:ssoName", "value": "okta-sso"}),
+        )
         assert r.status == 200, await r.text()
         assert (await r.json())[SPLASHTOP] == {"ssoName": "okta-sso"}
         assert await pool.fetchval("SELECT sso_name FROM users WHERE id = $1", user["id"]) == "okta-sso"
         # and through Provisio's own ssoName: both names show the one value
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "path": f"{PROVISIO}:ssoName", "value": "third"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "path": f"{PROVISIO}:ssoName", "value": "third"}),
+        )
         body = await r.json()
         assert body[SPLASHTOP] == {"ssoName": "third"} and body[PROVISIO]["ssoName"] == "third"
 
@@ -177,8 +235,9 @@ async def test_splashtop_preset_maps_sso_name(service_env, pool, provisioner):
         r = await c.get("/scim/v2/Users", params={"filter": f'{SPLASHTOP}:ssoName eq "THIRD"'}, headers=h)
         assert (await r.json())["totalResults"] == 0  # caseExact, as Provisio's ssoName
 
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "remove", "path": f"{SPLASHTOP}:ssoName"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}", headers=h, json=patch_body({"op": "remove", "path": f"{SPLASHTOP}:ssoName"})
+        )
         body = await r.json()
         assert SPLASHTOP not in body and PROVISIO not in body
         assert await pool.fetchval("SELECT sso_name FROM users WHERE id = $1", user["id"]) is None
@@ -190,9 +249,15 @@ async def test_undeclared_extension_store_then_reject(service_env, pool, provisi
     assert shown.stdout.strip().endswith(": store")  # the default
     async with scim_client(scim_token_cache_s=0) as c:
         h = bearer(tenant.token)
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": [USER, ACME], "userName": "kept@example.com",
-            ACME: {"costCenter": "42", "tags": ["a", {"b": 1}]}})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": [USER, ACME],
+                "userName": "kept@example.com",
+                ACME: {"costCenter": "42", "tags": ["a", {"b": 1}]},
+            },
+        )
         assert r.status == 201, await r.text()
         user = await r.json()
         uid = user["id"]
@@ -200,9 +265,13 @@ async def test_undeclared_extension_store_then_reject(service_env, pool, provisi
         r = await c.get(f"/scim/v2/Users/{uid}", headers=h)
         assert (await r.json())[ACME]["costCenter"] == "42"
         # Entra PATCH with the undeclared attribute's URN path
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "Replace", "path": f"{ACME}:costCenter", "value": "43"},
-            {"op": "Remove", "path": f"{ACME}:tags"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body(
+                {"op": "Replace", "path": f"{ACME}:costCenter", "value": "43"}, {"op": "Remove", "path": f"{ACME}:tags"}
+            ),
+        )
         assert r.status == 200, await r.text()
         assert (await r.json())[ACME] == {"costCenter": "43"}
         # not declared, so not filterable: a clear 400
@@ -211,17 +280,26 @@ async def test_undeclared_extension_store_then_reject(service_env, pool, provisi
 
         set_ = await acli(service_env, "scim-schema", "undeclared", tenant.name, "reject")
         assert set_.returncode == 0 and set_.stdout.strip().endswith(": reject"), set_.stderr
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": [USER, ACME], "userName": "refused@example.com", ACME: {"costCenter": "1"}})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={"schemas": [USER, ACME], "userName": "refused@example.com", ACME: {"costCenter": "1"}},
+        )
         assert r.status == 400
         err = await r.json()
         assert ACME in err["detail"] and err["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "path": f"{ACME}:costCenter", "value": "44"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "path": f"{ACME}:costCenter", "value": "44"}),
+        )
         assert r.status == 400 and ACME in (await r.json())["detail"]
         # what was stored before stays, and other changes to that user still work
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json=patch_body(
-            {"op": "replace", "path": "displayName", "value": "Kept"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json=patch_body({"op": "replace", "path": "displayName", "value": "Kept"}),
+        )
         assert r.status == 200, await r.text()
         assert (await r.json())[ACME] == {"costCenter": "43"}
         # a PUT without the extension removes it (RFC 7644 §3.5.1)
@@ -250,8 +328,11 @@ async def test_one_tenants_schema_is_not_visible_to_another(service_env, pool, p
         hb = bearer(b.token)
         r = await c.get("/scim/v2/Users", params={"filter": f'{CUSTOM}:costCenter eq "x"'}, headers=hb)
         assert r.status == 400 and (await r.json())["scimType"] == "invalidFilter"
-        r = await c.post("/scim/v2/Users", headers=hb, json={
-            "schemas": [USER, CUSTOM], "userName": "b@example.com", CUSTOM: {"costCenter": "x"}})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=hb,
+            json={"schemas": [USER, CUSTOM], "userName": "b@example.com", CUSTOM: {"costCenter": "x"}},
+        )
         assert r.status == 400 and CUSTOM in (await r.json())["detail"]
 
 
@@ -263,14 +344,22 @@ async def test_cli_validates_schema_documents(service_env, pool, tmp_path):
         (json.dumps({"id": USER, "attributes": [{"name": "x", "type": "string"}]}), "is built in"),
         (json.dumps({"id": CUSTOM, "attributes": []}), "attributes must be a non-empty list"),
         (json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "text"}]}), "type must be one of"),
-        (json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "string"}, {"name": "X", "type": "string"}]}),
-         "declared twice"),
+        (
+            json.dumps(
+                {"id": CUSTOM, "attributes": [{"name": "x", "type": "string"}, {"name": "X", "type": "string"}]}
+            ),
+            "declared twice",
+        ),
         (json.dumps({"id": CUSTOM, "attributes": [{"name": "1x", "type": "string"}]}), "must be an attribute name"),
         (json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "complex"}]}), "needs subAttributes"),
-        (json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "string", "multiValued": "yes"}]}),
-         "multiValued must be true or false"),
-        (json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "string", "uniqueness": "server"}]}),
-         "uniqueness"),
+        (
+            json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "string", "multiValued": "yes"}]}),
+            "multiValued must be true or false",
+        ),
+        (
+            json.dumps({"id": CUSTOM, "attributes": [{"name": "x", "type": "string", "uniqueness": "server"}]}),
+            "uniqueness",
+        ),
     ]
     f = tmp_path / "s.json"
     for text, message in cases:

@@ -15,13 +15,31 @@ from tests.integration.scim_helpers import ENTERPRISE, GROUP, PROVISIO, bearer, 
 pytestmark = pytest.mark.integration
 
 USERS = [
-    {"userName": "alice@example.com", "displayName": "Alice Smith", "title": "Engineer", "active": True,
-     "emails": [{"value": "alice@work.example", "type": "work", "primary": True}, {"value": "alice@home.example", "type": "home"}],
-     ENTERPRISE: {"department": "R&D"}, PROVISIO: {"ssoName": "entra", "custom": {"region": "EU"}}},
-    {"userName": "bob@example.com", "displayName": "Bob 100% Jones", "active": False,
-     "emails": [{"value": "bob@work.example", "type": "work"}], ENTERPRISE: {"department": "Sales"}},
-    {"userName": "o'brien_x@example.com", "displayName": "Dan O'Brien", "title": "a\\b",
-     "emails": [{"value": "dan@home.example", "type": "home", "primary": True}]},
+    {
+        "userName": "alice@example.com",
+        "displayName": "Alice Smith",
+        "title": "Engineer",
+        "active": True,
+        "emails": [
+            {"value": "alice@work.example", "type": "work", "primary": True},
+            {"value": "alice@home.example", "type": "home"},
+        ],
+        ENTERPRISE: {"department": "R&D"},
+        PROVISIO: {"ssoName": "entra", "custom": {"region": "EU"}},
+    },
+    {
+        "userName": "bob@example.com",
+        "displayName": "Bob 100% Jones",
+        "active": False,
+        "emails": [{"value": "bob@work.example", "type": "work"}],
+        ENTERPRISE: {"department": "Sales"},
+    },
+    {
+        "userName": "o'brien_x@example.com",
+        "displayName": "Dan O'Brien",
+        "title": "a\\b",
+        "emails": [{"value": "dan@home.example", "type": "home", "primary": True}],
+    },
 ]
 
 
@@ -50,7 +68,10 @@ CASES = [
     ("not (title pr)", ["bob@example.com"]),
     ('not (title eq "Engineer")', ["bob@example.com", "o'brien_x@example.com"]),
     ("active eq false", ["bob@example.com"]),
-    ('active eq true and (displayName co "smith" or displayName co "brien")', ["alice@example.com", "o'brien_x@example.com"]),
+    (
+        'active eq true and (displayName co "smith" or displayName co "brien")',
+        ["alice@example.com", "o'brien_x@example.com"],
+    ),
     ('emails[type eq "work" and primary eq true]', ["alice@example.com"]),
     ('emails[type eq "work"].value eq "BOB@work.example"', ["bob@example.com"]),
     ('emails.value eq "alice@home.example"', ["alice@example.com"]),
@@ -59,15 +80,18 @@ CASES = [
     (f'{ENTERPRISE}:department eq "r&d"', ["alice@example.com"]),
     (f'{PROVISIO}:ssoName eq "entra"', ["alice@example.com"]),
     (f'{PROVISIO}:custom.region eq "eu"', ["alice@example.com"]),
-    ('meta.created gt "2000-01-01T00:00:00Z" and meta.resourceType eq "User"', ["alice@example.com", "bob@example.com", "o'brien_x@example.com"]),
+    (
+        'meta.created gt "2000-01-01T00:00:00Z" and meta.resourceType eq "User"',
+        ["alice@example.com", "bob@example.com", "o'brien_x@example.com"],
+    ),
     ('meta.lastModified lt "2000-01-01T00:00:00Z"', []),
-    ('externalId pr', []),
+    ("externalId pr", []),
     # injection attempts are data
     ('displayName co "100%"', ["bob@example.com"]),
     ('displayName co "%"', ["bob@example.com"]),
     ('userName co "_x@"', ["o'brien_x@example.com"]),
     ('userName co "_"', ["o'brien_x@example.com"]),
-    ("displayName eq \"Dan O'Brien\"", ["o'brien_x@example.com"]),
+    ('displayName eq "Dan O\'Brien"', ["o'brien_x@example.com"]),
     ('title eq "a\\\\b"', ["o'brien_x@example.com"]),
     ('userName eq "x\\" or \\"1\\"=\\"1"', []),
     ('userName eq "\' OR 1=1 --"', []),
@@ -80,7 +104,9 @@ async def test_filter_operators(users, tenant):
     # one data set for every case (a database and a provisioner per case would be slow)
     async with scim_client() as c:
         for filter_text, expected in CASES:
-            r = await c.get("/scim/v2/Users", params={"filter": filter_text, "sortBy": "userName"}, headers=bearer(tenant.token))
+            r = await c.get(
+                "/scim/v2/Users", params={"filter": filter_text, "sortBy": "userName"}, headers=bearer(tenant.token)
+            )
             assert r.status == 200, (filter_text, await r.text())
             body = await r.json()
             assert [u["userName"] for u in body["Resources"]] == expected, filter_text
@@ -90,7 +116,9 @@ async def test_filter_operators(users, tenant):
 async def test_entra_test_connection_random_guid_is_empty_200(service_env, tenant):
     async with scim_client() as c:
         for attr in ("userName", "externalId", "id"):
-            r = await c.get("/scim/v2/Users", params={"filter": f'{attr} eq "{uuid.uuid4()}"'}, headers=bearer(tenant.token))
+            r = await c.get(
+                "/scim/v2/Users", params={"filter": f'{attr} eq "{uuid.uuid4()}"'}, headers=bearer(tenant.token)
+            )
             assert r.status == 200
             assert (await r.json())["totalResults"] == 0
 
@@ -99,7 +127,11 @@ async def test_group_filters(users, tenant):
     alice = users["alice@example.com"]
     async with scim_client() as c:
         h = bearer(tenant.token)
-        r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Engineering", "members": [{"value": alice}]}, headers=h)
+        r = await c.post(
+            "/scim/v2/Groups",
+            json={"schemas": [GROUP], "displayName": "Engineering", "members": [{"value": alice}]},
+            headers=h,
+        )
         gid = (await r.json())["id"]
         await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales"}, headers=h)
         for f, want in [
@@ -129,8 +161,13 @@ async def test_user_name_eq_uses_the_unique_index(tenant, pool):
     )
     await pool.execute("ANALYZE users")
     sql, params, _, _ = search_sql(
-        user_kind(), tenant.id, filter_text='userName eq "User42@Example.com"',
-        start_index=1, count=100, sort_by=None, descending=False,
+        user_kind(),
+        tenant.id,
+        filter_text='userName eq "User42@Example.com"',
+        start_index=1,
+        count=100,
+        sort_by=None,
+        descending=False,
     )
     async with pool.acquire() as conn:
         plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *params)
@@ -148,10 +185,19 @@ async def test_one_row_lookups_answer_like_the_general_query(users, tenant, pool
 
     alice = users["alice@example.com"]
     cases = [
-        'userName eq "ALICE@example.com"', 'USERNAME EQ "Bob@Example.COM"', "userName eq \"o'brien_x@example.com\"",
-        'userName eq "x\\" or \\"1\\"=\\"1"', 'userName eq "\' OR 1=1 --"', 'userName eq "%"', 'userName eq "_"',
-        'userName eq "alice@example.com\'; DROP TABLE users; --"', 'userName eq ""',
-        f'id eq "{alice}"', f'id eq "{alice.upper()}"', f'id eq "{uuid.uuid4()}"', 'id eq "not-a-uuid"',
+        'userName eq "ALICE@example.com"',
+        'USERNAME EQ "Bob@Example.COM"',
+        'userName eq "o\'brien_x@example.com"',
+        'userName eq "x\\" or \\"1\\"=\\"1"',
+        'userName eq "\' OR 1=1 --"',
+        'userName eq "%"',
+        'userName eq "_"',
+        'userName eq "alice@example.com\'; DROP TABLE users; --"',
+        'userName eq ""',
+        f'id eq "{alice}"',
+        f'id eq "{alice.upper()}"',
+        f'id eq "{uuid.uuid4()}"',
+        'id eq "not-a-uuid"',
     ]
     for text in cases:
         lookup = unique_sql(user_kind(), tenant.id, text)
@@ -162,14 +208,22 @@ async def test_one_row_lookups_answer_like_the_general_query(users, tenant, pool
         direct_rows = await pool.fetch(lookup[0], *lookup[1])
         general_rows = await pool.fetch(general, *params)
         assert len(direct_rows) <= 1
-        assert [dict(r) for r in direct_rows] == [{k: v for k, v in r.items() if k != "total"} for r in general_rows], text
+        assert [dict(r) for r in direct_rows] == [{k: v for k, v in r.items() if k != "total"} for r in general_rows], (
+            text
+        )
     assert unique_sql(user_kind(), tenant.id, 'externalId eq "x"') is None  # not unique
     assert unique_sql(user_kind(), tenant.id, 'userName co "x"') is None
     async with scim_client() as c:
         h = bearer(tenant.token)
         for text in cases:
-            for extra in ({}, {"count": "0"}, {"startIndex": "2"}, {"count": "1"}, {"attributes": "userName"},
-                          {"excludedAttributes": "groups"}):
+            for extra in (
+                {},
+                {"count": "0"},
+                {"startIndex": "2"},
+                {"count": "1"},
+                {"attributes": "userName"},
+                {"excludedAttributes": "groups"},
+            ):
                 fast = await c.get("/scim/v2/Users", params={"filter": text, **extra}, headers=h)
                 # sortBy takes the general query (ORDER BY): the reference answer
                 slow = await c.get("/scim/v2/Users", params={"filter": text, "sortBy": "userName", **extra}, headers=h)

@@ -28,8 +28,16 @@ async def test_group_crud_members_and_uniqueness(service_env, tenant, provisione
     async with scim_client() as c:
         h = bearer(tenant.token)
         a, b, d = await _users(c, h, "a@x.com", "b@x.com", "d@x.com")
-        r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "Sales", "externalId": "g-1",
-                                                  "members": [{"value": a}, {"value": b}]}, headers=h)
+        r = await c.post(
+            "/scim/v2/Groups",
+            json={
+                "schemas": [GROUP],
+                "displayName": "Sales",
+                "externalId": "g-1",
+                "members": [{"value": a}, {"value": b}],
+            },
+            headers=h,
+        )
         assert r.status == 201
         g = await r.json()
         assert r.headers["Location"].endswith(f"/Groups/{g['id']}")
@@ -38,22 +46,36 @@ async def test_group_crud_members_and_uniqueness(service_env, tenant, provisione
         r = await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "SALES"}, headers=h)
         assert r.status == 409 and (await r.json())["scimType"] == "uniqueness"
         # replace the whole member list (needs the current list: applied here, sent as ReplaceGroup)
-        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
-            {"op": "replace", "path": "members", "value": [{"value": d}]},
-            {"op": "replace", "path": "externalId", "value": "g-2"}), headers=h)
+        r = await c.patch(
+            f"/scim/v2/Groups/{g['id']}",
+            json=patch_body(
+                {"op": "replace", "path": "members", "value": [{"value": d}]},
+                {"op": "replace", "path": "externalId", "value": "g-2"},
+            ),
+            headers=h,
+        )
         body = await r.json()
         assert [m["value"] for m in body["members"]] == [d] and body["externalId"] == "g-2"
         # a member filter that is not "value eq": evaluated on the member list
-        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
-            {"op": "remove", "path": f'members[value eq "{d}" or value eq "{a}"]'}), headers=h)
+        r = await c.patch(
+            f"/scim/v2/Groups/{g['id']}",
+            json=patch_body({"op": "remove", "path": f'members[value eq "{d}" or value eq "{a}"]'}),
+            headers=h,
+        )
         assert (await r.json())["members"] == []
-        r = await c.patch(f"/scim/v2/Groups/{g['id']}", json=patch_body(
-            {"op": "add", "path": "members", "value": [{"value": str(uuid.uuid4())}]}), headers=h)
+        r = await c.patch(
+            f"/scim/v2/Groups/{g['id']}",
+            json=patch_body({"op": "add", "path": "members", "value": [{"value": str(uuid.uuid4())}]}),
+            headers=h,
+        )
         assert r.status in (400, 404) and r.status != 500
         r = await c.get("/scim/v2/Groups", params={"attributes": "displayName"}, headers=h)
         assert (await r.json())["Resources"] == [{"schemas": [GROUP], "id": g["id"], "displayName": "Sales"}]
-        r = await c.put(f"/scim/v2/Groups/{g['id']}", json={"schemas": [GROUP], "displayName": "Sales EU", "members": [{"value": a}]},
-                        headers={**h, "If-Match": 'W/"1"'})
+        r = await c.put(
+            f"/scim/v2/Groups/{g['id']}",
+            json={"schemas": [GROUP], "displayName": "Sales EU", "members": [{"value": a}]},
+            headers={**h, "If-Match": 'W/"1"'},
+        )
         assert r.status == 412
 
 
@@ -63,8 +85,10 @@ async def test_concurrent_patches_on_one_user_all_apply(service_env, tenant, pro
     async with scim_client(scim_write_retries=5) as c:
         h = bearer(tenant.token)
         (uid,) = await _users(c, h, "busy@x.com")
-        ops = [patch_body({"op": "add", "path": "phoneNumbers", "value": [{"value": f"+1-555-000{i}", "type": "work"}]})
-               for i in range(6)]
+        ops = [
+            patch_body({"op": "add", "path": "phoneNumbers", "value": [{"value": f"+1-555-000{i}", "type": "work"}]})
+            for i in range(6)
+        ]
         rs = await asyncio.gather(*(c.patch(f"/scim/v2/Users/{uid}", json=o, headers=h) for o in ops))
         assert [r.status for r in rs] == [200] * 6, [await r.text() for r in rs]
         r = await c.get(f"/scim/v2/Users/{uid}", headers=h)
@@ -77,9 +101,19 @@ async def test_concurrent_member_adds_all_apply(service_env, tenant, provisioner
     async with scim_client() as c:
         h = bearer(tenant.token)
         ids = await _users(c, h, *(f"m{i}@x.com" for i in range(8)))
-        gid = (await (await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "G"}, headers=h)).json())["id"]
-        rs = await asyncio.gather(*(c.patch(f"/scim/v2/Groups/{gid}", json=patch_body(
-            {"op": "Add", "path": "members", "value": [{"value": i}]}), headers=h) for i in ids))
+        gid = (
+            await (await c.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "G"}, headers=h)).json()
+        )["id"]
+        rs = await asyncio.gather(
+            *(
+                c.patch(
+                    f"/scim/v2/Groups/{gid}",
+                    json=patch_body({"op": "Add", "path": "members", "value": [{"value": i}]}),
+                    headers=h,
+                )
+                for i in ids
+            )
+        )
         assert {r.status for r in rs} == {200}
         r = await c.get(f"/scim/v2/Groups/{gid}", headers=h)
         assert {m["value"] for m in (await r.json())["members"]} == set(ids)
@@ -129,14 +163,21 @@ async def test_root_search_spans_users_and_groups(service_env, tenant, provision
         r = await c.post("/scim/v2/.search", json={**search, "attributes": ["displayName", "userName"]}, headers=h)
         body = await r.json()
         assert body["totalResults"] == 3
-        assert [x.get("userName") or x.get("displayName") for x in body["Resources"]] == ["sales.lead@x.com", "other@x.com", "Sales"]
+        assert [x.get("userName") or x.get("displayName") for x in body["Resources"]] == [
+            "sales.lead@x.com",
+            "other@x.com",
+            "Sales",
+        ]
         # userName exists only on Users: Groups match nothing (RFC 7644 §3.4.2.1)
         r = await c.post("/scim/v2/.search", json={**search, "filter": 'userName sw "sales"'}, headers=h)
         assert [x["userName"] for x in (await r.json())["Resources"]] == ["sales.lead@x.com"]
         # paging runs across both types
         r = await c.post("/scim/v2/.search", json={**search, "startIndex": 2, "count": 2}, headers=h)
         body = await r.json()
-        assert body["totalResults"] == 3 and [x["schemas"][0].rsplit(":", 1)[1] for x in body["Resources"]] == ["User", "Group"]
+        assert body["totalResults"] == 3 and [x["schemas"][0].rsplit(":", 1)[1] for x in body["Resources"]] == [
+            "User",
+            "Group",
+        ]
         r = await c.post("/scim/v2/.search", json={**search, "filter": "nope eq 1"}, headers=h)
         assert r.status == 400 and (await r.json())["scimType"] == "invalidFilter"
 
@@ -166,8 +207,9 @@ async def test_process_serves_and_stops_on_sigterm(service_env, tenant):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PROVISIO_SCIM_PORT": str(port), "PROVISIO_SCIM_HOST": "127.0.0.1"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scim_gateway", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scim_gateway", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(100):

@@ -48,10 +48,12 @@ async def groups_locked(pool):
 
 
 async def lock_waiters(pool) -> int:
-    return int(await pool.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND query LIKE '%FROM groups g%'"
-    ))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM groups g%'"
+        )
+    )
 
 
 # --------------------------------------------------------------------------- statement timeout
@@ -62,9 +64,11 @@ async def test_a_slow_filtered_search_times_out_with_400_too_many(service_env, t
         r = await c.get(SLOW_GROUPS, headers=bearer(tenant.token))
         body = await error_of(r, 400, "tooMany")
         assert "0.3 s" in body["detail"]
-        r = await c.post("/scim/v2/Groups/.search", headers=bearer(tenant.token),
-                         json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
-                               "filter": 'displayName co "x"'})
+        r = await c.post(
+            "/scim/v2/Groups/.search",
+            headers=bearer(tenant.token),
+            json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": 'displayName co "x"'},
+        )
         await error_of(r, 400, "tooMany")
 
 
@@ -95,8 +99,9 @@ async def test_one_tenant_holding_its_reads_does_not_block_another_tenant(servic
     ``userName eq`` still completes. Before: A's reads took every pooled connection and
     B waited until A's queries ended."""
     other = await make_tenant(pool)
-    async with scim_client(db_pool_min=1, db_pool_max=4, scim_statement_timeout_s=120,
-                           scim_tenant_read_wait_s=0.2) as c:
+    async with scim_client(
+        db_pool_min=1, db_pool_max=4, scim_statement_timeout_s=120, scim_tenant_read_wait_s=0.2
+    ) as c:
         async with groups_locked(pool):
             a = [asyncio.create_task(c.get(SLOW_GROUPS, headers=bearer(tenant.token))) for _ in range(6)]
             # A's two slots (half the pool) are stuck on the lock ...
@@ -109,8 +114,10 @@ async def test_one_tenant_holding_its_reads_does_not_block_another_tenant(servic
                 assert int(r.headers["Retry-After"]) >= 1
             assert await lock_waiters(pool) == 2
             b = await asyncio.wait_for(
-                c.get('/scim/v2/Users?filter=userName eq "nobody@b.example"&excludedAttributes=groups',
-                      headers=bearer(other.token)),
+                c.get(
+                    '/scim/v2/Users?filter=userName eq "nobody@b.example"&excludedAttributes=groups',
+                    headers=bearer(other.token),
+                ),
                 timeout=60,  # a hang guard only: before the fix B waited for A's lock
             )
             assert b.status == 200, await b.text()
@@ -134,8 +141,10 @@ async def _done(tasks, n):
 async def test_failed_tokens_are_limited_per_address_across_replicas(service_env, tenant, pool):
     other = await make_tenant(pool)
     # no token cache: a client verified earlier must keep working after its cache entry is gone
-    async with scim_client(scim_failed_auth_per_min=3, scim_token_cache_s=0) as c, \
-            scim_client(scim_failed_auth_per_min=3) as replica:
+    async with (
+        scim_client(scim_failed_auth_per_min=3, scim_token_cache_s=0) as c,
+        scim_client(scim_failed_auth_per_min=3) as replica,
+    ):
         ok = await c.get("/scim/v2/Users", headers=bearer(tenant.token))
         assert ok.status == 200
         for i in range(3):
@@ -201,13 +210,23 @@ async def test_the_reported_filters_are_refused_at_once(service_env, tenant):
         r = await c.get("/scim/v2/Users", params={"filter": ors(150, 'emails co "x{i}"')}, headers=h)
         body = await error_of(r, 400, "invalidFilter")
         assert "150 comparisons" in body["detail"]
-        r = await c.post("/scim/v2/Users/.search", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
-            "filter": ors(2000, 'userName co "x{i}"')})
+        r = await c.post(
+            "/scim/v2/Users/.search",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "filter": ors(2000, 'userName co "x{i}"'),
+            },
+        )
         await error_of(r, 400, "invalidFilter")
-        r = await c.post("/scim/v2/.search", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
-            "filter": ors(51, 'displayName co "x{i}"')})
+        r = await c.post(
+            "/scim/v2/.search",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                "filter": ors(51, 'displayName co "x{i}"'),
+            },
+        )
         await error_of(r, 400, "invalidFilter")
 
 
@@ -221,7 +240,12 @@ async def test_the_reported_patch_is_refused(service_env, tenant, provisioner):
         assert r.status == 201, await r.text()
         uid = (await r.json())["id"]
         path = "emails[" + ors(500, 'value eq "e{i}@example.com"') + "].type"
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "path": path, "value": "home"}]})
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": path, "value": "home"}],
+            },
+        )
         await error_of(r, 400, "invalidPath")

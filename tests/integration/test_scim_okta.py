@@ -32,14 +32,18 @@ async def test_okta_spec_test_sequence(service_env, tenant, provisioner):
     user_id_that_does_not_exist = "010101001010101011001010101011"
     async with scim_client() as c:
         h = okta(tenant.token)
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": "bjensen@example.com",
-            "name": {"givenName": "Barbara", "familyName": "Jensen"},
-            "emails": [{"primary": True, "value": "bjensen@example.com", "type": "work"}],
-            "displayName": "Barbara Jensen",
-            "active": True,
-        })
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "bjensen@example.com",
+                "name": {"givenName": "Barbara", "familyName": "Jensen"},
+                "emails": [{"primary": True, "value": "bjensen@example.com", "type": "work"}],
+                "displayName": "Barbara Jensen",
+                "active": True,
+            },
+        )
         assert r.status == 201
 
         # Required Test: Test Users endpoint
@@ -73,17 +77,25 @@ async def test_okta_spec_test_sequence(service_env, tenant, provisioner):
         assert (await r.json())["totalResults"] == 0
 
         # Required Test: Create Okta user with realistic values
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": random_user_name,
-            "name": {"givenName": random_given_name, "familyName": random_family_name},
-            "emails": [{"primary": True, "value": random_email, "type": "work"}],
-            "displayName": f"{random_given_name} {random_family_name}",
-            "active": True,
-        })
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": random_user_name,
+                "name": {"givenName": random_given_name, "familyName": random_family_name},
+                "emails": [{"primary": True, "value": random_email, "type": "work"}],
+                "displayName": f"{random_given_name} {random_family_name}",
+                "active": True,
+            },
+        )
         assert r.status == 201
         j = await r.json()
-        assert j["active"] and j["name"]["familyName"] == random_family_name and j["name"]["givenName"] == random_given_name
+        assert (
+            j["active"]
+            and j["name"]["familyName"] == random_family_name
+            and j["name"]["givenName"] == random_given_name
+        )
         assert "urn:ietf:params:scim:schemas:core:2.0:User" in j["schemas"]
         assert j["userName"] == random_user_name and j["emails"][0]["value"] == random_email
         id_user_one = j["id"]
@@ -91,17 +103,25 @@ async def test_okta_spec_test_sequence(service_env, tenant, provisioner):
         # Required Test: Verify that user was created
         r = await c.get(f"/scim/v2/Users/{id_user_one}", headers=h)
         j = await r.json()
-        assert (j["userName"], j["name"]["familyName"], j["name"]["givenName"]) == (random_user_name, random_family_name, random_given_name)
+        assert (j["userName"], j["name"]["familyName"], j["name"]["givenName"]) == (
+            random_user_name,
+            random_family_name,
+            random_given_name,
+        )
 
         # Required Test: Expect failure when recreating user with same values
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": random_user_name,
-            "name": {"givenName": random_given_name, "familyName": random_family_name},
-            "emails": [{"primary": True, "value": random_user_name, "type": "work"}],
-            "displayName": f"{random_given_name} {random_family_name}",
-            "active": True,
-        })
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": random_user_name,
+                "name": {"givenName": random_given_name, "familyName": random_family_name},
+                "emails": [{"primary": True, "value": random_user_name, "type": "work"}],
+                "displayName": f"{random_given_name} {random_family_name}",
+                "active": True,
+            },
+        )
         assert r.status == 409
 
         # Required Test: Username Case Sensitivity Check
@@ -123,51 +143,49 @@ async def test_okta_user_lifecycle_and_push_groups(service_env, tenant, provisio
     async with scim_client() as c:
         h = okta(tenant.token)
         # Create the user (with Okta's password, which is never stored)
-        r = await c.post("/scim/v2/Users", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "userName": "test.user@okta.local",
-            "name": {
-                "givenName": "Test",
-                "familyName": "User"
+        r = await c.post(
+            "/scim/v2/Users",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "test.user@okta.local",
+                "name": {"givenName": "Test", "familyName": "User"},
+                "emails": [{"primary": True, "value": "test.user@okta.local", "type": "work"}],
+                "displayName": "Test User",
+                "locale": "en-US",
+                "externalId": "00ujl29u0le5T6Aj10h7",
+                "groups": [],
+                "password": "1mz050nq",
+                "active": True,
             },
-            "emails": [{
-                "primary": True,
-                "value": "test.user@okta.local",
-                "type": "work"
-            }],
-            "displayName": "Test User",
-            "locale": "en-US",
-            "externalId": "00ujl29u0le5T6Aj10h7",
-            "groups": [],
-            "password": "1mz050nq",
-            "active": True
-        })
+        )
         assert r.status == 201, await r.text()
         uid = (await r.json())["id"]
 
-        r = await c.get("/scim/v2/Users", params={"filter": 'userName eq "test.user@okta.local"', "startIndex": "1", "count": "100"}, headers=h)
+        r = await c.get(
+            "/scim/v2/Users",
+            params={"filter": 'userName eq "test.user@okta.local"', "startIndex": "1", "count": "100"},
+            headers=h,
+        )
         assert [u["id"] for u in (await r.json())["Resources"]] == [uid]
 
         # Update: Okta sends the whole user with PUT
-        r = await c.put(f"/scim/v2/Users/{uid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "id": uid,
-            "userName": "test.user@okta.local",
-            "name": {
-                "givenName": "Another",
-                "familyName": "User"
+        r = await c.put(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "id": uid,
+                "userName": "test.user@okta.local",
+                "name": {"givenName": "Another", "familyName": "User"},
+                "emails": [{"primary": True, "value": "test.user@okta.local", "type": "work"}],
+                "displayName": "Another User",
+                "locale": "en-US",
+                "groups": [],
+                "password": "1mz050nq",
+                "active": True,
             },
-            "emails": [{
-                "primary": True,
-                "value": "test.user@okta.local",
-                "type": "work"
-            }],
-            "displayName": "Another User",
-            "locale": "en-US",
-            "groups": [],
-            "password": "1mz050nq",
-            "active": True
-        })
+        )
         assert r.status == 200
         j = await r.json()
         assert (j["name"]["givenName"], j["displayName"], j["locale"]) == ("Another", "Another User", "en-US")
@@ -175,77 +193,98 @@ async def test_okta_user_lifecycle_and_push_groups(service_env, tenant, provisio
         assert j["meta"]["version"] == 'W/"2"'
 
         # Deactivate
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{
-                "op": "replace",
-                "value": {
-                    "active": False
-                }
-            }]
-        })
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "value": {"active": False}}],
+            },
+        )
         assert r.status == 200 and (await r.json())["active"] is False
         # Reactivate
-        r = await c.patch(f"/scim/v2/Users/{uid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "value": {"active": True}}]})
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "value": {"active": True}}],
+            },
+        )
         assert (await r.json())["active"] is True
 
         # Push Groups
-        r = await c.post("/scim/v2/Groups", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
-            "displayName": "Test SCIMv2",
-            "members": []
-        })
+        r = await c.post(
+            "/scim/v2/Groups",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Test SCIMv2",
+                "members": [],
+            },
+        )
         assert r.status == 201
         gid = (await r.json())["id"]
-        r = await c.get("/scim/v2/Groups", params={"filter": 'displayName eq "Test SCIMv2"', "startIndex": "1", "count": "100"}, headers=h)
+        r = await c.get(
+            "/scim/v2/Groups",
+            params={"filter": 'displayName eq "Test SCIMv2"', "startIndex": "1", "count": "100"},
+            headers=h,
+        )
         assert [g["id"] for g in (await r.json())["Resources"]] == [gid]
 
-        r = await c.patch(f"/scim/v2/Groups/{gid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{
-                "op": "replace",
-                "value": {
-                    "id": gid,
-                    "displayName": "Test SCIMv2 renamed"
-                }
-            }]
-        })
+        r = await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "value": {"id": gid, "displayName": "Test SCIMv2 renamed"}}],
+            },
+        )
         assert r.status == 200 and (await r.json())["displayName"] == "Test SCIMv2 renamed"
 
-        r = await c.patch(f"/scim/v2/Groups/{gid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{
-                "op": "add",
-                "path": "members",
-                "value": [{
-                    "value": uid,
-                    "display": "test.user@okta.local"
-                }]
-            }]
-        })
+        r = await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [
+                    {"op": "add", "path": "members", "value": [{"value": uid, "display": "test.user@okta.local"}]}
+                ],
+            },
+        )
         assert [m["value"] for m in (await r.json())["members"]] == [uid]
 
         # Okta replaces a group's members with PUT too
-        r = await c.put(f"/scim/v2/Groups/{gid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
-            "id": gid,
-            "displayName": "Test SCIMv2 renamed",
-            "members": []
-        })
+        r = await c.put(
+            f"/scim/v2/Groups/{gid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "id": gid,
+                "displayName": "Test SCIMv2 renamed",
+                "members": [],
+            },
+        )
         assert r.status == 200 and (await r.json())["members"] == []
-        await c.patch(f"/scim/v2/Groups/{gid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "add", "path": "members", "value": [{"value": uid, "display": "test.user@okta.local"}]}]})
+        await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [
+                    {"op": "add", "path": "members", "value": [{"value": uid, "display": "test.user@okta.local"}]}
+                ],
+            },
+        )
 
-        r = await c.patch(f"/scim/v2/Groups/{gid}", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{
-                "op": "remove",
-                "path": f"members[value eq \"{uid}\"]"
-            }]
-        })
+        r = await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "remove", "path": f'members[value eq "{uid}"]'}],
+            },
+        )
         assert r.status == 200 and (await r.json())["members"] == []
 
         assert (await c.delete(f"/scim/v2/Groups/{gid}", headers=h)).status == 204

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_tenant
-from tests.integration.scim_helpers import ENTERPRISE, USER, bearer, patch_body, scim_client
+from tests.integration.scim_helpers import USER, bearer, patch_body, scim_client
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +81,11 @@ async def test_location_ignores_a_forged_host(service_env, pool, provisioner):
     tenant = await make_tenant(pool)
     async with scim_client() as c:
         h = bearer(tenant.token)
-        r = await c.post("/scim/v2/Users", headers={**h, "Host": "evil.example"},
-                         json={"schemas": [USER], "userName": "host@example.com"})
+        r = await c.post(
+            "/scim/v2/Users",
+            headers={**h, "Host": "evil.example"},
+            json={"schemas": [USER], "userName": "host@example.com"},
+        )
         assert r.status == 201
         body = await r.json()
         assert "evil.example" not in r.headers["Location"]
@@ -98,21 +101,36 @@ async def test_patch_of_given_name_recomputes_formatted(service_env, pool, provi
     async with scim_client() as c:
         h = bearer(tenant.token)
         u = await _user(c, h, name={"formatted": "Ada Lovelace", "givenName": "Ada", "familyName": "Lovelace"})
-        r = await c.patch(f"/scim/v2/Users/{u['id']}", headers=h,
-                          json=patch_body({"op": "Replace", "path": "name.givenName", "value": "Augusta"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{u['id']}",
+            headers=h,
+            json=patch_body({"op": "Replace", "path": "name.givenName", "value": "Augusta"}),
+        )
         assert r.status == 200, await r.text()
         assert (await r.json())["name"]["formatted"] == "Augusta Lovelace"
         # Entra's path-less form, with the family name only
-        r = await c.patch(f"/scim/v2/Users/{u['id']}", headers=h,
-                          json=patch_body({"op": "replace", "value": {"name.familyName": "King"}}))
+        r = await c.patch(
+            f"/scim/v2/Users/{u['id']}",
+            headers=h,
+            json=patch_body({"op": "replace", "value": {"name.familyName": "King"}}),
+        )
         assert (await r.json())["name"]["formatted"] == "Augusta King"
         # formatted sent in the same request wins
-        r = await c.patch(f"/scim/v2/Users/{u['id']}", headers=h, json=patch_body(
-            {"op": "replace", "path": "name.givenName", "value": "Ada"},
-            {"op": "replace", "path": "name.formatted", "value": "Ada, Countess of Lovelace"}))
+        r = await c.patch(
+            f"/scim/v2/Users/{u['id']}",
+            headers=h,
+            json=patch_body(
+                {"op": "replace", "path": "name.givenName", "value": "Ada"},
+                {"op": "replace", "path": "name.formatted", "value": "Ada, Countess of Lovelace"},
+            ),
+        )
         assert (await r.json())["name"]["formatted"] == "Ada, Countess of Lovelace"
         r = await c.get(f"/scim/v2/Users/{u['id']}", headers=h)
-        assert (await r.json())["name"] == {"formatted": "Ada, Countess of Lovelace", "givenName": "Ada", "familyName": "King"}
+        assert (await r.json())["name"] == {
+            "formatted": "Ada, Countess of Lovelace",
+            "givenName": "Ada",
+            "familyName": "King",
+        }
 
 
 async def test_group_etag_changes_when_a_member_user_is_deleted(service_env, pool, provisioner):
@@ -121,9 +139,15 @@ async def test_group_etag_changes_when_a_member_user_is_deleted(service_env, poo
         h = bearer(tenant.token)
         a = await _user(c, h, "a@example.com")
         b = await _user(c, h, "b@example.com")
-        r = await c.post("/scim/v2/Groups", headers=h, json={
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Team",
-            "members": [{"value": a["id"]}, {"value": b["id"]}]})
+        r = await c.post(
+            "/scim/v2/Groups",
+            headers=h,
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Team",
+                "members": [{"value": a["id"]}, {"value": b["id"]}],
+            },
+        )
         assert r.status == 201, await r.text()
         group = await r.json()
         tag = r.headers["ETag"]
@@ -137,6 +161,9 @@ async def test_group_etag_changes_when_a_member_user_is_deleted(service_env, poo
         assert r.headers["ETag"] != tag and body["meta"]["version"] == r.headers["ETag"]
         assert body["meta"]["lastModified"] >= group["meta"]["lastModified"]
         # an If-Match with the old version is refused (412), the new one accepted
-        r = await c.patch(f"/scim/v2/Groups/{group['id']}", headers={**h, "If-Match": tag},
-                          json=patch_body({"op": "replace", "path": "displayName", "value": "Team 2"}))
+        r = await c.patch(
+            f"/scim/v2/Groups/{group['id']}",
+            headers={**h, "If-Match": tag},
+            json=patch_body({"op": "replace", "path": "displayName", "value": "Team 2"}),
+        )
         assert r.status == 412

@@ -29,8 +29,7 @@ async def stream_bytes(redis: Any, topology: Any) -> int:
 
 async def test_large_patches_leave_no_large_streams_behind(service_env, tenant, redis, topology):
     big = 600 * 1024
-    async with running_provisioner(stream_max_age_s=0.2), running_auditor(stream_max_age_s=0.2), \
-            scim_client() as c:
+    async with running_provisioner(stream_max_age_s=0.2), running_auditor(stream_max_age_s=0.2), scim_client() as c:
         h = bearer(tenant.token)
         r = await c.post("/scim/v2/Users", json={"userName": "big@example.com"}, headers=h)
         assert r.status == 201, await r.text()

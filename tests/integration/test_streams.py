@@ -13,7 +13,9 @@ async def test_groups_created_after_a_publish_still_see_it(redis, redis_prefix):
     topo = Topology(prefix=redis_prefix, partitions=2, maxlen=1000)
     tenant_id = uuid.uuid4()
     cmd = Command(
-        tenant_id=tenant_id, source=Source(kind="cli", id="t", label="t"), correlation_id="c",
+        tenant_id=tenant_id,
+        source=Source(kind="cli", id="t", label="t"),
+        correlation_id="c",
         payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name="early@x.test")),
     )
     await publish_command(redis, topo, cmd)
@@ -32,7 +34,9 @@ async def test_streams_are_trimmed(redis, redis_prefix):
     tenant_id = uuid.uuid4()
     for i in range(3000):
         cmd = Command(
-            tenant_id=tenant_id, source=Source(kind="cli", id="t", label="t"), correlation_id="c",
+            tenant_id=tenant_id,
+            source=Source(kind="cli", id="t", label="t"),
+            correlation_id="c",
             payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=f"u{i}@x.test")),
         )
         await publish_command(redis, topo, cmd)

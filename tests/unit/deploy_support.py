@@ -61,7 +61,8 @@ def settings_class(service: str) -> type[CommonSettings]:
             )
         raise
     found = [
-        obj for obj in vars(module).values()
+        obj
+        for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, CommonSettings) and obj.__module__ == module.__name__
     ]
     if len(found) != 1:
@@ -138,7 +139,9 @@ def assert_settings_load(service: str, env: Mapping[str, str], where: str, *, st
     missing = required_vars(cls) - set(env)
     assert not missing, f"{where}: {service} needs {sorted(missing)}"
     unknown = {k for k in env if k.startswith(ENV_PREFIX)} - accepted_vars(cls)
-    assert not strict or not unknown, f"{where}: {service} is given {sorted(unknown)}, which its settings do not read (typo?)"
+    assert not strict or not unknown, (
+        f"{where}: {service} is given {sorted(unknown)}, which its settings do not read (typo?)"
+    )
     with only_env(env):
         try:
             return load_settings(cls)

@@ -53,9 +53,17 @@ def test_search_query_is_parameterised():
 
 def test_tail_filters():
     t = uuid4()
-    o = Outcome(event_id=uuid4(), command_type="user.create", tenant_id=t, source=Source(kind="scim", id="1", label="x"),
-                correlation_id="c", occurred_at=NOW, result="failed", error=ErrorInfo(code="policy", message="m"),
-                user_name="Alice@Acme")
+    o = Outcome(
+        event_id=uuid4(),
+        command_type="user.create",
+        tenant_id=t,
+        source=Source(kind="scim", id="1", label="x"),
+        correlation_id="c",
+        occurred_at=NOW,
+        result="failed",
+        error=ErrorInfo(code="policy", message="m"),
+        user_name="Alice@Acme",
+    )
     assert matches(o, tenant=t, failed=True, user="alice@acme")
     assert not matches(o, tenant=uuid4(), failed=False, user=None)
     assert not matches(o, tenant=None, failed=False, user="bob")

@@ -48,16 +48,21 @@ def _feed(http: object, *parts: bytes) -> tuple[int, bytes]:
 
 async def test_content_length_body_split_across_reads() -> None:
     http, _ = _conn()
-    status, body = _feed(http, b"HTTP/1.1 201 Created\r\nContent-Type: application/scim+json\r\nContent-Le",
-                         b"ngth: 11\r\n\r\n{\"id\": ", b"\"x\"}")
+    status, body = _feed(
+        http,
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/scim+json\r\nContent-Le",
+        b'ngth: 11\r\n\r\n{"id": ',
+        b'"x"}',
+    )
     assert status == 201
     assert json.loads(body) == {"id": "x"}
 
 
 async def test_chunked_body() -> None:
     http, _ = _conn()
-    status, body = _feed(http, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                         b"6\r\n world\r\n0\r\n\r\n")
+    status, body = _feed(
+        http, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"
+    )
     assert (status, body) == (200, b"hello world")
 
 

@@ -19,4 +19,3 @@ def test_a_common_patch_path_survives_a_burst_of_rare_ones() -> None:
         if i % 100 == 0:
             assert _parse_path(kind, "name.givenName") is common
     assert _parse_path(kind, "name.givenName") is common
-

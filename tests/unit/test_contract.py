@@ -77,8 +77,12 @@ def test_newer_version_is_refused_with_a_clear_message():
 def test_outcome_ok_reflects_result():
     cmd = make_command()
     base = dict(
-        event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id, source=SRC,
-        correlation_id="c-1", occurred_at=cmd.occurred_at,
+        event_id=cmd.event_id,
+        command_type=cmd.type,
+        tenant_id=cmd.tenant_id,
+        source=SRC,
+        correlation_id="c-1",
+        occurred_at=cmd.occurred_at,
     )
     assert Outcome(result="applied", **base).ok
     failed = Outcome(result="failed", error={"code": "uniqueness", "message": "taken"}, **base)
@@ -88,9 +92,18 @@ def test_outcome_ok_reflects_result():
 
 def test_several_outcomes_travel_as_one_json_array_and_older_versions_are_upcast(monkeypatch):
     cmd = make_command()
-    base = dict(event_id=cmd.event_id, command_type=cmd.type, tenant_id=cmd.tenant_id, source=SRC,
-                correlation_id="c-1", occurred_at=cmd.occurred_at)
-    outs = [Outcome(result="applied", **base), Outcome(result="failed", error={"code": "uniqueness", "message": "taken"}, **base)]
+    base = dict(
+        event_id=cmd.event_id,
+        command_type=cmd.type,
+        tenant_id=cmd.tenant_id,
+        source=SRC,
+        correlation_id="c-1",
+        occurred_at=cmd.occurred_at,
+    )
+    outs = [
+        Outcome(result="applied", **base),
+        Outcome(result="failed", error={"code": "uniqueness", "message": "taken"}, **base),
+    ]
     wire = contract.encode_outcomes([encode(o) for o in outs])
     assert [o["result"] for o in json.loads(wire)] == ["applied", "failed"]
     assert contract.decode_outcomes(wire) == outs

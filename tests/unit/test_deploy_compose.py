@@ -121,7 +121,10 @@ def test_docker_compose_config_accepts_it(tmp_path):
     env_file.write_text("")
     proc = subprocess.run(
         [*cli, "--env-file", str(env_file), "-f", str(COMPOSE), "config"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)

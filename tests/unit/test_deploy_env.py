@@ -72,6 +72,5 @@ def test_commented_values_are_the_real_defaults():
             except Exception:
                 parsed.append(object())
         assert any(p == info.default for p, info in zip(parsed, infos, strict=True)), (
-            f".env.example shows {name}={value}, but the default is "
-            f"{' / '.join(repr(i.default) for i in infos)}"
+            f".env.example shows {name}={value}, but the default is {' / '.join(repr(i.default) for i in infos)}"
         )

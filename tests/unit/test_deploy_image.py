@@ -61,8 +61,9 @@ def final_stage(instructions: list[Instruction]) -> list[Instruction]:
 
 
 def test_multi_stage_from_python_311_slim(instructions):
-    args = {m.group(1): m.group(2) for i in instructions if i.op == "ARG"
-            for m in [re.match(r"(\w+)=(\S+)", i.args)] if m}
+    args = {
+        m.group(1): m.group(2) for i in instructions if i.op == "ARG" for m in [re.match(r"(\w+)=(\S+)", i.args)] if m
+    }
     froms = [i.args for i in instructions if i.op == "FROM"]
     assert len(froms) >= 2
     images = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], f.split()[0]) for f in froms]
@@ -80,7 +81,6 @@ def test_runtime_has_xmlsec1_and_no_compilers(instructions):
         assert not any(compiler in p for p in packages), f"runtime installs {compiler}"
     assert "--no-install-recommends" in runtime_runs
     assert "rm -rf /var/lib/apt/lists/*" in runtime_runs
-
 
 
 def test_builder_installs_the_lock_then_provisio_without_resolving(instructions):
@@ -117,8 +117,10 @@ def test_lock_files_pin_every_dependency_with_hashes():
     assert runtime and all(hashes for _v, hashes in runtime.values())
     assert all(hashes for _v, hashes in full.values())
     extras = project["optional-dependencies"]
-    wanted = {"runtime": project["dependencies"],
-              "full": project["dependencies"] + extras["dev"] + extras["test"] + extras["lint"]}
+    wanted = {
+        "runtime": project["dependencies"],
+        "full": project["dependencies"] + extras["dev"] + extras["test"] + extras["lint"],
+    }
     for which, lock in (("runtime", runtime), ("full", full)):
         for req in wanted[which]:
             m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^]]*\])?==([^;\s]+)", req)
@@ -129,7 +131,7 @@ def test_lock_files_pin_every_dependency_with_hashes():
     # The image's versions are the tested ones.
     for name, (version, _h) in runtime.items():
         assert full[name][0] == version, f"{name}: {version} in requirements.lock, {full[name][0]} in the dev lock"
-    assert not any("provisio" == n or n.startswith("provisio @") for n in full)
+    assert not any(n == "provisio" or n.startswith("provisio @") for n in full)
 
 
 def test_no_dependency_declared_twice_or_unused():
@@ -150,7 +152,7 @@ def test_runs_as_a_numeric_non_root_user(instructions):
     ops = [i.op for i in final_stage(instructions)]
     # Nothing after USER runs as root again, and the entrypoint runs as that user.
     assert ops.index("USER") < ops.index("ENTRYPOINT")
-    assert "RUN" not in ops[ops.index("USER"):]
+    assert "RUN" not in ops[ops.index("USER") :]
 
 
 def test_entrypoint_is_the_provisio_script(instructions):
@@ -181,15 +183,20 @@ def test_copied_sources_exist_and_every_service_is_packaged(instructions):
             *sources, _dest = shlex.split(i.args)
             for src in sources:
                 assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "packages"
+    ]
     for folder in sorted((ROOT / "services").iterdir()):
         if (folder / "__init__.py").exists():
             assert f"services/{folder.name}" in packages, f"{folder.name} is not in the wheel, so not in the image"
 
 
 def test_dockerignore_keeps_local_state_out():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", ".provisio", ".env"} <= ignored
     # What the Dockerfile copies must not be ignored.
     for needed in ("libs", "services", "pyproject.toml", "README.md"):

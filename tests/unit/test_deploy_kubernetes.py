@@ -18,12 +18,12 @@ from provisio_lib.topology import AUDITOR_GROUP, PROVISIONER_GROUP, Topology
 
 from .deploy_support import (
     COMMANDS,
-    ROOT,
     METRICS_PORTS,
+    ROOT,
     SERVICE_PORTS,
     all_service_vars,
-    env_vars,
     assert_settings_load,
+    env_vars,
     secret_vars,
     settings_class,
 )
@@ -158,7 +158,9 @@ def test_deployment_runs_the_service_with_probes_and_resources(m, service):
     # The container's own settings put the service on the port the probes ask.
     settings = assert_settings_load(service, m.container_env(c), m.where, strict=False)
     own = {e["name"] for e in c.get("env", []) if e["name"].startswith("PROVISIO_")}
-    assert own <= env_vars(settings_class(service)), f"{service} reads none of {own - env_vars(settings_class(service))}"
+    assert own <= env_vars(settings_class(service)), (
+        f"{service} reads none of {own - env_vars(settings_class(service))}"
+    )
     port_field = f"{service}_port" if service in ("scim", "saml", "console") else "health_port"
     assert getattr(settings, port_field) == SERVICE_PORTS[service]
     # Graceful shutdown has time to finish.
@@ -169,7 +171,8 @@ def test_deployment_runs_the_service_with_probes_and_resources(m, service):
 def test_every_deployment_has_a_disruption_budget(m, service):
     labels = m.one("Deployment", f"provisio-{service}")["spec"]["template"]["metadata"]["labels"]
     budgets = [
-        p for p in m.of("PodDisruptionBudget").values()
+        p
+        for p in m.of("PodDisruptionBudget").values()
         if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
     ]
     assert len(budgets) == 1, service
@@ -223,7 +226,7 @@ def test_config_secret_split(m):
     """Secrets only in the Secret; every PROVISIO_ key is read by some service."""
     config, secret = m.config(), m.secret()
     known = set().union(*all_service_vars().values())
-    for key in (config.keys() | secret.keys()):
+    for key in config.keys() | secret.keys():
         if key.startswith("PROVISIO_"):
             assert key in known, f"{m.where}: {key} is read by no service (typo?)"
     secrets = set().union(*(secret_vars(settings_class(s)) for s in (*DEPLOYMENTS, "migrate")))
@@ -232,10 +235,13 @@ def test_config_secret_split(m):
     assert {"PROVISIO_DATABASE_URL", "PROVISIO_REDIS_URL"} <= secret.keys()
 
 
-@pytest.mark.parametrize(("service", "group", "kind"), [
-    ("provisioner", PROVISIONER_GROUP, "commands"),
-    ("auditor", AUDITOR_GROUP, "audit"),
-])
+@pytest.mark.parametrize(
+    ("service", "group", "kind"),
+    [
+        ("provisioner", PROVISIONER_GROUP, "commands"),
+        ("auditor", AUDITOR_GROUP, "audit"),
+    ],
+)
 def test_keda_scales_workers_on_every_partition_lag(m, service, group, kind):
     config, secret = m.config(), m.secret()
     scaled = m.one("ScaledObject", f"provisio-{service}")

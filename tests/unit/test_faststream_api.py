@@ -14,8 +14,9 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [p for d in ("libs", "services", "tests", "bench") for p in (ROOT / d).rglob("*.py")
-           if ".venv" not in p.parts]
+SOURCES = [
+    p for d in ("libs", "services", "tests", "bench") for p in (ROOT / d).rglob("*.py") if ".venv" not in p.parts
+]
 # Names the code gives FastStream's objects (broker, app, subscribers, messages).
 FASTSTREAM_OBJECTS = {"broker", "app", "message", "msg", "subscriber", "reader", "claimer", "faststream"}
 
@@ -63,7 +64,12 @@ def test_no_private_attribute_of_faststream_objects_is_touched() -> None:
     problems = []
     for path in _faststream_files():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in FASTSTREAM_OBJECTS):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in FASTSTREAM_OBJECTS
+            ):
                 problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not problems, "\n".join(problems)

@@ -24,9 +24,15 @@ pytestmark = pytest.mark.unit
 
 
 def basis(**kw: object) -> str | None:
-    args: dict[str, object] = dict(connection_name="partner", connection_names=["corp", "partner"],
-                                   verified_domains=[], linked_here=False, user_sso_name=None,
-                                   user_email="victim@acme.test", user_name="victim@acme.test")
+    args: dict[str, object] = dict(
+        connection_name="partner",
+        connection_names=["corp", "partner"],
+        verified_domains=[],
+        linked_here=False,
+        user_sso_name=None,
+        user_email="victim@acme.test",
+        user_name="victim@acme.test",
+    )
     return adoption_basis(**{**args, **kw})  # type: ignore[arg-type]
 
 
@@ -62,7 +68,10 @@ def test_email_domain_and_domain_names() -> None:
 def test_group_claims_match_external_id_then_name() -> None:
     g1, g2 = uuid.uuid4(), uuid.uuid4()
     oid = str(uuid.uuid4())
-    groups = [{"id": g1, "display_name": "Sales", "external_id": oid}, {"id": g2, "display_name": "Ops", "external_id": None}]
+    groups = [
+        {"id": g1, "display_name": "Sales", "external_id": oid},
+        {"id": g2, "display_name": "Ops", "external_id": None},
+    ]
     found, missing = match_group_claims([oid, "ops", " New ", "", "ops"], groups)
     assert found == {oid: g1, "ops": g2} and missing == ["New"]
     assert looks_like_object_id(oid) and not looks_like_object_id("Sales") and not looks_like_object_id(oid + "x")
@@ -95,8 +104,16 @@ def test_immutable_covers_user_name_and_email() -> None:
 
 
 def _login(**kw: object) -> MappedLogin:
-    base: dict[str, object] = dict(user_name="alice@acme.test", email="alice@acme.test", given_name="A",
-                                   family_name="L", display_name=None, custom={}, groups=None, groups_overage=False)
+    base: dict[str, object] = dict(
+        user_name="alice@acme.test",
+        email="alice@acme.test",
+        given_name="A",
+        family_name="L",
+        display_name=None,
+        custom={},
+        groups=None,
+        groups_overage=False,
+    )
     return MappedLogin(**{**base, **kw})  # type: ignore[arg-type]
 
 

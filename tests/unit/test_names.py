@@ -21,14 +21,24 @@ def test_formatted_sent_with_the_change_wins_and_absent_stays_absent():
 
 def test_all_parts_in_rfc_order():
     before = {"formatted": "x", "givenName": "Jane"}
-    after = {"formatted": "x", "honorificPrefix": "Dr.", "givenName": "Jane", "middleName": "M.",
-             "familyName": "Doe", "honorificSuffix": "III"}
+    after = {
+        "formatted": "x",
+        "honorificPrefix": "Dr.",
+        "givenName": "Jane",
+        "middleName": "M.",
+        "familyName": "Doe",
+        "honorificSuffix": "III",
+    }
     assert refresh_formatted(before, after)["formatted"] == "Dr. Jane M. Doe III"
 
 
 def test_jit_sync_recomputes_stored_formatted():
-    current = {"given_name": "Ada", "family_name": "Lovelace", "display_name": "Ada",
-               "attributes": {"name": {"formatted": "Ada Lovelace"}, "title": "Countess"}}
+    current = {
+        "given_name": "Ada",
+        "family_name": "Lovelace",
+        "display_name": "Ada",
+        "attributes": {"name": {"formatted": "Ada Lovelace"}, "title": "Countess"},
+    }
     updates = jit_updates(current, {"given_name": "Ada", "family_name": "King"})
     assert updates["family_name"] == "King"
     assert updates["attributes"] == {"name": {"formatted": "Ada King"}, "title": "Countess"}

@@ -27,7 +27,9 @@ def failure(i, *, code="uniqueness", op="user.create", user=None, message=None, 
 
 
 def test_first_mail_names_the_failure_and_the_window():
-    mail = compose(tenant="acme", kind="first", failures=[failure(1)], window_start=T0, window_end=T0 + timedelta(minutes=15))
+    mail = compose(
+        tenant="acme", kind="first", failures=[failure(1)], window_start=T0, window_end=T0 + timedelta(minutes=15)
+    )
     assert mail.subject == "[Provisio] acme: provisioning failed: user.create for user1@acme.example (uniqueness)"
     assert "first failure since 2026-03-01 12:00:00 UTC" in mail.text
     assert "collected into one digest" in mail.text
@@ -66,8 +68,15 @@ def test_group_causes_orders_and_limits_messages():
 
 def test_big_digest_lists_a_sample_but_counts_all():
     fs = [failure(i) for i in range(50)]
-    mail = compose(tenant="acme", kind="digest", failures=fs, window_start=T0, window_end=T0 + timedelta(seconds=90),
-                   total=5000, max_listed=10)
+    mail = compose(
+        tenant="acme",
+        kind="digest",
+        failures=fs,
+        window_start=T0,
+        window_end=T0 + timedelta(seconds=90),
+        total=5000,
+        max_listed=10,
+    )
     assert "5000 more provisioning failures in the last 90 s" in mail.subject
     assert "Failures: 5000 (the first 50 listed)" in mail.text
     assert "and 40 more" in mail.text  # users beyond the first 10
@@ -76,8 +85,13 @@ def test_big_digest_lists_a_sample_but_counts_all():
 
 
 def test_several_failures_in_the_opening_batch():
-    mail = compose(tenant="acme", kind="first", failures=[failure(1), failure(2, code="policy")],
-                   window_start=T0, window_end=T0 + timedelta(hours=1))
+    mail = compose(
+        tenant="acme",
+        kind="first",
+        failures=[failure(1), failure(2, code="policy")],
+        window_start=T0,
+        window_end=T0 + timedelta(hours=1),
+    )
     assert mail.subject == "[Provisio] acme: 2 provisioning failures (uniqueness …)"
 
 
@@ -87,7 +101,9 @@ def test_compose_refuses_an_empty_mail():
 
 
 def test_message_headers_and_backoff():
-    mail = compose(tenant="acme", kind="first", failures=[failure(1)], window_start=T0, window_end=T0 + timedelta(minutes=15))
+    mail = compose(
+        tenant="acme", kind="first", failures=[failure(1)], window_start=T0, window_end=T0 + timedelta(minutes=15)
+    )
     msg = build_message(mail, notification_id=42, sender="provisio@ops.example", recipients=["a@b", "c@d"], now=T0)
     assert msg["Message-ID"] == "<provisio-notification-42@ops.example>"
     assert msg["To"] == "a@b, c@d" and msg["Auto-Submitted"] == "auto-generated"

@@ -32,5 +32,9 @@ def test_garbage_in_the_header_falls_back_to_the_proxy():
 
 def test_a_bad_trusted_proxy_setting_is_one_clear_error(monkeypatch):
     with pytest.raises(SettingsError, match="PROVISIO_TRUSTED_PROXIES is invalid"):
-        load_settings(CommonSettings, database_url="postgresql://x", redis_url="redis://x",
-                      trusted_proxies="10.0.0.0/8, not-a-network")
+        load_settings(
+            CommonSettings,
+            database_url="postgresql://x",
+            redis_url="redis://x",
+            trusted_proxies="10.0.0.0/8, not-a-network",
+        )

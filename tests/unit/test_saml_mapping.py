@@ -50,16 +50,24 @@ def test_map_overrides_and_custom_fields() -> None:
 
 
 def _entra_claims(**extra: list[str]) -> dict[str, list[str]]:
-    claims = {ENTRA + "emailaddress": ["alice@acme.test"], ENTRA + "givenname": ["Alice"],
-              ENTRA + "surname": ["Liddell"]}
+    claims = {
+        ENTRA + "emailaddress": ["alice@acme.test"],
+        ENTRA + "givenname": ["Alice"],
+        ENTRA + "surname": ["Liddell"],
+    }
     claims.update(extra)
     return claims
 
 
 def test_map_claims_entra() -> None:
     amap = sso.attribute_map("entra", {"department": ENTRA + "department"})
-    m = map_claims(amap, [], "alice@acme.test", EMAIL_NAME_ID,
-                   _entra_claims(**{GROUPS: ["Sales", "Sales", "Eng"], ENTRA + "department": ["R&D"]}))
+    m = map_claims(
+        amap,
+        [],
+        "alice@acme.test",
+        EMAIL_NAME_ID,
+        _entra_claims(**{GROUPS: ["Sales", "Sales", "Eng"], ENTRA + "department": ["R&D"]}),
+    )
     assert m.user_name == "alice@acme.test" and m.email == "alice@acme.test"
     assert (m.given_name, m.family_name, m.display_name) == ("Alice", "Liddell", None)
     assert m.groups == ("Sales", "Eng") and m.groups_overage is False
@@ -99,15 +107,22 @@ def _cert_b64() -> str:
     return sso.cert_b64(cert)
 
 
-def _metadata(cert: str | None = None, sso_binding: str = sso.BINDING_REDIRECT, extra: str = "",
-              root_attrs: str = "") -> str:
-    kd = (f'<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{cert}'
-          '</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>') if cert else ""
+def _metadata(
+    cert: str | None = None, sso_binding: str = sso.BINDING_REDIRECT, extra: str = "", root_attrs: str = ""
+) -> str:
+    kd = (
+        (
+            f'<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{cert}'
+            "</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"
+        )
+        if cert
+        else ""
+    )
     return (
         f'<md:EntityDescriptor xmlns:md="{sso.MD_NS}" xmlns:ds="{sso.DS_NS}" entityID="https://idp.test/" {root_attrs}>'
         f'<md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">{kd}'
         f'<md:SingleSignOnService Binding="{sso_binding}" Location="https://idp.test/sso"/>'
-        f'</md:IDPSSODescriptor>{extra}</md:EntityDescriptor>'
+        f"</md:IDPSSODescriptor>{extra}</md:EntityDescriptor>"
     )
 
 
@@ -129,8 +144,10 @@ def test_metadata_accepted() -> None:
         (_metadata("bm90IGEgY2VydA=="), "not a valid certificate"),
         (_metadata("x", sso_binding="urn:oasis:names:tc:SAML:2.0:bindings:SOAP"), "no SingleSignOnService"),
         (_metadata("x", root_attrs='validUntil="2001-01-01T00:00:00Z"'), "expired"),
-        (f'<md:EntityDescriptor xmlns:md="{sso.MD_NS}" entityID="sp"><md:SPSSODescriptor/></md:EntityDescriptor>',
-         "no IDPSSODescriptor"),
+        (
+            f'<md:EntityDescriptor xmlns:md="{sso.MD_NS}" entityID="sp"><md:SPSSODescriptor/></md:EntityDescriptor>',
+            "no IDPSSODescriptor",
+        ),
         ("<a>" + "x" * (1024 * 1024) + "</a>", "larger than"),
     ],
 )

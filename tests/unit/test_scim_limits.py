@@ -59,7 +59,7 @@ def test_terms_inside_a_value_filter_count():
 def test_too_deep_nesting_is_400_invalid_filter():
     text = 'userName eq "a"'
     for _ in range(MAX_FILTER_DEPTH + 1):
-        text = f'not ({text} and active eq true)'
+        text = f"not ({text} and active eq true)"
     with pytest.raises(ScimError) as e:
         compile_user(text)
     assert (e.value.status, e.value.scim_type) == (400, "invalidFilter")
@@ -101,7 +101,10 @@ def patch(*ops):
 def a_user(emails=2):
     return normalise(
         user_kind(),
-        {"userName": "a@example.com", "emails": [{"value": f"e{i}@example.com", "type": "work"} for i in range(emails)]},
+        {
+            "userName": "a@example.com",
+            "emails": [{"value": f"e{i}@example.com", "type": "work"} for i in range(emails)],
+        },
     )
 
 

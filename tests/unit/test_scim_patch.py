@@ -70,7 +70,9 @@ def test_disable_user_with_real_or_string_boolean(value):
 
 
 def test_op_names_in_any_case():
-    out = patch(user(), {"op": "REPLACE", "path": "displayName", "value": "B"}, {"op": "aDd", "path": "title", "value": "T"})
+    out = patch(
+        user(), {"op": "REPLACE", "path": "displayName", "value": "B"}, {"op": "aDd", "path": "title", "value": "T"}
+    )
     assert out["displayName"] == "B" and out["title"] == "T"
 
 
@@ -119,7 +121,9 @@ def test_remove_email_by_filter():
 
 
 def test_add_to_multi_valued_appends_and_new_primary_wins():
-    out = patch(user(), {"op": "add", "path": "emails", "value": [{"value": "new@x", "type": "other", "primary": True}]})
+    out = patch(
+        user(), {"op": "add", "path": "emails", "value": [{"value": "new@x", "type": "other", "primary": True}]}
+    )
     assert [e.get("primary") for e in out["emails"]] == [False, None, True]
 
 
@@ -187,7 +191,9 @@ def test_group_members_add_and_remove_need_no_member_list():
 
 def test_group_replace_members_needs_the_full_list():
     a = str(uuid.uuid4())
-    ops = parse_patch({"schemas": [PATCH], "Operations": [{"op": "replace", "path": "members", "value": [{"value": a}]}]})
+    ops = parse_patch(
+        {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "members", "value": [{"value": a}]}]}
+    )
     plan = plan_group_patch(group_kind(), ops)
     assert plan.needs_members
     group = normalise(group_kind(), {"displayName": "g", "members": [{"value": str(uuid.uuid4())}]})
@@ -211,7 +217,9 @@ def test_okta_group_pathless_replace_with_id_is_ignored_for_id():
 
 
 def test_member_value_that_is_not_an_id_is_invalid():
-    ops = parse_patch({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": "nope"}]}]})
+    ops = parse_patch(
+        {"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": "nope"}]}]}
+    )
     with pytest.raises(ScimError) as err:
         plan_group_patch(group_kind(), ops)
     assert err.value.scim_type == "invalidValue"

@@ -15,10 +15,18 @@ PRV = "urn:ietf:params:scim:schemas:extension:provisio:2.0:User"
 
 
 def test_attribute_names_are_case_insensitive_and_read_only_ones_ignored():
-    out = normalise(user_kind(), {
-        "UserName": "a", "ACTIVE": "true", "id": "x", "meta": {"version": "1"}, "groups": [{"value": "g"}],
-        "password": "secret", ENT.upper(): {"Department": "D", "schemas": [ENT]},
-    })
+    out = normalise(
+        user_kind(),
+        {
+            "UserName": "a",
+            "ACTIVE": "true",
+            "id": "x",
+            "meta": {"version": "1"},
+            "groups": [{"value": "g"}],
+            "password": "secret",
+            ENT.upper(): {"Department": "D", "schemas": [ENT]},
+        },
+    )
     assert out == {"userName": "a", "active": True, ENT: {"department": "D"}}
 
 
@@ -41,15 +49,28 @@ def test_values_postgres_cannot_store_are_400(body):
 
 def test_round_trip_through_the_neutral_model():
     body = {
-        "userName": "bjensen", "name": {"givenName": "B", "familyName": "J", "middleName": "M"},
+        "userName": "bjensen",
+        "name": {"givenName": "B", "familyName": "J", "middleName": "M"},
         "emails": [{"value": "b@x", "type": "work", "primary": True, "display": "Babs"}],
-        "title": "T", ENT: {"manager": "m-1"}, PRV: {"ssoName": "okta", "custom": {"tier": 3}},
+        "title": "T",
+        ENT: {"manager": "m-1"},
+        PRV: {"ssoName": "okta", "custom": {"tier": 3}},
     }
     data = user_data(normalise(user_kind(), body))
     assert (data.given_name, data.sso_name) == ("B", "okta")
-    assert data.attributes == {"name": {"middleName": "M"}, "title": "T", ENT: {"manager": {"value": "m-1"}}, "custom": {"tier": 3}}
-    row = {**data.model_dump(), "id": "00000000-0000-0000-0000-000000000001", "version": 3,
-           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z"}
+    assert data.attributes == {
+        "name": {"middleName": "M"},
+        "title": "T",
+        ENT: {"manager": {"value": "m-1"}},
+        "custom": {"tier": 3},
+    }
+    row = {
+        **data.model_dump(),
+        "id": "00000000-0000-0000-0000-000000000001",
+        "version": 3,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-02T00:00:00Z",
+    }
     out = render_user(row, "https://h/scim/v2")
     assert out["name"] == {"middleName": "M", "givenName": "B", "familyName": "J"}
     assert out["emails"] == [{"value": "b@x", "type": "work", "primary": True, "display": "Babs"}]
@@ -57,7 +78,11 @@ def test_round_trip_through_the_neutral_model():
     assert out[PRV] == {"custom": {"tier": 3}, "ssoName": "okta"}
     assert out["meta"]["version"] == 'W/"3"'
     assert project(user_kind(), out, ["name.givenName", f"{ENT}:manager"], None) == {
-        "schemas": out["schemas"], "id": out["id"], "name": {"givenName": "B"}, ENT: {"manager": out[ENT]["manager"]}}
+        "schemas": out["schemas"],
+        "id": out["id"],
+        "name": {"givenName": "B"},
+        ENT: {"manager": out[ENT]["manager"]},
+    }
     assert "title" not in project(user_kind(), out, None, ["TITLE"])
 
 
@@ -67,15 +92,25 @@ def test_canonical_user_is_the_normalised_stored_rendering():
     from scim_gateway.resources import canonical_user
 
     body = {
-        "userName": "bjensen", "externalId": "e-1", "displayName": "Babs", "active": False,
+        "userName": "bjensen",
+        "externalId": "e-1",
+        "displayName": "Babs",
+        "active": False,
         "name": {"givenName": "B", "familyName": "J", "formatted": "B J"},
         "emails": [{"value": "b@x", "type": "work", "primary": True}, {"value": "c@x", "primary": True}],
-        "title": "T", ENT: {"manager": "m-1", "department": "D"}, PRV: {"ssoName": "okta", "custom": {"tier": 3}},
+        "title": "T",
+        ENT: {"manager": "m-1", "department": "D"},
+        PRV: {"ssoName": "okta", "custom": {"tier": 3}},
     }
     data = user_data(normalise(user_kind(), body), keep={"jit_only": 1})
-    row = {**data.model_dump(), "id": "00000000-0000-0000-0000-000000000001", "version": 3,
-           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",
-           "groups": [{"value": "00000000-0000-0000-0000-000000000002", "display": "G"}]}
+    row = {
+        **data.model_dump(),
+        "id": "00000000-0000-0000-0000-000000000001",
+        "version": 3,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-02T00:00:00Z",
+        "groups": [{"value": "00000000-0000-0000-0000-000000000002", "display": "G"}],
+    }
     full = normalise(user_kind(), render_user(row, "", storage=True))
     assert canonical_user(user_kind(), row) == full
     assert full["userName"] == "bjensen" and full[ENT]["manager"] == {"value": "m-1"} and "meta" not in full

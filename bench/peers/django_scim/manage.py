@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Minimal Django project serving django-scim2 on Postgres, for the SCIM benchmark."""
+
 import os
 import sys
 

@@ -40,8 +40,7 @@ ADVICE: dict[str, str] = {
         "look at it with `provisio dlq list --tenant TENANT` and replay it with `provisio dlq replay`."
     ),
     "internal": (
-        "An error inside Provisio. Please report it to the Provisio operators with the correlation "
-        "ids below."
+        "An error inside Provisio. Please report it to the Provisio operators with the correlation ids below."
     ),
 }
 DEFAULT_ADVICE = "See the messages below; `provisio audit search` shows each attempt in full."

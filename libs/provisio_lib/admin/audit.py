@@ -7,6 +7,7 @@ and 0004; the live tail reads the Redis audit streams the provisioner publishes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -110,10 +111,8 @@ def display(row: dict[str, Any]) -> dict[str, Any]:
     if "error_code" in row and row.get("error_code"):
         out["error"] = f"{row['error_code']}: {row.get('error_message') or ''}"
     if isinstance(out.get("changes"), str):
-        try:
+        with contextlib.suppress(ValueError):
             out["changes"] = json.loads(out["changes"])
-        except ValueError:
-            pass
     return out
 
 
@@ -122,7 +121,8 @@ async def resolve_tenant(conn: asyncpg.Connection, tenant: str) -> UUID:
     row = await conn.fetchrow("SELECT id FROM tenants WHERE name = $1 OR id::text = $1", tenant.strip().lower())
     if row is None:
         raise AdminError(f"unknown tenant {tenant!r} (see `provisio tenant list`)")
-    return row["id"]
+    tid: uuid.UUID = row["id"]
+    return tid
 
 
 async def search(conn: asyncpg.Connection, f: SearchFilters) -> list[dict[str, Any]]:
@@ -143,7 +143,8 @@ async def user_history(conn: asyncpg.Connection, tid: UUID, username: str) -> Us
         """SELECT id, user_name, external_id, active, display_name, given_name, family_name, email,
                   sso_name, attributes, version, created_by, created_at, updated_at
            FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)""",
-        tid, username,
+        tid,
+        username,
     )
     uid = user["id"] if user else None
     # By name, and by id so the history survives a rename.
@@ -151,41 +152,52 @@ async def user_history(conn: asyncpg.Connection, tid: UUID, username: str) -> Us
         f"""SELECT {SEARCH_COLUMNS} FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
             WHERE a.tenant_id = $1 AND (lower(a.user_name) = lower($2) OR a.resource_id = $3)
             ORDER BY a.completed_at, a.id""",
-        tid, username, uid,
+        tid,
+        username,
+        uid,
     )
     groups = []
     if uid is not None:
-        groups = [dict(g) for g in await conn.fetch(
-            """SELECT g.display_name, g.id, m.source, m.added_at FROM memberships m
+        groups = [
+            dict(g)
+            for g in await conn.fetch(
+                """SELECT g.display_name, g.id, m.source, m.added_at FROM memberships m
                JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1
                ORDER BY lower(g.display_name), m.source""",
-            uid,
-        )]
+                uid,
+            )
+        ]
     rows = [display(dict(r)) for r in history]
     for g in groups:
         g["via"] = await _membership_via(conn, tid, g, rows)
     return UserHistory(rows, dict(user) if user else None, groups)
 
 
-async def _membership_via(conn: asyncpg.Connection, tid: UUID, group: dict[str, Any],
-                          history: list[dict[str, Any]]) -> str | None:
+async def _membership_via(
+    conn: asyncpg.Connection, tid: UUID, group: dict[str, Any], history: list[dict[str, Any]]
+) -> str | None:
     """The SCIM token or SSO connection that last added this membership. SCIM: the newest
     applied change recorded on the group (members are added by a group create/PATCH).
     JIT: the newest applied SAML login of the user whose ``groups`` change lists it."""
     if group.get("source") == "scim":
-        return await conn.fetchval(
+        label: str | None = await conn.fetchval(
             """SELECT source_label FROM audit_log WHERE tenant_id = $1 AND resource_id = $2
                AND source_kind = 'scim' AND result = 'applied' ORDER BY completed_at DESC, id DESC LIMIT 1""",
-            tid, group["id"])
+            tid,
+            group["id"],
+        )
+        return label
     name = str(group.get("display_name") or "").lower()
     for row in reversed(history):
         if row.get("result") != "applied" or row.get("source_kind") != "saml":
             continue
         changes = row.get("changes") if isinstance(row.get("changes"), dict) else {}
-        change = changes.get("groups")
+        # The provisioner records a JIT login's memberships as "groups.jit".
+        change = changes.get("groups.jit") or changes.get("groups")
         after = change.get("after") if isinstance(change, dict) else None
         if isinstance(after, list) and name in {str(x).lower() for x in after}:
-            return row.get("source_label")
+            source: str | None = row.get("source_label")
+            return source
     return None
 
 
@@ -252,10 +264,19 @@ NO_TENANT = UUID(int=0)  # audit_log.tenant_id of an action that concerns no one
 
 
 async def record_staff_action(
-    conn: asyncpg.Connection, *, staff_id: str, staff_email: str, action: str, tenant_id: UUID | None,
-    result: str = "applied", notes: list[str] | None = None, correlation_id: str = "",
-    resource_type: str | None = None, changes: dict[str, Any] | None = None,
-    error_code: str | None = None, error_message: str | None = None,
+    conn: asyncpg.Connection,
+    *,
+    staff_id: str,
+    staff_email: str,
+    action: str,
+    tenant_id: UUID | None,
+    result: str = "applied",
+    notes: list[str] | None = None,
+    correlation_id: str = "",
+    resource_type: str | None = None,
+    changes: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
 ) -> None:
     """One audit row for something a staff member did (source ``staff``: who, the action as
     the operation), so `audit search --connection EMAIL` and the console find it. ``conn``
@@ -266,7 +287,17 @@ async def record_staff_action(
                                   source_label, operation, resource_type, changes, result, error_code,
                                   error_message, notes, correlation_id)
            VALUES ($1, $2, $2, $3, 'staff', $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)""",
-        uuid.uuid4(), now, tenant_id or NO_TENANT, staff_id, staff_email, action, resource_type,
-        changes or {}, result, error_code, error_message, notes or [],
+        uuid.uuid4(),
+        now,
+        tenant_id or NO_TENANT,
+        staff_id,
+        staff_email,
+        action,
+        resource_type,
+        changes or {},
+        result,
+        error_code,
+        error_message,
+        notes or [],
         correlation_id or uuid.uuid4().hex,
     )

@@ -34,7 +34,11 @@ class DeadLetter:
 
     @property
     def id(self) -> str:
-        return f"{self.partition}:{self.entry_id}" if self.kind == COMMANDS else f"{AUDIT}:{self.partition}:{self.entry_id}"
+        return (
+            f"{self.partition}:{self.entry_id}"
+            if self.kind == COMMANDS
+            else f"{AUDIT}:{self.partition}:{self.entry_id}"
+        )
 
     def outcomes(self) -> list[dict[str, Any]]:
         """An audit dead letter's outcomes as JSON objects (readable even when they do not
@@ -78,11 +82,16 @@ def parse_id(text: str, topo: Topology) -> tuple[str, int, str]:
     """(kind, partition, entry id) of ``<partition>:<entry-id>`` or ``audit:<partition>:<entry-id>``."""
     m = _ID.match(text.strip())
     if not m:
-        raise AdminError(f"bad dead-letter id {text!r}: expected <partition>:<entry-id>, e.g. 3:1767225600000-0 "
-                       "(audit:<partition>:<entry-id> for the auditor's)", USAGE)
+        raise AdminError(
+            f"bad dead-letter id {text!r}: expected <partition>:<entry-id>, e.g. 3:1767225600000-0 "
+            "(audit:<partition>:<entry-id> for the auditor's)",
+            USAGE,
+        )
     partition = int(m.group(2))
     if partition >= topo.partitions:
-        raise AdminError(f"bad dead-letter id {text!r}: partition {partition} is not in 0..{topo.partitions - 1}", USAGE)
+        raise AdminError(
+            f"bad dead-letter id {text!r}: partition {partition} is not in 0..{topo.partitions - 1}", USAGE
+        )
     return m.group(1) or COMMANDS, partition, m.group(3)
 
 
@@ -115,13 +124,19 @@ async def _read_one(r: Any, topo: Topology, kind: str, partition: int, entry_id:
     if not entries:
         name = DeadLetter(partition, entry_id, {}, kind).id
         raise AdminError(f"no dead letter {name} (see `{_list_hint(kind)}`)", NOT_FOUND)
-    return _entry(partition, *entries[0], kind)
+    found_id, fields = entries[0]
+    return _entry(partition, found_id, fields, kind)
 
 
 def _row(d: DeadLetter, names: dict[str, str]) -> dict[str, Any]:
     deliveries = int(d.fields["deliveries"]) if d.fields.get("deliveries", "").isdigit() else d.fields.get("deliveries")
-    common = {"deliveries": deliveries, "error": d.fields.get("error"), "stream": d.fields.get("stream"),
-              "entry_id": d.fields.get("entry_id"), "kind": d.kind}
+    common = {
+        "deliveries": deliveries,
+        "error": d.fields.get("error"),
+        "stream": d.fields.get("stream"),
+        "entry_id": d.fields.get("entry_id"),
+        "kind": d.kind,
+    }
     if d.kind == AUDIT:
         outcomes = d.outcomes()
         tenants = d.tenants()
@@ -165,7 +180,9 @@ async def _replay(r: Any, topo: Topology, d: DeadLetter) -> str:
         return await _replay_audit(r, topo, d)
     cmd = d.command()
     if cmd is None:
-        raise AdminError(f"cannot replay {d.id}: its data is not a valid command (drop it with `provisio dlq drop {d.id}`)")
+        raise AdminError(
+            f"cannot replay {d.id}: its data is not a valid command (drop it with `provisio dlq drop {d.id}`)"
+        )
     if topo.partition_of(cmd.tenant_id) != d.partition:
         raise AdminError(f"cannot replay {d.id}: its tenant belongs to partition {topo.partition_of(cmd.tenant_id)}")
     again = cmd.model_copy(update={"attempt": cmd.attempt + 1})
@@ -181,7 +198,9 @@ async def _replay_audit(r: Any, topo: Topology, d: DeadLetter) -> str:
     try:
         entry_outcomes(d.fields)  # what the auditor will read: Outcomes, or it would fail again
     except Exception:
-        raise AdminError(f"cannot replay {d.id}: its data is not valid outcomes (drop it with `provisio dlq drop {d.id}`)") from None
+        raise AdminError(
+            f"cannot replay {d.id}: its data is not valid outcomes (drop it with `provisio dlq drop {d.id}`)"
+        ) from None
     field = OUTCOMES_FIELD if OUTCOMES_FIELD in d.fields else DATA_FIELD
     async with r.pipeline(transaction=True) as pipe:
         pipe.xadd(topo.audit_stream(d.partition), {field: d.fields[field]}, maxlen=topo.maxlen, approximate=True)
@@ -193,8 +212,6 @@ async def _replay_audit(r: Any, topo: Topology, d: DeadLetter) -> str:
 def _replayed(d: DeadLetter, new: str) -> str:
     where = "" if d.kind == COMMANDS else " on the audit stream"
     return f"replayed {d.id} as {d.partition}:{new}{where}"
-
-
 
 
 async def drop(r: Any, topo: Topology, kind: str, partition: int, entry_id: str) -> bool:

@@ -53,8 +53,14 @@ class Staff:
 
 
 def _staff(row: asyncpg.Record) -> Staff:
-    return Staff(row["id"], row["email"], row["role"], row["password_hash"] is not None,
-                 row["totp_secret"] is not None, row["created_at"])
+    return Staff(
+        row["id"],
+        row["email"],
+        row["role"],
+        row["password_hash"] is not None,
+        row["totp_secret"] is not None,
+        row["created_at"],
+    )
 
 
 def token_hash(token: str) -> bytes:
@@ -84,7 +90,9 @@ async def _new_link(conn: asyncpg.Connection, staff_id: uuid.UUID, ttl: timedelt
     await conn.execute("DELETE FROM staff_links WHERE staff_id = $1", staff_id)
     await conn.execute(
         "INSERT INTO staff_links (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + $3::interval)",
-        token_hash(token), staff_id, ttl,
+        token_hash(token),
+        staff_id,
+        ttl,
     )
     return token
 
@@ -160,8 +168,10 @@ async def set_password(conn: asyncpg.Connection, token: str, password: str) -> S
             token_hash(token),
         )
         if row is None:
-            raise AdminError("this link has expired or was used already; ask an admin for a new one "
-                             "(provisio staff reset EMAIL)", NOT_FOUND)
+            raise AdminError(
+                "this link has expired or was used already; ask an admin for a new one (provisio staff reset EMAIL)",
+                NOT_FOUND,
+            )
         s = await by_id(conn, row["staff_id"])
         assert s is not None  # the link's row cascades with the account
         check_password(password, s.email)
@@ -207,6 +217,6 @@ async def verify_login(conn: asyncpg.Connection, email: str, password: str, code
         return None
     if row["totp_secret"] is not None and not totp_ok(row["totp_secret"], code):
         return None
-    if _hasher.check_needs_rehash(stored):
+    if stored is not None and _hasher.check_needs_rehash(stored):
         await conn.execute("UPDATE staff SET password_hash = $2 WHERE id = $1", row["id"], _hasher.hash(password))
     return _staff(row)

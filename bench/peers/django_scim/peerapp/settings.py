@@ -34,7 +34,12 @@ SCIM_SERVICE_PROVIDER = {
     "NETLOC": "127.0.0.1",
     "SCHEME": "http",
     "GROUP_MODEL": "peerapp.models.Group",
-    "AUTHENTICATION_SCHEMES": [{"type": "oauthbearertoken", "name": "OAuth Bearer Token",
-                                "description": "Authentication scheme using the OAuth Bearer Token Standard"}],
+    "AUTHENTICATION_SCHEMES": [
+        {
+            "type": "oauthbearertoken",
+            "name": "OAuth Bearer Token",
+            "description": "Authentication scheme using the OAuth Bearer Token Standard",
+        }
+    ],
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
