@@ -20,6 +20,7 @@ import base64
 import binascii
 import calendar
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -46,6 +47,7 @@ SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 _SHOWN = 3  # at most this many received values on a refusal page, each cut to 200 characters
+_UNSHOWN = re.compile(r'[<>"`\x00-\x1f\x7f]')
 
 
 class Refused(Exception):
@@ -592,8 +594,12 @@ def _signature_problem(signature: Any) -> str | None:
 
 
 def _shown(values: list[Any]) -> str:
-    """Received values for a refusal page (escaped by the page), few and short."""
-    shown = [f'"{str(v).strip()[:200]}"' for v in values if v is not None and str(v).strip()][:_SHOWN]
+    """Received values for a refusal page (escaped by the page), few and short. An
+    Issuer or Audience is a URI: markup and control characters in one are shown as "?",
+    so a hostile value is never echoed as markup, even escaped."""
+    shown = [f'"{_UNSHOWN.sub("?", str(v).strip()[:200])}"' for v in values if v is not None and str(v).strip()][
+        :_SHOWN
+    ]
     return ", ".join(shown) if shown else "(none)"
 
 

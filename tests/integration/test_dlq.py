@@ -156,8 +156,11 @@ async def test_replay_is_applied_at_most_once(env, pool, redis, topology, provis
         res = cli("dlq", "replay", did, env=env)
         assert res.returncode == 0, res.stderr
     seen = await eventually(lambda: _n(outcomes, 3))
-    assert [o.event_id for o in seen] == [cmd.event_id] * 3
-    assert [o.redelivered for o in seen] == [False, True, True]
+    # Applied once; every later delivery answered from the inbox. Delivery is at least
+    # once: now and then (also before this test's code changed) one replay is read twice,
+    # and its second answer is one more redelivered outcome, never a second apply.
+    assert {o.event_id for o in seen} == {cmd.event_id}, seen
+    assert [o.redelivered for o in seen][:1] == [False] and all(o.redelivered for o in seen[1:]), seen
     async with pool.acquire() as conn:
         assert (
             await conn.fetchval(

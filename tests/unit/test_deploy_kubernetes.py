@@ -33,7 +33,7 @@ pytestmark = pytest.mark.unit
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
-DEPLOYMENTS = ("scim", "saml", "provisioner", "auditor", "console")
+DEPLOYMENTS = ("scim", "saml", "app-api", "provisioner", "auditor", "console")
 
 
 def load_docs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -130,7 +130,7 @@ def test_every_file_parses_with_kind_and_name():
 def test_base_renders_with_kustomize():
     docs = rendered(BASE)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("Deployment") == 5 and kinds.count("ScaledObject") == 2
+    assert kinds.count("Deployment") == 6 and kinds.count("ScaledObject") == 2
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "provisio" for d in docs)
 
 
@@ -161,7 +161,9 @@ def test_deployment_runs_the_service_with_probes_and_resources(m, service):
     assert own <= env_vars(settings_class(service)), (
         f"{service} reads none of {own - env_vars(settings_class(service))}"
     )
-    port_field = f"{service}_port" if service in ("scim", "saml", "console") else "health_port"
+    port_field = {"app-api": "app_api_port"}.get(service) or (
+        f"{service}_port" if service in ("scim", "saml", "console") else "health_port"
+    )
     assert getattr(settings, port_field) == SERVICE_PORTS[service]
     # Graceful shutdown has time to finish.
     assert pod["terminationGracePeriodSeconds"] >= 20
