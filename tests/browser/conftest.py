@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 
 CHROMIUM = os.environ.get("PROVISIO_TEST_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+_ROOT = Path(__file__).resolve().parents[2]
+# Where the screenshots go: .provisio/screenshots (ignored by git) unless
+# PROVISIO_SCREENSHOTS names a folder; `PROVISIO_SCREENSHOTS=docs/console make test`
+# refreshes the ones docs/console.md shows.
+SHOTS = _ROOT / os.environ.get("PROVISIO_SCREENSHOTS", ".provisio/screenshots")
 ARGS = [
     "--headless",
     "--no-sandbox",

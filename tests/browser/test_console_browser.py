@@ -1,7 +1,8 @@
 """The console in a real browser: login, audit search and the user page after a real
 SCIM sync (gateway, provisioner and auditor running), the live tail, dead letters by
 role, CSRF, session expiry, and a hostile displayName shown as text. Each test writes
-screenshots to docs/console/ (docs/console.md shows them)."""
+screenshots to .provisio/screenshots/ (PROVISIO_SCREENSHOTS=docs/console refreshes
+the ones docs/console.md shows)."""
 
 from __future__ import annotations
 
