@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,9 +54,10 @@ _GROUP_COLUMNS = """g.id, g.display_name, g.external_id, g.attributes, g.version
     g.created_by, (SELECT count(DISTINCT m.user_id) FROM memberships m WHERE m.group_id = g.id) AS member_count"""
 
 
-def user_json(row: Any) -> dict[str, Any]:
-    """A users row (with its groups) as the API's user: ``UserState`` as JSON."""
-    state = UserState(
+def user_state(row: Any, groups: Sequence[Any] = ()) -> UserState:
+    """A users row as ``UserState``: the one row→resource mapping of users (the
+    provisioner's outcomes and the App API both use it)."""
+    return UserState(
         id=row["id"],
         user_name=row["user_name"],
         external_id=row["external_id"],
@@ -70,14 +72,13 @@ def user_json(row: Any) -> dict[str, Any]:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         created_by=row["created_by"],
-        groups=tuple(row["groups"] or ()),
+        groups=tuple(groups),
     )
-    return state.model_dump(mode="json")
 
 
-def group_json(row: Any) -> dict[str, Any]:
-    """A groups row as the API's group: ``GroupState`` as JSON plus ``member_count``."""
-    state = GroupState(
+def group_state(row: Any) -> GroupState:
+    """A groups row as ``GroupState`` (the one mapping of groups)."""
+    return GroupState(
         id=row["id"],
         display_name=row["display_name"],
         external_id=row["external_id"],
@@ -87,7 +88,16 @@ def group_json(row: Any) -> dict[str, Any]:
         updated_at=row["updated_at"],
         created_by=row["created_by"],
     )
-    return {**state.model_dump(mode="json"), "member_count": row["member_count"]}
+
+
+def user_json(row: Any) -> dict[str, Any]:
+    """A users row (with its groups) as the API's user: ``UserState`` as JSON."""
+    return user_state(row, row["groups"] or ()).model_dump(mode="json")
+
+
+def group_json(row: Any) -> dict[str, Any]:
+    """A groups row as the API's group: ``GroupState`` as JSON plus ``member_count``."""
+    return {**group_state(row).model_dump(mode="json"), "member_count": row["member_count"]}
 
 
 def _page(rows: list[Any], limit: int, to_json: Any) -> tuple[list[dict[str, Any]], str | None]:
@@ -95,6 +105,34 @@ def _page(rows: list[Any], limit: int, to_json: Any) -> tuple[list[dict[str, Any
     rows = rows[:limit]
     nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
     return [to_json(r) for r in rows], nxt
+
+
+async def _keyset_page(
+    conn: Any,
+    table: str,
+    alias: str,
+    columns: str,
+    to_json: Any,
+    tenant_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    updated_after: datetime | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a tenant's ``users`` (alias u) or ``groups`` (g), oldest first, keyed
+    on (created_at, id): stable under concurrent inserts, and on existing indexes."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = await conn.fetch(
+        f"""SELECT {columns} FROM {table} {alias}
+            WHERE {alias}.tenant_id = $1 AND ($2::timestamptz IS NULL OR ({alias}.created_at, {alias}.id) > ($2, $3::uuid))
+              AND ($4::timestamptz IS NULL OR {alias}.updated_at > $4)
+            ORDER BY {alias}.created_at, {alias}.id LIMIT $5""",
+        tenant_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        updated_after,
+        limit + 1,
+    )
+    return _page(rows, limit, to_json)
 
 
 async def list_users(
@@ -106,19 +144,7 @@ async def list_users(
     updated_after: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of the tenant's users, oldest first, and the cursor of the next (None at the end)."""
-    after = decode_cursor(cursor) if cursor else None
-    rows = await conn.fetch(
-        f"""SELECT {_USER_COLUMNS} FROM users u
-            WHERE u.tenant_id = $1 AND ($2::timestamptz IS NULL OR (u.created_at, u.id) > ($2, $3::uuid))
-              AND ($4::timestamptz IS NULL OR u.updated_at > $4)
-            ORDER BY u.created_at, u.id LIMIT $5""",
-        tenant_id,
-        after[0] if after else None,
-        after[1] if after else None,
-        updated_after,
-        limit + 1,
-    )
-    return _page(rows, limit, user_json)
+    return await _keyset_page(conn, "users", "u", _USER_COLUMNS, user_json, tenant_id, limit, cursor, updated_after)
 
 
 async def get_user(conn: Any, tenant_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any] | None:
@@ -136,19 +162,7 @@ async def list_groups(
     cursor: str | None = None,
     updated_after: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor) if cursor else None
-    rows = await conn.fetch(
-        f"""SELECT {_GROUP_COLUMNS} FROM groups g
-            WHERE g.tenant_id = $1 AND ($2::timestamptz IS NULL OR (g.created_at, g.id) > ($2, $3::uuid))
-              AND ($4::timestamptz IS NULL OR g.updated_at > $4)
-            ORDER BY g.created_at, g.id LIMIT $5""",
-        tenant_id,
-        after[0] if after else None,
-        after[1] if after else None,
-        updated_after,
-        limit + 1,
-    )
-    return _page(rows, limit, group_json)
+    return await _keyset_page(conn, "groups", "g", _GROUP_COLUMNS, group_json, tenant_id, limit, cursor, updated_after)
 
 
 async def get_group(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> dict[str, Any] | None:

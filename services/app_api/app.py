@@ -266,10 +266,11 @@ async def _directory_call(fn: Any, *args: Any, **kw: Any) -> Any:
 # --------------------------------------------------------------------------- directory
 
 
-async def list_users(request: web.Request) -> web.Response:
+async def _list(request: web.Request, fn: Any) -> web.Response:
+    """A page of a tenant's users or groups (``directory.list_users``/``list_groups``)."""
     tid = await _tenant(request, request.match_info["tenant"])
     data, nxt = await _directory_call(
-        directory.list_users,
+        fn,
         request.app[POOL],
         tid,
         limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
@@ -277,6 +278,10 @@ async def list_users(request: web.Request) -> web.Response:
         updated_after=_timestamp(request, "updated_after"),
     )
     return _page(data, nxt)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    return await _list(request, directory.list_users)
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -288,16 +293,7 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def list_groups(request: web.Request) -> web.Response:
-    tid = await _tenant(request, request.match_info["tenant"])
-    data, nxt = await _directory_call(
-        directory.list_groups,
-        request.app[POOL],
-        tid,
-        limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
-        cursor=request.query.get("cursor") or None,
-        updated_after=_timestamp(request, "updated_after"),
-    )
-    return _page(data, nxt)
+    return await _list(request, directory.list_groups)
 
 
 async def get_group(request: web.Request) -> web.Response:

@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from provisio_lib.contract import GroupData, GroupRef, GroupState, UserData, UserState
+from provisio_lib import directory
+from provisio_lib.contract import GroupData, GroupRef, UserData
 
 from .domain import PermanentError, looks_like_object_id, match_group_claims, one_group_refusals, primary_email
 from .events import EventSpec
@@ -48,37 +49,8 @@ def user_values(data: UserData) -> dict[str, Any]:
     }
 
 
-def user_state(row: asyncpg.Record | dict[str, Any], groups: list[GroupRef] | tuple[GroupRef, ...] = ()) -> UserState:
-    return UserState(
-        id=row["id"],
-        user_name=row["user_name"],
-        external_id=row["external_id"],
-        active=row["active"],
-        display_name=row["display_name"],
-        given_name=row["given_name"],
-        family_name=row["family_name"],
-        emails=tuple(row["emails"] or ()),
-        sso_name=row["sso_name"],
-        attributes=row["attributes"] or {},
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        created_by=row["created_by"],
-        groups=tuple(groups),
-    )
-
-
-def group_state(row: asyncpg.Record) -> GroupState:
-    return GroupState(
-        id=row["id"],
-        display_name=row["display_name"],
-        external_id=row["external_id"],
-        attributes=row["attributes"] or {},
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        created_by=row["created_by"],
-    )
+# The row→resource mapping is the read model's (provisio_lib.directory), shared with the App API.
+user_state, group_state = directory.user_state, directory.group_state
 
 
 def _unique(err: asyncpg.UniqueViolationError, what: str, value: str) -> PermanentError:
