@@ -422,7 +422,15 @@ _KINDS: list[tuple[str, Any]] = [
     ("logging", lambda fr: any(("structlog/" in x or "logging/" in x) for x in fr)),
     ("prometheus", lambda fr: any("prometheus_client" in x for x in fr)),
 ]
-_OURS = ("scim_gateway/", "saml_gateway/", "provisioner/", "auditor/", "provisio_lib/")
+_OURS = (
+    "scim_gateway/",
+    "saml_gateway/",
+    "provisioner/",
+    "auditor/",
+    "app_api/",
+    "webhook_dispatcher/",
+    "provisio_lib/",
+)
 
 
 def finish_profiles(spies: list[tuple[str, str, subprocess.Popen[bytes]]]) -> dict[str, Any]:
