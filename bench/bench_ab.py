@@ -119,7 +119,8 @@ def cpu_per_1k(cell: dict[str, Any], warmup: float) -> dict[str, float]:
     ok = max(cell["ok"] * (cell["duration_s"] + warmup) / cell["duration_s"], 1)
     out = {k: round(1000 * v / ok, 3) for k, v in cell["cpu"].items() if k not in ("wall", "machine_busy")}
     out["stack"] = round(sum(v for k, v in out.items() if k in ("scim-gateway", "provisioner", "auditor")), 3)
-    out["stack+db"] = round(out["stack"] + out.get("postgres", 0) + out.get("redis", 0), 3)
+    # Postgres: only this side's backends when measured (the server is shared).
+    out["stack+db"] = round(out["stack"] + out.get("postgres_own", out.get("postgres", 0)), 3)
     return out
 
 
@@ -147,6 +148,7 @@ def summarize(cells: list[dict[str, Any]], sides: list[str], phases: list[str]) 
                     "stack_cpu_per_req": round(s["cpu_s_per_1k"]["stack"] / r0["cpu_s_per_1k"]["stack"], 3)
                     if r0["cpu_s_per_1k"].get("stack")
                     else None,
+                    "stack_db_cpu_per_req_paired_median": paired_ratio(cells, side, ref, "stack_db_cpu_per_1k"),
                     "stack_db_cpu_per_req": round(s["cpu_s_per_1k"]["stack+db"] / r0["cpu_s_per_1k"]["stack+db"], 3)
                     if r0["cpu_s_per_1k"].get("stack+db")
                     else None,
@@ -165,6 +167,13 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="pace each cell at this many requests/s (0: closed loop); at a rate every side keeps up "
+        "with, CPU per request compares the sides at the same batching",
+    )
     ap.add_argument("--tag", default="ab")
     args = ap.parse_args()
     sides: dict[str, Path] = {}
@@ -238,15 +247,17 @@ async def main() -> None:
                             "duration": args.duration,
                             "warmup": args.warmup,
                             "run_id": f"ab{name[:6]}{phase[:2]}{rnd}",
+                            "rate": args.rate,
                         }
                         if phase == "create":
                             spec["ids_out"] = t["ids"]
                         else:
                             spec["ids_in"] = t["ids"]
-                        with CpuMeter(services[name]) as meter:
+                        with CpuMeter(services[name], [f"{b.db}_{name}"]) as meter:
                             res = await run_loadgen(spec)
                         res.update(side=name, round=rnd, cpu=meter.by)
                         res["cpu_per_1k"] = cpu_per_1k(res, args.warmup)
+                        res["stack_db_cpu_per_1k"] = res["cpu_per_1k"]["stack+db"]
                         results["cells"].append(res)
                         log(
                             f"{name:10} {phase:6} r{rnd}: {res['rps']:>8} req/s  p50 {res['p50_ms']:>7} ms"

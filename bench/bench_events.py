@@ -316,7 +316,7 @@ async def main() -> None:
                         "events": events,
                         "wall_s": round(wall, 3),
                         "events_per_s": round(events / wall, 1),
-                        "page_p50_ms": statistics.median(r["page_p50_ms"] for r in runs),
+                        "page_p50_ms": round(statistics.median(r["page_p50_ms"] for r in runs), 2),
                         "page_p99_ms": max(r["page_p99_ms"] for r in runs),
                         "cpu": meter.by,
                         "cpu_s_per_1k_events": {

@@ -333,15 +333,36 @@ def system_cpu() -> dict[str, dict[int, float]]:
     return out
 
 
-class CpuMeter:
-    """CPU seconds per component over a window: our services, Postgres, Redis, machine."""
+def backend_cpu(databases: list[str]) -> dict[int, float]:
+    """CPU seconds used so far by the Postgres backends connected to these databases, by
+    pid (their process title names the database): our own share of the shared server."""
+    out: dict[int, float] = {}
+    if not databases:
+        return out
+    marks = [f" {d} " for d in databases]
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        if not (p.info["name"] or "").startswith("postgres") or p.info["cpu_times"] is None:
+            continue
+        title = " ".join(p.info["cmdline"] or []) + " "
+        if any(m in title for m in marks):
+            t = p.info["cpu_times"]
+            out[p.pid] = t.user + t.system
+    return out
 
-    def __init__(self, services: list[Service]) -> None:
+
+class CpuMeter:
+    """CPU seconds per component over a window: our services, Postgres, Redis, machine;
+    with ``databases``, also ``postgres_own``: only the backends of those databases (the
+    server is shared, so ``postgres`` counts other users' queries too)."""
+
+    def __init__(self, services: list[Service], databases: list[str] | None = None) -> None:
         self.services = services
+        self.databases = databases or []
 
     def __enter__(self) -> CpuMeter:
         self.t0 = time.monotonic()
         self.s0 = {s.name: s.cpu_s() for s in self.services}
+        self.b0 = backend_cpu(self.databases)
         self.x0 = system_cpu()
         self.m0 = psutil.cpu_times()
         return self
@@ -352,6 +373,9 @@ class CpuMeter:
         x1 = system_cpu()
         # Per pid, so a backend that exits in the window does not make the sum go backwards.
         self.by.update({k: round(sum(v - self.x0[k].get(pid, 0.0) for pid, v in x1[k].items()), 2) for k in x1})
+        if self.databases:
+            b1 = backend_cpu(self.databases)
+            self.by["postgres_own"] = round(sum(v - self.b0.get(pid, 0.0) for pid, v in b1.items()), 2)
         m1 = psutil.cpu_times()
         busy = (m1.user + m1.system + m1.nice + getattr(m1, "softirq", 0) + getattr(m1, "irq", 0)) - (
             self.m0.user + self.m0.system + self.m0.nice + getattr(self.m0, "softirq", 0) + getattr(self.m0, "irq", 0)

@@ -17,6 +17,10 @@ provisioning for a SCIM endpoint"):
           patch (200/204), add to a group (PATCH /Groups/<id> op "Add" members; 200/204)
   hello   GET /hello (the load generator's own ceiling against a hello-world server)
 
+``rate`` (requests/s, all clients together) paces the load instead of sending as fast as
+answers come back; ``times_out`` (create) writes each userName with its POST's wall-clock
+start and end, for latencies another process measures (e.g. a webhook's arrival).
+
 The ids made by ``create`` are written to ``ids_out`` (JSON lines), which ``get`` and
 ``patch`` read back (``ids_in``); each client owns a disjoint slice of them, so two
 clients never PATCH the same user at once.
@@ -238,6 +242,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     deadline = stats.t_end
     members = int(spec.get("members", 20))
     conns: list[Http | None] = [None] * conc
+    # Paced load: the clients together start at most ``rate`` requests per second, each
+    # taking the next free slot (0 = as fast as the answers come back).
+    rate = float(spec.get("rate", 0))
+    next_slot = [0]
+    # Per created user: userName and the wall-clock start and end of its POST (``time.time()``,
+    # one clock for every process here), for latencies measured by another process.
+    times: list[tuple[str, float, float, bool]] | None = [] if spec.get("times_out") else None
 
     async def request(w: int, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         conn = conns[w]
@@ -282,12 +293,22 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         mine = ids[w::conc] if ids else []
         my_bodies = bodies[w::conc]
         while now() < deadline:
+            if rate:
+                slot = t0 + next_slot[0] / rate
+                next_slot[0] += 1
+                if slot > now():
+                    await asyncio.sleep(slot - now())
+                if now() >= deadline:
+                    return
             n += 1
             if phase == "hello":
                 await call(w, "hello", "GET", "/hello", None, (200,))
             elif phase == "create":
                 name = f"{run_id}-{w}-{n}@bench.test"
+                tw = time.time()
                 data = await call(w, "create", "POST", "/Users", user_body(name, n), (201,))
+                if times is not None:
+                    times.append((name, tw, time.time(), data is not None))
                 if data is not None:
                     created.append((json.loads(data)["id"], name))
             elif phase == "get":
@@ -381,6 +402,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 3),
         "exhausted": bool(exhausted) and elapsed < warmup + duration,
     }
+    if times is not None:
+        with open(spec["times_out"], "w") as f:
+            for item in times:
+                f.write(json.dumps(item) + "\n")
     if spec.get("ids_out"):
         with open(spec["ids_out"], "a") as f:
             for item in created:

@@ -66,10 +66,16 @@ def test_paired_ratio_is_the_median_of_same_round_ratios() -> None:
 
 def test_cpu_per_request_counts_the_warm_up_requests_too() -> None:
     # 1,000 requests counted in 8 s, CPU measured over 10 s (2 s warm-up): 1,250 requests.
-    cell = {"ok": 1000, "duration_s": 8.0, "cpu": {"scim-gateway": 0.5, "provisioner": 0.75, "wall": 10.0}}
+    cell = {
+        "ok": 1000,
+        "duration_s": 8.0,
+        "cpu": {"scim-gateway": 0.5, "provisioner": 0.75, "postgres": 5.0, "postgres_own": 0.25, "wall": 10.0},
+    }
     out = ab.cpu_per_1k(cell, 2.0)
     assert out["scim-gateway"] == pytest.approx(0.4)
     assert out["stack"] == pytest.approx(1.0)
+    # Only this side's Postgres backends count (the server is shared with other work).
+    assert out["stack+db"] == pytest.approx(1.2)
     assert "wall" not in out
 
 
