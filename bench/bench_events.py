@@ -46,6 +46,7 @@ from harness import (
     Bench,
     CpuMeter,
     Service,
+    XidWatch,
     create_database,
     delete_redis_prefix,
     drop_database,
@@ -143,9 +144,12 @@ async def read_feed(base: str, key: str, tenant: str, limit: int) -> dict[str, A
 
 
 async def long_polls(
-    api: str, scim: str, key: str, token: str, tenant: str, n: int, gap: float, run_id: str
+    api: str, scim: str, key: str, token: str, tenant: str, n: int, gap: float, run_id: str, own_db: str
 ) -> dict[str, Any]:
-    """Write → event returned by a waiting long-poll, one at a time."""
+    """Write → event returned by a waiting long-poll, one at a time; slow samples are
+    checked against the cluster's writing transactions (``XidWatch``)."""
+    watch = XidWatch().start()
+    windows: list[tuple[float, float, float]] = []  # wall-clock write start, event, latency ms
     to_event: list[float] = []
     answer_to_event: list[float] = []
     scim_ms: list[float] = []
@@ -177,6 +181,7 @@ async def long_polls(
             waiting = asyncio.create_task(poll(after))
             await asyncio.sleep(0.05)  # the long-poll has queried and is waiting
             t0 = time.perf_counter()
+            w0 = time.time()
             async with scim_s.post(f"{scim}/Users", data=user_body(name, i)) as r:
                 await r.read()
                 if r.status != 201:
@@ -188,11 +193,16 @@ async def long_polls(
                 misses += 1
             else:
                 to_event.append((t_event - t0) * 1000)
+                windows.append((w0, w0 + (t_event - t0), (t_event - t0) * 1000))
                 answer_to_event.append((t_event - t_answer) * 1000)
                 scim_ms.append((t_answer - t0) * 1000)
             if data:
                 after = data[-1]["sequence"]
             await asyncio.sleep(gap)
+
+    await watch.stop()
+    slow = [(a, b, ms) for a, b, ms in windows if ms > 250]
+    explained = [watch.held_between(a - 0.05, b, 0.1, own_db) for a, b, _ms in slow]
 
     def stats(v: list[float]) -> dict[str, Any]:
         v = sorted(v)
@@ -209,6 +219,12 @@ async def long_polls(
         "scim_answer_to_event": stats(answer_to_event),
         "scim_answer": stats(scim_ms),
         "not_matched": misses,
+        # Samples over 250 ms, and how many of them saw a transaction of another database
+        # holding an xid for >= 100 ms in their window (the feed waits for it, see XidWatch).
+        "over_250ms": len(slow),
+        "over_250ms_with_other_db_xid_holder": sum(1 for e in explained if e),
+        "other_db_xid_holders_seen": sorted({d for e in explained for d in e})[:20],
+        "share_of_time_other_db_holds_xid_100ms": watch.share_held(0.1, own_db),
     }
 
 
@@ -360,7 +376,7 @@ async def main() -> None:
                 results["profile"] = finish_profiles(spies)
                 log(f"profile: {json.dumps(results['profile'])[:1500]}")
             if args.polls:
-                lp = await long_polls(base, scim, key, token, tenant_name, args.polls, args.poll_gap, b.id)
+                lp = await long_polls(base, scim, key, token, tenant_name, args.polls, args.poll_gap, b.id, b.db)
                 results["summary"]["long_poll"] = lp
                 log(f"long-poll: {lp}")
             for s in services:

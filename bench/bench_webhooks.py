@@ -53,6 +53,7 @@ from harness import (
     Bench,
     CpuMeter,
     Service,
+    XidWatch,
     create_database,
     delete_redis_prefix,
     drop_database,
@@ -252,7 +253,7 @@ async def main() -> None:
                     await copy_events(dsn, seed_tid, tid, args.events, args.copy_batch)
                     dispatcher = dispatcher_service(penv)
                     t_start = time.time()
-                    with CpuMeter([dispatcher, receiver]) as meter:
+                    with CpuMeter([dispatcher, receiver], [b.db]) as meter:
                         dispatcher.start(tmp)
                         services.append(dispatcher)
                         spies = []
@@ -279,7 +280,7 @@ async def main() -> None:
                         "cpu": meter.by,
                         "cpu_s_per_1k": {
                             k: round(1000 * meter.by.get(k, 0) / max(got, 1), 4)
-                            for k in ("webhook-dispatcher", "postgres", "receiver", "redis", "machine_busy")
+                            for k in ("webhook-dispatcher", "postgres_own", "postgres", "receiver", "machine_busy")
                         },
                         "signatures": verify(recs, secret),
                     }
@@ -299,7 +300,8 @@ async def main() -> None:
                     services.append(dispatcher)
                     await asyncio.sleep(2.0)  # the dispatcher has loaded its endpoints
                     times_path = os.path.join(tmp, "times.jsonl")
-                    with CpuMeter(services) as meter:
+                    watch = XidWatch().start()
+                    with CpuMeter(services, [b.db]) as meter:
                         load = await run_loadgen(
                             {
                                 "base": scim,
@@ -317,6 +319,7 @@ async def main() -> None:
                             sent = [json.loads(line) for line in f if line.strip()]
                         created = [x for x in sent if x[3]]
                         got, _ = await wait_for(rc, session, len(created), timeout=10)
+                    await watch.stop()
                     recs = await rc.dump(session, os.path.join(tmp, "lat.jsonl"))
                     arrived: dict[str, float] = {}
                     for r in recs:
@@ -332,6 +335,12 @@ async def main() -> None:
                     )
                     scim_ms = sorted((end - start) * 1000 for _n, start, end, ok in created if ok and start >= t0)
                     missing = [n for n, _s, _e, ok in created if ok and n not in arrived]
+                    slow = [
+                        (start, arrived[name])
+                        for name, start, _end, ok in created
+                        if ok and start >= t0 and name in arrived and arrived[name] - start > 0.25
+                    ]
+                    explained = [watch.held_between(a - 0.05, z, 0.1, b.db) for a, z in slow]
                     span = max(x[1] for x in sent) - min(x[1] for x in sent)
 
                     def stats(v: list[float]) -> dict[str, Any]:
@@ -354,6 +363,12 @@ async def main() -> None:
                         "scim_answer": stats(scim_ms),
                         "signatures": verify(recs, secret),
                         "cpu": meter.by,
+                        # Slow samples against the cluster's writing transactions (XidWatch):
+                        # the feed waits for any older xid, in any database.
+                        "over_250ms": len(slow),
+                        "over_250ms_with_other_db_xid_holder": sum(1 for e in explained if e),
+                        "other_db_xid_holders_seen": sorted({d for e in explained for d in e})[:20],
+                        "share_of_time_other_db_holds_xid_100ms": watch.share_held(0.1, b.db),
                     }
                     log(f"latency: {json.dumps({k: v for k, v in results['latency'].items() if k != 'cpu'})}")
             finally:

@@ -559,3 +559,57 @@ class Bench:
 
 def log(msg: str) -> None:
     print(f"[{dt.datetime.now(dt.UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class XidWatch:
+    """Samples, every ``every`` s, the oldest transaction holding a transaction id anywhere
+    in the Postgres cluster (``pg_stat_activity.backend_xid``). The event feed shows a row
+    only once every transaction with a lower xid has ended, and xids are cluster-wide: a
+    long writing transaction in *any* database (another application, another helper's
+    tests) holds back the feed. Used to explain slow samples of feed latencies."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.samples: list[tuple[float, str | None, float]] = []  # (time.time(), datname, age s)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            while True:
+                row = await conn.fetchrow(
+                    """SELECT datname, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age
+                       FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1"""
+                )
+                self.samples.append((time.time(), row["datname"] if row else None, row["age"] if row else 0.0))
+                await asyncio.sleep(self.every)
+        finally:
+            await conn.close()
+
+    def start(self) -> XidWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def held_between(self, t0: float, t1: float, min_age: float, own_db: str) -> dict[str, float]:
+        """Other databases whose writing transaction was at least ``min_age`` s old at some
+        sample in [t0, t1]: datname → the oldest age seen."""
+        out: dict[str, float] = {}
+        for t, db, age in self.samples:
+            if t0 <= t <= t1 and db and db != own_db and age >= min_age:
+                out[db] = max(out.get(db, 0.0), round(age, 3))
+        return out
+
+    def share_held(self, min_age: float, own_db: str) -> float:
+        """Share of samples in which another database held an xid at least ``min_age`` s old."""
+        if not self.samples:
+            return 0.0
+        n = sum(1 for _t, db, age in self.samples if db and db != own_db and age >= min_age)
+        return round(n / len(self.samples), 4)
