@@ -34,7 +34,7 @@ SETTINGS_MODULES = {
 SERVICE_PORTS = {"scim": 8081, "saml": 8082, "app-api": 8083, "provisioner": 9101, "auditor": 9102, "console": 8084}
 # Where Prometheus scrapes /metrics: the gateways' operator listeners, not their public
 # ports (issue 13 §5); the workers' health ports.
-METRICS_PORTS = {"scim": 9181, "saml": 9182, "app-api": 8083, "provisioner": 9101, "auditor": 9102, "console": 8084}
+METRICS_PORTS = {"scim": 9181, "saml": 9182, "app-api": 9183, "provisioner": 9101, "auditor": 9102, "console": 8084}
 COMMANDS = {
     "scim": ["serve", "scim"],
     "saml": ["serve", "saml"],
