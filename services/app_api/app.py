@@ -402,8 +402,14 @@ async def list_events(request: web.Request) -> web.Response:
         tenants = None
     after_raw = q.get("after", "")
     try:
-        after = events_feed.parse_sequence(after_raw) if after_raw else None
         types = events_feed.type_patterns(q.get("types"))
+        if after_raw == "latest":
+            # "From now on": where an application starts following before it backfills
+            # from the directory (docs/app-integration.md). Empty feed: from the start.
+            after = await events_feed.head(request.app[POOL], tenants)
+            after_raw = events_feed.sequence(*after) if after is not None else ""
+        else:
+            after = events_feed.parse_sequence(after_raw) if after_raw else None
     except ValueError as err:
         raise ApiError(400, "invalid_parameter", str(err)) from None
     limit = _limit(request, 100, events_feed.MAX_LIMIT)

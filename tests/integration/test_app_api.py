@@ -443,6 +443,32 @@ async def test_a_long_poll_returns_when_an_event_arrives(service_env, pool, tena
         assert await r.json() == {"data": [], "next_cursor": body["next_cursor"]}
 
 
+async def test_after_latest_starts_at_the_newest_event_for_a_backfill(service_env, pool, tenant, provisioner, waiter):
+    """``after=latest``: the cursor an application notes before its backfill."""
+    other = await make_tenant(pool)
+    key, key_all = await new_key(pool, tenant.id), await new_key(pool)
+    async with app_client() as c:
+        # Empty feed: "latest" is the start, and a later event is still ahead of it.
+        r = await c.get("/api/v1/events", params={"after": "latest"}, headers=key)
+        assert await r.json() == {"data": [], "next_cursor": ""}
+        for i in range(3):
+            await waiter.submit(create(tenant, f"old{i}@x.test"), 10)
+        await waiter.submit(create(other, "other@x.test"), 10)
+        ours = await all_events(c, key, 3)
+        r = await c.get("/api/v1/events", params={"after": "latest", "tenant": tenant.name}, headers=key)
+        assert await r.json() == {"data": [], "next_cursor": ours[-1]["sequence"]}
+        # Every tenant of the key: the other tenant's newer event is the head.
+        r = await c.get("/api/v1/events", params={"after": "latest"}, headers=key_all)
+        head = (await r.json())["next_cursor"]
+        assert head > ours[-1]["sequence"]
+        # A long-poll from "latest" wakes for the next event only.
+        poll = asyncio.create_task(c.get("/api/v1/events", params={"after": "latest", "wait": "30"}, headers=key))
+        await asyncio.sleep(0.3)
+        made = await waiter.submit(create(tenant, "new@x.test"), 10)
+        body = await (await asyncio.wait_for(poll, 25)).json()
+        assert [e["resource_id"] for e in body["data"]] == [str(made.resource_id)]
+
+
 async def test_retention_prunes_old_events_and_the_feed_starts_at_the_oldest_kept(
     service_env, pool, tenant, provisioner, waiter
 ):
