@@ -557,6 +557,7 @@ async def test_groups_members_and_one_resource(service_env, pool, tenant, provis
         r = await c.get(f"/api/v1/tenants/{tenant.name}/groups/{g}/members", params={"limit": "1"}, headers=key)
         page = await r.json()
         assert [u["id"] for u in page["data"]] == ids[:1] and page["next_cursor"]
+        assert page["data"][0]["membership_sources"] == ["scim"]
         r = await c.get(
             f"/api/v1/tenants/{tenant.name}/groups/{g}/members", params={"cursor": page["next_cursor"]}, headers=key
         )
