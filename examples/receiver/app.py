@@ -33,6 +33,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -398,6 +399,23 @@ async def tenant_users(request: web.Request) -> web.Response:
     return web.json_response([{**dict(r), "groups": sorted(r["groups"])} for r in rows])
 
 
+async def ensure_database(url: str) -> None:
+    """Create the app's database if it does not exist yet — a convenience for trying the
+    app on `provisio dev`'s Postgres (no psql needed); your application has migrations."""
+    try:
+        await (await asyncpg.connect(url)).close()
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(url)
+        name = parts.path.lstrip("/")
+        if not name.replace("_", "").isalnum():
+            raise
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
@@ -405,6 +423,7 @@ def create_app(settings: Settings) -> web.Application:
     app[READY] = asyncio.Event()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        await ensure_database(settings.database_url)
         async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=10) as pool:
             async with pool.acquire() as conn:
                 await conn.execute(SCHEMA)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from saml_idp import entra_attributes
 from saml_setup import add_connection, code_of, post_acs, sp_login, start_gateway
-from tests.conftest import eventually, make_tenant
+from tests.conftest import eventually, make_tenant, with_database
 from tests.integration.receiver_support import (
     new_secret,
     provisio_snapshot,
@@ -318,9 +318,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant, empty_database_url):
-    """``python examples/receiver/app.py`` with RECEIVER_* settings (as bench/ starts it)."""
+async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant, _servers):
+    """``python examples/receiver/app.py`` with RECEIVER_* settings (as bench/ starts it),
+    creating its database on first start."""
     port, secret = _free_port(), new_secret()
+    name = f"receiver_{uuid.uuid4().hex[:10]}"
+    database_url = with_database(_servers["postgres"], name)
     async with app_client() as api:
         key = await new_key(pool, tenant.id)
         env = {
@@ -328,7 +331,7 @@ async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant,
             "RECEIVER_API_URL": str(api.make_url("/")).rstrip("/"),
             "RECEIVER_API_KEY": key["Authorization"][7:],
             "RECEIVER_WEBHOOK_SECRET": secret,
-            "RECEIVER_DATABASE_URL": empty_database_url,
+            "RECEIVER_DATABASE_URL": database_url,
             "RECEIVER_TENANTS": tenant.name,
         }
         root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -360,6 +363,9 @@ async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant,
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=20)
+            admin = await asyncpg.connect(_servers["postgres"])
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
         assert "Traceback" not in err.decode(), err.decode()[-3000:]
     missing = subprocess.run(
         [sys.executable, "-m", "examples.receiver"], cwd=root, capture_output=True, text=True, timeout=30, env={}
