@@ -69,6 +69,12 @@ __all__ = [
     "SAML_LOGINS_REFUSED",
     "SERVICE_INFO",
     "STREAM_METRIC_NAMES",
+    "WEBHOOK_BACKLOG",
+    "WEBHOOK_DELIVERIES",
+    "WEBHOOK_ENDPOINTS",
+    "WEBHOOK_EVENT_AGE",
+    "WEBHOOK_LAG",
+    "WEBHOOK_REQUEST_DURATION",
     "Check",
     "HealthServer",
     "StreamStats",
@@ -194,7 +200,7 @@ AUDIT_RECORDS_WRITTEN = Counter(
 )
 EMAILS_SENT = Counter(
     "provisio_emails_sent",
-    "Failure notification emails accepted by the SMTP server, by kind (first, digest)",
+    "Notification emails accepted by the SMTP server, by kind (first, digest, webhook_disabled)",
     ["kind"],
     registry=REGISTRY,
 )
@@ -206,6 +212,46 @@ EMAILS_FAILED = Counter(
 EMAILS_PENDING = Gauge(
     "provisio_emails_pending",
     "Failure notifications waiting to be mailed (digest window or SMTP down)",
+    registry=REGISTRY,
+)
+
+# Webhook dispatcher. endpoint is the operator-given endpoint name (bounded: one per
+# `provisio webhook add`).
+WEBHOOK_DELIVERIES = Counter(
+    "provisio_webhook_deliveries",
+    "Webhook delivery attempts, by result: delivered (2xx), failed (will be retried), "
+    "dead (dead-lettered: past the retry horizon)",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_REQUEST_DURATION = Histogram(
+    "provisio_webhook_request_duration_seconds",
+    "Time of one webhook request, from sending to the receiver's answer (or the failure)",
+    buckets=(*_LATENCY_BUCKETS, 30.0),
+    registry=REGISTRY,
+)
+WEBHOOK_EVENT_AGE = Histogram(
+    "provisio_webhook_event_age_seconds",
+    "Event committed -> delivered (2xx) to a webhook endpoint: the change-to-webhook latency",
+    buckets=(*_LATENCY_BUCKETS, 30.0, 60.0, 300.0, 3600.0),
+    registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "provisio_webhook_backlog",
+    "Deliveries not yet delivered or dead-lettered, by endpoint",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WEBHOOK_LAG = Gauge(
+    "provisio_webhook_lag_seconds",
+    "Age of the oldest undelivered event, by endpoint (0 when none waits)",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WEBHOOK_ENDPOINTS = Gauge(
+    "provisio_webhook_endpoints",
+    "Webhook endpoints, by status (active, disabled)",
+    ["status"],
     registry=REGISTRY,
 )
 

@@ -38,6 +38,7 @@ MAX_ITEMS = 2000  # failures fetched for one mail; the count covers all of them
 
 _CLAIM = """
 SELECT n.id, n.tenant_id, n.kind, n.window_start, n.window_end, n.attempts,
+       n.subject AS prepared_subject, n.body AS prepared_body,
        t.name AS tenant_name, t.notify_emails
 FROM notifications n JOIN tenants t ON t.id = n.tenant_id
 WHERE n.status = 'pending' AND n.next_attempt_at <= clock_timestamp()
@@ -178,24 +179,31 @@ class Notifier:
                 return None
             nid = row["id"]
             recipients = [e for e in row["notify_emails"] if e]
-            items = await conn.fetch(_ITEMS, nid, MAX_ITEMS)
-            if not recipients or not items:
-                reason = "tenant has no notification addresses" if items else "failures purged by retention"
+            # A prepared mail (the webhook dispatcher's "endpoint disabled") carries its
+            # own subject and text; failure mails are composed from their audit rows.
+            prepared = row["prepared_body"] is not None
+            items = [] if prepared else await conn.fetch(_ITEMS, nid, MAX_ITEMS)
+            if not recipients or not (items or prepared):
+                reason = "tenant has no notification addresses" if items or prepared else "failures purged by retention"
                 await conn.execute(
                     "UPDATE notifications SET status = 'skipped', last_error = $2 WHERE id = $1", nid, reason
                 )
                 self.counters["skipped"] += 1
                 log.info("notification_skipped", notification_id=nid, tenant=row["tenant_name"], reason=reason)
                 return "skipped"
-            total = await conn.fetchval("SELECT count(*) FROM notification_items WHERE notification_id = $1", nid)
-            mail = compose(
-                tenant=row["tenant_name"],
-                kind=row["kind"],
-                failures=[_failure(i) for i in items],
-                window_start=row["window_start"],
-                window_end=row["window_end"],
-                total=total,
-            )
+            if prepared:
+                total = 0
+                mail = Mail(subject=row["prepared_subject"] or "[Provisio] notification", text=row["prepared_body"])
+            else:
+                total = await conn.fetchval("SELECT count(*) FROM notification_items WHERE notification_id = $1", nid)
+                mail = compose(
+                    tenant=row["tenant_name"],
+                    kind=row["kind"],
+                    failures=[_failure(i) for i in items],
+                    window_start=row["window_start"],
+                    window_end=row["window_end"],
+                    total=total,
+                )
             message = build_message(
                 mail, notification_id=nid, sender=self.smtp.sender, recipients=recipients, now=datetime.now(UTC)
             )

@@ -63,6 +63,7 @@ class DevService:
 SERVICES: tuple[DevService, ...] = (
     DevService("provisioner", "PROVISIO_PROVISIONER_HEALTH_PORT", 9101, fallback_var="PROVISIO_HEALTH_PORT"),
     DevService("auditor", "PROVISIO_AUDITOR_HEALTH_PORT", 9102, fallback_var="PROVISIO_HEALTH_PORT"),
+    DevService("webhook_dispatcher", "PROVISIO_DISPATCHER_HEALTH_PORT", 9103, fallback_var="PROVISIO_HEALTH_PORT"),
     DevService(
         "scim_gateway", "PROVISIO_SCIM_PORT", 8081, banner="SCIM base URL", url="http://127.0.0.1:{port}/scim/v2"
     ),
@@ -121,6 +122,9 @@ def derive_urls(env: dict[str, str], ports: dict[str, int]) -> None:
     dev the gateway is reached on 127.0.0.1 at that port (metadata said 8082 before)."""
     if not env.get("PROVISIO_SAML_PUBLIC_URL"):
         env["PROVISIO_SAML_PUBLIC_URL"] = f"http://127.0.0.1:{ports['saml_gateway']}"
+    # A developer's webhook receiver runs on this machine: loopback URLs are allowed in
+    # dev (never private or link-local ones); the CLI gets the same value via dev.env.
+    env.setdefault("PROVISIO_WEBHOOK_ALLOW_PRIVATE", "loopback")
 
 
 async def _prepare(dsn: str, redis_url: str, seed: bool, token_file: Path) -> tuple[str | None, str | None]:

@@ -23,7 +23,13 @@ ENV_FILE = "dev.env"
 TOKEN_FILE = "demo-token"
 MAIL_DIR = "mail"
 # What the CLI takes from a running stack: where its servers are, and the URLs it prints.
-SHARED_VARS = ("PROVISIO_DATABASE_URL", "PROVISIO_REDIS_URL", "PROVISIO_REDIS_PREFIX", "PROVISIO_SAML_PUBLIC_URL")
+SHARED_VARS = (
+    "PROVISIO_DATABASE_URL",
+    "PROVISIO_REDIS_URL",
+    "PROVISIO_REDIS_PREFIX",
+    "PROVISIO_WEBHOOK_ALLOW_PRIVATE",
+    "PROVISIO_SAML_PUBLIC_URL",
+)
 
 
 def dev_dir(environ: Mapping[str, str] | None = None) -> Path:

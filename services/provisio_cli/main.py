@@ -14,7 +14,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
-from . import apikeys, audit, dlq, scim_schema, sso, staff
+from . import apikeys, audit, dlq, scim_schema, sso, staff, webhooks
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -47,6 +47,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(apikeys.app, name="api-key")
 app.add_typer(staff.app, name="staff")
+app.add_typer(webhooks.app, name="webhook")
 
 SERVICES = {
     "scim": "scim_gateway",
@@ -55,6 +56,7 @@ SERVICES = {
     "auditor": "auditor",
     "app-api": "app_api",
     "console": "console",
+    "webhook-dispatcher": "webhook_dispatcher",
 }
 
 
@@ -84,9 +86,9 @@ def serve(service: str = typer.Argument(..., help="scim, saml, app-api or consol
 
 
 @app.command()
-def work(service: str = typer.Argument(..., help="provisioner or auditor")) -> None:
+def work(service: str = typer.Argument(..., help="provisioner, auditor or webhook-dispatcher")) -> None:
     """Run a worker in the foreground (the container command)."""
-    _exec_service(service, ("provisioner", "auditor"))
+    _exec_service(service, ("provisioner", "auditor", "webhook-dispatcher"))
 
 
 def _exec_service(service: str, allowed: tuple[str, ...]) -> None:

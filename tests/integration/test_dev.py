@@ -39,6 +39,8 @@ def _dev_env(service_env, tmp_path, **extra):
     for name in (
         "PROVISIO_PROVISIONER_HEALTH_PORT",
         "PROVISIO_AUDITOR_HEALTH_PORT",
+        "PROVISIO_DISPATCHER_HEALTH_PORT",
+        "PROVISIO_WEBHOOK_ALLOW_PRIVATE",
         "PROVISIO_SMTP_HOST",
         "PROVISIO_SAML_PUBLIC_URL",
     ):
@@ -117,6 +119,7 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
         stack = dict(line.split("=", 1) for line in (tmp_path / "dev.env").read_text().splitlines())
         assert stack["PROVISIO_DATABASE_URL"] == service_env["PROVISIO_DATABASE_URL"]
         assert stack["PROVISIO_SAML_PUBLIC_URL"] == f"http://127.0.0.1:{saml}"
+        assert stack["PROVISIO_WEBHOOK_ALLOW_PRIVATE"] == "loopback"  # a receiver on this machine
         assert (tmp_path / "demo-token").read_text().strip() == token
 
         # The CLI with no PROVISIO_DATABASE_URL finds the running stack, and says so.
@@ -150,6 +153,7 @@ async def test_dev_runs_the_stack_and_stops_on_ctrl_c(service_env, tmp_path):
     assert proc.returncode == 0, text
     assert "Traceback" not in text
     assert "provisioner_stopped" in text and "auditor_stopped" in text
+    assert "webhook_dispatcher_stopped" in text
     assert not (tmp_path / "dev.env").exists()
 
     # A restart keeps the demo token: what was given out still works.

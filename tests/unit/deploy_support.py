@@ -28,13 +28,30 @@ SETTINGS_MODULES = {
     "auditor": "auditor.settings",
     "app-api": "app_api.settings",
     "console": "console.settings",
+    "webhook-dispatcher": "webhook_dispatcher.settings",
     "migrate": "provisio_cli.context",
 }
 # Ports the operators rely on (PREAMBLE "Interfaces already fixed").
-SERVICE_PORTS = {"scim": 8081, "saml": 8082, "app-api": 8083, "provisioner": 9101, "auditor": 9102, "console": 8084}
+SERVICE_PORTS = {
+    "scim": 8081,
+    "saml": 8082,
+    "app-api": 8083,
+    "provisioner": 9101,
+    "auditor": 9102,
+    "console": 8084,
+    "webhook-dispatcher": 9103,
+}
 # Where Prometheus scrapes /metrics: the gateways' operator listeners, not their public
 # ports (issue 13 §5); the workers' health ports.
-METRICS_PORTS = {"scim": 9181, "saml": 9182, "app-api": 9183, "provisioner": 9101, "auditor": 9102, "console": 8084}
+METRICS_PORTS = {
+    "scim": 9181,
+    "saml": 9182,
+    "app-api": 9183,
+    "provisioner": 9101,
+    "auditor": 9102,
+    "console": 8084,
+    "webhook-dispatcher": 9103,
+}
 COMMANDS = {
     "scim": ["serve", "scim"],
     "saml": ["serve", "saml"],
@@ -42,6 +59,7 @@ COMMANDS = {
     "auditor": ["work", "auditor"],
     "app-api": ["serve", "app-api"],
     "console": ["serve", "console"],
+    "webhook-dispatcher": ["work", "webhook-dispatcher"],
     "migrate": ["migrate"],
 }
 

@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["scim_gateway", "saml_gateway", "provisioner", "auditor", "app_api"]
+SERVICES = ["scim_gateway", "saml_gateway", "provisioner", "auditor", "app_api", "webhook_dispatcher"]
 IO_LIBS = {"aiohttp", "asyncpg", "redis", "faststream", "saml2", "aiosmtplib", "xmlsec"}
 # Modules that hold pure rules: tested without I/O, so they must not import it.
 PURE = [
@@ -25,6 +25,7 @@ PURE = [
     "libs/provisio_lib/topology.py",
     "libs/provisio_lib/scim_extensions.py",
     "libs/provisio_lib/names.py",
+    "libs/provisio_lib/webhooks.py",
 ]
 
 

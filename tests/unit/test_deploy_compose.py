@@ -20,7 +20,7 @@ from .deploy_support import (
 pytestmark = pytest.mark.unit
 
 COMPOSE = ROOT / "docker-compose.yml"
-PROVISIO = ("migrate", "scim", "saml", "provisioner", "auditor")
+PROVISIO = ("migrate", "scim", "saml", "provisioner", "auditor", "webhook-dispatcher")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_services_wait_for_the_migration(compose):
     assert migrate["restart"] == "no"
     for dep in ("postgres", "redis"):
         assert migrate["depends_on"][dep]["condition"] == "service_healthy"
-    for s in ("scim", "saml", "provisioner", "auditor"):
+    for s in ("scim", "saml", "provisioner", "auditor", "webhook-dispatcher"):
         deps = compose["services"][s]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", s
     for s in ("postgres", "redis"):
@@ -63,12 +63,12 @@ def test_services_wait_for_the_migration(compose):
 def test_workers_scale_no_fixed_names_or_host_ports(compose):
     for name, svc in compose["services"].items():
         assert "container_name" not in svc, f"{name}: a container_name prevents --scale"
-    for s in ("provisioner", "auditor", "migrate"):
+    for s in ("provisioner", "auditor", "webhook-dispatcher", "migrate"):
         assert "ports" not in compose["services"][s], f"{s}: host ports prevent --scale"
 
 
 def test_long_running_services_have_health_checks_and_restart(compose):
-    for s in ("scim", "saml", "provisioner", "auditor", "postgres", "redis"):
+    for s in ("scim", "saml", "provisioner", "auditor", "webhook-dispatcher", "postgres", "redis"):
         svc = compose["services"][s]
         assert svc["restart"] in ("unless-stopped", "always", "on-failure"), s
         assert "healthcheck" in svc, s

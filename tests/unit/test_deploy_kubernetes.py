@@ -33,7 +33,7 @@ pytestmark = pytest.mark.unit
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
-DEPLOYMENTS = ("scim", "saml", "app-api", "provisioner", "auditor", "console")
+DEPLOYMENTS = ("scim", "saml", "app-api", "provisioner", "auditor", "console", "webhook-dispatcher")
 
 
 def load_docs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -130,7 +130,7 @@ def test_every_file_parses_with_kind_and_name():
 def test_base_renders_with_kustomize():
     docs = rendered(BASE)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("Deployment") == 6 and kinds.count("ScaledObject") == 2
+    assert kinds.count("Deployment") == 7 and kinds.count("ScaledObject") == 3
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "provisio" for d in docs)
 
 
@@ -211,8 +211,26 @@ def test_gateways_have_services(m, service):
 
 
 def test_workers_replicas_are_left_to_keda(m):
-    for service in ("provisioner", "auditor"):
+    for service in ("provisioner", "auditor", "webhook-dispatcher"):
         assert "replicas" not in m.one("Deployment", f"provisio-{service}")["spec"]
+
+
+def test_keda_scales_the_webhook_dispatcher_on_its_backlog(m):
+    """A postgresql trigger over the deliveries due now, reading the container's own
+    database URL; never below one replica (a change must reach webhooks at once)."""
+    scaled = m.one("ScaledObject", "provisio-webhook-dispatcher")
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == "provisio-webhook-dispatcher"
+    m.one("Deployment", spec["scaleTargetRef"]["name"])
+    assert spec["minReplicaCount"] >= 1 and spec["maxReplicaCount"] > spec["minReplicaCount"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "postgresql"
+    md = trigger["metadata"]
+    assert md["connectionFromEnv"] in m.container_env(m.container("webhook-dispatcher"))
+    assert "FROM webhook_deliveries" in md["query"] and "status = 'pending'" in md["query"]
+    assert int(md["targetQueryValue"]) > 0
+    env = m.container_env(m.container("webhook-dispatcher"))
+    assert env["PROVISIO_WEBHOOK_ALLOW_PRIVATE"] == "none"  # no internal addresses by default
 
 
 def test_migrate_job(m):

@@ -1,0 +1,1 @@
+"""The webhook dispatcher: delivers identity events to the applications' webhook endpoints."""
