@@ -46,12 +46,14 @@ async def receiver_app(
     api_url: str = "http://127.0.0.1:9",
     api_key: str = "prk_unused",
     tenants: list[str] | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[TestClient]:
-    """The example app in process (its own database), ready once its backfill is done."""
+    """The example app in process (its own database), on ``port`` if given (a webhook's
+    URL names it); ready (``/healthz`` 200) once its backfill is done."""
     settings = Settings(
         api_url=api_url, api_key=api_key, webhook_secrets=secrets, database_url=database_url, tenants=tenants or []
     )
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as client:
         yield client
 
 

@@ -5,7 +5,6 @@ then follows by signed webhooks, and its tables equal Provisio's directory."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
+from provisio_lib import webhook_store
 from saml_idp import entra_attributes
 from saml_setup import add_connection, code_of, post_acs, sp_login, start_gateway
 from tests.conftest import eventually, make_tenant, with_database
@@ -32,6 +32,7 @@ from tests.integration.receiver_support import (
 )
 from tests.integration.scim_helpers import ENTERPRISE, GROUP, USER, bearer, patch_body, scim_client
 from tests.integration.test_app_api import app_client, new_key
+from tests.integration.webhook_support import running_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -206,106 +207,98 @@ async def entra_initial_sync(s: Any, token: str) -> tuple[list[str], list[str]]:
     return users, groups
 
 
-async def forward_feed(app_api: Any, key: dict[str, str], tenant: str, url: str, secret: str) -> None:
-    """Deliver the feed to ``url`` as Provisio's webhook dispatcher does (the body is
-    the event, Standard Webhooks headers), in feed order, retrying until 2xx."""
-    after = ""
-    async with aiohttp.ClientSession() as http:
-        while True:
-            r = await app_api.get("/api/v1/events", params={"tenant": tenant, "after": after, "wait": "1"}, headers=key)
-            page = await r.json()
-            for ev in page["data"]:
-                while True:
-                    body, headers = signed(ev, secret)
-                    async with http.post(url, data=body, headers=headers) as resp:
-                        if resp.status < 300:
-                            break
-                    await asyncio.sleep(0.1)
-            after = page["next_cursor"]
-
-
 async def test_the_example_app_mirrors_the_directory(service_env, pool, provisioner, topology, empty_database_url):
     tenant = await make_tenant(pool, name=f"contoso-{uuid.uuid4().hex[:6]}", deprovision="delete")
-    secret = new_secret()
-    async with scim_client() as s, app_client() as api:
+    port = _free_port()
+    async with scim_client() as s, app_client() as api, running_dispatcher():
         users, groups = await entra_initial_sync(s, tenant.token)
+        # The developer's steps: an API key, a webhook to the app, then the app's first start.
         key = await new_key(pool, tenant.id)
+        async with pool.acquire() as conn:
+            secret = await webhook_store.add_endpoint(
+                conn, "example", tenant.id, f"http://127.0.0.1:{port}/webhooks/provisio", None
+            )
         api_url = str(api.make_url("/")).rstrip("/")
         async with receiver_app(
-            empty_database_url, [secret], api_url=api_url, api_key=key["Authorization"][7:], tenants=[tenant.name]
+            empty_database_url,
+            [secret],
+            api_url=api_url,
+            api_key=key["Authorization"][7:],
+            tenants=[tenant.name],
+            port=port,
         ) as app:
             # First start: the backfill alone brings the initial sync.
             await eventually(lambda: _ready(app), timeout=30)
             assert await receiver_snapshot(empty_database_url, tenant.name) == await provisio_snapshot(
                 api, key, tenant.name
             )
-            forwarder = asyncio.create_task(
-                forward_feed(api, key, tenant.name, str(app.make_url("/webhooks/provisio")), secret)
+            # Then the changes reach the app as webhooks, from Provisio's dispatcher.
+            h = bearer(tenant.token)
+            # Group changes: a rename, a member removed, one added.
+            await s.patch(
+                f"/scim/v2/Groups/{groups[0]}",
+                headers=h,
+                json=patch_body({"op": "Replace", "path": "displayName", "value": "Sales EMEA"}),
             )
+            await s.patch(
+                f"/scim/v2/Groups/{groups[0]}",
+                headers=h,
+                json=patch_body({"op": "Remove", "path": "members", "value": [{"value": users[1]}]}),
+            )
+            await s.patch(
+                f"/scim/v2/Groups/{groups[2]}",
+                headers=h,
+                json=patch_body({"op": "Add", "path": "members", "value": [{"value": users[5]}]}),
+            )
+            # Deactivations (Entra's path-less replace with a string boolean), an update,
+            # a deletion, a group deleted.
+            await s.patch(
+                f"/scim/v2/Users/{users[2]}",
+                headers=h,
+                json=patch_body({"op": "Replace", "value": {"active": "False"}}),
+            )
+            await s.patch(
+                f"/scim/v2/Users/{users[3]}",
+                headers=h,
+                json=patch_body({"op": "Replace", "path": "active", "value": False}),
+            )
+            await s.patch(
+                f"/scim/v2/Users/{users[4]}",
+                headers=h,
+                json=patch_body({"op": "Replace", "path": "name.givenName", "value": "Renamed"}),
+            )
+            assert (await s.delete(f"/scim/v2/Users/{users[0]}", headers=h)).status == 204
+            assert (await s.delete(f"/scim/v2/Groups/{groups[1]}", headers=h)).status == 204
+            # A JIT login through the SAML gateway: a new user, a membership of a group
+            # SCIM made (Entra object id) and a group JIT makes.
+            gateway = await start_gateway()
             try:
-                h = bearer(tenant.token)
-                # Group changes: a rename, a member removed, one added.
-                await s.patch(
-                    f"/scim/v2/Groups/{groups[0]}",
-                    headers=h,
-                    json=patch_body({"op": "Replace", "path": "displayName", "value": "Sales EMEA"}),
-                )
-                await s.patch(
-                    f"/scim/v2/Groups/{groups[0]}",
-                    headers=h,
-                    json=patch_body({"op": "Remove", "path": "members", "value": [{"value": users[1]}]}),
-                )
-                await s.patch(
-                    f"/scim/v2/Groups/{groups[2]}",
-                    headers=h,
-                    json=patch_body({"op": "Add", "path": "members", "value": [{"value": users[5]}]}),
-                )
-                # Deactivations (Entra's path-less replace with a string boolean), an update,
-                # a deletion, a group deleted.
-                await s.patch(
-                    f"/scim/v2/Users/{users[2]}",
-                    headers=h,
-                    json=patch_body({"op": "Replace", "value": {"active": "False"}}),
-                )
-                await s.patch(
-                    f"/scim/v2/Users/{users[3]}",
-                    headers=h,
-                    json=patch_body({"op": "Replace", "path": "active", "value": False}),
-                )
-                await s.patch(
-                    f"/scim/v2/Users/{users[4]}",
-                    headers=h,
-                    json=patch_body({"op": "Replace", "path": "name.givenName", "value": "Renamed"}),
-                )
-                assert (await s.delete(f"/scim/v2/Users/{users[0]}", headers=h)).status == 204
-                assert (await s.delete(f"/scim/v2/Groups/{groups[1]}", headers=h)).status == 204
-                # A JIT login through the SAML gateway: a new user, a membership of a group
-                # SCIM made (Entra object id) and a group JIT makes.
-                gateway = await start_gateway()
-                try:
-                    sso = await add_connection(pool, tenant.id, "entra", jit="sync")
-                    req = await sp_login(gateway, sso)
-                    claims = entra_attributes([ENTRA_GROUP_OIDS[2], str(uuid.uuid4())])
-                    resp = await post_acs(gateway, sso, sso.response(in_response_to=req, attributes=claims))
-                    code_of(resp)
-                finally:
-                    await gateway.close()
-
-                async def same() -> bool:
-                    mine = await receiver_snapshot(empty_database_url, tenant.name)
-                    return mine == await provisio_snapshot(api, key, tenant.name)
-
-                await eventually(same, timeout=30, interval=0.3)
-                theirs = await provisio_snapshot(api, key, tenant.name)
-                # The test saw what it meant to: the JIT user, deactivations, the deletion.
-                alice = [u for u, row in theirs["users"].items() if row[0] == "alice@acme.test"]
-                assert len(alice) == 1 and (groups[2], alice[0]) in theirs["members"]
-                assert theirs["users"][users[2]][2] is False and users[0] not in theirs["users"]
-                assert len(theirs["groups"]) == 3  # Sales EMEA, Admins, the JIT group
+                sso = await add_connection(pool, tenant.id, "entra", jit="sync")
+                req = await sp_login(gateway, sso)
+                claims = entra_attributes([ENTRA_GROUP_OIDS[2], str(uuid.uuid4())])
+                resp = await post_acs(gateway, sso, sso.response(in_response_to=req, attributes=claims))
+                code_of(resp)
             finally:
-                forwarder.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await forwarder
+                await gateway.close()
+
+            async def same() -> bool:
+                mine = await receiver_snapshot(empty_database_url, tenant.name)
+                return mine == await provisio_snapshot(api, key, tenant.name)
+
+            await eventually(same, timeout=30, interval=0.3)
+            theirs = await provisio_snapshot(api, key, tenant.name)
+            # The test saw what it meant to: the JIT user, deactivations, the deletion.
+            alice = [u for u, row in theirs["users"].items() if row[0] == "alice@acme.test"]
+            assert len(alice) == 1 and (groups[2], alice[0]) in theirs["members"]
+            assert theirs["users"][users[2]][2] is False and users[0] not in theirs["users"]
+            assert len(theirs["groups"]) == 3  # Sales EMEA, Admins, the JIT group
+        # Every event the app got, it got signed by the dispatcher, and applied once.
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            applied = await conn.fetchval("SELECT count(*) FROM applied_events")
+        finally:
+            await conn.close()
+        assert applied > 10
 
 
 async def _ready(app: Any) -> bool:
