@@ -165,6 +165,7 @@ def service_env(
         # The gateways' operator (metrics) listeners on any free port: tests run side by side.
         "PROVISIO_SCIM_METRICS_PORT": "0",
         "PROVISIO_SAML_METRICS_PORT": "0",
+        "PROVISIO_APP_API_METRICS_PORT": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

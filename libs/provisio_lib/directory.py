@@ -175,10 +175,16 @@ async def get_group(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> dic
 async def list_members(
     conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of a group's members (users, whatever source added them), oldest user first."""
+    """A page of a group's members (users, whatever source added them), oldest user first.
+    Each carries ``membership_sources`` (``scim``, ``jit``): the memberships are kept per
+    source, and a ``group.member_removed`` event removes one source's only, so a
+    receiver that backfills needs them to apply later removals right."""
     after = decode_cursor(cursor) if cursor else None
     rows = await conn.fetch(
-        f"""SELECT {_USER_COLUMNS} FROM users u
+        f"""SELECT {_USER_COLUMNS},
+                   (SELECT array_agg(m.source ORDER BY m.source) FROM memberships m
+                     WHERE m.group_id = $2 AND m.user_id = u.id) AS membership_sources
+            FROM users u
             WHERE u.tenant_id = $1 AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = $2 AND m.user_id = u.id)
               AND ($3::timestamptz IS NULL OR (u.created_at, u.id) > ($3, $4::uuid))
             ORDER BY u.created_at, u.id LIMIT $5""",
@@ -188,4 +194,4 @@ async def list_members(
         after[1] if after else None,
         limit + 1,
     )
-    return _page(rows, limit, user_json)
+    return _page(rows, limit, lambda r: {**user_json(r), "membership_sources": list(r["membership_sources"] or ())})

@@ -89,6 +89,20 @@ async def read_events(
     return [event_json(r) for r in rows]
 
 
+async def head(conn: Any, tenants: list[uuid.UUID] | None) -> tuple[int, int] | None:
+    """The newest visible event's position (None: the feed is empty). Every event that
+    becomes visible later sorts after it (module docstring), so an application that
+    notes it before backfilling from the directory misses nothing by following from it."""
+    row = await conn.fetchrow(
+        """SELECT xid::text AS xid, id FROM events
+            WHERE ($1::uuid[] IS NULL OR tenant_id = ANY($1::uuid[]))
+              AND xid < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY xid DESC, id DESC LIMIT 1""",
+        tenants,
+    )
+    return (int(row["xid"]), row["id"]) if row is not None else None
+
+
 def event_json(row: Any) -> dict[str, Any]:
     src = row["source"] or {}
     out: dict[str, Any] = {

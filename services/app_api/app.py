@@ -27,7 +27,14 @@ from redis.exceptions import RedisError
 from provisio_lib import api_keys, db, directory, events_feed
 from provisio_lib.code_exchange import ExchangeError, exchange_code, secret_hash_from_db
 from provisio_lib.logging import get_logger
-from provisio_lib.observability import REGISTRY, add_health_routes, postgres_check, redis_check, set_service_info
+from provisio_lib.observability import (
+    REGISTRY,
+    add_health_routes,
+    metrics_listener,
+    postgres_check,
+    redis_check,
+    set_service_info,
+)
 from provisio_lib.redis_client import connect_redis
 from provisio_lib.tokens import hash_token
 from provisio_lib.topology import Topology
@@ -395,8 +402,14 @@ async def list_events(request: web.Request) -> web.Response:
         tenants = None
     after_raw = q.get("after", "")
     try:
-        after = events_feed.parse_sequence(after_raw) if after_raw else None
         types = events_feed.type_patterns(q.get("types"))
+        if after_raw == "latest":
+            # "From now on": where an application starts following before it backfills
+            # from the directory (docs/app-integration.md). Empty feed: from the start.
+            after = await events_feed.head(request.app[POOL], tenants)
+            after_raw = events_feed.sequence(*after) if after is not None else ""
+        else:
+            after = events_feed.parse_sequence(after_raw) if after_raw else None
     except ValueError as err:
         raise ApiError(400, "invalid_parameter", str(err)) from None
     limit = _limit(request, 100, events_feed.MAX_LIMIT)
@@ -518,7 +531,11 @@ def create_app(settings: AppApiSettings) -> web.Application:
     for method, path, handler, needs_key, _summary in ROUTES:
         app.router.add_route(method, BASE + path, protected(handler) if needs_key else handler)
     app.router.add_get(BASE + "/openapi.json", openapi_view)
-    add_health_routes(app, {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])})
+    checks = {"postgres": postgres_check(lambda: app[POOL]), "redis": redis_check(lambda: app[REDIS])}
+    # Like the gateways: /healthz and /readyz on the public port (probes, compose);
+    # /metrics (it names tenants' routes and rates) only on the operator listener.
+    add_health_routes(app, checks, metrics_route=False)
+    app.cleanup_ctx.append(metrics_listener(settings.app_api_host, settings.app_api_metrics_port, checks))
     set_service_info("app-api")
     return app
 

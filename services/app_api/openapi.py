@@ -168,7 +168,8 @@ def build_openapi(server: str) -> dict[str, Any]:
                         "name": "after",
                         "in": "query",
                         "schema": {"type": "string"},
-                        "description": "A sequence (next_cursor); empty: the oldest retained event",
+                        "description": "A sequence (next_cursor); empty: the oldest retained event; "
+                        "latest: the newest event now (next_cursor is its sequence)",
                     },
                     _LIMIT,
                     {

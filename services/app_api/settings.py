@@ -10,6 +10,12 @@ from provisio_lib.settings import CommonSettings
 class AppApiSettings(CommonSettings):
     app_api_host: str = Field(default="0.0.0.0", description="Interface the App API listens on")
     app_api_port: int = Field(default=8083, ge=1, le=65535)
+    app_api_metrics_port: int = Field(
+        default=9183,
+        ge=0,
+        le=65535,
+        description="Operator listener: /metrics, /healthz, /readyz (not on the public port; 0: any free port)",
+    )
     app_api_key_cache_s: float = Field(
         default=5.0, ge=0, le=60, description="How long an API key lookup is reused (revocation delay)"
     )

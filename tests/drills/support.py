@@ -180,6 +180,45 @@ class Processes:
         await svc.wait_ready()
         return svc, url
 
+    async def dispatcher(self, env: dict[str, str] | None = None, **settings: Any) -> Service:
+        """The webhook dispatcher, retrying fast (drills last seconds, not days)."""
+        port = free_port()
+        settings = {
+            "health_host": "127.0.0.1",
+            "dispatcher_health_port": port,
+            "webhook_allow_private": "loopback",
+            "webhook_poll_s": 0.2,
+            "webhook_backoff_base_s": 0.2,
+            "webhook_backoff_max_s": 1.0,
+            "webhook_timeout_s": 3.0,
+            **settings,
+        }
+        svc = self._service("webhook_dispatcher", "dispatcher", f"http://127.0.0.1:{port}/readyz", env, **settings)
+        await svc.wait_ready()
+        return svc
+
+    async def receiver(self, port: int, database_url: str, secret: str, **settings: str) -> Service:
+        """The example receiving application (examples/receiver) on ``port``, its own
+        database; ``settings``: more RECEIVER_* (api_url, api_key, tenants)."""
+        root = Path(__file__).resolve().parents[2]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "RECEIVER_API_KEY": "prk_unused",
+            "RECEIVER_WEBHOOK_SECRET": secret,
+            "RECEIVER_DATABASE_URL": database_url,
+            "RECEIVER_PORT": str(port),
+            **{f"RECEIVER_{k.upper()}": v for k, v in settings.items()},
+        }
+        n = sum(1 for s in self.services if s.module == "examples.receiver")
+        svc = Service(
+            "examples.receiver", env, self.directory / f"receiver-{n}.log", f"http://127.0.0.1:{port}/healthz"
+        )
+        self.services.append(svc)
+        svc.start()
+        await svc.wait_ready()
+        return svc
+
     def close(self) -> None:
         for svc in reversed(self.services):
             svc.stop(timeout=10)

@@ -1,5 +1,5 @@
 """/metrics is served on the gateways' operator listener only (issue 13 §5): the public
-SCIM (8081) and SAML (8082) ports answer anyone, and the metrics name tenants' routes
+SCIM (8081), SAML (8082) and App API (8083) ports answer anyone, and the metrics name tenants' routes
 and rates. /healthz and /readyz stay on the public port, where probes and compose look."""
 
 from __future__ import annotations
@@ -56,3 +56,21 @@ async def test_saml_metrics_only_on_the_operator_listener(service_env):
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/saml/nope/nope/metadata")).status == 404
         await _check(client, app, "provisio_http_requests_total")
+
+
+async def test_app_api_metrics_only_on_the_operator_listener(service_env, pool, tenant):
+    from app_api.app import create_app as create_app_api
+    from app_api.settings import AppApiSettings
+    from provisio_lib import api_keys
+
+    assert AppApiSettings.model_fields["app_api_metrics_port"].default == 9183
+    async with pool.acquire() as conn:
+        key = await api_keys.create_key(conn, "metrics-probe", tenant.id)
+    app = create_app_api(load_settings(AppApiSettings))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/api/v1/events", params={"tenant": tenant.name}, headers=bearer(key))
+        assert r.status == 200
+        await _check(client, app, "provisio_app_api_events_served_total")
+        url = f"http://127.0.0.1:{operator_port(app)}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            assert 'service="app-api"' in await r.text()

@@ -46,7 +46,7 @@ SERVICE_PORTS = {
 METRICS_PORTS = {
     "scim": 9181,
     "saml": 9182,
-    "app-api": 8083,
+    "app-api": 9183,
     "provisioner": 9101,
     "auditor": 9102,
     "console": 8084,

@@ -61,3 +61,17 @@ def test_pure_modules_do_no_io(module):
         pytest.fail(f"{module} is listed as pure but does not exist; update PURE")
     bad = imported_packages(path) & IO_LIBS
     assert not bad, f"{module} imports I/O libraries {sorted(bad)}"
+
+
+def test_the_example_receiver_stands_alone():
+    """examples/receiver is code an application copies: the standard library, aiohttp,
+    asyncpg and standardwebhooks only; nothing of Provisio, and nothing imports it."""
+    import sys
+
+    allowed = {"aiohttp", "asyncpg", "standardwebhooks", "__future__", *sys.stdlib_module_names}
+    for path in (ROOT / "examples").rglob("*.py"):
+        bad = imported_packages(path) - allowed
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+    for top in ("libs", "services"):
+        for path in (ROOT / top).rglob("*.py"):
+            assert "examples" not in imported_packages(path), path

@@ -182,7 +182,7 @@ def test_every_deployment_has_a_disruption_budget(m, service):
     assert ("minAvailable" in spec) != ("maxUnavailable" in spec)
 
 
-@pytest.mark.parametrize("service", ("scim", "saml"))
+@pytest.mark.parametrize("service", ("scim", "saml", "app-api"))
 def test_gateway_metrics_are_scraped_on_the_operator_port_only(m, service):
     template = m.one("Deployment", f"provisio-{service}")["spec"]["template"]
     c = m.container(service)
@@ -190,7 +190,7 @@ def test_gateway_metrics_are_scraped_on_the_operator_port_only(m, service):
     assert ports["metrics"] == METRICS_PORTS[service] != SERVICE_PORTS[service]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORTS[service])
     settings = assert_settings_load(service, m.container_env(c), m.where, strict=False)
-    assert getattr(settings, f"{service}_metrics_port") == METRICS_PORTS[service]
+    assert getattr(settings, f"{service.replace('-', '_')}_metrics_port") == METRICS_PORTS[service]
     # the Service (and so the Ingress) publishes the public port only
     svc = m.one("Service", f"provisio-{service}")
     assert all(p["targetPort"] != "metrics" and p["targetPort"] != METRICS_PORTS[service] for p in svc["spec"]["ports"])

@@ -1,0 +1,1 @@
+"""Runnable examples of applications using Provisio (not part of the services)."""
