@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -124,6 +125,56 @@ def add_endpoint(env: dict[str, str], tenant: str, url: str, name: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+class ActiveQueries:
+    """What the bench database's backends are busy with: ``pg_stat_activity`` sampled
+    every ``every`` s, active queries counted by their first words (a poor man's
+    pg_stat_statements, which this server does not load)."""
+
+    def __init__(self, db: str, every: float = 0.02) -> None:
+        self.db, self.every = db, every
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from harness import ADMIN_DSN
+
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            while True:
+                rows = await conn.fetch(
+                    "SELECT query FROM pg_stat_activity WHERE datname = $1 AND state = 'active'", self.db
+                )
+                self.samples += 1
+                for r in rows:
+                    key = " ".join((r["query"] or "").split())[:70]
+                    self.counts[key] = self.counts.get(key, 0) + 1
+                await asyncio.sleep(self.every)
+        finally:
+            await conn.close()
+
+    def start(self) -> ActiveQueries:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        top = sorted(self.counts.items(), key=lambda kv: -kv[1])[:8]
+        # Average number of backends busy with each statement while sampling.
+        return {"samples": self.samples, "busy_backends": {k: round(v / max(self.samples, 1), 3) for k, v in top}}
+
+
+def remove_endpoint(env: dict[str, str], name: str) -> None:
+    out = subprocess.run(
+        [PY, "-m", "provisio_cli", "webhook", "remove", name], env=env, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"webhook remove failed: {out.stdout[-500:]} {out.stderr[-1500:]}")
+
+
 class ReceiverClient:
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
@@ -192,6 +243,12 @@ async def main() -> None:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the dispatcher during the first throughput round")
     ap.add_argument("--tag", default="webhooks")
+    ap.add_argument(
+        "--analyze-after-first",
+        action="store_true",
+        help="diagnostic: ANALYZE webhook_deliveries once the first delivery arrives (the dispatcher has fanned "
+        "the backlog out by then), to measure the claims with fresh planner statistics",
+    )
     args = ap.parse_args()
 
     info = machine_info()
@@ -253,18 +310,32 @@ async def main() -> None:
                     await copy_events(dsn, seed_tid, tid, args.events, args.copy_batch)
                     dispatcher = dispatcher_service(penv)
                     t_start = time.time()
+                    active = ActiveQueries(b.db).start()
                     with CpuMeter([dispatcher, receiver], [b.db]) as meter:
                         dispatcher.start(tmp)
                         services.append(dispatcher)
                         spies = []
+                        if args.analyze_after_first:
+                            await wait_for(rc, session, 1, timeout=30, every=0.02)
+                            conn = await asyncpg.connect(dsn)
+                            try:
+                                await conn.execute("ANALYZE webhook_deliveries")
+                            finally:
+                                await conn.close()
                         if args.profile and rnd == 0:
-                            spies = start_profiles(args.profile, {"dispatcher": dispatcher}, "deliveries", 10)
+                            await wait_for(rc, session, 1, timeout=30, every=0.02)  # started, not importing
+                            spies = start_profiles(args.profile, {"dispatcher": dispatcher}, "deliveries", 8)
                         got, _ = await wait_for(rc, session, args.events, timeout=30)
+                    busy = await active.stop()
                     if spies:
                         results["profile"] = finish_profiles(spies)
                     dispatcher.stop()
                     services.remove(dispatcher)
                     dispatcher = None
+                    # One endpoint at a time: an idle endpoint's fan-out rescans the other
+                    # tenants' newer events every poll (see BENCHMARKS.md), which would load
+                    # the next rounds with this bench's leftovers.
+                    remove_endpoint(penv, f"bench-t{rnd}")
                     recs = await rc.dump(session, os.path.join(tmp, f"t{rnd}.jsonl"))
                     times = sorted(r["t"] for r in recs)
                     ids = {r["headers"].get("webhook-id") for r in recs}
@@ -283,6 +354,7 @@ async def main() -> None:
                             for k in ("webhook-dispatcher", "postgres_own", "postgres", "receiver", "machine_busy")
                         },
                         "signatures": verify(recs, secret),
+                        "postgres_busy_with": busy,
                     }
                     results["throughput"].append(cell)
                     log(
