@@ -251,6 +251,8 @@ async def main() -> None:
     )
     ap.add_argument("--app-timeout", type=float, default=900, help="max wait for the example app afterwards")
     args = ap.parse_args()
+    if args.example_app and args.tag == "sync":
+        args.tag = "sync-exampleapp"  # sync-latest.json stays the plain sync the tables are made from
 
     info = machine_info()
     b = Bench("sync")
