@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import asyncpg
 
 from harness import (
+    BENCH,
     PY,
     ROOT,
     Bench,
@@ -242,6 +244,12 @@ async def main() -> None:
     ap.add_argument("--tag", default="events")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the App API while one reader follows the feed")
     ap.add_argument("--profile-seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the same-run yardsticks (servers.py feed-sql and feed-static)",
+    )
     args = ap.parse_args()
     readers = [int(x) for x in args.readers.split(",") if x]
 
@@ -319,55 +327,88 @@ async def main() -> None:
                 "copied": max(0, total - args.users),
             }
 
+            # The yardsticks, same run: the feed's query rendered to JSON by Postgres and
+            # concatenated (feed-sql), and one real page served from memory (feed-static).
+            systems: dict[str, str] = {"app-api": base}
+            if args.baselines:
+                page_file = os.path.join(tmp, "page.json")
+                params = {"tenant": tenant_name, "limit": args.limit}
+                async with (
+                    aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s0,
+                    s0.get(f"{base}/api/v1/events", params=params) as r,
+                ):
+                    Path(page_file).write_bytes(await r.read())
+                for kind in ("feed-sql", "feed-static"):
+                    port = free_port()
+                    argv = [PY, str(BENCH / "servers.py"), kind, "--port", str(port)]
+                    if kind == "feed-static":
+                        argv += ["--page", page_file, "--pages", str(total // args.limit)]
+                    services.append(Service(kind, argv, penv, port).start(tmp))
+                    systems[kind] = f"http://127.0.0.1:{port}"
             for rnd in range(args.rounds):
+                order = list(systems) if rnd % 2 == 0 else list(systems)[::-1]
                 for k in readers:
-                    with CpuMeter(services) as meter:
-                        t = time.perf_counter()
-                        runs = await asyncio.gather(*(read_feed(base, key, tenant_name, args.limit) for _ in range(k)))
-                        wall = time.perf_counter() - t
-                    events = sum(r["events"] for r in runs)
-                    cell = {
-                        "round": rnd,
-                        "readers": k,
-                        "events": events,
-                        "wall_s": round(wall, 3),
-                        "events_per_s": round(events / wall, 1),
-                        "page_p50_ms": round(statistics.median(r["page_p50_ms"] for r in runs), 2),
-                        "page_p99_ms": max(r["page_p99_ms"] for r in runs),
-                        "cpu": meter.by,
-                        "cpu_s_per_1k_events": {
-                            **{
-                                n: round(1000 * meter.by.get(n, 0) / max(events, 1), 4)
-                                for n in ("app-api", "postgres", "machine_busy")
+                    for system in order:
+                        with CpuMeter(services, [b.db]) as meter:
+                            t = time.perf_counter()
+                            runs = await asyncio.gather(
+                                *(read_feed(systems[system], key, tenant_name, args.limit) for _ in range(k))
+                            )
+                            wall = time.perf_counter() - t
+                        events = sum(r["events"] for r in runs)
+                        cell = {
+                            "system": system,
+                            "round": rnd,
+                            "readers": k,
+                            "events": events,
+                            "wall_s": round(wall, 3),
+                            "events_per_s": round(events / wall, 1),
+                            "page_p50_ms": round(statistics.median(r["page_p50_ms"] for r in runs), 2),
+                            "page_p99_ms": max(r["page_p99_ms"] for r in runs),
+                            "cpu": meter.by,
+                            "cpu_s_per_1k_events": {
+                                **{
+                                    n: round(1000 * meter.by.get(n, 0) / max(events, 1), 4)
+                                    for n in (system, "postgres_own", "postgres", "machine_busy")
+                                },
+                                "reader": round(1000 * sum(r["reader_cpu_s"] for r in runs) / max(events, 1), 4),
                             },
-                            "reader": round(1000 * sum(r["reader_cpu_s"] for r in runs) / max(events, 1), 4),
-                        },
-                        "per_reader": runs,
+                            "per_reader": runs,
+                        }
+                        if system != "feed-static" and any(r["events"] != total for r in runs):
+                            cell["incomplete"] = [r["events"] for r in runs]
+                        results["reads"].append(cell)
+                        log(
+                            f"r{rnd} {system:11} readers={k}: {cell['events_per_s']:>9} events/s"
+                            f"  page p50 {cell['page_p50_ms']} ms p99 {cell['page_p99_ms']} ms"
+                            f"  server CPU {meter.by.get(system)} s, own postgres {meter.by.get('postgres_own')} s,"
+                            f" machine busy {meter.by['machine_busy']}/{meter.by['wall']} s"
+                        )
+
+            def pick(system: str, k: int) -> list[dict[str, Any]]:
+                return [c for c in results["reads"] if c["system"] == system and c["readers"] == k]
+
+            results["summary"] = {}
+            for k in readers:
+                for system in systems:
+                    cells = pick(system, k)
+                    results["summary"][f"{system} readers={k}"] = {
+                        "events_per_s": statistics.median(c["events_per_s"] for c in cells),
+                        "rounds": [c["events_per_s"] for c in cells],
+                        "page_p50_ms": statistics.median(c["page_p50_ms"] for c in cells),
+                        "page_p99_ms": statistics.median(c["page_p99_ms"] for c in cells),
+                        "server_cpu_s_per_1k": statistics.median(c["cpu_s_per_1k_events"][system] for c in cells),
+                        "postgres_own_cpu_s_per_1k": statistics.median(
+                            c["cpu_s_per_1k_events"]["postgres_own"] for c in cells
+                        ),
                     }
-                    if any(r["events"] != total for r in runs):
-                        cell["incomplete"] = [r["events"] for r in runs]
-                    results["reads"].append(cell)
-                    log(
-                        f"r{rnd} readers={k}: {cell['events_per_s']:>9} events/s  page p50 {cell['page_p50_ms']} ms"
-                        f" p99 {cell['page_p99_ms']} ms  app-api CPU {meter.by.get('app-api')} s,"
-                        f" postgres {meter.by.get('postgres')} s, machine busy {meter.by['machine_busy']}"
-                        f"/{meter.by['wall']} s"
-                    )
-            results["summary"] = {
-                f"readers={k}": {
-                    "events_per_s": statistics.median(c["events_per_s"] for c in results["reads"] if c["readers"] == k),
-                    "rounds": [c["events_per_s"] for c in results["reads"] if c["readers"] == k],
-                    "page_p50_ms": statistics.median(c["page_p50_ms"] for c in results["reads"] if c["readers"] == k),
-                    "page_p99_ms": statistics.median(c["page_p99_ms"] for c in results["reads"] if c["readers"] == k),
-                    "app_api_cpu_s_per_1k": statistics.median(
-                        c["cpu_s_per_1k_events"]["app-api"] for c in results["reads"] if c["readers"] == k
-                    ),
-                    "postgres_cpu_s_per_1k": statistics.median(
-                        c["cpu_s_per_1k_events"]["postgres"] for c in results["reads"] if c["readers"] == k
-                    ),
-                }
-                for k in readers
-            }
+                    if system != "app-api":
+                        paired = [
+                            a["events_per_s"] / o["events_per_s"]
+                            for a, o in zip(pick("app-api", k), cells, strict=True)
+                            if o["events_per_s"]
+                        ]
+                        results["summary"][f"app-api ÷ {system} readers={k}"] = round(statistics.median(paired), 3)
             if args.profile:
                 spies = start_profiles(args.profile, {"app-api": api}, "events-read", args.profile_seconds)
                 end = time.monotonic() + args.profile_seconds

@@ -220,13 +220,87 @@ def baseline_app(dsn: str, pool_max: int) -> web.Application:
     return app
 
 
+# The event feed's yardsticks (bench_events.py): the same page shape as
+# GET /api/v1/events, without the App API's work.
+_FEED_SQL = """SELECT e.id, e.xid::text AS xid, json_build_object(
+       'id', e.event_id, 'type', e.type, 'tenant', t.name, 'tenant_id', e.tenant_id,
+       'sequence', lpad(to_hex(e.xid::text::bigint), 16, '0') || lpad(to_hex(e.id), 16, '0'),
+       'occurred_at', e.occurred_at, 'source', e.source, 'correlation_id', e.correlation_id,
+       'resource_type', e.resource_type, 'resource_id', e.resource_id, 'data', e.data)::text AS doc
+FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id
+WHERE e.tenant_id = (SELECT id FROM tenants WHERE name = $1)
+  AND (e.xid, e.id) > ($2::text::xid8, $3::bigint)
+  AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.xid, e.id LIMIT $4"""
+
+
+def feed_sql_app(dsn: str) -> web.Application:
+    """``feed-sql``: the feed's query with each event rendered to JSON text by Postgres
+    and the page assembled by concatenation (no decode and re-encode in Python)."""
+    app = web.Application()
+
+    async def pool_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        app[POOL] = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        yield
+        await app[POOL].close()
+
+    async def events(request: web.Request) -> web.Response:
+        q = request.query
+        after = q.get("after", "")
+        xid, rid = (int(after[:16], 16), int(after[16:], 16)) if after else (0, 0)
+        rows = await request.app[POOL].fetch(_FEED_SQL, q["tenant"], str(xid), rid, int(q.get("limit", "100")))
+        nxt = f"{int(rows[-1]['xid']):016x}{rows[-1]['id']:016x}" if rows else after
+        body = '{"data": [' + ", ".join(r["doc"] for r in rows) + '], "next_cursor": "' + nxt + '"}'
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    app.cleanup_ctx.append(pool_ctx)
+    app.router.add_get("/api/v1/events", events)
+    return app
+
+
+def feed_static_app(page_file: str, pages: int) -> web.Application:
+    """``feed-static``: one real page of events (``page_file``, its ``data`` array) served
+    ``pages`` times, then an empty page: aiohttp, the transfer and the reader's parsing
+    alone — the ceiling of any App API on this machine."""
+    with open(page_file, "rb") as f:
+        data = json.dumps(json.load(f)["data"]).encode()
+
+    async def events(request: web.Request) -> web.Response:
+        after = int(request.query.get("after") or 0)
+        chunk = data if after < pages else b"[]"
+        nxt = str(after + 1 if after < pages else after).encode()
+        return web.Response(
+            body=b'{"data": ' + chunk + b', "next_cursor": "' + nxt + b'"}', content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v1/events", events)
+    return app
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["hello", "baseline"])
+    ap.add_argument("kind", choices=["hello", "baseline", "feed-sql", "feed-static"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pool-max", type=int, default=10)
+    ap.add_argument("--page", help="feed-static: a JSON page of GET /api/v1/events")
+    ap.add_argument("--pages", type=int, default=200, help="feed-static: pages before the empty one")
     args = ap.parse_args()
-    app = hello_app() if args.kind == "hello" else baseline_app(os.environ["PROVISIO_DATABASE_URL"], args.pool_max)
+    if args.kind == "hello":
+        app = hello_app()
+    elif args.kind == "baseline":
+        app = baseline_app(os.environ["PROVISIO_DATABASE_URL"], args.pool_max)
+    elif args.kind == "feed-sql":
+        app = feed_sql_app(os.environ["PROVISIO_DATABASE_URL"])
+    else:
+        app = feed_static_app(args.page, args.pages)
+    if args.kind.startswith("feed"):
+        # The App API runs on uvloop (provisio_lib.process); so do its yardsticks.
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
