@@ -444,3 +444,60 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_the_tenant_mailed(se
             assert len(smtp.inbox.by_subject("was disabled")) == 1
     finally:
         smtp.stop()
+
+
+async def test_two_dispatchers_keep_order_per_resource_through_random_failures(service_env, pool, tenant, provisioner):
+    """Every event arrives; a resource's event is only ever sent once all its earlier
+    events were answered 2xx, whichever dispatcher sends it."""
+    import random
+
+    rng = random.Random(12)
+    log: list[tuple[str, str, bool]] = []  # (resource, sequence, answered 2xx), in arrival order
+
+    def behaviour(rx, got):
+        ev = got.event
+        ok = rng.random() >= 0.3
+        log.append((ev["resource_id"], ev["sequence"], ok))
+        return web.Response(text="ok") if ok else web.Response(status=500, text="flaky")
+
+    async with (
+        receiver(behaviour) as rx,
+        running_dispatcher(webhook_backoff_base_s=0.05, webhook_backoff_max_s=0.2),
+        running_dispatcher(webhook_backoff_base_s=0.05, webhook_backoff_max_s=0.2),
+    ):
+        name, _ = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            users = [await create_user(s, tenant, f"u{i}@x.test") for i in range(4)]
+
+            async def churn(uid: str) -> None:
+                for k in range(6):
+                    await rename(s, tenant, uid, f"n{k}")
+
+            await asyncio.gather(*(churn(u) for u in users))
+
+        async def visible():
+            # Visible once every older writing transaction ended (docs/events.md).
+            events = await events_feed.read_events(pool, [tenant.id], None, 1000)
+            return events if len(events) == 4 * 7 else None
+
+        feed = await eventually(visible, timeout=10)
+
+        async def all_delivered():
+            return {e["sequence"] for e in feed} <= {seq for _r, seq, ok in log if ok}
+
+        await eventually(all_delivered, timeout=30)
+    assert any(not ok for *_x, ok in log)  # failures did happen
+    order: dict[str, list[str]] = {}
+    for e in feed:
+        order.setdefault(e["resource_id"], []).append(e["sequence"])
+    done: set[str] = set()
+    for resource, seq, ok in log:
+        earlier = [e for e in order[resource] if e < seq]
+        assert set(earlier) <= done, f"{seq} of {resource} sent before {set(earlier) - done} were delivered"
+        if ok:
+            done.add(seq)
+    got = [r.event for r in rx.delivered]
+    for uid in users:
+        seqs = [e["sequence"] for e in got if e["resource_id"] == uid]
+        assert seqs == sorted(seqs) == order[uid]
+    assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}
