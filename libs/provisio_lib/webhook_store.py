@@ -528,8 +528,12 @@ async def record(
             await conn.execute(
                 """INSERT INTO webhook_attempts (delivery_id, endpoint_id, tenant_id, event_id, event_type,
                                                  attempted_at, ok, status_code, latency_ms, excerpt, error)
-                   SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                        $6::timestamptz[], $7::bool[], $8::int[], $9::float8[], $10::text[], $11::text[])""",
+                   SELECT u.* FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                          $6::timestamptz[], $7::bool[], $8::int[], $9::float8[], $10::text[], $11::text[])
+                        AS u(delivery_id, endpoint_id, tenant_id, event_id, event_type, attempted_at, ok,
+                             status_code, latency_ms, excerpt, error)
+                   -- not for an endpoint removed while its request was in flight
+                   WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.delivery_id)""",
                 [o.delivery.id for o in attempted],
                 [o.delivery.endpoint_id for o in attempted],
                 [o.delivery.tenant_id for o in attempted],
