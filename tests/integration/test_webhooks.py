@@ -666,3 +666,55 @@ async def test_an_event_pruned_before_delivery_is_dead_lettered(service_env, poo
 async def _status(pool, name, status):
     rows = [r for r in await delivery_rows(pool, name) if r["status"] == status]
     return rows or None
+
+
+async def test_a_dispatcher_killed_mid_delivery_leaves_it_to_another(service_env, pool, tenant, provisioner):
+    """SIGKILL between sending and recording: the lease runs out and another dispatcher
+    sends it again (at least once, same webhook-id), the resource's next event after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    first = asyncio.Event()
+
+    async def hang_first(rx, got):
+        if len(rx.requests) == 1:
+            first.set()
+            await asyncio.sleep(8)
+            return web.Response(status=599)  # nobody is listening any more
+        return web.Response(text="ok")
+
+    async with receiver(hang_first) as rx:
+        name, _ = await add(pool, tenant.id, rx.url)
+        env = {
+            **os.environ,
+            **service_env,
+            "PROVISIO_DISPATCHER_HEALTH_PORT": "0",
+            "PROVISIO_WEBHOOK_ALLOW_PRIVATE": "loopback",
+            "PROVISIO_WEBHOOK_TIMEOUT_S": "2",
+            "PROVISIO_WEBHOOK_POLL_S": "0.2",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook_dispatcher"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            async with scim_client() as s:
+                ann = await create_user(s, tenant, "ann@x.test")
+                await asyncio.wait_for(first.wait(), 30)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                await rename(s, tenant, ann, "Anna")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with running_dispatcher(webhook_timeout_s=2):
+            await eventually(lambda: _n(rx, 2), timeout=30)
+        waited = loop.time() - t0
+    types = [r.event["type"] for r in rx.delivered]
+    assert types == ["user.created", "user.updated"]
+    assert rx.requests[0].headers["webhook-id"] == rx.delivered[0].headers["webhook-id"]
+    assert waited < 15  # the lease: timeout + 1 s + 5 s
+    assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}
