@@ -238,8 +238,7 @@ async def test_dead_letter_after_the_horizon_releases_the_resource_and_replay_re
         await eventually(lambda: _n(rx, 1), timeout=15)
         ok = [(r.event["resource_id"], r.event["type"]) for r in rx.delivered]
         assert ok == [(ann, "user.updated")]
-        rows = await delivery_rows(pool, name)
-        dead = [r for r in rows if r["status"] == "dead"]
+        dead = await eventually(lambda: _status(pool, name, "dead"))  # recorded just after the update went
         assert len(dead) == 1 and dead[0]["attempts"] >= 2 and dead[0]["last_status"] == 500
         tries = [r for r in rx.requests if r.event["type"] == "user.created"]
         assert len(tries) == dead[0]["attempts"]
