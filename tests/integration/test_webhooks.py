@@ -341,7 +341,9 @@ async def test_no_redirect_is_followed_and_a_slow_answer_times_out(service_env, 
 
     async with (
         receiver(behaviour) as rx,
-        running_dispatcher(webhook_timeout_s=0.5, webhook_retry_horizon=600, webhook_backoff_base_s=60),
+        running_dispatcher(
+            webhook_timeout_s=0.5, webhook_retry_horizon=600, webhook_backoff_base_s=60, webhook_backoff_max_s=120
+        ),
     ):
         name, _ = await add(pool, tenant.id, rx.url)
         async with scim_client() as s:
