@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from redis.exceptions import RedisError
 
 from provisio_lib import db, webhook_store, webhooks
 from provisio_lib import observability as obs
@@ -257,6 +256,12 @@ class Recorder:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self.wake.set()
+            except Exception:
+                # A batch Postgres refuses for good would block every later one: drop it.
+                # Its deliveries are sent again when their leases run out (at least once).
+                log.exception("webhook_record_dropped", outcomes=len(self.outcomes), released=len(self.released))
+                self.outcomes, self.released = [], []
+                self.idle.set()
 
     async def flush(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
@@ -415,6 +420,8 @@ class Dispatcher:
                 raise
             except DB_ERRORS as err:
                 log.warning("webhook_endpoints_unavailable", error=str(err))
+            except Exception:
+                log.exception("webhook_endpoints_error")
             await asyncio.sleep(self.settings.webhook_poll_s)
 
     def _wake_tenant(self, tenant: str | None) -> None:
@@ -444,7 +451,7 @@ class Dispatcher:
                         loop.call_later(delay, self._wake_tenant, tenant)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as err:
+            except Exception as err:  # RedisError, OSError, a cluster moving: reconnect
                 log.warning("webhook_signal_error", error=str(err), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -469,7 +476,7 @@ class Dispatcher:
                         log.info("webhook_deliveries_pruned", deleted=n, older_than=cutoff.isoformat())
             except asyncio.CancelledError:
                 raise
-            except DB_ERRORS as err:
+            except Exception as err:
                 log.warning("webhook_housekeeping_failed", error=str(err))
             await asyncio.sleep(s.webhook_metrics_interval_s)
 
