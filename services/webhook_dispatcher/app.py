@@ -112,10 +112,11 @@ class EndpointWorker:
         if self.need_fan_out or now - self.last_fan_out >= s.webhook_poll_s:
             self.need_fan_out = False
             self.last_fan_out = now
-            while True:
-                scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
-                if scanned < FAN_OUT_BATCH:
-                    break
+            scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
+            if scanned == FAN_OUT_BATCH:
+                # More to fan out: next cycle, after this one's claim, so a large backlog
+                # (an initial sync) is sent while it is still being fanned out.
+                self.poke(fan_out=True)
         room = s.webhook_claim_batch - self.rows_in_flight
         if room < max(1, s.webhook_claim_batch // 4) or self.stopped:
             return
