@@ -59,7 +59,7 @@ async def delivery_rows(pool, name: str) -> list[dict[str, Any]]:
 async def test_a_scim_write_reaches_the_receiver_signed_as_the_events_api_has_it(
     service_env, pool, tenant, provisioner
 ):
-    async with receiver() as rx, running_dispatcher():
+    async with receiver() as rx, running_dispatcher() as dispatcher:
         name, secret = await add(pool, tenant.id, rx.url)
         async with scim_client() as s:
             uid = await create_user(s, tenant, "ann@x.test")
@@ -78,6 +78,22 @@ async def test_a_scim_write_reaches_the_receiver_signed_as_the_events_api_has_it
         assert event["tenant"] == tenant.name and event["data"]["user_name"] == "ann@x.test"
         rows = await eventually(lambda: _delivered(pool, name, 1))
         assert rows[0]["attempts"] == 1 and rows[0]["last_status"] == 200
+
+        # The dispatcher's metrics: results, latency, and backlog/lag per endpoint.
+        import aiohttp
+
+        async def metrics():
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{dispatcher.health.port}/metrics") as r,
+            ):
+                text = await r.text()
+            return text if f'provisio_webhook_backlog{{endpoint="{name}"}} 0.0' in text else None
+
+        text = await eventually(metrics, timeout=10)
+        assert 'provisio_webhook_deliveries_total{result="delivered"}' in text
+        assert "provisio_webhook_event_age_seconds_count" in text
+        assert f'provisio_webhook_lag_seconds{{endpoint="{name}"}} 0.0' in text
 
 
 async def _n(rx, n: int) -> bool:
