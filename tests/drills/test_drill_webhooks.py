@@ -1,4 +1,4 @@
-"""Drill 9: webhooks to the example receiving application (examples/receiver) through
+"""Drill 8: webhooks to the example receiving application (examples/receiver) through
 faults, every service a real process.
 
 SCIM clients keep changing users and groups (``ChangeLoad``: several events per user,
