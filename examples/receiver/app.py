@@ -416,6 +416,19 @@ async def ensure_database(url: str) -> None:
             await admin.close()
 
 
+async def stats(request: web.Request) -> web.Response:
+    """``GET /stats[?tenant=T]``: how much the app holds (scripts and benchmarks poll it)."""
+    tenant = request.query.get("tenant")
+    row = await request.app[POOL].fetchrow(
+        """SELECT (SELECT count(*) FROM users WHERE NOT deleted AND ($1::text IS NULL OR tenant = $1)) AS users,
+                  (SELECT count(*) FROM groups WHERE NOT deleted AND ($1::text IS NULL OR tenant = $1)) AS groups,
+                  (SELECT count(*) FROM memberships WHERE present AND ($1::text IS NULL OR tenant = $1)) AS memberships,
+                  (SELECT count(*) FROM applied_events WHERE $1::text IS NULL OR tenant = $1) AS applied_events""",
+        tenant,
+    )
+    return web.json_response(dict(row))
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
@@ -424,7 +437,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await ensure_database(settings.database_url)
-        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=10) as pool:
+        # As many connections as Provisio sends requests at once (PROVISIO_WEBHOOK_MAX_IN_FLIGHT,
+        # 32): each request holds one until its commit is on disk.
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=32) as pool:
             async with pool.acquire() as conn:
                 await conn.execute(SCHEMA)
             app[POOL] = pool
@@ -440,6 +455,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/webhooks/provisio", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/tenants/{tenant}/users", tenant_users)
+    app.router.add_get("/stats", stats)
     return app
 
 

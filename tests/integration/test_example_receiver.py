@@ -353,6 +353,8 @@ async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant,
                     assert r.status == 200
                 async with http.get(f"http://127.0.0.1:{port}/tenants/{tenant.name}/users") as r:
                     assert [u["user_name"] for u in await r.json()] == ["ann@x.test"]
+                async with http.get(f"http://127.0.0.1:{port}/stats", params={"tenant": tenant.name}) as r:
+                    assert await r.json() == {"users": 1, "groups": 0, "memberships": 0, "applied_events": 1}
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=20)
