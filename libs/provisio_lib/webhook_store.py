@@ -193,7 +193,7 @@ async def list_attempts(
     rows = await conn.fetch(
         """SELECT a.attempted_at, w.name AS endpoint, a.event_type, a.event_id, a.delivery_id,
                   coalesce(d.status, 'test') AS delivery, d.attempts, a.ok, a.status_code AS status,
-                  round(a.latency_ms::numeric, 1) AS latency_ms, a.excerpt, a.error, d.next_attempt_at
+                  round(a.latency_ms::numeric, 1)::float8 AS latency_ms, a.excerpt, a.error, d.next_attempt_at
            FROM webhook_attempts a
            JOIN webhook_endpoints w ON w.id = a.endpoint_id
            LEFT JOIN webhook_deliveries d ON d.id = a.delivery_id

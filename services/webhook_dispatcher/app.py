@@ -53,6 +53,7 @@ class EndpointWorker:
         self.endpoint = endpoint
         self.wake = asyncio.Event()
         self.need_fan_out = True
+        self.last_fan_out = 0.0
         self.rows_in_flight = 0
         self.slots = asyncio.Semaphore(dispatcher.settings.webhook_max_in_flight)
         self.chains: set[asyncio.Task[None]] = set()
@@ -102,14 +103,16 @@ class EndpointWorker:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), s.webhook_poll_s)
-            if not self.wake.is_set():
-                self.need_fan_out = True  # the poll: new events whose signal was lost, due retries
 
     async def cycle(self) -> None:
         s = self.d.settings
         pool = self.d.pool
-        if self.need_fan_out:
+        now = asyncio.get_running_loop().time()
+        # The poll: events whose signal was lost (Redis restarting), or that became
+        # visible only when an older transaction ended; due retries are claimed below.
+        if self.need_fan_out or now - self.last_fan_out >= s.webhook_poll_s:
             self.need_fan_out = False
+            self.last_fan_out = now
             while True:
                 scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
                 if scanned < FAN_OUT_BATCH:

@@ -4,6 +4,8 @@ CLI as a subprocess, mail through aiosmtpd and the auditor."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -12,10 +14,10 @@ from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from provisio_lib import events_feed, webhook_store
-from tests.conftest import eventually
+from tests.conftest import eventually, make_tenant
 from tests.integration.scim_helpers import USER, bearer, patch_body, scim_client
 
-from .webhook_support import receiver, running_dispatcher
+from .webhook_support import acli, cli, receiver, running_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +123,381 @@ async def test_order_per_resource_holds_under_retries_and_other_resources_procee
     rows = await delivery_rows(pool, name)
     assert {r["status"] for r in rows} == {"delivered"}
     assert sorted(r["attempts"] for r in rows) == [1, 1, 1, 2]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+async def test_cli_add_list_test_rotate_remove(service_env, pool):
+    env = service_env
+    assert (await acli("tenant", "create", "acme", env=env)).returncode == 0
+    async with receiver(lambda rx, got: web.Response(text="pong from the app " + "x" * 2000)) as rx:
+        made = await acli("webhook", "add", "acme", rx.url, "--events", "user.*", "--name", "acme-hooks", env=env)
+        assert made.returncode == 0, made.stderr
+        secret = made.stdout.strip().splitlines()[-1]
+        assert secret.startswith("whsec_") and "acme-hooks" in made.stdout
+
+        dup = await acli("webhook", "add", "acme", rx.url, "--name", "acme-hooks", env=env)
+        assert dup.returncode == 1 and "already named 'acme-hooks'" in dup.stderr
+        usage = await acli("webhook", "add", rx.url, env=env)
+        assert usage.returncode == 1 and "give a tenant and a URL" in usage.stderr
+        usage = await acli("webhook", "add", "acme", rx.url, "--all-tenants", env=env)
+        assert usage.returncode == 1 and "only the URL" in usage.stderr
+        bad = await acli("webhook", "add", "acme", rx.url, "--events", "user.%", env=env)
+        assert bad.returncode == 1 and "--events" in bad.stderr
+        every = await acli("webhook", "add", "--all-tenants", rx.url, "--name", "ops", env=env)
+        assert every.returncode == 0 and "every tenant" in every.stdout
+
+        listed = await acli("webhook", "list", "--json", env=env)
+        rows = {r["name"]: r for r in map(json.loads, listed.stdout.splitlines())}
+        assert rows["acme-hooks"]["tenant"] == "acme" and rows["acme-hooks"]["events"] == "user.*"
+        assert rows["acme-hooks"]["status"] == "active" and rows["ops"]["tenant"] == "*"
+        assert secret not in listed.stdout
+
+        tested = await acli("webhook", "test", "acme-hooks", env=env)
+        assert tested.returncode == 0, tested.stderr
+        assert f"{rx.url} answered HTTP 200" in tested.stdout and "pong from the app" in tested.stdout
+        assert len(tested.stdout) < 1500  # an excerpt, not the whole answer
+        ping = rx.requests[-1]
+        event = Webhook(secret).verify(ping.body, ping.headers)
+        assert event["type"] == "webhook.test" and event["tenant"] == "acme"
+        assert ping.headers["webhook-id"] == event["id"]
+
+        rotated = await acli("webhook", "rotate-secret", "acme-hooks", "--overlap", "1h", env=env)
+        assert rotated.returncode == 0, rotated.stderr
+        new_secret = rotated.stdout.strip().splitlines()[-1]
+        assert new_secret.startswith("whsec_") and new_secret != secret
+        assert (await acli("webhook", "test", "acme-hooks", env=env)).returncode == 0
+        ping = rx.requests[-1]
+        assert len(ping.headers["webhook-signature"].split(" ")) == 2
+        Webhook(secret).verify(ping.body, ping.headers)  # receivers with the old secret keep working
+        Webhook(new_secret).verify(ping.body, ping.headers)
+        listed = await acli("webhook", "list", "--json", env=env)
+        assert json.loads(listed.stdout.splitlines()[0])["rotation_overlap_until"]
+
+        attempts = await acli("webhook", "deliveries", "acme", "--json", env=env)
+        rows = [json.loads(line) for line in attempts.stdout.splitlines()]
+        assert len(rows) == 2 and {r["event_type"] for r in rows} == {"webhook.test"}
+        assert all(r["status"] == 200 and r["delivery"] == "test" and r["latency_ms"] >= 0 for r in rows)
+        assert rows[0]["excerpt"].startswith("pong from the app") and len(rows[0]["excerpt"]) < 600
+
+    # The receiver is gone: the test says so and fails.
+    down = await acli("webhook", "test", "acme-hooks", env=env)
+    assert down.returncode == 1 and "no answer" in down.stdout and "connection failed" in down.stdout
+    assert (await acli("webhook", "remove", "acme-hooks", env=env)).returncode == 0
+    again = await acli("webhook", "remove", "acme-hooks", env=env)
+    assert again.returncode == 1 and "no webhook endpoint named 'acme-hooks'" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "message"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "private", "link-local"),
+        ("http://[::ffff:169.254.169.254]/", "private", "link-local"),
+        ("http://10.0.0.5/hook", "loopback", "private"),
+        ("http://[fd00::1]/hook", "loopback", "private"),
+        ("http://127.0.0.1:9/hook", "none", "loopback"),
+        ("http://localhost:9/hook", "none", "loopback"),  # a name: judged where it resolves
+        ("http://2130706433/hook", "none", "loopback"),  # 127.0.0.1 as a decimal number
+        ("http://0.0.0.0:9/", "private", "unspecified"),
+        ("http://224.0.0.1/", "private", "multicast"),
+        ("ftp://example.com/", "none", "only http"),
+    ],
+)
+def test_cli_refuses_urls_that_reach_internal_addresses(service_env, url, allow, message):
+    assert cli("tenant", "create", "acme", env=service_env).returncode == 0
+    r = cli("webhook", "add", "acme", url, env={**service_env, "PROVISIO_WEBHOOK_ALLOW_PRIVATE": allow})
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith("error: refused URL") and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- retries, dead letters, replay
+
+
+async def test_dead_letter_after_the_horizon_releases_the_resource_and_replay_resends(
+    service_env, pool, tenant, provisioner
+):
+    broken = {"on": True}
+
+    def behaviour(rx, got):
+        ev = got.event
+        if broken["on"] and ev["type"] == "user.created" and ev["data"]["user_name"] == "ann@x.test":
+            return web.Response(status=500, text="ann breaks us: " + "y" * 5000)
+        return web.Response(text="ok")
+
+    async with (
+        receiver(behaviour) as rx,
+        running_dispatcher(webhook_retry_horizon=1.5, webhook_backoff_base_s=0.2, webhook_backoff_max_s=0.4),
+    ):
+        name, secret = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            ann = await create_user(s, tenant, "ann@x.test")
+            await rename(s, tenant, ann, "Anna")
+        # Ann's creation is retried until the horizon, then dead; her update then goes.
+        await eventually(lambda: _n(rx, 1), timeout=15)
+        ok = [(r.event["resource_id"], r.event["type"]) for r in rx.delivered]
+        assert ok == [(ann, "user.updated")]
+        rows = await delivery_rows(pool, name)
+        dead = [r for r in rows if r["status"] == "dead"]
+        assert len(dead) == 1 and dead[0]["attempts"] >= 2 and dead[0]["last_status"] == 500
+        tries = [r for r in rx.requests if r.event["type"] == "user.created"]
+        assert len(tries) == dead[0]["attempts"]
+        assert len({r.headers["webhook-id"] for r in tries}) == 1  # the same id each time: idempotency key
+        dead_event = tries[0].event["id"]
+
+        failed = await acli("webhook", "deliveries", tenant.name, "--failed", "--json", env=service_env)
+        assert failed.returncode == 0, failed.stderr
+        rows = [json.loads(line) for line in failed.stdout.splitlines()]
+        assert rows and {r["delivery"] for r in rows} == {"dead"} and {r["status"] for r in rows} == {500}
+        assert rows[0]["event_id"] == dead_event and rows[0]["excerpt"].startswith("ann breaks us")
+        assert len(rows[0]["excerpt"]) < 600  # an excerpt only
+        every = await acli("webhook", "deliveries", tenant.name, "--json", env=service_env)
+        assert len(every.stdout.splitlines()) == len(rows) + 1  # and the update's 200
+
+        # The receiver is fixed: replay the dead letter.
+        broken["on"] = False
+        r = await acli("webhook", "replay", name, "--event", dead_event, env=service_env)
+        assert r.returncode == 0 and "queued 1 delivery" in r.stdout, r.stderr
+        await eventually(lambda: _n(rx, 2), timeout=10)
+        again = rx.delivered[-1]
+        assert Webhook(secret).verify(again.body, again.headers)["id"] == dead_event
+
+        # Replay everything from the start of the feed: both events, in order.
+        r = await acli("webhook", "replay", name, "--from", "0", env=service_env)
+        assert r.returncode == 0 and "queued 2 deliveries" in r.stdout, r.stderr
+        await eventually(lambda: _n(rx, 4), timeout=10)
+        assert [e["type"] for e in rx.events()[-2:]] == ["user.created", "user.updated"]
+        # From a cursor: only what follows it.
+        r = await acli("webhook", "replay", name, "--from", rx.delivered[-2].event["sequence"], env=service_env)
+        assert r.returncode == 0 and "queued 1 delivery" in r.stdout, r.stderr
+        await eventually(lambda: _n(rx, 5), timeout=10)
+        assert rx.events()[-1]["type"] == "user.updated"
+
+        r = await acli("webhook", "replay", name, "--dead", env=service_env)
+        assert r.returncode == 0 and "queued 1 delivery" in r.stdout  # the dead one, once more
+        await eventually(lambda: _n(rx, 6), timeout=10)
+        for args, message in [
+            (("--event", "nope"), "not an event id"),
+            (("--event", str(uuid.uuid4())), "no event"),
+            (("--from", "zz"), "--from"),
+            ((), "give one of"),
+            (("--dead", "--event", dead_event), "give one of"),
+        ]:
+            bad = await acli("webhook", "replay", name, *args, env=service_env)
+            assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+async def test_an_other_tenants_event_cannot_be_replayed_to_an_endpoint(service_env, pool, tenant, provisioner):
+    other = await make_tenant(pool)
+    async with receiver() as rx, running_dispatcher():
+        name, _ = await add(pool, tenant.id, rx.url)
+        await add(pool, other.id, rx.url)
+        async with scim_client() as s:
+            await create_user(s, other, "eve@other.test")
+        await eventually(lambda: _n(rx, 1), timeout=10)
+        theirs = rx.delivered[0].event
+        assert theirs["tenant_id"] == str(other.id)
+        r = await acli("webhook", "replay", name, "--event", theirs["id"], env=service_env)
+        assert r.returncode == 1 and "no event" in r.stderr
+        r = await acli("webhook", "replay", name, "--from", "0", env=service_env)
+        assert r.returncode == 0 and "queued 0 deliveries" in r.stdout
+        await asyncio.sleep(0.5)
+        assert len(rx.requests) == 1
+
+
+# --------------------------------------------------------------------------- SSRF at delivery time
+
+
+async def test_delivery_refuses_internal_addresses_whatever_the_stored_url(service_env, pool, tenant, provisioner):
+    """The address is checked again on every connection: a URL added while allowed, or a
+    name that resolves elsewhere now (DNS rebinding), is refused when the setting says so."""
+    async with receiver() as rx, running_dispatcher(webhook_allow_private="none", webhook_retry_horizon=600):
+        literal, _ = await add(pool, tenant.id, rx.url)
+        by_name, _ = await add(pool, tenant.id, f"http://localhost:{rx.port}/hooks")
+        mapped, _ = await add(pool, tenant.id, f"http://[::ffff:127.0.0.1]:{rx.port}/hooks")
+        async with scim_client() as s:
+            await create_user(s, tenant, "ann@x.test")
+
+        async def attempted():
+            rows = await pool.fetch(
+                """SELECT w.name, a.error, a.ok FROM webhook_attempts a JOIN webhook_endpoints w ON w.id = a.endpoint_id"""
+            )
+            return rows if {r["name"] for r in rows} == {literal, by_name, mapped} else None
+
+        rows = await eventually(attempted, timeout=15)
+    assert rx.requests == []
+    errors = {r["name"]: r["error"] for r in rows}
+    assert not any(r["ok"] for r in rows)
+    assert errors[literal].startswith("refused:") and "loopback" in errors[literal]
+    assert errors[mapped].startswith("refused:") and "loopback" in errors[mapped]
+    assert "loopback" in errors[by_name] and "connection failed" in errors[by_name]
+
+
+async def test_no_redirect_is_followed_and_a_slow_answer_times_out(service_env, pool, tenant, provisioner):
+    async def behaviour(rx, got):
+        if got.event["data"]["user_name"] == "slow@x.test":
+            await asyncio.sleep(5)
+        return web.Response(status=307, headers={"Location": "http://169.254.169.254/"})
+
+    async with (
+        receiver(behaviour) as rx,
+        running_dispatcher(webhook_timeout_s=0.5, webhook_retry_horizon=600, webhook_backoff_base_s=60),
+    ):
+        name, _ = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            await create_user(s, tenant, "moved@x.test")
+            await create_user(s, tenant, "slow@x.test")
+
+        async def attempts():
+            rows = await pool.fetch("SELECT status_code, error FROM webhook_attempts ORDER BY id")
+            return rows if len(rows) == 2 else None
+
+        rows = await eventually(attempts, timeout=15)
+    assert len(rx.requests) == 2  # the redirect was not followed
+    assert {(r["status_code"], r["error"]) for r in rows} == {(307, None), (None, "timeout after 0.5 s")}
+    assert {r["status"] for r in await delivery_rows(pool, name)} == {"pending"}  # retried later
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+async def test_a_slow_endpoint_does_not_delay_another(service_env, pool, provisioner):
+    slow_t, fast_t = await make_tenant(pool), await make_tenant(pool)
+
+    async def slow(rx, got):
+        await asyncio.sleep(3)
+        return web.Response(text="finally")
+
+    async with receiver(slow) as slow_rx, receiver() as fast_rx, running_dispatcher(webhook_max_in_flight=2):
+        await add(pool, slow_t.id, slow_rx.url)
+        await add(pool, fast_t.id, fast_rx.url)
+        async with scim_client() as s:
+            for i in range(6):  # more than the slow endpoint's connection slots
+                await create_user(s, slow_t, f"s{i}@slow.test")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for i in range(10):
+                await create_user(s, fast_t, f"f{i}@fast.test")
+            await eventually(lambda: _n(fast_rx, 10), timeout=10)
+            elapsed = loop.time() - t0
+        assert elapsed < 2.5, elapsed  # well before the slow receiver answered anything twice
+        assert len(slow_rx.delivered) <= 2
+
+
+# --------------------------------------------------------------------------- disabled endpoints
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_the_tenant_mailed(service_env, pool, provisioner):
+    from .audit_support import SmtpServer, running_auditor, smtp_env
+
+    acme = await make_tenant(pool, notify_emails=["ops@acme.example"])
+    smtp = SmtpServer().start()
+    healthy = {"on": False}
+
+    def behaviour(rx, got):
+        return web.Response(text="ok") if healthy["on"] else web.Response(status=502, text="bad gateway")
+
+    try:
+        async with (
+            receiver(behaviour) as rx,
+            running_auditor(**smtp_env(smtp.port)),
+            running_dispatcher(webhook_disable_after=1.0, webhook_backoff_base_s=0.2, webhook_backoff_max_s=0.3),
+        ):
+            name, _ = await add(pool, acme.id, rx.url)
+            async with scim_client() as s:
+                await create_user(s, acme, "ann@acme.example")
+
+            async def disabled():
+                return await pool.fetchrow(
+                    "SELECT status, disabled_reason, failing_since FROM webhook_endpoints WHERE name = $1 AND status = 'disabled'",
+                    name,
+                )
+
+            row = await eventually(disabled, timeout=15)
+            assert row["disabled_reason"] == "failing for 1s"
+
+            async def mailed():
+                return smtp.inbox.by_subject("was disabled")
+
+            [mail] = await eventually(mailed, timeout=10)
+            assert mail["To"] == "ops@acme.example"
+            body = mail.get_payload(decode=True).decode()
+            assert f"provisio webhook enable {name}" in body and "HTTP 502" in body and rx.url in body
+            listed = await acli("webhook", "list", "--json", env=service_env)
+            [shown] = [json.loads(line) for line in listed.stdout.splitlines()]
+            assert shown["status"] == "disabled" and shown["pending"] == 1
+
+            # Disabled: no more attempts, events wait.
+            await asyncio.sleep(0.5)
+            tries = len(rx.requests)
+            async with scim_client() as s:
+                await create_user(s, acme, "bob@acme.example")
+            await asyncio.sleep(1.0)
+            assert len(rx.requests) == tries
+
+            healthy["on"] = True
+            r = await acli("webhook", "enable", name, env=service_env)
+            assert r.returncode == 0, r.stderr
+            await eventually(lambda: _n(rx, 2), timeout=10)
+            assert [e["data"]["user_name"] for e in rx.events()] == ["ann@acme.example", "bob@acme.example"]
+            assert len(smtp.inbox.by_subject("was disabled")) == 1
+    finally:
+        smtp.stop()
+
+
+async def test_two_dispatchers_keep_order_per_resource_through_random_failures(service_env, pool, tenant, provisioner):
+    """Every event arrives; a resource's event is only ever sent once all its earlier
+    events were answered 2xx, whichever dispatcher sends it."""
+    import random
+
+    rng = random.Random(12)
+    log: list[tuple[str, str, bool]] = []  # (resource, sequence, answered 2xx), in arrival order
+
+    def behaviour(rx, got):
+        ev = got.event
+        ok = rng.random() >= 0.3
+        log.append((ev["resource_id"], ev["sequence"], ok))
+        return web.Response(text="ok") if ok else web.Response(status=500, text="flaky")
+
+    async with (
+        receiver(behaviour) as rx,
+        running_dispatcher(webhook_backoff_base_s=0.05, webhook_backoff_max_s=0.2),
+        running_dispatcher(webhook_backoff_base_s=0.05, webhook_backoff_max_s=0.2),
+    ):
+        name, _ = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            users = [await create_user(s, tenant, f"u{i}@x.test") for i in range(4)]
+
+            async def churn(uid: str) -> None:
+                for k in range(6):
+                    await rename(s, tenant, uid, f"n{k}")
+
+            await asyncio.gather(*(churn(u) for u in users))
+
+        async def visible():
+            # Visible once every older writing transaction ended (docs/events.md).
+            events = await events_feed.read_events(pool, [tenant.id], None, 1000)
+            return events if len(events) == 4 * 7 else None
+
+        feed = await eventually(visible, timeout=10)
+
+        async def all_delivered():
+            return {e["sequence"] for e in feed} <= {seq for _r, seq, ok in log if ok}
+
+        await eventually(all_delivered, timeout=30)
+    assert any(not ok for *_x, ok in log)  # failures did happen
+    order: dict[str, list[str]] = {}
+    for e in feed:
+        order.setdefault(e["resource_id"], []).append(e["sequence"])
+    done: set[str] = set()
+    for resource, seq, ok in log:
+        earlier = [e for e in order[resource] if e < seq]
+        assert set(earlier) <= done, f"{seq} of {resource} sent before {set(earlier) - done} were delivered"
+        if ok:
+            done.add(seq)
+    got = [r.event for r in rx.delivered]
+    for uid in users:
+        seqs = [e["sequence"] for e in got if e["resource_id"] == uid]
+        assert seqs == sorted(seqs) == order[uid]
+    assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}
