@@ -42,8 +42,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 log = logging.getLogger("receiver")
 
-# The cursor of "before anything": every real sequence (32 hex digits) sorts after it.
-START = ""
+PAGE_SIZE = 1000  # the directory API's largest page
 
 SCHEMA = """
 -- Sequences are compared as strings (32 hex digits: string order is feed order), so
@@ -271,13 +270,12 @@ class AppApi:
                 return body
         raise RuntimeError(f"GET {path}: still unavailable")
 
-    async def pages(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """Every item of a list endpoint, following next_cursor."""
+    async def pages(self, path: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every page of a list endpoint, following next_cursor."""
         cursor = ""
         while True:
-            page = await self.get(path, limit="1000", **({"cursor": cursor} if cursor else {}))
-            for item in page["data"]:
-                yield item
+            page = await self.get(path, limit=str(PAGE_SIZE), **({"cursor": cursor} if cursor else {}))
+            yield page["data"]
             if not page["next_cursor"]:
                 return
             cursor = page["next_cursor"]
@@ -291,15 +289,21 @@ async def backfill(pool: Any, api: AppApi, tenant: str) -> int:
     cursor = (await api.get("/events", tenant=tenant, after="latest"))["next_cursor"]
     # 2. The copy. Each row gets the noted cursor as its sequence: any event after it
     #    may overwrite it, and nothing before it will.
+    #    One transaction per page: one commit (one disk flush) per page, not per row.
     t = f"/tenants/{tenant}"
     async with pool.acquire() as conn:
-        async for user in api.pages(f"{t}/users"):
-            await put_user(conn, tenant, user, cursor)
-        async for group in api.pages(f"{t}/groups"):
-            await put_group(conn, tenant, group, cursor)
-            async for member in api.pages(f"{t}/groups/{group['id']}/members"):
-                for source in member["membership_sources"]:
-                    await put_membership(conn, tenant, group["id"], member["id"], source, True, cursor)
+        async for users in api.pages(f"{t}/users"):
+            async with conn.transaction():
+                for user in users:
+                    await put_user(conn, tenant, user, cursor)
+        async for groups in api.pages(f"{t}/groups"):
+            for group in groups:
+                await put_group(conn, tenant, group, cursor)
+                async for members in api.pages(f"{t}/groups/{group['id']}/members"):
+                    async with conn.transaction():
+                        for member in members:
+                            for source in member["membership_sources"]:
+                                await put_membership(conn, tenant, group["id"], member["id"], source, True, cursor)
     # 3. What changed during the copy, from the feed (webhooks may bring the same events
     #    too: applying is idempotent).
     applied, after = 0, cursor

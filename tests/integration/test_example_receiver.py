@@ -207,7 +207,12 @@ async def entra_initial_sync(s: Any, token: str) -> tuple[list[str], list[str]]:
     return users, groups
 
 
-async def test_the_example_app_mirrors_the_directory(service_env, pool, provisioner, topology, empty_database_url):
+async def test_the_example_app_mirrors_the_directory(
+    service_env, pool, provisioner, topology, empty_database_url, monkeypatch
+):
+    import examples.receiver.app
+
+    monkeypatch.setattr(examples.receiver.app, "PAGE_SIZE", 2)  # the backfill follows next_cursor
     tenant = await make_tenant(pool, name=f"contoso-{uuid.uuid4().hex[:6]}", deprovision="delete")
     port = _free_port()
     async with scim_client() as s, app_client() as api, running_dispatcher():
