@@ -100,6 +100,14 @@ CREATE TABLE IF NOT EXISTS backfills (
 );
 """
 
+# The errors of a database that is down, restarting or unreachable (not of a bad query).
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 USER_EVENTS = {"user.created", "user.updated", "user.deactivated", "user.reactivated"}
 MEMBER_EVENTS = {"group.member_added", "group.member_removed"}
 
@@ -376,8 +384,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pong": event.get("id")})
     if not all(k in event for k in ("id", "type", "tenant", "sequence", "data")):
         return web.json_response({"error": "not an event"}, status=400)
-    async with request.app[POOL].acquire() as conn:
-        applied = await apply_event(conn, event)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            applied = await apply_event(conn, event)
+    except DATABASE_AWAY:
+        # Our database is away: not applied, so not 2xx; Provisio sends it again later.
+        log.warning("database unavailable; event %s not applied yet", event["id"])
+        return web.json_response({"error": "unavailable"}, status=503)
     return web.json_response({"applied": applied})
 
 

@@ -131,6 +131,12 @@ async def test_signatures_idempotency_and_per_resource_order(empty_database_url)
         snap = await receiver_snapshot(empty_database_url, TENANT)
         assert snap["users"][u][4] == "Ann SSO"
         assert (await post({"id": str(uuid.uuid4()), "type": "user.created"})).status == 400
+        # Its database gone: 503, not applied, so Provisio sends it again later.
+        from examples.receiver.app import POOL
+
+        await app.app[POOL].close()
+        r = await post(event("user.updated", 90, user(u, "ann@x.test", given_name="Later")))
+        assert r.status == 503
 
     conn = await asyncpg.connect(empty_database_url)
     try:
