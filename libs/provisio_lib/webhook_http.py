@@ -7,6 +7,7 @@ limit and no redirects on every request."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -106,6 +107,19 @@ async def check_url(url: str, allow: str) -> webhooks.Target:
     return target
 
 
+@functools.lru_cache(maxsize=4096)
+def _refusal(url: str, allow: str) -> str | None:
+    """Why ``url`` may not be called (its form, or a literal address: aiohttp does not
+    resolve those, so the resolver's check never sees them), or None. Cached: pure."""
+    try:
+        target = webhooks.parse_url(url)
+        if target.is_ip:
+            webhooks.check_addresses(target.host, [target.host], allow)
+    except webhooks.UrlRefused as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True)
 class Answer:
     """One attempt: ``ok`` is a 2xx answer; otherwise ``status`` (a non-2xx answer) or
@@ -135,12 +149,9 @@ async def post_event(
     def done(ok: bool, status: int | None, excerpt: str | None, error: str | None) -> Answer:
         return Answer(ok, status, (time.perf_counter() - started) * 1000, excerpt, error, attempted_at)
 
-    try:
-        target = webhooks.parse_url(url)
-        if target.is_ip:  # aiohttp does not resolve literal addresses: check them here
-            webhooks.check_addresses(target.host, [target.host], settings.webhook_allow_private)
-    except webhooks.UrlRefused as err:
-        return done(False, None, None, f"refused: {err}")
+    refused = _refusal(url, settings.webhook_allow_private)
+    if refused is not None:
+        return done(False, None, None, f"refused: {refused}")
     body = webhooks.body_bytes(event)
     headers = {
         "Content-Type": "application/json",

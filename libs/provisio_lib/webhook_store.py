@@ -347,11 +347,15 @@ FROM webhook_deliveries d
 LEFT JOIN events e ON e.xid = d.event_xid AND e.id = d.event_row
 LEFT JOIN tenants t ON t.id = e.tenant_id
 WHERE d.endpoint_id = $1 AND d.status = 'pending' AND d.next_attempt_at <= now()
-  AND NOT EXISTS (
-      SELECT 1 FROM webhook_deliveries p
-      WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key AND p.status = 'pending'
-        AND (p.event_xid, p.event_row, p.id) < (d.event_xid, d.event_row, d.id)
-        AND p.next_attempt_at > now())
+  -- A scalar subquery, not NOT EXISTS: the planner turns NOT EXISTS into an anti-join,
+  -- and with the statistics of a freshly filled table (a first sync) it scanned every
+  -- pending delivery of the endpoint for each candidate; as a correlated subplan it is
+  -- always one probe of the order index by (endpoint, order_key).
+  AND (SELECT true FROM webhook_deliveries p
+       WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key AND p.status = 'pending'
+         AND (p.event_xid, p.event_row, p.id) < (d.event_xid, d.event_row, d.id)
+         AND p.next_attempt_at > now()
+       LIMIT 1) IS NULL
 ORDER BY d.event_xid, d.event_row, d.id
 LIMIT $2
 """
@@ -419,9 +423,12 @@ async def claim(
                     lease_until=now + timedelta(seconds=lease_s(pos, timeout_s)),
                 )
             )
+        # `d.id = ANY(...)` beside the join: an index condition on the primary key whatever
+        # the statistics say (joined to unnest() alone, a hash join scanned every row).
         await conn.execute(
             """UPDATE webhook_deliveries d SET next_attempt_at = l.until
-               FROM unnest($1::bigint[], $2::timestamptz[]) AS l(id, until) WHERE d.id = l.id""",
+               FROM unnest($1::bigint[], $2::timestamptz[]) AS l(id, until)
+               WHERE d.id = ANY($1::bigint[]) AND d.id = l.id""",
             [c.id for c in out],
             [c.lease_until for c in out],
         )
@@ -490,7 +497,7 @@ async def record(
                 """UPDATE webhook_deliveries d SET status = 'delivered', attempts = d.attempts + 1,
                        done_at = r.at, last_status = r.status, last_error = NULL
                    FROM unnest($1::bigint[], $2::int[], $3::timestamptz[]) AS r(id, status, at)
-                   WHERE d.id = r.id AND d.status = 'pending'""",
+                   WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.status = 'pending'""",
                 [o.delivery.id for o in delivered],
                 [o.status for o in delivered],
                 [o.attempted_at for o in delivered],
@@ -504,7 +511,7 @@ async def record(
                        done_at = CASE WHEN r.next_at IS NULL THEN r.at END
                    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[])
                         AS r(id, status, error, next_at, at, n)
-                   WHERE d.id = r.id AND d.status = 'pending'""",
+                   WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.status = 'pending'""",
                 [o.delivery.id for o in failed],
                 [o.status for o in failed],
                 [o.error if o.error else (f"HTTP {o.status}" if o.status else None) for o in failed],
@@ -521,8 +528,12 @@ async def record(
             await conn.execute(
                 """INSERT INTO webhook_attempts (delivery_id, endpoint_id, tenant_id, event_id, event_type,
                                                  attempted_at, ok, status_code, latency_ms, excerpt, error)
-                   SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                        $6::timestamptz[], $7::bool[], $8::int[], $9::float8[], $10::text[], $11::text[])""",
+                   SELECT u.* FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                          $6::timestamptz[], $7::bool[], $8::int[], $9::float8[], $10::text[], $11::text[])
+                        AS u(delivery_id, endpoint_id, tenant_id, event_id, event_type, attempted_at, ok,
+                             status_code, latency_ms, excerpt, error)
+                   -- not for an endpoint removed while its request was in flight
+                   WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.delivery_id)""",
                 [o.delivery.id for o in attempted],
                 [o.delivery.endpoint_id for o in attempted],
                 [o.delivery.tenant_id for o in attempted],

@@ -8,6 +8,7 @@ No I/O here: the dispatcher (services/webhook_dispatcher), the store
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import random
@@ -263,12 +264,17 @@ def body_bytes(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    return Webhook(secret)
+
+
 def signature_headers(msg_id: str, timestamp: datetime, body: bytes, secrets: Sequence[str]) -> dict[str, str]:
     """Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature);
     one ``v1,<base64>`` per secret, space-separated, as the spec allows for rotation."""
     ts = timestamp.astimezone(UTC)
     payload = body.decode()
-    sigs = [Webhook(s).sign(msg_id, ts, payload) for s in secrets]
+    sigs = [_signer(s).sign(msg_id, ts, payload) for s in secrets]
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(ts.timestamp())),

@@ -265,9 +265,18 @@ class Recorder:
             self.idle.set()
             return
         try:
-            disabled = await webhook_store.record(
-                self.d.pool, outcomes, released, disable_after_s=self.d.settings.webhook_disable_after
-            )
+            try:
+                disabled = await webhook_store.record(
+                    self.d.pool, outcomes, released, disable_after_s=self.d.settings.webhook_disable_after
+                )
+            except asyncpg.ForeignKeyViolationError:
+                # An endpoint was removed between the check and the insert: drop its outcomes.
+                async with self.d.pool.acquire() as conn:
+                    alive = {r["id"] for r in await conn.fetch("SELECT id FROM webhook_endpoints")}
+                outcomes = [o for o in outcomes if o.delivery.endpoint_id in alive]
+                disabled = await webhook_store.record(
+                    self.d.pool, outcomes, released, disable_after_s=self.d.settings.webhook_disable_after
+                )
         except BaseException:
             self.outcomes[:0] = outcomes
             self.released[:0] = released

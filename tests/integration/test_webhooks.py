@@ -501,3 +501,114 @@ async def test_two_dispatchers_keep_order_per_resource_through_random_failures(s
         seqs = [e["sequence"] for e in got if e["resource_id"] == uid]
         assert seqs == sorted(seqs) == order[uid]
     assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}
+
+
+async def test_removing_an_endpoint_mid_request_does_not_stall_the_others(service_env, pool, tenant, provisioner):
+    import structlog.testing
+
+    async def slow(rx, got):
+        await asyncio.sleep(1.0)
+        return web.Response(text="late")
+
+    with structlog.testing.capture_logs() as logs:
+        async with receiver(slow) as slow_rx, receiver() as rx, running_dispatcher():
+            doomed, _ = await add(pool, tenant.id, slow_rx.url)
+            await add(pool, tenant.id, rx.url)
+            async with scim_client() as s:
+                await create_user(s, tenant, "a@x.test")
+                await eventually(lambda: _requested(slow_rx, 1), timeout=10)
+                r = await acli("webhook", "remove", doomed, env=service_env)
+                assert r.returncode == 0, r.stderr
+                await asyncio.sleep(1.5)  # the slow answer comes back for a removed endpoint
+                await create_user(s, tenant, "b@x.test")
+            await eventually(lambda: _n(rx, 2), timeout=10)
+    assert not [e for e in logs if e["event"] in ("webhook_record_failed", "webhook_worker_error")], logs
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries") == 2
+
+
+async def _requested(rx, n):
+    return len(rx.requests) >= n
+
+
+async def test_finished_deliveries_are_pruned_with_the_events(service_env, pool, tenant, provisioner):
+    from datetime import UTC, datetime, timedelta
+
+    async with receiver() as rx, running_dispatcher():
+        name, _ = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            await create_user(s, tenant, "a@x.test")
+            await create_user(s, tenant, "b@x.test")
+        await eventually(lambda: _delivered(pool, name, 2))
+    await pool.execute("UPDATE webhook_deliveries SET created_at = now() - interval '40 days'")
+    # One still pending (e.g. an endpoint disabled): kept whatever its age.
+    await pool.execute(
+        "UPDATE webhook_deliveries SET status = 'pending' WHERE id = (SELECT min(id) FROM webhook_deliveries)"
+    )
+    assert await pool.fetchval("SELECT count(*) FROM webhook_attempts") == 2
+    deleted = await webhook_store.prune(pool, datetime.now(UTC) - timedelta(days=30))
+    assert deleted == 1
+    assert [r["status"] for r in await delivery_rows(pool, name)] == ["pending"]
+    assert await pool.fetchval("SELECT count(*) FROM webhook_attempts") == 1  # cascaded
+
+
+def test_the_dispatcher_runs_as_its_own_process(service_env):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, **service_env, "PROVISIO_DISPATCHER_HEALTH_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webhook_dispatcher"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "the dispatcher did not become ready"
+                time.sleep(0.2)
+        deadline = time.monotonic() + 15
+        while True:  # the gauges are measured every few seconds
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                metrics = r.read().decode()
+            if "provisio_webhook_endpoints{" in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert 'service="webhook-dispatcher"' in metrics
+        assert 'provisio_webhook_endpoints{status="active"} 0.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()
+    assert b"webhook_dispatcher_stopped" in out and b"Traceback" not in out
+
+
+def test_the_dispatcher_refuses_bad_settings_in_one_line(service_env):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **service_env, "PROVISIO_WEBHOOK_ALLOW_PRIVATE": "everything"}
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_dispatcher"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: PROVISIO_WEBHOOK_ALLOW_PRIVATE is invalid") and "Traceback" not in r.stderr
+    env = {**os.environ, **service_env, "PROVISIO_WEBHOOK_RETRY_HORIZON": "soon"}
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_dispatcher"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 1 and "PROVISIO_WEBHOOK_RETRY_HORIZON" in r.stderr and "Traceback" not in r.stderr
