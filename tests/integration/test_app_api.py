@@ -767,7 +767,6 @@ def test_the_app_api_runs_as_its_own_process(service_env, tmp_path):
 async def test_the_curl_examples_of_the_docs_work(service_env, pool, provisioner, waiter):
     """Every ``curl … "$API/…"`` GET in docs/app-integration.md, placeholders filled in
     with real ids and cursors, answers 200 from the App API: the docs stay correct."""
-    import re
     from pathlib import Path
 
     acme = await make_tenant(pool, name=f"acme-{uuid.uuid4().hex[:6]}")
