@@ -32,7 +32,7 @@ from tests.integration.receiver_support import (
 )
 from tests.integration.scim_helpers import ENTERPRISE, GROUP, USER, bearer, patch_body, scim_client
 from tests.integration.test_app_api import app_client, new_key
-from tests.integration.webhook_support import running_dispatcher
+from tests.integration.webhook_support import acli, running_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -325,9 +325,16 @@ def _free_port() -> int:
 async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant, _servers):
     """``python examples/receiver/app.py`` with RECEIVER_* settings (as bench/ starts it),
     creating its database on first start."""
-    port, secret = _free_port(), new_secret()
+    port = _free_port()
     name = f"receiver_{uuid.uuid4().hex[:10]}"
     database_url = with_database(_servers["postgres"], name)
+    # The docs' steps: the webhook's secret is the last line `provisio webhook add` prints.
+    added = await acli(
+        "webhook", "add", tenant.name, f"http://127.0.0.1:{port}/webhooks/provisio", "--name", "rx", env=service_env
+    )
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_")
     async with app_client() as api:
         key = await new_key(pool, tenant.id)
         env = {
@@ -366,6 +373,9 @@ async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant,
                     assert [u["user_name"] for u in await r.json()] == ["ann@x.test"]
                 async with http.get(f"http://127.0.0.1:{port}/stats", params={"tenant": tenant.name}) as r:
                     assert await r.json() == {"users": 1, "groups": 0, "memberships": 0, "applied_events": 1}
+                # `provisio webhook test`: a signed ping the app answers 200.
+                ping = await acli("webhook", "test", "rx", env=service_env)
+                assert ping.returncode == 0 and "answered HTTP 200" in ping.stdout, ping.stdout + ping.stderr
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=20)
