@@ -364,7 +364,7 @@ LIMIT $2
 def lease_s(position: int, timeout_s: float) -> float:
     """How long the ``position``-th delivery of a chain (0: the first) is leased: the
     requests before it and its own may each take the whole timeout, plus a margin."""
-    return (position + 1) * (timeout_s + 1.0) + 30.0
+    return (position + 1) * (timeout_s + 1.0) + 5.0
 
 
 async def claim(

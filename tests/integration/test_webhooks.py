@@ -612,3 +612,109 @@ def test_the_dispatcher_refuses_bad_settings_in_one_line(service_env):
         [sys.executable, "-m", "webhook_dispatcher"], env=env, capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 1 and "PROVISIO_WEBHOOK_RETRY_HORIZON" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_an_endless_answer_is_cut_at_the_size_limit(service_env, pool, tenant, provisioner):
+    async def endless(rx, got):
+        # Never-ending 2xx body: read until the size limit, not until the timeout.
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(rx.current_request)
+        try:
+            while True:
+                await resp.write(b"z" * 1024)
+                await asyncio.sleep(0.005)
+        except (ConnectionResetError, RuntimeError, OSError):
+            pass
+        return resp
+
+    async with (
+        receiver(endless) as rx,
+        running_dispatcher(webhook_max_answer_bytes=4096, webhook_excerpt_bytes=100, webhook_timeout_s=3.0),
+    ):
+        name, _ = await add(pool, tenant.id, rx.url)
+        async with scim_client() as s:
+            await create_user(s, tenant, "a@x.test")
+        await eventually(lambda: _delivered(pool, name, 1), timeout=10)
+    attempt = await pool.fetchrow("SELECT ok, status_code, latency_ms, excerpt FROM webhook_attempts")
+    assert attempt["ok"] and attempt["status_code"] == 200
+    assert attempt["latency_ms"] < 2000  # not the 3 s timeout
+    assert attempt["excerpt"] == "z" * 100 + "…"
+
+
+async def test_an_event_pruned_before_delivery_is_dead_lettered(service_env, pool, tenant, provisioner):
+    async with receiver() as rx:
+        name, _ = await add(pool, tenant.id, rx.url)
+        endpoint_id = await pool.fetchval("SELECT id FROM webhook_endpoints WHERE name = $1", name)
+        async with scim_client() as s:
+            await create_user(s, tenant, "a@x.test")
+
+        async def fanned():
+            await webhook_store.fan_out(pool, endpoint_id)
+            return await delivery_rows(pool, name)
+
+        await eventually(fanned, timeout=10)
+        await pool.execute("DELETE FROM events")  # retention passed while the endpoint waited
+        async with running_dispatcher():
+            rows = await eventually(
+                lambda: _status(pool, name, "dead"),
+                timeout=10,
+            )
+    assert rows[0]["last_error"] == "the event is no longer retained" and rows[0]["attempts"] == 0
+    assert rx.requests == []
+
+
+async def _status(pool, name, status):
+    rows = [r for r in await delivery_rows(pool, name) if r["status"] == status]
+    return rows or None
+
+
+async def test_a_dispatcher_killed_mid_delivery_leaves_it_to_another(service_env, pool, tenant, provisioner):
+    """SIGKILL between sending and recording: the lease runs out and another dispatcher
+    sends it again (at least once, same webhook-id), the resource's next event after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    first = asyncio.Event()
+
+    async def hang_first(rx, got):
+        if len(rx.requests) == 1:
+            first.set()
+            await asyncio.sleep(8)
+            return web.Response(status=599)  # nobody is listening any more
+        return web.Response(text="ok")
+
+    async with receiver(hang_first) as rx:
+        name, _ = await add(pool, tenant.id, rx.url)
+        env = {
+            **os.environ,
+            **service_env,
+            "PROVISIO_DISPATCHER_HEALTH_PORT": "0",
+            "PROVISIO_WEBHOOK_ALLOW_PRIVATE": "loopback",
+            "PROVISIO_WEBHOOK_TIMEOUT_S": "2",
+            "PROVISIO_WEBHOOK_POLL_S": "0.2",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook_dispatcher"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            async with scim_client() as s:
+                ann = await create_user(s, tenant, "ann@x.test")
+                await asyncio.wait_for(first.wait(), 30)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                await rename(s, tenant, ann, "Anna")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with running_dispatcher(webhook_timeout_s=2):
+            await eventually(lambda: _n(rx, 2), timeout=30)
+        waited = loop.time() - t0
+    types = [r.event["type"] for r in rx.delivered]
+    assert types == ["user.created", "user.updated"]
+    assert rx.requests[0].headers["webhook-id"] == rx.delivered[0].headers["webhook-id"]
+    assert waited < 15  # the lease: timeout + 1 s + 5 s
+    assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}

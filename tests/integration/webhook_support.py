@@ -43,6 +43,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     delivered: list[Received] = field(default_factory=list)  # answered 2xx
     port: int = 0
+    current_request: web.Request | None = None
     _runner: web.AppRunner | None = None
 
     @property
@@ -51,6 +52,7 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         got = Received(dict(request.headers), await request.read(), asyncio.get_running_loop().time())
+        self.current_request = request  # for behaviours that stream their answer
         self.requests.append(got)
         answer: Any = self.behaviour(self, got) if self.behaviour else web.Response(text="ok")
         if asyncio.iscoroutine(answer):
