@@ -267,9 +267,9 @@ async def test_dispatcher_sigkilled_mid_delivery(procs, pool, service_env, empty
     secret = await add_endpoint(url, tenant, f"http://127.0.0.1:{port}/webhooks/provisio")
     await procs.provisioner(batch_size=100)
     _, base = await procs.scim_gateway()
-    # What the killed dispatcher had claimed is sent again when its lease ends: 30 s plus
-    # the timeouts of the requests before it in its resource's chain
-    # (webhook_store.lease_s). Short chains keep that wait under a minute.
+    # What the killed dispatcher had claimed is sent again when its lease ends: a margin
+    # plus the timeouts of the requests before it in its resource's chain
+    # (webhook_store.lease_s). Short chains keep that wait short.
     dispatcher = await procs.dispatcher(webhook_max_chain=3)
     app = await procs.receiver(port, empty_database_url, secret)
     load = ChangeLoad(base, tenant.token).start()
@@ -288,7 +288,7 @@ async def test_dispatcher_sigkilled_mid_delivery(procs, pool, service_env, empty
     clock.mark("a new dispatcher")
     await asyncio.sleep(2)
     await load.stop()
-    n = await all_delivered_in_order(procs, url, empty_database_url, tenant, timeout=90)
+    n = await all_delivered_in_order(procs, url, empty_database_url, tenant, timeout=60)
     clock.mark(f"all {n} events applied")
     posts = receiver_posts(app)
     assert posts >= n
