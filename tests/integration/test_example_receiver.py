@@ -312,6 +312,66 @@ async def test_the_example_app_mirrors_the_directory(
         assert applied > 10
 
 
+async def test_changes_made_during_the_backfill_are_caught_up(
+    service_env, pool, provisioner, empty_database_url, monkeypatch
+):
+    """Users changed and deleted after the app copied them (and before it finished) are
+    brought up to date by the feed from the cursor noted before the copy — no webhooks."""
+    import examples.receiver.app as rx
+
+    monkeypatch.setattr(rx, "PAGE_SIZE", 2)
+    tenant = await make_tenant(pool, name=f"contoso-{uuid.uuid4().hex[:6]}", deprovision="delete")
+    async with scim_client() as s, app_client() as api:
+        users, _groups = await entra_initial_sync(s, tenant.token)
+        key = await new_key(pool, tenant.id)
+        h = bearer(tenant.token)
+
+        class ChangingMidCopy(rx.AppApi):
+            """The real API; when the app moves from copying users to groups, SCIM changes
+            users it has already copied (a seam to place the race, nothing faked)."""
+
+            changed = False
+            noted = ""  # the cursor the app noted before its copy
+
+            async def get(self, path: str, **params: str) -> dict[str, Any]:
+                if path.endswith("/groups") and not self.changed:
+                    self.changed = True
+                    ops = patch_body({"op": "Replace", "path": "name.givenName", "value": "Changed mid-copy"})
+                    assert (await s.patch(f"/scim/v2/Users/{users[1]}", headers=h, json=ops)).status == 200
+                    ops = patch_body({"op": "Replace", "path": "active", "value": False})
+                    assert (await s.patch(f"/scim/v2/Users/{users[2]}", headers=h, json=ops)).status == 200
+                    assert (await s.delete(f"/scim/v2/Users/{users[3]}", headers=h)).status == 204
+                    # The three events visible in the feed before the app reads it.
+                    await eventually(lambda: self._visible(3), timeout=10)
+                body = await super().get(path, **params)
+                if params.get("after") == "latest":
+                    self.noted = body["next_cursor"]
+                return body
+
+            async def _visible(self, n: int) -> bool:
+                page = await super().get("/events", tenant=tenant.name, after=self.noted, limit="100")
+                return len(page["data"]) >= n
+
+        receiver_pool = await asyncpg.create_pool(empty_database_url, min_size=1, max_size=2)
+        try:
+            await receiver_pool.execute(rx.SCHEMA)
+            settings = rx.Settings(
+                api_url=str(api.make_url("/")).rstrip("/"),
+                api_key=key["Authorization"][7:],
+                webhook_secrets=[new_secret()],
+                database_url=empty_database_url,
+            )
+            async with aiohttp.ClientSession() as http:
+                caught_up = await rx.backfill(receiver_pool, ChangingMidCopy(http, settings), tenant.name)
+        finally:
+            await receiver_pool.close()
+        assert caught_up == 3
+        mine = await receiver_snapshot(empty_database_url, tenant.name)
+        theirs = await provisio_snapshot(api, key, tenant.name)
+        assert mine == theirs
+        assert theirs["users"][users[1]][4] == "Changed mid-copy" and users[3] not in theirs["users"]
+
+
 async def _ready(app: Any) -> bool:
     return (await app.get("/healthz")).status == 200
 
