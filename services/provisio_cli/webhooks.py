@@ -52,7 +52,7 @@ async def _endpoint(conn: Any, name: str) -> webhook_store.Endpoint:
 @app.command("add")
 def add(
     target: list[str] = typer.Argument(
-        ..., metavar="TENANT URL", help="The tenant and the URL (only the URL with --all-tenants)"
+        ..., metavar="[TENANT] URL", help="The tenant and the URL (only the URL with --all-tenants)"
     ),
     all_tenants: bool = typer.Option(False, "--all-tenants", help="Every tenant's events (no TENANT argument)"),
     events: str = typer.Option(None, "--events", help="Event types, e.g. user.*,group.* (default: every type)"),

@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from redis.exceptions import RedisError
 
 from provisio_lib import db, webhook_store, webhooks
 from provisio_lib import observability as obs
@@ -113,10 +112,11 @@ class EndpointWorker:
         if self.need_fan_out or now - self.last_fan_out >= s.webhook_poll_s:
             self.need_fan_out = False
             self.last_fan_out = now
-            while True:
-                scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
-                if scanned < FAN_OUT_BATCH:
-                    break
+            scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
+            if scanned == FAN_OUT_BATCH:
+                # More to fan out: next cycle, after this one's claim, so a large backlog
+                # (an initial sync) is sent while it is still being fanned out.
+                self.poke(fan_out=True)
         room = s.webhook_claim_batch - self.rows_in_flight
         if room < max(1, s.webhook_claim_batch // 4) or self.stopped:
             return
@@ -257,6 +257,12 @@ class Recorder:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self.wake.set()
+            except Exception:
+                # A batch Postgres refuses for good would block every later one: drop it.
+                # Its deliveries are sent again when their leases run out (at least once).
+                log.exception("webhook_record_dropped", outcomes=len(self.outcomes), released=len(self.released))
+                self.outcomes, self.released = [], []
+                self.idle.set()
 
     async def flush(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
@@ -415,6 +421,8 @@ class Dispatcher:
                 raise
             except DB_ERRORS as err:
                 log.warning("webhook_endpoints_unavailable", error=str(err))
+            except Exception:
+                log.exception("webhook_endpoints_error")
             await asyncio.sleep(self.settings.webhook_poll_s)
 
     def _wake_tenant(self, tenant: str | None) -> None:
@@ -444,7 +452,7 @@ class Dispatcher:
                         loop.call_later(delay, self._wake_tenant, tenant)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as err:
+            except Exception as err:  # RedisError, OSError, a cluster moving: reconnect
                 log.warning("webhook_signal_error", error=str(err), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -469,7 +477,7 @@ class Dispatcher:
                         log.info("webhook_deliveries_pruned", deleted=n, older_than=cutoff.isoformat())
             except asyncio.CancelledError:
                 raise
-            except DB_ERRORS as err:
+            except Exception as err:
                 log.warning("webhook_housekeeping_failed", error=str(err))
             await asyncio.sleep(s.webhook_metrics_interval_s)
 

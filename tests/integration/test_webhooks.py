@@ -238,8 +238,7 @@ async def test_dead_letter_after_the_horizon_releases_the_resource_and_replay_re
         await eventually(lambda: _n(rx, 1), timeout=15)
         ok = [(r.event["resource_id"], r.event["type"]) for r in rx.delivered]
         assert ok == [(ann, "user.updated")]
-        rows = await delivery_rows(pool, name)
-        dead = [r for r in rows if r["status"] == "dead"]
+        dead = await eventually(lambda: _status(pool, name, "dead"))  # recorded just after the update went
         assert len(dead) == 1 and dead[0]["attempts"] >= 2 and dead[0]["last_status"] == 500
         tries = [r for r in rx.requests if r.event["type"] == "user.created"]
         assert len(tries) == dead[0]["attempts"]
@@ -342,7 +341,9 @@ async def test_no_redirect_is_followed_and_a_slow_answer_times_out(service_env, 
 
     async with (
         receiver(behaviour) as rx,
-        running_dispatcher(webhook_timeout_s=0.5, webhook_retry_horizon=600, webhook_backoff_base_s=60),
+        running_dispatcher(
+            webhook_timeout_s=0.5, webhook_retry_horizon=600, webhook_backoff_base_s=60, webhook_backoff_max_s=120
+        ),
     ):
         name, _ = await add(pool, tenant.id, rx.url)
         async with scim_client() as s:
