@@ -42,8 +42,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 log = logging.getLogger("receiver")
 
-# The cursor of "before anything": every real sequence (32 hex digits) sorts after it.
-START = ""
+PAGE_SIZE = 1000  # the directory API's largest page
 
 SCHEMA = """
 -- Sequences are compared as strings (32 hex digits: string order is feed order), so
@@ -101,6 +100,14 @@ CREATE TABLE IF NOT EXISTS backfills (
 );
 """
 
+# The errors of a database that is down, restarting or unreachable (not of a bad query).
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 USER_EVENTS = {"user.created", "user.updated", "user.deactivated", "user.reactivated"}
 MEMBER_EVENTS = {"group.member_added", "group.member_removed"}
 
@@ -271,13 +278,12 @@ class AppApi:
                 return body
         raise RuntimeError(f"GET {path}: still unavailable")
 
-    async def pages(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """Every item of a list endpoint, following next_cursor."""
+    async def pages(self, path: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every page of a list endpoint, following next_cursor."""
         cursor = ""
         while True:
-            page = await self.get(path, limit="1000", **({"cursor": cursor} if cursor else {}))
-            for item in page["data"]:
-                yield item
+            page = await self.get(path, limit=str(PAGE_SIZE), **({"cursor": cursor} if cursor else {}))
+            yield page["data"]
             if not page["next_cursor"]:
                 return
             cursor = page["next_cursor"]
@@ -291,15 +297,21 @@ async def backfill(pool: Any, api: AppApi, tenant: str) -> int:
     cursor = (await api.get("/events", tenant=tenant, after="latest"))["next_cursor"]
     # 2. The copy. Each row gets the noted cursor as its sequence: any event after it
     #    may overwrite it, and nothing before it will.
+    #    One transaction per page: one commit (one disk flush) per page, not per row.
     t = f"/tenants/{tenant}"
     async with pool.acquire() as conn:
-        async for user in api.pages(f"{t}/users"):
-            await put_user(conn, tenant, user, cursor)
-        async for group in api.pages(f"{t}/groups"):
-            await put_group(conn, tenant, group, cursor)
-            async for member in api.pages(f"{t}/groups/{group['id']}/members"):
-                for source in member["membership_sources"]:
-                    await put_membership(conn, tenant, group["id"], member["id"], source, True, cursor)
+        async for users in api.pages(f"{t}/users"):
+            async with conn.transaction():
+                for user in users:
+                    await put_user(conn, tenant, user, cursor)
+        async for groups in api.pages(f"{t}/groups"):
+            for group in groups:
+                await put_group(conn, tenant, group, cursor)
+                async for members in api.pages(f"{t}/groups/{group['id']}/members"):
+                    async with conn.transaction():
+                        for member in members:
+                            for source in member["membership_sources"]:
+                                await put_membership(conn, tenant, group["id"], member["id"], source, True, cursor)
     # 3. What changed during the copy, from the feed (webhooks may bring the same events
     #    too: applying is idempotent).
     applied, after = 0, cursor
@@ -372,8 +384,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pong": event.get("id")})
     if not all(k in event for k in ("id", "type", "tenant", "sequence", "data")):
         return web.json_response({"error": "not an event"}, status=400)
-    async with request.app[POOL].acquire() as conn:
-        applied = await apply_event(conn, event)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            applied = await apply_event(conn, event)
+    except DATABASE_AWAY:
+        # Our database is away: not applied, so not 2xx; Provisio sends it again later.
+        log.warning("database unavailable; event %s not applied yet", event["id"])
+        return web.json_response({"error": "unavailable"}, status=503)
     return web.json_response({"applied": applied})
 
 
@@ -416,6 +433,19 @@ async def ensure_database(url: str) -> None:
             await admin.close()
 
 
+async def stats(request: web.Request) -> web.Response:
+    """``GET /stats[?tenant=T]``: how much the app holds (scripts and benchmarks poll it)."""
+    tenant = request.query.get("tenant")
+    row = await request.app[POOL].fetchrow(
+        """SELECT (SELECT count(*) FROM users WHERE NOT deleted AND ($1::text IS NULL OR tenant = $1)) AS users,
+                  (SELECT count(*) FROM groups WHERE NOT deleted AND ($1::text IS NULL OR tenant = $1)) AS groups,
+                  (SELECT count(*) FROM memberships WHERE present AND ($1::text IS NULL OR tenant = $1)) AS memberships,
+                  (SELECT count(*) FROM applied_events WHERE $1::text IS NULL OR tenant = $1) AS applied_events""",
+        tenant,
+    )
+    return web.json_response(dict(row))
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
@@ -424,7 +454,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await ensure_database(settings.database_url)
-        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=10) as pool:
+        # As many connections as Provisio sends requests at once (PROVISIO_WEBHOOK_MAX_IN_FLIGHT,
+        # 32): each request holds one until its commit is on disk.
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=32) as pool:
             async with pool.acquire() as conn:
                 await conn.execute(SCHEMA)
             app[POOL] = pool
@@ -440,6 +472,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/webhooks/provisio", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/tenants/{tenant}/users", tenant_users)
+    app.router.add_get("/stats", stats)
     return app
 
 

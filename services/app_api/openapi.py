@@ -140,6 +140,23 @@ def build_openapi(server: str) -> dict[str, Any]:
                 "Error": _ERROR,
                 "Event": _EVENT,
                 "User": {**UserState.model_json_schema(), "title": "User"},
+                "Member": {
+                    "title": "Member",
+                    "description": "A user, and the sources of its membership of the group",
+                    "allOf": [
+                        {"$ref": "#/components/schemas/User"},
+                        {
+                            "type": "object",
+                            "required": ["membership_sources"],
+                            "properties": {
+                                "membership_sources": {
+                                    "type": "array",
+                                    "items": {"type": "string", "enum": ["jit", "scim"]},
+                                }
+                            },
+                        },
+                    ],
+                },
                 "Group": group,
             },
         },
@@ -153,7 +170,7 @@ def build_openapi(server: str) -> dict[str, Any]:
             ),
             "/api/v1/tenants/{tenant}/groups/{id}": _get("One group", [_TENANT, _ID], _one("Group")),
             "/api/v1/tenants/{tenant}/groups/{id}/members": _get(
-                "A group's members", [_TENANT, _ID, _LIMIT, _CURSOR], _page("User")
+                "A group's members", [_TENANT, _ID, _LIMIT, _CURSOR], _page("Member")
             ),
             "/api/v1/events": _get(
                 "Events after a cursor, oldest first; long-polls with wait",

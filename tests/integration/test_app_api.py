@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -638,6 +639,10 @@ async def test_keys_are_scoped_revocable_and_errors_are_json(service_env, pool, 
         assert r.status == 405 and "error" in await r.json()
         doc = await (await c.get("/api/v1/openapi.json")).json()
         assert doc["openapi"].startswith("3.") and "/api/v1/events" in doc["paths"]
+        refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc)))
+        assert refs and refs <= set(doc["components"]["schemas"]), refs - set(doc["components"]["schemas"])
+        members = doc["paths"]["/api/v1/tenants/{tenant}/groups/{id}/members"]["get"]["responses"]["200"]
+        assert "Member" in json.dumps(members)
         for probe in ("/healthz", "/readyz"):
             assert (await c.get(probe)).status == 200
 
@@ -762,7 +767,6 @@ def test_the_app_api_runs_as_its_own_process(service_env, tmp_path):
 async def test_the_curl_examples_of_the_docs_work(service_env, pool, provisioner, waiter):
     """Every ``curl … "$API/…"`` GET in docs/app-integration.md, placeholders filled in
     with real ids and cursors, answers 200 from the App API: the docs stay correct."""
-    import re
     from pathlib import Path
 
     acme = await make_tenant(pool, name=f"acme-{uuid.uuid4().hex[:6]}")

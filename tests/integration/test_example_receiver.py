@@ -32,7 +32,7 @@ from tests.integration.receiver_support import (
 )
 from tests.integration.scim_helpers import ENTERPRISE, GROUP, USER, bearer, patch_body, scim_client
 from tests.integration.test_app_api import app_client, new_key
-from tests.integration.webhook_support import running_dispatcher
+from tests.integration.webhook_support import acli, running_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,12 @@ async def test_signatures_idempotency_and_per_resource_order(empty_database_url)
         snap = await receiver_snapshot(empty_database_url, TENANT)
         assert snap["users"][u][4] == "Ann SSO"
         assert (await post({"id": str(uuid.uuid4()), "type": "user.created"})).status == 400
+        # Its database gone: 503, not applied, so Provisio sends it again later.
+        from examples.receiver.app import POOL
+
+        await app.app[POOL].close()
+        r = await post(event("user.updated", 90, user(u, "ann@x.test", given_name="Later")))
+        assert r.status == 503
 
     conn = await asyncpg.connect(empty_database_url)
     try:
@@ -207,7 +213,12 @@ async def entra_initial_sync(s: Any, token: str) -> tuple[list[str], list[str]]:
     return users, groups
 
 
-async def test_the_example_app_mirrors_the_directory(service_env, pool, provisioner, topology, empty_database_url):
+async def test_the_example_app_mirrors_the_directory(
+    service_env, pool, provisioner, topology, empty_database_url, monkeypatch
+):
+    import examples.receiver.app
+
+    monkeypatch.setattr(examples.receiver.app, "PAGE_SIZE", 2)  # the backfill follows next_cursor
     tenant = await make_tenant(pool, name=f"contoso-{uuid.uuid4().hex[:6]}", deprovision="delete")
     port = _free_port()
     async with scim_client() as s, app_client() as api, running_dispatcher():
@@ -301,6 +312,66 @@ async def test_the_example_app_mirrors_the_directory(service_env, pool, provisio
         assert applied > 10
 
 
+async def test_changes_made_during_the_backfill_are_caught_up(
+    service_env, pool, provisioner, empty_database_url, monkeypatch
+):
+    """Users changed and deleted after the app copied them (and before it finished) are
+    brought up to date by the feed from the cursor noted before the copy — no webhooks."""
+    import examples.receiver.app as rx
+
+    monkeypatch.setattr(rx, "PAGE_SIZE", 2)
+    tenant = await make_tenant(pool, name=f"contoso-{uuid.uuid4().hex[:6]}", deprovision="delete")
+    async with scim_client() as s, app_client() as api:
+        users, _groups = await entra_initial_sync(s, tenant.token)
+        key = await new_key(pool, tenant.id)
+        h = bearer(tenant.token)
+
+        class ChangingMidCopy(rx.AppApi):
+            """The real API; when the app moves from copying users to groups, SCIM changes
+            users it has already copied (a seam to place the race, nothing faked)."""
+
+            changed = False
+            noted = ""  # the cursor the app noted before its copy
+
+            async def get(self, path: str, **params: str) -> dict[str, Any]:
+                if path.endswith("/groups") and not self.changed:
+                    self.changed = True
+                    ops = patch_body({"op": "Replace", "path": "name.givenName", "value": "Changed mid-copy"})
+                    assert (await s.patch(f"/scim/v2/Users/{users[1]}", headers=h, json=ops)).status == 200
+                    ops = patch_body({"op": "Replace", "path": "active", "value": False})
+                    assert (await s.patch(f"/scim/v2/Users/{users[2]}", headers=h, json=ops)).status == 200
+                    assert (await s.delete(f"/scim/v2/Users/{users[3]}", headers=h)).status == 204
+                    # The three events visible in the feed before the app reads it.
+                    await eventually(lambda: self._visible(3), timeout=10)
+                body = await super().get(path, **params)
+                if params.get("after") == "latest":
+                    self.noted = body["next_cursor"]
+                return body
+
+            async def _visible(self, n: int) -> bool:
+                page = await super().get("/events", tenant=tenant.name, after=self.noted, limit="100")
+                return len(page["data"]) >= n
+
+        receiver_pool = await asyncpg.create_pool(empty_database_url, min_size=1, max_size=2)
+        try:
+            await receiver_pool.execute(rx.SCHEMA)
+            settings = rx.Settings(
+                api_url=str(api.make_url("/")).rstrip("/"),
+                api_key=key["Authorization"][7:],
+                webhook_secrets=[new_secret()],
+                database_url=empty_database_url,
+            )
+            async with aiohttp.ClientSession() as http:
+                caught_up = await rx.backfill(receiver_pool, ChangingMidCopy(http, settings), tenant.name)
+        finally:
+            await receiver_pool.close()
+        assert caught_up == 3
+        mine = await receiver_snapshot(empty_database_url, tenant.name)
+        theirs = await provisio_snapshot(api, key, tenant.name)
+        assert mine == theirs
+        assert theirs["users"][users[1]][4] == "Changed mid-copy" and users[3] not in theirs["users"]
+
+
 async def _ready(app: Any) -> bool:
     return (await app.get("/healthz")).status == 200
 
@@ -314,9 +385,16 @@ def _free_port() -> int:
 async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant, _servers):
     """``python examples/receiver/app.py`` with RECEIVER_* settings (as bench/ starts it),
     creating its database on first start."""
-    port, secret = _free_port(), new_secret()
+    port = _free_port()
     name = f"receiver_{uuid.uuid4().hex[:10]}"
     database_url = with_database(_servers["postgres"], name)
+    # The docs' steps: the webhook's secret is the last line `provisio webhook add` prints.
+    added = await acli(
+        "webhook", "add", tenant.name, f"http://127.0.0.1:{port}/webhooks/provisio", "--name", "rx", env=service_env
+    )
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_")
     async with app_client() as api:
         key = await new_key(pool, tenant.id)
         env = {
@@ -353,6 +431,11 @@ async def test_runs_as_a_script_with_its_own_settings(service_env, pool, tenant,
                     assert r.status == 200
                 async with http.get(f"http://127.0.0.1:{port}/tenants/{tenant.name}/users") as r:
                     assert [u["user_name"] for u in await r.json()] == ["ann@x.test"]
+                async with http.get(f"http://127.0.0.1:{port}/stats", params={"tenant": tenant.name}) as r:
+                    assert await r.json() == {"users": 1, "groups": 0, "memberships": 0, "applied_events": 1}
+                # `provisio webhook test`: a signed ping the app answers 200.
+                ping = await acli("webhook", "test", "rx", env=service_env)
+                assert ping.returncode == 0 and "answered HTTP 200" in ping.stdout, ping.stdout + ping.stderr
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=20)
