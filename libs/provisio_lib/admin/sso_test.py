@@ -115,7 +115,7 @@ def check_return_to(return_to: str, console_base: str) -> str:
     under its base path): the gateway redirects the browser there, so anything else
     would be an open redirect. A path (``/setup/…``) is taken relative to the console.
     Returns the absolute URL; ``AdminError`` otherwise."""
-    value = return_to.strip()
+    value = return_to
     base = urlsplit(console_base.rstrip("/"))
     bad = AdminError("return_to must be a page of this console", USAGE)
     # Browsers read "\\" as "/" and drop tabs/newlines inside URLs (WHATWG URL parser),
