@@ -18,7 +18,7 @@ from provisio_lib.settings import CommonSettings
 
 from .context import CliError, actor, database, load_cli_settings, print_rows, tenant_id
 
-app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove.", no_args_is_help=True)
+app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove, enable, disable.", no_args_is_help=True)
 
 SECRET_PREFIX = connections.SECRET_PREFIX
 
@@ -194,13 +194,23 @@ def show(tenant: str, name: str, as_json: bool = typer.Option(False, "--json", h
         "app_secret": "set" if row["app_secret_hash"] else "none (run `provisio sso secret`)",
         "verified_domains": list(row["verified_domains"]),
         "groups_absent_means": row["groups_absent"],
+        "enabled": row["enabled"],
     }
     if as_json:
         typer.echo(json.dumps(info))
         return
     for line in _url_lines(urls):
         typer.echo(line)
-    for key in ("idp_entity_id", "preset", "jit", "app_url", "allow_idp_initiated", "required", "app_secret"):
+    for key in (
+        "idp_entity_id",
+        "preset",
+        "jit",
+        "app_url",
+        "allow_idp_initiated",
+        "required",
+        "app_secret",
+        "enabled",
+    ):
         typer.echo(f"{key + ':':<18}{info[key]}")
     typer.echo(f"{'verified domains:':<18}{', '.join(info['verified_domains']) or '(none)'}")
     typer.echo(f"{'groups absent:':<18}{info['groups_absent_means']}")
@@ -220,7 +230,7 @@ def list_(tenant: str, as_json: bool = typer.Option(False, "--json", help="JSON 
 
     print_rows(
         asyncio.run(go()),
-        ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated", "created_at"],
+        ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated", "enabled", "created_at"],
         as_json=as_json,
         title=f"SSO connections of {tenant}",
     )
@@ -340,3 +350,39 @@ def unlink(tenant: str, name: str, name_id: str) -> None:
     if not asyncio.run(go()):
         raise CliError(f"NameID {name_id!r} is not linked on {name.strip().lower()}")
     typer.echo(f"unlinked NameID {name_id!r} of {name.strip().lower()}")
+
+
+@app.command("enable")
+def enable(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+    force: bool = typer.Option(
+        False, "--force", help="Enable without a passed test login of the current settings (audited)"
+    ),
+) -> None:
+    """Switch a connection on: only after a passed test login of its current settings
+    (the console's setup page), unless --force."""
+    from provisio_lib.admin import sso_test
+
+    async def go() -> None:
+        async with database() as conn:
+            await sso_test.enable(conn, await tenant_id(conn, tenant), name, actor=actor(), force=force)
+
+    asyncio.run(go())
+    typer.echo(f"enabled SSO connection {name.strip().lower()} of tenant {tenant}")
+
+
+@app.command("disable")
+def disable(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+) -> None:
+    """Switch a connection off: its real logins are refused at once; test logins still run."""
+    from provisio_lib.admin import sso_test
+
+    async def go() -> None:
+        async with database() as conn:
+            await sso_test.disable(conn, await tenant_id(conn, tenant), name, actor=actor())
+
+    asyncio.run(go())
+    typer.echo(f"disabled SSO connection {name.strip().lower()} of tenant {tenant}")

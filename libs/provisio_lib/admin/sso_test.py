@@ -29,6 +29,7 @@ import asyncpg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from provisio_lib.contract import Outcome
 from provisio_lib.settings import ENV_PREFIX, load_settings
 
 from .audit import record_staff_action
@@ -114,7 +115,7 @@ def check_return_to(return_to: str, console_base: str) -> str:
     under its base path): the gateway redirects the browser there, so anything else
     would be an open redirect. A path (``/setup/…``) is taken relative to the console.
     Returns the absolute URL; ``AdminError`` otherwise."""
-    value = return_to.strip()
+    value = return_to
     base = urlsplit(console_base.rstrip("/"))
     bad = AdminError("return_to must be a page of this console", USAGE)
     # Browsers read "\\" as "/" and drop tabs/newlines inside URLs (WHATWG URL parser),
@@ -153,6 +154,44 @@ def result_from_row(row: Any) -> TestResult:
         error=row["error"],
         created_at=row["created_at"],
         completed_at=row["completed_at"],
+    )
+
+
+WOULD_FAIL = "would_fail:"  # services/provisioner/preview.py: a policy failure of a dry run
+
+
+def preview_from_outcome(outcome: Outcome) -> Preview:
+    """The provisioner's answer to a dry-run JIT login as a :class:`Preview`: ``refuse``
+    (the login would fail, with why), ``create``, ``update`` (fields or JIT groups change)
+    or ``match`` (the user signs in unchanged)."""
+    if not outcome.ok:
+        return Preview(action="refuse", refusals=[outcome.error.message if outcome.error else "refused"])
+    refusals = [n.removeprefix(WOULD_FAIL).partition(":")[2] for n in outcome.notes if n.startswith(WOULD_FAIL)]
+    changes: dict[str, dict[str, Any]] = {
+        name: {"before": change.before, "after": change.after}
+        for name, change in outcome.changes.items()
+        if name != "groups.jit"
+    }
+    groups = outcome.changes.get("groups.jit")
+    before = [str(g) for g in (groups.before or [])] if groups else []
+    after = [str(g) for g in (groups.after or [])] if groups else []
+    linked = next((n.removeprefix("linked:") for n in outcome.notes if n.startswith("linked:")), None)
+    if linked:
+        # An existing user gets this connection's identity link (domain.adoption_basis).
+        changes["linked"] = {"before": None, "after": linked}
+    if "created" in outcome.notes:
+        action: Action = "create"
+    elif outcome.result == "applied" or linked:
+        action = "update"
+    else:
+        action = "match"
+    return Preview(
+        action=action,
+        user=outcome.resource,
+        changes=changes,
+        groups_added=[g for g in after if g not in before],
+        groups_removed=[g for g in before if g not in after],
+        refusals=refusals,
     )
 
 
