@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from console.app import create_app
-from console.settings import ConsoleSettings
 from provisio_lib.admin import setup_links
 from provisio_lib.contract import Command, CreateUser, Source, UserData, encode
-from provisio_lib.settings import load_settings
 from provisio_lib.topology import DATA_FIELD
 from tests.conftest import make_tenant
-from tests.console_support import PASSWORD, login, make_staff
+from tests.console_support import PASSWORD, console_on_port, login, make_staff
 from tests.saml_idp import TestIdP
 
 from .scim_helpers import bearer, scim_client
@@ -50,31 +43,8 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def console(**overrides: Any) -> AsyncIterator[TestClient]:
-    """The console on a real loopback port known in advance (its public URL is where a
-    test sign-in returns to)."""
-    port = free_port()
-    settings = load_settings(
-        ConsoleSettings,
-        **{
-            "console_secret_key": "k" * 40,
-            "console_public_url": f"http://127.0.0.1:{port}",
-            "saml_public_url": "https://sso.example.com",
-            **overrides,
-        },
-    )
-    with structlog.testing.capture_logs() as logs:
-        async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as client:
-            yield client
-    unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
-    assert not unhandled, f"requests hit the catch-all 500 handler: {unhandled}"
+def console(**overrides: Any) -> Any:
+    return console_on_port(**{"saml_public_url": "https://sso.example.com", **overrides})
 
 
 async def new_link(pool: Any, tid: uuid.UUID, scopes: list[str] | None = None, ttl: timedelta | None = None) -> str:
