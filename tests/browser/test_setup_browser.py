@@ -26,8 +26,9 @@ from provisio_lib.settings import load_settings
 from saml_gateway.app import create_app as create_gateway
 from saml_gateway.settings import SamlSettings
 from saml_idp_server import IdpServer
-from tests.conftest import make_tenant, running_provisioner
+from tests.conftest import eventually, make_tenant, running_provisioner
 from tests.console_support import console_on_port, free_port
+from tests.integration.audit_support import running_auditor
 from tests.integration.scim_helpers import USER, bearer, scim_client
 
 from .conftest import shot
@@ -88,6 +89,7 @@ async def test_setup_link_end_to_end(service_env, pool, topology, page, tmp_path
         IdpServer(preset="entra") as idp,
         gateway() as public,
         running_provisioner(),
+        running_auditor(),
         console_on_port(saml_public_url=public, scim_public_url="https://scim.acme.example") as client,
     ):
         base = str(client.make_url("")).rstrip("/")
@@ -165,6 +167,18 @@ async def test_setup_link_end_to_end(service_env, pool, topology, page, tmp_path
                 json={"schemas": [USER], "userName": "bob@acme.test", "emails": [{"value": "bob@acme.test"}]},
             )
             assert r.status == 201, await r.text()
+
+        async def logged() -> bool:
+            n = await pool.fetchval(
+                "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND user_name = 'bob@acme.test'", t.id
+            )
+            return bool(n)
+
+        await eventually(logged, timeout=15)
+        await page.goto(f"{base}/setup/scim")
+        await page.locator("#log-h").scroll_into_view_if_needed()
+        assert "bob@acme.test" in await page.locator("#log-h + table").inner_text()
+        await shot(page, "setup-scim-log")
     assert (
         await pool.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1 AND user_name = 'bob@acme.test'", t.id)
         == 1

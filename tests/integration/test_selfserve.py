@@ -431,3 +431,25 @@ async def test_scim_token_created_and_rotated_works_against_the_gateway(service_
         "scim_token.revoke",
         "scim_token.create",
     ]
+
+
+async def test_the_provisioning_log_shows_this_tenant_only_with_advice(service_env, pool):
+    from auditor.records import audit_row
+    from auditor.store import write_batch
+
+    from .audit_support import make_outcome
+
+    a, b = await make_tenant(pool), await make_tenant(pool)
+    rows = [
+        make_outcome(a.id, user="alice@a.example"),
+        make_outcome(a.id, user="ann@a.example", result="failed", code="uniqueness", message="userName taken"),
+        make_outcome(b.id, user="bob@b.example", result="failed", code="policy", message="b's secret failure"),
+    ]
+    async with pool.acquire() as conn:
+        await write_batch(conn, [audit_row(o) for o in rows], 60)
+    async with console() as client:
+        await opened(client, await new_link(pool, a.id, ["scim"]))
+        html = await (await client.get("/setup/scim")).text()
+    assert "alice@a.example" in html and "ann@a.example" in html and "userName taken" in html
+    assert "Match the existing account in the IdP" in html  # admin/advice.py's wording for uniqueness
+    assert "bob@b.example" not in html and "secret failure" not in html
