@@ -53,7 +53,13 @@ async def console_on_port(**overrides: Any) -> AsyncIterator[TestClient]:
     )
     with structlog.testing.capture_logs() as logs:
         async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as client:
-            yield client
+            try:
+                yield client
+            except AssertionError:
+                unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
+                if unhandled:  # the traceback behind a 500 the test saw
+                    raise AssertionError(f"requests hit the catch-all 500 handler: {unhandled}") from None
+                raise
     unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
     assert not unhandled, f"requests hit the catch-all 500 handler: {unhandled}"
 

@@ -419,8 +419,9 @@ async def scim_token(request: web.Request) -> web.StreamResponse:
             label = rotate
             token = await tokens_admin.rotate(conn, session.tenant_id, rotate, actor=session.actor)
         else:
-            n = await conn.fetchval("SELECT count(*) FROM scim_tokens WHERE tenant_id = $1", session.tenant_id)
-            label, token = await tokens_admin.create(conn, session.tenant_id, f"setup-{n + 1}", actor=session.actor)
+            label, token = await tokens_admin.create(
+                conn, session.tenant_id, None, actor=session.actor, default_prefix="setup"
+            )
     log.info("setup_scim_token", tenant=session.tenant_name, label=label, rotated=bool(rotate), link=session.prefix)
     ctx = await _scim_context(request)
     ctx.update(new_token=token, new_label=label, rotated=bool(rotate))

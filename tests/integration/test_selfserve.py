@@ -453,3 +453,40 @@ async def test_the_provisioning_log_shows_this_tenant_only_with_advice(service_e
     assert "alice@a.example" in html and "ann@a.example" in html and "userName taken" in html
     assert "Match the existing account in the IdP" in html  # admin/advice.py's wording for uniqueness
     assert "bob@b.example" not in html and "secret failure" not in html
+
+
+async def test_a_failed_test_sign_in_shows_its_reasons_escaped(service_env, pool):
+    t = await make_tenant(pool)
+    xml = TestIdP("https://idp.example.com/f").metadata()
+    hostile = '<script>alert("x")</script>'
+    async with console() as client:
+        csrf = await opened(client, await new_link(pool, t.id))
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("f.xml", xml))
+        assert (await client.post("/setup/sso/new", data=form, allow_redirects=False)).status == 303
+        # Starting a test answers with the gateway's test-mode login as a link (console.js follows it).
+        started = await client.post("/setup/sso/okta/test", data={"csrf_token": csrf})
+        html = await started.text()
+        m = re.search(r'id="test-go" data-follow href="([^"]+)"', html)
+        assert started.status == 200 and m
+        assert m.group(1).startswith(f"https://sso.example.com/saml/{t.name}/okta/login?test=")
+        test_id = uuid.UUID(m.group(1).rsplit("=", 1)[1])
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """UPDATE sso_test_logins SET status = 'failed', completed_at = now(), error = $2,
+                       received = $3::jsonb, checks = $4::jsonb WHERE id = $1""",
+                test_id,
+                "The response's Audience is not this connection's SP entity ID.",
+                {"issuer": hostile, "name_id": "alice@f.example", "attributes": {"x": [hostile]}},
+                [
+                    {"name": "signature", "ok": True, "reason": None},
+                    {"name": "audience", "ok": False, "reason": "expected https://sso.example.com/…"},
+                ],
+            )
+        page = await client.get(f"/setup/sso/okta/result?test={test_id}")
+        html = await page.text()
+        assert page.status == 200 and "failed</span></h1>" in html
+        assert "Audience is not this connection" in html and "<strong>audience</strong>: expected" in html
+        assert hostile not in html and "&lt;script&gt;" in html
+        assert "Switch the connection on" not in html
+        assert (await client.get("/setup/sso/okta/result?test=nonsense")).status == 404
+        assert (await client.get(f"/setup/sso/okta/result?test={uuid.uuid4()}")).status == 404
