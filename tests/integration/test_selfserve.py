@@ -490,3 +490,45 @@ async def test_a_failed_test_sign_in_shows_its_reasons_escaped(service_env, pool
         assert "Switch the connection on" not in html
         assert (await client.get("/setup/sso/okta/result?test=nonsense")).status == 404
         assert (await client.get(f"/setup/sso/okta/result?test={uuid.uuid4()}")).status == 404
+
+
+async def test_a_connection_changed_on_the_setup_page(service_env, pool):
+    t = await make_tenant(pool)
+    idp = TestIdP("https://idp.example.com/g")
+    other = TestIdP("https://idp.example.com/other")
+    async with console() as client:
+        csrf = await opened(client, await new_link(pool, t.id, ["sso"]))
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("g.xml", idp.metadata()))
+        assert (await client.post("/setup/sso/new", data=form, allow_redirects=False)).status == 303
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """UPDATE sso_connections SET attribute_map = attribute_map || '{"department": ["dept"]}'::jsonb
+                   WHERE tenant_id = $1""",
+                t.id,
+            )
+        page = await (await client.get("/setup/sso/okta/edit")).text()
+        assert 'value="firstName"' in page and "Keep the current metadata" in page
+        # Another IdP's metadata is refused; the form comes back with the reason.
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("o.xml", other.metadata()))
+        r = await client.post("/setup/sso/okta/edit", data=form)
+        assert r.status == 400 and "add a new connection instead" in await r.text()
+        form = metadata_form(
+            csrf, "okta", "okta", source="keep", jit="sync", map_given_name="givenName", req_given_name="1"
+        )
+        r = await client.post("/setup/sso/okta/edit", data=form, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"] == "/setup/sso/okta?notice=updated", await r.text()
+        r = await client.post("/setup/sso/okta/edit", data={"source": "keep"})
+        assert r.status == 403  # CSRF
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT jit_mode, attribute_map, required_attributes, enabled FROM sso_connections WHERE tenant_id = $1",
+            t.id,
+        )
+        assert row["jit_mode"] == "sync" and list(row["required_attributes"]) == ["given_name"]
+        assert row["attribute_map"]["given_name"] == ["givenName"] and row["attribute_map"]["email"] == ["email"]
+        assert row["attribute_map"]["department"] == ["dept"]  # a custom field the form does not show, kept
+        assert row["enabled"] is False
+        changes = await conn.fetchval(
+            "SELECT changes FROM audit_log WHERE tenant_id = $1 AND operation = 'sso.update'", t.id
+        )
+        assert changes["jit"] == {"before": "create", "after": "sync"}
