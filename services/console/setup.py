@@ -34,7 +34,8 @@ from provisio_lib.admin.errors import AdminError
 from provisio_lib.sso_presets import PRESETS, STANDARD_FIELDS
 
 from . import setup_guides
-from .app import CID, POOL, SETTINGS, PageError, _https, _secure, log
+from .app import CID, POOL, SETTINGS, PageError, _check_form, _https, _render_form, _secure, log
+from .security import FORM_COOKIE
 
 SETUP_COOKIE = "provisio_setup"
 _SALT = "provisio-console-setup"
@@ -130,16 +131,39 @@ def _scim_url(request: web.Request) -> str:
 # --------------------------------------------------------------------------- open, overview
 
 
+def _refuse(reason: str) -> PageError:
+    return PageError(404 if reason == "unknown" else 410, setup_links.REFUSALS[reason])
+
+
+async def open_page(request: web.Request) -> web.StreamResponse:
+    """The link's landing page: says what it is for and asks to start. Opening changes
+    nothing — mail and chat link scanners fetch URLs, and must not spend the link — the
+    button (a POST) does."""
+    token = request.match_info["token"]
+    async with request.app[POOL].acquire() as conn:
+        reason = await setup_links.refusal(conn, token)
+        if reason is not None:
+            log.info("setup_link_refused", reason=reason)
+            raise _refuse(reason)
+        tenant = await conn.fetchval(
+            "SELECT t.name FROM setup_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.token_hash = $1",
+            setup_links._hash(token),
+        )
+    return _render_form(request, "setup/open.html", {"tenant": tenant})
+
+
 async def open_link(request: web.Request) -> web.StreamResponse:
-    """Redeem the link (first open only), set the setup cookie and leave the capability
+    """Redeem the link (first time only), set the setup cookie and leave the capability
     URL at once (it must not stay in the address bar or the history)."""
     token = request.match_info["token"]
+    form = await request.post()
+    _check_form(request, form)
     async with request.app[POOL].acquire() as conn:
         try:
             session, session_id = await setup_links.redeem(conn, token)
         except setup_links.LinkRefused as err:
             log.info("setup_link_refused", reason=err.reason)
-            raise PageError(404 if err.reason == "unknown" else 410, str(err)) from None
+            raise _refuse(err.reason) from None
     log.info("setup_link_redeemed", tenant=session.tenant_name, link=session.prefix)
     resp = web.HTTPSeeOther("/setup")
     max_age = max(60, int((session.expires_at - datetime.now(UTC)).total_seconds()))
@@ -152,6 +176,7 @@ async def open_link(request: web.Request) -> web.StreamResponse:
         samesite="Lax",
         secure=_https(request),
     )
+    resp.del_cookie(FORM_COOKIE, path="/")
     _secure(resp)
     return resp
 
@@ -485,7 +510,8 @@ async def scim_token(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, secret: str) -> None:
     app[SIGNER] = URLSafeTimedSerializer(secret, salt=_SALT)
     r = app.router
-    r.add_get("/setup/open/{token}", open_link)
+    r.add_get("/setup/open/{token}", open_page)
+    r.add_post("/setup/open/{token}", open_link)
     r.add_get("/setup", overview)
     r.add_get("/setup/sso", sso_choose)
     r.add_get("/setup/sso/new", sso_new)

@@ -95,6 +95,8 @@ async def test_setup_link_end_to_end(service_env, pool, topology, page, tmp_path
         base = str(client.make_url("")).rstrip("/")
         token = await link(pool, t.id)
         await page.goto(f"{base}/setup/open/{token}")
+        await shot(page, "setup-link-start")
+        await page.get_by_role("button", name="Start setup in this browser").click()
         assert page.url == f"{base}/setup"  # the capability URL left the address bar at once
         assert t.name in await page.get_by_role("heading", level=1).inner_text()
         await shot(page, "setup-overview")

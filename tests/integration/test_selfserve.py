@@ -23,7 +23,7 @@ from provisio_lib.admin import setup_links
 from provisio_lib.contract import Command, CreateUser, Source, UserData, encode
 from provisio_lib.topology import DATA_FIELD
 from tests.conftest import make_tenant
-from tests.console_support import PASSWORD, console_on_port, login, make_staff
+from tests.console_support import PASSWORD, console_on_port, form_token, login, make_staff
 from tests.saml_idp import TestIdP
 
 from .scim_helpers import bearer, scim_client
@@ -55,9 +55,18 @@ async def new_link(pool: Any, tid: uuid.UUID, scopes: list[str] | None = None, t
     return token
 
 
+async def start(client: TestClient, token: str) -> Any:
+    """Open the link's page and press its button (the POST that redeems it)."""
+    page = await client.get(f"/setup/open/{token}")
+    assert page.status == 200, await page.text()
+    return await client.post(
+        f"/setup/open/{token}", data={"form_token": form_token(await page.text())}, allow_redirects=False
+    )
+
+
 async def opened(client: TestClient, token: str) -> str:
     """Open the link in this client; returns the overview page's CSRF token."""
-    r = await client.get(f"/setup/open/{token}", allow_redirects=False)
+    r = await start(client, token)
     assert r.status == 303 and r.headers["Location"] == "/setup", await r.text()
     assert (await client.get("/setup")).status == 200
     for path in ("/setup/scim", "/setup/sso/new?idp=okta"):  # pages with a form, by scope
@@ -168,7 +177,14 @@ async def test_a_link_opens_once_in_one_browser(service_env, pool):
     t = await make_tenant(pool)
     token = await new_link(pool, t.id)
     async with console() as first, console() as second:
-        r = await first.get(f"/setup/open/{token}", allow_redirects=False)
+        # Opening the page (as a mail or chat link scanner does) changes nothing.
+        for _ in range(2):
+            page = await second.get(f"/setup/open/{token}")
+            assert page.status == 200 and "Start setup in this browser" in await page.text()
+        page_token = form_token(await page.text())
+        forged = await first.post(f"/setup/open/{token}", data={"form_token": "forged"}, allow_redirects=False)
+        assert forged.status == 403  # the button's form is CSRF-checked too
+        r = await start(first, token)
         assert r.status == 303 and r.headers["Location"] == "/setup"
         cookie = next(h for h in r.headers.getall("Set-Cookie") if h.startswith("provisio_setup="))
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/setup" in cookie and "Max-Age=" in cookie
@@ -179,6 +195,8 @@ async def test_a_link_opens_once_in_one_browser(service_env, pool):
             again = await client.get(f"/setup/open/{token}")
             assert again.status == 410
             assert "opened already" in await again.text()
+        raced = await second.post(f"/setup/open/{token}", data={"form_token": page_token}, allow_redirects=False)
+        assert raced.status == 410  # a form fetched before the link was used: refused at the POST too
         assert (await second.get("/setup")).status == 401  # the second browser has no session
         assert (await first.get("/setup")).status == 200  # the first keeps its own
         unknown = await second.get("/setup/open/psl_" + "x" * 43)

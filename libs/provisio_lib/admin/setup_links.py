@@ -209,6 +209,24 @@ REFUSALS = {
 }
 
 
+async def refusal(conn: asyncpg.Connection, token: str) -> str | None:
+    """Why this link cannot be opened (unknown, used, expired, revoked), or None if it
+    can; changes nothing (the page before the redeeming POST)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return "unknown"
+    found = await conn.fetchrow(
+        "SELECT revoked_at, expires_at <= now() AS expired, redeemed_at FROM setup_links WHERE token_hash = $1",
+        _hash(token),
+    )
+    if found is None:
+        return "unknown"
+    if found["revoked_at"] is not None:
+        return "revoked"
+    if found["expired"]:
+        return "expired"
+    return "used" if found["redeemed_at"] is not None else None
+
+
 async def redeem(conn: asyncpg.Connection, token: str) -> tuple[SetupSession, str]:
     """Open a link for the first time: atomically mark it redeemed and bind it to a new
     setup session. Returns the session and its id (for the signed cookie). Refused
@@ -226,19 +244,7 @@ async def redeem(conn: asyncpg.Connection, token: str) -> tuple[SetupSession, st
             secrets.token_urlsafe(32),
         )
         if row is None:
-            found = await conn.fetchrow(
-                "SELECT revoked_at, expires_at <= now() AS expired, redeemed_at FROM setup_links WHERE token_hash = $1",
-                _hash(token),
-            )
-            reason = (
-                "unknown"
-                if found is None
-                else "revoked"
-                if found["revoked_at"] is not None
-                else "expired"
-                if found["expired"]
-                else "used"
-            )
+            reason = await refusal(conn, token) or "used"
             raise LinkRefused(reason, REFUSALS[reason])
         session = await load_session(conn, session_id)
         assert session is not None
