@@ -145,10 +145,7 @@ async def open_page(request: web.Request) -> web.StreamResponse:
         if reason is not None:
             log.info("setup_link_refused", reason=reason)
             raise _refuse(reason)
-        tenant = await conn.fetchval(
-            "SELECT t.name FROM setup_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.token_hash = $1",
-            setup_links._hash(token),
-        )
+        tenant = await setup_links.tenant_of(conn, token)
     return _render_form(request, "setup/open.html", {"tenant": tenant})
 
 

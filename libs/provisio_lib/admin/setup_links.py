@@ -227,6 +227,14 @@ async def refusal(conn: asyncpg.Connection, token: str) -> str | None:
     return "used" if found["redeemed_at"] is not None else None
 
 
+async def tenant_of(conn: asyncpg.Connection, token: str) -> str | None:
+    """The tenant name of the link with this token (for its landing page)."""
+    name = await conn.fetchval(
+        "SELECT t.name FROM setup_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.token_hash = $1", _hash(token)
+    )
+    return None if name is None else str(name)
+
+
 async def redeem(conn: asyncpg.Connection, token: str) -> tuple[SetupSession, str]:
     """Open a link for the first time: atomically mark it redeemed and bind it to a new
     setup session. Returns the session and its id (for the signed cookie). Refused
