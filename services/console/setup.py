@@ -345,7 +345,8 @@ async def sso_test_start(request: web.Request) -> web.StreamResponse:
             actor=session.actor,
             settings=sso_test.TestLoginSettings(saml_public_url=_saml_url(request), console_public_url=s.base_url()),
         )
-    raise web.HTTPSeeOther(start.login_url)
+    # Not a 303: form-action 'self' would block the redirect chain (sso_test_go.html).
+    return _render(request, "setup/sso_test_go.html", {"c": row, "login_url": start.login_url})
 
 
 async def sso_result(request: web.Request) -> web.StreamResponse:

@@ -193,7 +193,7 @@ async def test_failed_tests_record_the_check_and_its_reason(
     s = await add_connection(pool, acme.id, "entra", required=("family_name",))
     start = await _start(pool, acme.id, "entra")
     req_id, relay = await _round_trip_start(gateway, start)
-    kw: dict[str, Any] = {"in_response_to": req_id}
+    kw: dict[str, Any] = {"in_response_to": req_id, "groups": ["Sales", "Engineering"]}
     if case == "wrong_certificate":
         s.idp = TestIdP(s.idp.entity_id)  # same IdP name, another signing key
     elif case == "wrong_audience":
@@ -202,12 +202,13 @@ async def test_failed_tests_record_the_check_and_its_reason(
         kw.update(sign_alg=RSA_SHA1, digest_alg=SHA1)
     elif case == "missing_claim":
         kw["attributes"] = {k: v for k, v in entra_attributes().items() if "surname" not in k}
+        del kw["groups"]
     if "sp_entity_id" in kw:
         xml = s.idp.response(
             sp_entity_id=kw["sp_entity_id"],
             acs_url=s.urls.acs,
             name_id="alice@acme.test",
-            attributes=entra_attributes(),
+            attributes=entra_attributes(["Sales", "Engineering"]),
             in_response_to=req_id,
         )
     else:
@@ -225,6 +226,8 @@ async def test_failed_tests_record_the_check_and_its_reason(
     # What the IdP sent is shown even though it was refused (read without trusting it).
     assert result.received is not None and result.received.issuer == s.idp.entity_id
     assert result.received.name_id == "alice@acme.test"
+    if case != "missing_claim":
+        assert result.received.groups == ["Sales", "Engineering"]
     if case == "weak_algorithm":
         assert RSA_SHA1 in result.received.signature_algorithms
     # A refused test is no refused login: nothing on the audit stream.
