@@ -31,7 +31,7 @@ from provisio_lib.admin import connections, setup_links, sso_test
 from provisio_lib.admin import tokens as tokens_admin
 from provisio_lib.admin.advice import advice
 from provisio_lib.admin.errors import AdminError
-from provisio_lib.sso_presets import STANDARD_FIELDS
+from provisio_lib.sso_presets import PRESETS, STANDARD_FIELDS
 
 from . import setup_guides
 from .app import CID, POOL, SETTINGS, PageError, _https, _secure, log
@@ -253,7 +253,9 @@ async def _metadata_from_form(request: web.Request, form: Any) -> bytes:
 
 
 def _mapping(form: Any, preset: str) -> tuple[dict[str, str], list[str]]:
-    defaults = sso.attribute_map(preset)
+    """Overrides of the preset's map (a field left as the preset shows it keeps the
+    preset's list of names) and the required fields."""
+    defaults = sso.attribute_map(preset if preset in PRESETS else "generic")
     overrides: dict[str, str] = {}
     for f in MAP_FIELDS:
         claim = str(form.get(f"map_{f}") or "").strip()[:512]
@@ -331,6 +333,58 @@ async def sso_show(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def sso_edit(request: web.Request, *, error: str | None = None, form: Any = None) -> web.StreamResponse:
+    row = await _connection(request)
+    current = {f: ", ".join(row["attribute_map"].get(f, ())) for f in MAP_FIELDS}
+    if form is None:
+        form = {f"req_{f}": "1" for f in row["required_attributes"]}
+    return _render(
+        request,
+        "setup/sso_edit.html",
+        {
+            "c": row,
+            "editing": True,
+            "idp_label": setup_guides.IDPS.get(row["preset"], row["preset"]),
+            "fields": MAP_FIELDS,
+            "defaults": current,
+            "current_jit": row["jit_mode"],
+            "error": error,
+            "form": form,
+        },
+        status=400 if error else 200,
+    )
+
+
+async def sso_update(request: web.Request) -> web.StreamResponse:
+    """Change the metadata (same IdP), mapping, required attributes or JIT mode through
+    ``connections.update``: a passed test of the old settings no longer enables it."""
+    session = request[SETUP_SESSION]
+    row = await _connection(request)
+    form = await request.post()
+    try:
+        metadata = None if str(form.get("source") or "keep") == "keep" else await _metadata_from_form(request, form)
+        overrides, required = _mapping(form, row["preset"])
+        # Custom fields (an operator's `--map department=…`) are not on this form: kept.
+        for field, claims in row["attribute_map"].items():
+            if field not in STANDARD_FIELDS and claims:
+                overrides.setdefault(field, claims[0])
+        async with request.app[POOL].acquire() as conn:
+            await connections.update(
+                conn,
+                session.tenant_id,
+                row["name"],
+                actor=session.actor,
+                metadata=metadata,
+                jit=str(form.get("jit") or row["jit_mode"]),
+                overrides=overrides,
+                required=required,
+                replace_map=True,
+            )
+    except AdminError as err:
+        return await sso_edit(request, error=str(err), form=form)
+    raise web.HTTPSeeOther(f"/setup/sso/{row['name']}?notice=updated")
+
+
 async def sso_test_start(request: web.Request) -> web.StreamResponse:
     session = request[SETUP_SESSION]
     row = await _connection(request)
@@ -345,7 +399,13 @@ async def sso_test_start(request: web.Request) -> web.StreamResponse:
             actor=session.actor,
             settings=sso_test.TestLoginSettings(saml_public_url=_saml_url(request), console_public_url=s.base_url()),
         )
+<<<<<<< HEAD
     # Not a 303: form-action 'self' would block the redirect chain (sso_test_go.html).
+=======
+    # A page with a link, not a redirect: the CSP's form-action 'self' would stop a form
+    # submission redirected to the gateway and on to the IdP. console.js follows the
+    # link at once; without JavaScript it is one click.
+>>>>>>> selfserve
     return _render(request, "setup/sso_test_go.html", {"c": row, "login_url": start.login_url})
 
 
@@ -417,8 +477,9 @@ async def scim_token(request: web.Request) -> web.StreamResponse:
             label = rotate
             token = await tokens_admin.rotate(conn, session.tenant_id, rotate, actor=session.actor)
         else:
-            n = await conn.fetchval("SELECT count(*) FROM scim_tokens WHERE tenant_id = $1", session.tenant_id)
-            label, token = await tokens_admin.create(conn, session.tenant_id, f"setup-{n + 1}", actor=session.actor)
+            label, token = await tokens_admin.create(
+                conn, session.tenant_id, None, actor=session.actor, default_prefix="setup"
+            )
     log.info("setup_scim_token", tenant=session.tenant_name, label=label, rotated=bool(rotate), link=session.prefix)
     ctx = await _scim_context(request)
     ctx.update(new_token=token, new_label=label, rotated=bool(rotate))
@@ -434,6 +495,8 @@ def add_routes(app: web.Application, secret: str) -> None:
     r.add_get("/setup/sso/new", sso_new)
     r.add_post("/setup/sso/new", sso_create)
     r.add_get("/setup/sso/{name}", sso_show)
+    r.add_get("/setup/sso/{name}/edit", sso_edit)
+    r.add_post("/setup/sso/{name}/edit", sso_update)
     r.add_post("/setup/sso/{name}/test", sso_test_start)
     r.add_get("/setup/sso/{name}/result", sso_result)
     r.add_post("/setup/sso/{name}/{action:enable|disable}", sso_switch)

@@ -121,6 +121,9 @@ def derive_urls(env: dict[str, str], ports: dict[str, int]) -> None:
     dev the gateway is reached on 127.0.0.1 at that port (metadata said 8082 before)."""
     if not env.get("PROVISIO_SAML_PUBLIC_URL"):
         env["PROVISIO_SAML_PUBLIC_URL"] = f"http://127.0.0.1:{ports['saml_gateway']}"
+    # The console's setup page shows the SCIM base URL (the gateway's own default, made explicit).
+    if not env.get("PROVISIO_SCIM_PUBLIC_URL") and "scim_gateway" in ports:
+        env["PROVISIO_SCIM_PUBLIC_URL"] = f"http://127.0.0.1:{ports['scim_gateway']}"
 
 
 async def _prepare(dsn: str, redis_url: str, seed: bool, token_file: Path) -> tuple[str | None, str | None]:

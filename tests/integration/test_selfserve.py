@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from console.app import create_app
-from console.settings import ConsoleSettings
 from provisio_lib.admin import setup_links
 from provisio_lib.contract import Command, CreateUser, Source, UserData, encode
-from provisio_lib.settings import load_settings
 from provisio_lib.topology import DATA_FIELD
 from tests.conftest import make_tenant
-from tests.console_support import PASSWORD, login, make_staff
+from tests.console_support import PASSWORD, console_on_port, login, make_staff
 from tests.saml_idp import TestIdP
 
 from .scim_helpers import bearer, scim_client
@@ -50,31 +43,8 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def console(**overrides: Any) -> AsyncIterator[TestClient]:
-    """The console on a real loopback port known in advance (its public URL is where a
-    test sign-in returns to)."""
-    port = free_port()
-    settings = load_settings(
-        ConsoleSettings,
-        **{
-            "console_secret_key": "k" * 40,
-            "console_public_url": f"http://127.0.0.1:{port}",
-            "saml_public_url": "https://sso.example.com",
-            **overrides,
-        },
-    )
-    with structlog.testing.capture_logs() as logs:
-        async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as client:
-            yield client
-    unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
-    assert not unhandled, f"requests hit the catch-all 500 handler: {unhandled}"
+def console(**overrides: Any) -> Any:
+    return console_on_port(**{"saml_public_url": "https://sso.example.com", **overrides})
 
 
 async def new_link(pool: Any, tid: uuid.UUID, scopes: list[str] | None = None, ttl: timedelta | None = None) -> str:
@@ -461,3 +431,104 @@ async def test_scim_token_created_and_rotated_works_against_the_gateway(service_
         "scim_token.revoke",
         "scim_token.create",
     ]
+
+
+async def test_the_provisioning_log_shows_this_tenant_only_with_advice(service_env, pool):
+    from auditor.records import audit_row
+    from auditor.store import write_batch
+
+    from .audit_support import make_outcome
+
+    a, b = await make_tenant(pool), await make_tenant(pool)
+    rows = [
+        make_outcome(a.id, user="alice@a.example"),
+        make_outcome(a.id, user="ann@a.example", result="failed", code="uniqueness", message="userName taken"),
+        make_outcome(b.id, user="bob@b.example", result="failed", code="policy", message="b's secret failure"),
+    ]
+    async with pool.acquire() as conn:
+        await write_batch(conn, [audit_row(o) for o in rows], 60)
+    async with console() as client:
+        await opened(client, await new_link(pool, a.id, ["scim"]))
+        html = await (await client.get("/setup/scim")).text()
+    assert "alice@a.example" in html and "ann@a.example" in html and "userName taken" in html
+    assert "Match the existing account in the IdP" in html  # admin/advice.py's wording for uniqueness
+    assert "bob@b.example" not in html and "secret failure" not in html
+
+
+async def test_a_failed_test_sign_in_shows_its_reasons_escaped(service_env, pool):
+    t = await make_tenant(pool)
+    xml = TestIdP("https://idp.example.com/f").metadata()
+    hostile = '<script>alert("x")</script>'
+    async with console() as client:
+        csrf = await opened(client, await new_link(pool, t.id))
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("f.xml", xml))
+        assert (await client.post("/setup/sso/new", data=form, allow_redirects=False)).status == 303
+        # Starting a test answers with the gateway's test-mode login as a link (console.js follows it).
+        started = await client.post("/setup/sso/okta/test", data={"csrf_token": csrf})
+        html = await started.text()
+        m = re.search(r'id="test-go" data-follow href="([^"]+)"', html)
+        assert started.status == 200 and m
+        assert m.group(1).startswith(f"https://sso.example.com/saml/{t.name}/okta/login?test=")
+        test_id = uuid.UUID(m.group(1).rsplit("=", 1)[1])
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """UPDATE sso_test_logins SET status = 'failed', completed_at = now(), error = $2,
+                       received = $3::jsonb, checks = $4::jsonb WHERE id = $1""",
+                test_id,
+                "The response's Audience is not this connection's SP entity ID.",
+                {"issuer": hostile, "name_id": "alice@f.example", "attributes": {"x": [hostile]}},
+                [
+                    {"name": "signature", "ok": True, "reason": None},
+                    {"name": "audience", "ok": False, "reason": "expected https://sso.example.com/…"},
+                ],
+            )
+        page = await client.get(f"/setup/sso/okta/result?test={test_id}")
+        html = await page.text()
+        assert page.status == 200 and "failed</span></h1>" in html
+        assert "Audience is not this connection" in html and "<strong>audience</strong>: expected" in html
+        assert hostile not in html and "&lt;script&gt;" in html
+        assert "Switch the connection on" not in html
+        assert (await client.get("/setup/sso/okta/result?test=nonsense")).status == 404
+        assert (await client.get(f"/setup/sso/okta/result?test={uuid.uuid4()}")).status == 404
+
+
+async def test_a_connection_changed_on_the_setup_page(service_env, pool):
+    t = await make_tenant(pool)
+    idp = TestIdP("https://idp.example.com/g")
+    other = TestIdP("https://idp.example.com/other")
+    async with console() as client:
+        csrf = await opened(client, await new_link(pool, t.id, ["sso"]))
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("g.xml", idp.metadata()))
+        assert (await client.post("/setup/sso/new", data=form, allow_redirects=False)).status == 303
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """UPDATE sso_connections SET attribute_map = attribute_map || '{"department": ["dept"]}'::jsonb
+                   WHERE tenant_id = $1""",
+                t.id,
+            )
+        page = await (await client.get("/setup/sso/okta/edit")).text()
+        assert 'value="firstName"' in page and "Keep the current metadata" in page
+        # Another IdP's metadata is refused; the form comes back with the reason.
+        form = metadata_form(csrf, "okta", "okta", source="file", metadata_file=("o.xml", other.metadata()))
+        r = await client.post("/setup/sso/okta/edit", data=form)
+        assert r.status == 400 and "add a new connection instead" in await r.text()
+        form = metadata_form(
+            csrf, "okta", "okta", source="keep", jit="sync", map_given_name="givenName", req_given_name="1"
+        )
+        r = await client.post("/setup/sso/okta/edit", data=form, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"] == "/setup/sso/okta?notice=updated", await r.text()
+        r = await client.post("/setup/sso/okta/edit", data={"source": "keep"})
+        assert r.status == 403  # CSRF
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT jit_mode, attribute_map, required_attributes, enabled FROM sso_connections WHERE tenant_id = $1",
+            t.id,
+        )
+        assert row["jit_mode"] == "sync" and list(row["required_attributes"]) == ["given_name"]
+        assert row["attribute_map"]["given_name"] == ["givenName"] and row["attribute_map"]["email"] == ["email"]
+        assert row["attribute_map"]["department"] == ["dept"]  # a custom field the form does not show, kept
+        assert row["enabled"] is False
+        changes = await conn.fetchval(
+            "SELECT changes FROM audit_log WHERE tenant_id = $1 AND operation = 'sso.update'", t.id
+        )
+        assert changes["jit"] == {"before": "create", "after": "sync"}

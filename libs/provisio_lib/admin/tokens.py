@@ -16,12 +16,14 @@ from .errors import AdminError
 from .tenants import record
 
 
-async def create(conn: asyncpg.Connection, tid: UUID, label: str | None, *, actor: str) -> tuple[str, str]:
-    """A new active token (label default ``token-N``); returns (label, token)."""
+async def create(
+    conn: asyncpg.Connection, tid: UUID, label: str | None, *, actor: str, default_prefix: str = "token"
+) -> tuple[str, str]:
+    """A new active token (label default ``<default_prefix>-N``); returns (label, token)."""
     async with conn.transaction():
         if not label:
             n = await conn.fetchval("SELECT count(*) FROM scim_tokens WHERE tenant_id = $1", tid)
-            label = f"token-{n + 1}"
+            label = f"{default_prefix}-{n + 1}"
         label = label.strip()
         if not 1 <= len(label) <= 100:
             raise AdminError("a token label is 1-100 characters")
