@@ -399,13 +399,9 @@ async def sso_test_start(request: web.Request) -> web.StreamResponse:
             actor=session.actor,
             settings=sso_test.TestLoginSettings(saml_public_url=_saml_url(request), console_public_url=s.base_url()),
         )
-<<<<<<< HEAD
-    # Not a 303: form-action 'self' would block the redirect chain (sso_test_go.html).
-=======
     # A page with a link, not a redirect: the CSP's form-action 'self' would stop a form
     # submission redirected to the gateway and on to the IdP. console.js follows the
     # link at once; without JavaScript it is one click.
->>>>>>> selfserve
     return _render(request, "setup/sso_test_go.html", {"c": row, "login_url": start.login_url})
 
 
