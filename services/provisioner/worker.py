@@ -117,7 +117,15 @@ class Provisioner:
             raise TransientError(f"postgres: {type(err).__name__}: {err}") from err
         # Sent with the XACK in one pipeline (ReliableConsumer); if Redis fails there, the
         # batch is handled again and answered from the inbox: committed, then announced.
-        verdicts.publish = lambda pipe: self._add_outcomes(pipe, results, previews)
+        if previews:
+
+            def publish(pipe: Any) -> None:
+                self._add_outcomes(pipe, results)
+                preview.add_replies(pipe, self.topology, previews)
+
+            verdicts.publish = publish
+        else:
+            verdicts.publish = lambda pipe: self._add_outcomes(pipe, results)
         per_command_s = (time.perf_counter() - started) / max(len(items), 1)
         # Counted once announced: a batch handled again because announcing failed counts once.
         # (The closure must not hold `verdicts`, which holds it: a reference cycle per batch
@@ -373,18 +381,10 @@ class Provisioner:
         outcome = Outcome.model_validate({**raw, "redelivered": True})
         return outcome, encode(outcome)
 
-    def _add_outcomes(
-        self,
-        pipe: Any,
-        results: list[tuple[Command, Outcome, bytes]],
-        previews: list[tuple[Command, Outcome, bytes]] | None = None,
-    ) -> None:
+    def _add_outcomes(self, pipe: Any, results: list[tuple[Command, Outcome, bytes]]) -> None:
         """Each outcome to the audit stream and to the gateway waiting for it: one entry per
-        stream per batch (fewer Redis commands here, fewer entries for the readers). The
-        dry runs' (``previews``) go to their gateways only."""
+        stream per batch (fewer Redis commands here, fewer entries for the readers)."""
         topo = self.topology
-        if previews:
-            preview.add_replies(pipe, topo, previews)
         replies: dict[str, list[bytes]] = {}
         audits: dict[str, list[bytes]] = {}
         for cmd, outcome, data in results:

@@ -193,7 +193,7 @@ async def test_failed_tests_record_the_check_and_its_reason(
     s = await add_connection(pool, acme.id, "entra", required=("family_name",))
     start = await _start(pool, acme.id, "entra")
     req_id, relay = await _round_trip_start(gateway, start)
-    kw: dict[str, Any] = {"in_response_to": req_id}
+    kw: dict[str, Any] = {"in_response_to": req_id, "groups": ["Sales", "Engineering"]}
     if case == "wrong_certificate":
         s.idp = TestIdP(s.idp.entity_id)  # same IdP name, another signing key
     elif case == "wrong_audience":
@@ -202,12 +202,13 @@ async def test_failed_tests_record_the_check_and_its_reason(
         kw.update(sign_alg=RSA_SHA1, digest_alg=SHA1)
     elif case == "missing_claim":
         kw["attributes"] = {k: v for k, v in entra_attributes().items() if "surname" not in k}
+        del kw["groups"]
     if "sp_entity_id" in kw:
         xml = s.idp.response(
             sp_entity_id=kw["sp_entity_id"],
             acs_url=s.urls.acs,
             name_id="alice@acme.test",
-            attributes=entra_attributes(),
+            attributes=entra_attributes(["Sales", "Engineering"]),
             in_response_to=req_id,
         )
     else:
@@ -225,6 +226,8 @@ async def test_failed_tests_record_the_check_and_its_reason(
     # What the IdP sent is shown even though it was refused (read without trusting it).
     assert result.received is not None and result.received.issuer == s.idp.entity_id
     assert result.received.name_id == "alice@acme.test"
+    if case != "missing_claim":
+        assert result.received.groups == ["Sales", "Engineering"]
     if case == "weak_algorithm":
         assert RSA_SHA1 in result.received.signature_algorithms
     # A refused test is no refused login: nothing on the audit stream.
@@ -391,3 +394,81 @@ async def test_results_are_isolated_per_tenant_and_return_to_stays_on_the_consol
         )
     finally:
         await conn.close()
+
+
+# ------------------------------------------------------------------ the provisioner's dry run
+
+
+async def test_dry_runs_are_never_part_of_a_real_batch(
+    pool: Any, acme: Any, redis: Any, topology: Any, service_env: Any
+) -> None:
+    """A batch holding real commands and dry runs: the real ones are applied and announced
+    as usual; each dry run answers its gateway only (no inbox row, no event, nothing on
+    the audit stream), even for a login that would create a user."""
+    from provisio_lib.contract import Command, CreateUser, JitLogin, Source, UserData, encode
+    from provisio_lib.outcomes import entry_outcomes
+    from provisio_lib.topology import DATA_FIELD
+    from tests.conftest import eventually, running_provisioner
+
+    s = await add_connection(pool, acme.id, "entra", jit="sync")
+    conn_id = await pool.fetchval("SELECT id FROM sso_connections WHERE tenant_id = $1", acme.id)
+    replies = topology.key("test", "replies")
+    saml = Source(kind="saml", id=str(conn_id), label="entra")
+    scim = Source(kind="scim", id="t", label="test")
+
+    def user(name: str) -> Command:
+        return Command(
+            type="user.create",
+            tenant_id=acme.id,
+            source=scim,
+            correlation_id=name,
+            payload=CreateUser(user_id=uuid.uuid4(), data=UserData(user_name=name)),
+        )
+
+    dry = Command(
+        type="jit.login",
+        tenant_id=acme.id,
+        source=saml,
+        correlation_id="dry",
+        reply_to=replies,
+        payload=JitLogin(
+            connection_id=conn_id,
+            connection_name=s.name,
+            mode="sync",
+            name_id="carol@acme.test",
+            user_name="carol@acme.test",
+            given_name="Carol",
+            groups=("Sales",),
+            dry_run=True,
+        ),
+    )
+    # Queued before the provisioner starts, so its first read takes them as one batch.
+    stream = topology.command_stream_for(acme.id)
+    for cmd in (user("ann"), dry, user("bob")):
+        await redis.xadd(stream, {DATA_FIELD: encode(cmd)})
+    async with running_provisioner() as app:
+
+        async def replied() -> list[Any]:
+            out = []
+            for _id, fields in await redis.xrange(replies):
+                out.extend(entry_outcomes(fields))
+            return out
+
+        [answer] = await eventually(replied)
+        await eventually(lambda: _count(pool, "SELECT count(*) FROM users WHERE tenant_id = $1", acme.id, 2))
+        # One batch: the dry run taken out, the two creates applied together in one statement.
+        assert app.context.get("provisioner").paths == {"one_statement": 1, "one_transaction": 0, "careful": 0}
+    assert answer.event_id == dry.event_id and answer.ok and "created" in answer.notes
+    assert answer.changes["given_name"].after == "Carol" and answer.changes["groups.jit"].after == ["Sales"]
+    names = {r["user_name"] for r in await pool.fetch("SELECT user_name FROM users WHERE tenant_id = $1", acme.id)}
+    assert names == {"ann", "bob"}
+    assert await pool.fetchval("SELECT count(*) FROM groups WHERE tenant_id = $1", acme.id) == 0
+    assert not await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", dry.event_id)
+    events = await pool.fetch("SELECT type FROM events WHERE tenant_id = $1", acme.id)
+    assert sorted(e["type"] for e in events) == ["user.created", "user.created"]
+    announced = await audit_outcomes(redis, topology, acme.id)
+    assert len(announced) == 2 and dry.event_id not in {o.event_id for o in announced}
+
+
+async def _count(pool: Any, sql: str, arg: Any, expected: int) -> bool:
+    return bool(await pool.fetchval(sql, arg) == expected)

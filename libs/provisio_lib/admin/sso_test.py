@@ -157,6 +157,7 @@ def result_from_row(row: Any) -> TestResult:
     )
 
 
+KEEP_DAYS = 90  # test logins older than this are deleted when the tenant starts a new one
 WOULD_FAIL = "would_fail:"  # services/provisioner/preview.py: a policy failure of a dry run
 
 
@@ -228,6 +229,13 @@ async def start_test(
     target = check_return_to(return_to, s.console_base())
     row = await _connection_row(conn, tenant_id, connection_name)
     test_id = uuid.uuid4()
+    # Old tests are of no use (enable needs one of the current settings): kept a while
+    # for the audit's sake, then dropped here rather than by a separate job.
+    await conn.execute(
+        "DELETE FROM sso_test_logins WHERE tenant_id = $1 AND created_at < now() - make_interval(days => $2)",
+        tenant_id,
+        KEEP_DAYS,
+    )
     await conn.execute(
         """INSERT INTO sso_test_logins (id, tenant_id, connection_id, created_by, return_to)
            VALUES ($1, $2, $3, $4, $5)""",
