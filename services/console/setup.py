@@ -16,6 +16,7 @@ through provisio_lib.admin, audited as ``setup:<link prefix>``.
 
 from __future__ import annotations
 
+import hmac
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +35,7 @@ from provisio_lib.admin.errors import AdminError
 from provisio_lib.sso_presets import PRESETS, STANDARD_FIELDS
 
 from . import setup_guides
-from .app import CID, POOL, SETTINGS, PageError, _check_form, _https, _render_form, _secure, log
+from .app import POOL, SETTINGS, PageError, _check_form, _https, _render_form, _secure, log
 from .security import FORM_COOKIE
 
 SETUP_COOKIE = "provisio_setup"
@@ -78,7 +79,8 @@ async def setup_sessions(request: web.Request, handler: Any) -> web.StreamRespon
     session = None
     if raw and len(raw) < 512:
         try:
-            session_id = _signer(request).loads(raw, max_age=31 * 86400)
+            # The link (checked below) bounds the session; the signature only needs to be fresh.
+            session_id = _signer(request).loads(raw, max_age=int(setup_links.MAX_TTL.total_seconds()) + 86400)
         except BadSignature:
             session_id = None
         if isinstance(session_id, str):
@@ -89,8 +91,6 @@ async def setup_sessions(request: web.Request, handler: Any) -> web.StreamRespon
     request[SETUP_SESSION] = session
     if request.method == "POST":
         form = await request.post()
-        import hmac
-
         if not hmac.compare_digest(str(form.get("csrf_token") or "").encode(), session.csrf_token.encode()):
             raise PageError(
                 403,
@@ -523,4 +523,4 @@ def add_routes(app: web.Application, secret: str) -> None:
     r.add_post("/setup/scim/token", scim_token)
 
 
-__all__ = ["CID", "add_routes", "is_setup_path", "setup_sessions"]
+__all__ = ["add_routes", "is_setup_path", "setup_sessions"]
