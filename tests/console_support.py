@@ -34,6 +34,36 @@ async def console_client(**overrides: Any) -> AsyncIterator[TestClient]:
     assert not unhandled, f"requests hit the catch-all 500 handler: {unhandled}"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def console_on_port(**overrides: Any) -> AsyncIterator[TestClient]:
+    """The console on a loopback port known in advance, that port's URL its public URL
+    (where setup links point and a test sign-in returns to)."""
+    port = free_port()
+    settings = load_settings(
+        ConsoleSettings,
+        **{"console_secret_key": "k" * 40, "console_public_url": f"http://127.0.0.1:{port}", **overrides},
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as client:
+            try:
+                yield client
+            except AssertionError:
+                unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
+                if unhandled:  # the traceback behind a 500 the test saw
+                    raise AssertionError(f"requests hit the catch-all 500 handler: {unhandled}") from None
+                raise
+    unhandled = [e for e in logs if e.get("event") == "unhandled_error"]
+    assert not unhandled, f"requests hit the catch-all 500 handler: {unhandled}"
+
+
 async def make_staff(pool: asyncpg.Pool, email: str, role: str, password: str = PASSWORD) -> staff_admin.Staff:
     """An account with its password set through its one-time link (the real path)."""
     async with pool.acquire() as conn:

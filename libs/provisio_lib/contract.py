@@ -193,6 +193,11 @@ class JitLogin(_Model):
         default=False, description="Entra sent the groups.link overage claim instead of groups"
     )
     session_index: str | None = None
+    dry_run: bool = Field(
+        default=False,
+        description="A test login (issue 14): the provisioner runs the same code in a transaction it rolls "
+        "back and answers what a real login would do; nothing is stored, announced or audited",
+    )
 
 
 CommandPayload = Annotated[

@@ -34,7 +34,7 @@ from provisio_lib.admin.errors import AdminError
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import add_health_routes, postgres_check, redis_check, set_service_info
 from provisio_lib.redis_client import connect_redis
-from provisio_lib.sso import parse_idp_metadata
+from provisio_lib.sso import MAX_METADATA_BYTES, parse_idp_metadata
 from provisio_lib.topology import Topology
 
 from . import security
@@ -141,7 +141,10 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     """Loads the staff session; pages other than login/set-password/health need one, and
     every POST needs the session's CSRF token (a pre-login form: its signed token)."""
     path = request.path
-    public = path in ("/login", "/healthz", "/readyz", "/metrics") or path.startswith(("/static/", "/set-password/"))
+    # /setup pages have their own session (a setup link's), checked by setup.setup_sessions.
+    public = path in ("/login", "/healthz", "/readyz", "/metrics", "/setup") or path.startswith(
+        ("/static/", "/set-password/", "/setup/")
+    )
     settings = request.app[SETTINGS]
     raw = request.cookies.get(security.SESSION_COOKIE)
     session_id = request.app[SIGNER].session_id(raw, settings.console_session_max_s)
@@ -598,7 +601,6 @@ async def dlq_act(request: web.Request) -> web.StreamResponse:
         raise PageError(400, f"Tick the box to confirm the {action}.")
     d = await _letter(request)
     topo = request.app[TOPOLOGY]
-    tenants = d.tenants()
     notes = [f"dead letter {d.id}"]
     if action == "replay":
         new = await dlq_admin.replay(request.app[REDIS], topo, d)
@@ -606,23 +608,15 @@ async def dlq_act(request: web.Request) -> web.StreamResponse:
     else:
         if not await dlq_admin.drop(request.app[REDIS], topo, d.kind, d.partition, d.entry_id):
             raise PageError(404, f"No dead letter {d.id} (someone may have handled it already).")
-    row = dlq_admin.row(d, {})
     async with request.app[POOL].acquire() as conn:
-        await audit_admin.record_staff_action(
+        await dlq_admin.record_action(
             conn,
+            d,
+            action,
             staff_id=str(session.staff_id),
             staff_email=session.email,
-            action=f"dlq.{action}",
-            tenant_id=_uuid(tenants[0]) if tenants else None,
             notes=notes,
             correlation_id=request[CID],
-            resource_type="DeadLetter",
-            changes={
-                "dead_letter": {
-                    "before": {"id": d.id, "type": row.get("type"), "event_id": row.get("event_id")},
-                    "after": None if action == "drop" else "replayed",
-                }
-            },
         )
     log.info("console_dlq_action", action=action, dead_letter=d.id, staff=session.email)
     raise web.HTTPSeeOther(f"/dead-letters?notice={'replayed' if action == 'replay' else 'dropped'}")
@@ -657,12 +651,20 @@ def _fmt_value(value: Any) -> str:
 
 
 def create_app(settings: ConsoleSettings) -> web.Application:
-    app = web.Application(middlewares=[errors_and_headers, sessions], client_max_size=64 * 1024)
+    from . import setup
+
+    # Room for an uploaded IdP metadata file (at most 1 MiB) in the setup wizard's form.
+    app = web.Application(
+        middlewares=[errors_and_headers, sessions, setup.setup_sessions],
+        client_max_size=MAX_METADATA_BYTES + 64 * 1024,
+    )
     app[SETTINGS] = settings
     secret = settings.console_secret_key.get_secret_value() if settings.console_secret_key else None
     if secret is None:
         log.warning("console_secret_key_unset", effect="a random key: sessions end when this process restarts")
-    app[SIGNER] = security.Signer(secret or secrets.token_urlsafe(48))
+    secret = secret or secrets.token_urlsafe(48)
+    app[SIGNER] = security.Signer(secret)
+    setup.add_routes(app, secret)
     app[TOPOLOGY] = Topology(
         prefix=settings.redis_prefix, partitions=settings.partitions, maxlen=settings.stream_maxlen
     )

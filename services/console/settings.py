@@ -31,6 +31,23 @@ class ConsoleSettings(CommonSettings):
         default=20, ge=1, description="Failed logins per source address within the window before it is locked out"
     )
     console_login_window_s: int = Field(default=900, ge=10, description="Window of the failed-login counters")
+    saml_public_url: str = Field(
+        default="http://127.0.0.1:8082",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="The SAML gateway's external base URL (as the gateway and `provisio sso` read it): "
+        "the SP values the setup wizard shows and where a test sign-in starts",
+    )
+    scim_public_url: str = Field(
+        default="http://127.0.0.1:8081",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="The SCIM gateway's external base URL: the SCIM base URL the setup page shows (+ /scim/v2)",
+    )
+    console_metadata_allow_private: bool = Field(
+        default=False,
+        description="Let the setup wizard fetch IdP metadata URLs on private, loopback and link-local "
+        "addresses (off: refused, against server-side request forgery; on for a lab or an IdP on the "
+        "internal network)",
+    )
     console_page_size: int = Field(default=50, ge=5, le=500, description="Rows per page of the audit search")
 
     def base_url(self) -> str:

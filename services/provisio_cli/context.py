@@ -49,6 +49,17 @@ def load_cli_settings(cls: type[C]) -> C:
     return load_settings(cls)
 
 
+def actor() -> str:
+    """Who runs this command, for the audit trail: ``cli:<OS user>``."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"cli:{user}"
+
+
 def settings() -> CliSettings:
     return load_cli_settings(CliSettings)
 

@@ -125,6 +125,9 @@ def derive_urls(env: dict[str, str], ports: dict[str, int]) -> None:
     # A developer's webhook receiver runs on this machine: loopback URLs are allowed in
     # dev (never private or link-local ones); the CLI gets the same value via dev.env.
     env.setdefault("PROVISIO_WEBHOOK_ALLOW_PRIVATE", "loopback")
+    # The console's setup page shows the SCIM base URL (the gateway's own default, made explicit).
+    if not env.get("PROVISIO_SCIM_PUBLIC_URL") and "scim_gateway" in ports:
+        env["PROVISIO_SCIM_PUBLIC_URL"] = f"http://127.0.0.1:{ports['scim_gateway']}"
 
 
 async def _prepare(dsn: str, redis_url: str, seed: bool, token_file: Path) -> tuple[str | None, str | None]:

@@ -32,18 +32,21 @@ from provisio_lib.admin.dlq import (
     AUDIT,
     COMMANDS,
     DeadLetter,
+    _entry,
     _letters,
     _list_hint,
     _read_one,
     _replay,
     _replayed,
     _row,
+    _stream,
     drop,
     parse_id,
+    record_action,
 )
 from provisio_lib.topology import OUTCOMES_FIELD, Topology
 
-from .context import CliError, database, print_rows, redis, settings, tenant_id, topology
+from .context import CliError, actor, database, print_rows, redis, settings, tenant_id, topology
 
 app = typer.Typer(
     help="Dead-lettered commands (and, with --audit, audit entries): list, show, replay, drop.", no_args_is_help=True
@@ -144,6 +147,17 @@ def dlq_show(
     typer.echo(json.dumps(body, indent=2, default=str) if isinstance(body, dict | list) else body)
 
 
+async def _audit(letters: list[tuple[DeadLetter, str]], action: str) -> None:
+    """Each replay or drop in the audit trail with the operator (``cli:<OS user>``), as
+    the console records its staff member's."""
+    if not letters:
+        return
+    who = actor()
+    async with database() as conn:
+        for d, line in letters:
+            await record_action(conn, d, action, staff_id=who, staff_email=who, notes=[f"dead letter {d.id}", line])
+
+
 @app.command("replay")
 def dlq_replay(
     entry: str | None = typer.Argument(
@@ -173,9 +187,12 @@ def dlq_replay(
         if entry:
             async with redis() as r:
                 d = await _read_one(r, topo, *parse_id(entry, topo))
-                done.append(_replayed(d, await _replay(r, topo, d)))
+                line = _replayed(d, await _replay(r, topo, d))
+                done.append(line)
+            await _audit([(d, line)], "replay")
             return done, failed
         tid, _names = await _tenant_filter(tenant, topo)
+        replayed: list[tuple[DeadLetter, str]] = []
         async with redis() as r:
             for d in await _letters(r, topo, kind, tid):
                 try:
@@ -184,6 +201,8 @@ def dlq_replay(
                     failed.append(str(err))
                     continue
                 done.append(_replayed(d, new))
+                replayed.append((d, done[-1]))
+        await _audit(replayed, "replay")
         return done, failed
 
     done, failed = asyncio.run(go())
@@ -208,7 +227,14 @@ def dlq_drop(
         topo = topology(settings())
         kind, partition, entry_id = parse_id(entry, topo)
         async with redis() as r:
-            return kind, int(await drop(r, topo, kind, partition, entry_id))
+            d = DeadLetter(partition, entry_id, {}, kind)
+            found = await r.xrange(_stream(topo, kind, partition), min=entry_id, max=entry_id)
+            if found:
+                d = _entry(partition, found[0][0], found[0][1], kind)
+            dropped = int(await drop(r, topo, kind, partition, entry_id))
+        if dropped:
+            await _audit([(d, f"dropped {entry}")], "drop")
+        return kind, dropped
 
     kind, dropped = asyncio.run(go())
     if dropped == 0:

@@ -14,7 +14,7 @@ from provisio_lib import db
 from provisio_lib.settings import SettingsError
 from provisio_lib.topology import ensure_groups
 
-from . import apikeys, audit, dlq, scim_schema, sso, staff, webhooks
+from . import apikeys, audit, dlq, scim_schema, setup_links, sso, staff, webhooks
 from .context import CliError, database, redis, settings, topology
 from .tenants import tenant_app, token_app
 
@@ -48,6 +48,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(apikeys.app, name="api-key")
 app.add_typer(staff.app, name="staff")
 app.add_typer(webhooks.app, name="webhook")
+app.add_typer(setup_links.app, name="setup-link")
 
 SERVICES = {
     "scim": "scim_gateway",

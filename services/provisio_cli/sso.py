@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,14 @@ import typer
 from pydantic import Field
 
 from provisio_lib import sso
+from provisio_lib.admin import connections
 from provisio_lib.settings import CommonSettings
-from provisio_lib.sso_presets import PRESETS
-from provisio_lib.tokens import generate_token, hash_token
 
-from .context import CliError, database, load_cli_settings, print_rows, tenant_id
+from .context import CliError, actor, database, load_cli_settings, print_rows, tenant_id
 
-app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove.", no_args_is_help=True)
+app = typer.Typer(help="SAML SSO connections: add, update, show, list, remove, enable, disable.", no_args_is_help=True)
 
-SECRET_PREFIX = "pas_"  # Provisio app secret (code exchange at POST /saml/token)
+SECRET_PREFIX = connections.SECRET_PREFIX
 
 
 class SsoCliSettings(CommonSettings):
@@ -33,11 +31,6 @@ GROUPS_ABSENT_HELP = (
     "What a login without a groups claim means (IdPs omit it when the user has no groups): "
     "auto (no groups once this connection has sent one), none, or unchanged"
 )
-
-
-def _check_groups_absent(value: str | None) -> None:
-    if value is not None and value not in sso.GROUPS_ABSENT:
-        raise CliError(f"unknown --groups-absent-means {value!r}; choose one of: {', '.join(sso.GROUPS_ABSENT)}")
 
 
 def _settings() -> SsoCliSettings:
@@ -58,11 +51,6 @@ def _read_metadata(source: str) -> bytes:
     return path.read_bytes()
 
 
-def _new_secret() -> tuple[str, bytes]:
-    secret = SECRET_PREFIX + generate_token().removeprefix("prv_")
-    return secret, hash_token(secret)
-
-
 @app.command("add")
 def add(
     tenant: str = typer.Argument(..., help="Tenant name or id"),
@@ -78,66 +66,45 @@ def add(
 ) -> None:
     """Add an SSO connection from the IdP's metadata; prints its URLs and the app secret."""
     name = name.strip().lower()
-    _check_groups_absent(groups_absent)
-    if preset not in PRESETS:
-        raise CliError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    if jit not in sso.JIT_MODES:
-        raise CliError(f"unknown --jit {jit!r}; choose one of: {', '.join(sso.JIT_MODES)}")
-    if app_url is not None and not app_url.startswith(("https://", "http://")):
-        raise CliError(f"--app-url {app_url!r} must be an http(s) URL")
+    connections.check_options(preset=preset, jit=jit, app_url=app_url, groups_absent=groups_absent)
     try:
-        amap = sso.attribute_map(preset, sso.parse_map_options(map_))
-        required = sso.check_required(require, amap)
+        overrides = sso.parse_map_options(map_)
+        sso.check_required(require, sso.attribute_map(preset, overrides))
     except sso.MappingError as err:
         raise CliError(str(err)) from None
     raw = _read_metadata(metadata)
-    try:
-        info = sso.parse_idp_metadata(raw)
-    except sso.MetadataError as err:
-        raise CliError(f"invalid IdP metadata: {err}") from None
+    connections.parse_metadata(raw)
     s = _settings()
 
-    async def go() -> tuple[str, str]:
+    async def go() -> connections.Created:
         async with database(s) as conn:
             tid = await tenant_id(conn, tenant)
-            tname = await conn.fetchval("SELECT name FROM tenants WHERE id = $1", tid)
-            key_pem, cert_pem = sso.generate_sp_keypair(f"provisio {tname}/{name}")
-            secret, secret_hash = _new_secret()
-            try:
-                await conn.execute(
-                    """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata,
-                           jit_mode, app_url, allow_idp_initiated, attribute_map, required_attributes,
-                           sp_cert_pem, sp_key_pem, app_secret_hash, groups_absent)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-                    uuid.uuid4(),
-                    tid,
-                    name,
-                    preset,
-                    info.entity_id,
-                    raw.decode("utf-8", "replace"),
-                    jit,
-                    app_url,
-                    allow_idp_initiated,
-                    amap,
-                    required,
-                    cert_pem,
-                    key_pem,
-                    secret_hash,
-                    groups_absent,
-                )
-            except asyncpg.UniqueViolationError:
-                raise CliError(f"tenant {tenant!r} already has an SSO connection named {name!r}") from None
-            except asyncpg.CheckViolationError:
-                raise CliError(f"invalid connection name {name!r}: 1-63 lowercase letters, digits and dashes") from None
-            return tname, secret
+            return await connections.add(
+                conn,
+                tid,
+                name,
+                metadata=raw,
+                preset=preset,
+                actor=actor(),
+                jit=jit,
+                app_url=app_url,
+                allow_idp_initiated=allow_idp_initiated,
+                overrides=overrides,
+                required=require,
+                groups_absent=groups_absent,
+                enabled=True,  # an operator's connection works at once (a setup link's waits for a test)
+                tenant_label=tenant,
+            )
 
-    tname, secret = asyncio.run(go())
-    urls = sso.sp_urls(s.saml_public_url, tname, name)
-    typer.echo(f"created SSO connection {name} for tenant {tname} (IdP {info.entity_id}, JIT {jit})")
+    created = asyncio.run(go())
+    urls = sso.sp_urls(s.saml_public_url, created.tenant_name, name)
+    typer.echo(
+        f"created SSO connection {name} for tenant {created.tenant_name} (IdP {created.info.entity_id}, JIT {jit})"
+    )
     for line in _url_lines(urls):
         typer.echo(line)
     typer.echo("app secret for POST /saml/token (store it now, it is not shown again):")
-    typer.echo(secret)
+    typer.echo(created.secret)
 
 
 def _url_lines(urls: sso.SpUrls) -> list[str]:
@@ -151,15 +118,7 @@ def _url_lines(urls: sso.SpUrls) -> list[str]:
 
 async def _connection(conn: asyncpg.Connection, tenant: str, name: str) -> dict[str, Any]:
     tid = await tenant_id(conn, tenant)
-    row = await conn.fetchrow(
-        """SELECT c.*, t.name AS tenant_name FROM sso_connections c JOIN tenants t ON t.id = c.tenant_id
-           WHERE c.tenant_id = $1 AND c.name = $2""",
-        tid,
-        name.strip().lower(),
-    )
-    if row is None:
-        raise CliError(f"tenant {tenant!r} has no SSO connection named {name!r} (see `provisio sso list {tenant}`)")
-    return dict(row)
+    return await connections.get(conn, tid, name, tenant_label=tenant)
 
 
 @app.command("update")
@@ -176,50 +135,31 @@ def update(
 ) -> None:
     """Change a connection in place: the SP key, URLs and app secret stay, so the IdP and
     the app need no change (e.g. new IdP metadata when its signing certificate rolls over)."""
-    _check_groups_absent(groups_absent)
-    if jit is not None and jit not in sso.JIT_MODES:
-        raise CliError(f"unknown --jit {jit!r}; choose one of: {', '.join(sso.JIT_MODES)}")
-    if app_url is not None and not app_url.startswith(("https://", "http://")):
-        raise CliError(f"--app-url {app_url!r} must be an http(s) URL")
+    connections.check_options(jit=jit, app_url=app_url, groups_absent=groups_absent)
     raw = _read_metadata(metadata) if metadata else None
-    info = None
     if raw is not None:
-        try:
-            info = sso.parse_idp_metadata(raw)
-        except sso.MetadataError as err:
-            raise CliError(f"invalid IdP metadata: {err}") from None
+        connections.parse_metadata(raw)
+    try:
+        overrides = sso.parse_map_options(map_)
+    except sso.MappingError as err:
+        raise CliError(str(err)) from None
 
     async def go() -> None:
         async with database() as conn:
-            row = await _connection(conn, tenant, name)
-            amap = {k: list(v) for k, v in row["attribute_map"].items()}
-            try:
-                for field, claim in sso.parse_map_options(map_).items():
-                    amap[field] = sso.attribute_map(row["preset"], {field: claim})[field]
-                required = (
-                    sso.check_required(require, amap) if require is not None else list(row["required_attributes"])
-                )
-            except sso.MappingError as err:
-                raise CliError(str(err)) from None
-            if info is not None and info.entity_id != row["idp_entity_id"]:
-                raise CliError(
-                    f"the new metadata is for IdP {info.entity_id!r}, not this connection's "
-                    f"{row['idp_entity_id']!r}; add a new connection instead"
-                )
-            await conn.execute(
-                """UPDATE sso_connections SET idp_metadata = coalesce($2, idp_metadata),
-                       jit_mode = coalesce($3, jit_mode), app_url = coalesce($4, app_url),
-                       allow_idp_initiated = coalesce($5, allow_idp_initiated), attribute_map = $6,
-                       required_attributes = $7, groups_absent = coalesce($8, groups_absent), updated_at = now()
-                   WHERE id = $1""",
-                row["id"],
-                raw.decode("utf-8", "replace") if raw is not None else None,
-                jit,
-                app_url,
-                allow_idp_initiated,
-                amap,
-                required,
-                groups_absent,
+            tid = await tenant_id(conn, tenant)
+            await connections.update(
+                conn,
+                tid,
+                name,
+                actor=actor(),
+                metadata=raw,
+                jit=jit,
+                app_url=app_url,
+                allow_idp_initiated=allow_idp_initiated,
+                overrides=overrides,
+                required=require,
+                groups_absent=groups_absent,
+                tenant_label=tenant,
             )
 
     asyncio.run(go())
@@ -254,13 +194,23 @@ def show(tenant: str, name: str, as_json: bool = typer.Option(False, "--json", h
         "app_secret": "set" if row["app_secret_hash"] else "none (run `provisio sso secret`)",
         "verified_domains": list(row["verified_domains"]),
         "groups_absent_means": row["groups_absent"],
+        "enabled": row["enabled"],
     }
     if as_json:
         typer.echo(json.dumps(info))
         return
     for line in _url_lines(urls):
         typer.echo(line)
-    for key in ("idp_entity_id", "preset", "jit", "app_url", "allow_idp_initiated", "required", "app_secret"):
+    for key in (
+        "idp_entity_id",
+        "preset",
+        "jit",
+        "app_url",
+        "allow_idp_initiated",
+        "required",
+        "app_secret",
+        "enabled",
+    ):
         typer.echo(f"{key + ':':<18}{info[key]}")
     typer.echo(f"{'verified domains:':<18}{', '.join(info['verified_domains']) or '(none)'}")
     typer.echo(f"{'groups absent:':<18}{info['groups_absent_means']}")
@@ -276,16 +226,11 @@ def list_(tenant: str, as_json: bool = typer.Option(False, "--json", help="JSON 
     async def go() -> list[dict[str, Any]]:
         async with database() as conn:
             tid = await tenant_id(conn, tenant)
-            rows = await conn.fetch(
-                """SELECT name, preset, jit_mode AS jit, idp_entity_id, app_url, allow_idp_initiated, created_at
-                   FROM sso_connections WHERE tenant_id = $1 ORDER BY name""",
-                tid,
-            )
-            return [dict(r) for r in rows]
+            return await connections.list_connections(conn, tid)
 
     print_rows(
         asyncio.run(go()),
-        ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated", "created_at"],
+        ["name", "preset", "jit", "idp_entity_id", "app_url", "allow_idp_initiated", "enabled", "created_at"],
         as_json=as_json,
         title=f"SSO connections of {tenant}",
     )
@@ -297,8 +242,8 @@ def remove(tenant: str, name: str) -> None:
 
     async def go() -> None:
         async with database() as conn:
-            row = await _connection(conn, tenant, name)
-            await conn.execute("DELETE FROM sso_connections WHERE id = $1", row["id"])
+            tid = await tenant_id(conn, tenant)
+            await connections.remove(conn, tid, name, actor=actor(), tenant_label=tenant)
 
     asyncio.run(go())
     typer.echo(f"removed SSO connection {name.strip().lower()} of tenant {tenant}")
@@ -310,12 +255,8 @@ def secret(tenant: str, name: str) -> None:
 
     async def go() -> str:
         async with database() as conn:
-            row = await _connection(conn, tenant, name)
-            value, digest = _new_secret()
-            await conn.execute(
-                "UPDATE sso_connections SET app_secret_hash = $2, updated_at = now() WHERE id = $1", row["id"], digest
-            )
-            return value
+            tid = await tenant_id(conn, tenant)
+            return await connections.rotate_secret(conn, tid, name, actor=actor(), tenant_label=tenant)
 
     value = asyncio.run(go())
     typer.echo(f"new app secret for {name.strip().lower()} (store it now, it is not shown again):")
@@ -332,33 +273,13 @@ def domains(
     """Email domains verified for a connection: on a first sign-in it may take over an
     existing user whose email is in one of them (e.g. a user SCIM created). Without
     --add/--remove, list them."""
-    try:
-        added = [sso.normalize_domain(d) for d in add_]
-        removed = [sso.normalize_domain(d) for d in remove_]
-    except sso.MappingError as err:
-        raise CliError(str(err)) from None
 
     async def go() -> tuple[list[str], list[tuple[str, str]]]:
-        async with database() as conn, conn.transaction():
-            row = await _connection(conn, tenant, name)
-            current = [d for d in row["verified_domains"] if d not in removed]
-            current += [d for d in dict.fromkeys(added) if d not in current]
-            # A domain verified for two connections of a tenant makes both authoritative
-            # for the same users: allowed (one IdP migrating to another), but said.
-            others = await conn.fetch(
-                """SELECT name, d FROM sso_connections, unnest(verified_domains) AS d
-                   WHERE tenant_id = $1 AND id <> $2 AND d = ANY($3::text[])""",
-                row["tenant_id"],
-                row["id"],
-                added,
+        async with database() as conn:
+            tid = await tenant_id(conn, tenant)
+            return await connections.set_domains(
+                conn, tid, name, actor=actor(), add=add_, remove=remove_, tenant_label=tenant
             )
-            if added or removed:
-                await conn.execute(
-                    "UPDATE sso_connections SET verified_domains = $2, updated_at = now() WHERE id = $1",
-                    row["id"],
-                    current,
-                )
-            return current, [(r["name"], r["d"]) for r in others]
 
     current, others = asyncio.run(go())
     for other, domain in others:
@@ -429,3 +350,39 @@ def unlink(tenant: str, name: str, name_id: str) -> None:
     if not asyncio.run(go()):
         raise CliError(f"NameID {name_id!r} is not linked on {name.strip().lower()}")
     typer.echo(f"unlinked NameID {name_id!r} of {name.strip().lower()}")
+
+
+@app.command("enable")
+def enable(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+    force: bool = typer.Option(
+        False, "--force", help="Enable without a passed test login of the current settings (audited)"
+    ),
+) -> None:
+    """Switch a connection on: only after a passed test login of its current settings
+    (the console's setup page), unless --force."""
+    from provisio_lib.admin import sso_test
+
+    async def go() -> None:
+        async with database() as conn:
+            await sso_test.enable(conn, await tenant_id(conn, tenant), name, actor=actor(), force=force)
+
+    asyncio.run(go())
+    typer.echo(f"enabled SSO connection {name.strip().lower()} of tenant {tenant}")
+
+
+@app.command("disable")
+def disable(
+    tenant: str = typer.Argument(..., help="Tenant name or id"),
+    name: str = typer.Argument(..., help="Connection name"),
+) -> None:
+    """Switch a connection off: its real logins are refused at once; test logins still run."""
+    from provisio_lib.admin import sso_test
+
+    async def go() -> None:
+        async with database() as conn:
+            await sso_test.disable(conn, await tenant_id(conn, tenant), name, actor=actor())
+
+    asyncio.run(go())
+    typer.echo(f"disabled SSO connection {name.strip().lower()} of tenant {tenant}")

@@ -39,7 +39,7 @@ from provisio_lib.observability import (
 from provisio_lib.outcomes import outcome_fields
 from provisio_lib.topology import MAX_OUTCOMES_PER_ENTRY, Topology
 
-from . import store
+from . import preview, store
 from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users, side_outcomes
 from .domain import PermanentError
 from .events import EventSpec, events_of
@@ -100,7 +100,15 @@ class Provisioner:
             except (ValidationError, ValueError) as err:
                 # Not a command this code can read: no outcome is possible, keep it for an operator.
                 verdicts.dead[d.entry_id] = f"undecodable command: {str(err)[:500]}"
+        # Test logins' dry runs (preview.py): never inside a real batch's transaction.
+        items, dry = preview.split(items)
+        try:
+            previews = await preview.run_all(self.pool, self._policies, dry, TRANSIENT_DB_ERRORS)
+        except TRANSIENT_DB_ERRORS as err:
+            raise TransientError(f"postgres: {type(err).__name__}: {err}") from err
         if not items:
+            if previews:
+                verdicts.publish = lambda pipe: preview.add_replies(pipe, self.topology, previews)
             return verdicts
         started = time.perf_counter()
         try:
@@ -109,7 +117,15 @@ class Provisioner:
             raise TransientError(f"postgres: {type(err).__name__}: {err}") from err
         # Sent with the XACK in one pipeline (ReliableConsumer); if Redis fails there, the
         # batch is handled again and answered from the inbox: committed, then announced.
-        verdicts.publish = lambda pipe: self._add_outcomes(pipe, results)
+        if previews:
+
+            def publish(pipe: Any) -> None:
+                self._add_outcomes(pipe, results)
+                preview.add_replies(pipe, self.topology, previews)
+
+            verdicts.publish = publish
+        else:
+            verdicts.publish = lambda pipe: self._add_outcomes(pipe, results)
         per_command_s = (time.perf_counter() - started) / max(len(items), 1)
         # Counted once announced: a batch handled again because announcing failed counts once.
         # (The closure must not hold `verdicts`, which holds it: a reference cycle per batch

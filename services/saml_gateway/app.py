@@ -7,6 +7,7 @@ Routes (``{tenant}`` is the tenant's name, ``{connection}`` the connection's):
   IdPs that take the encryption certificate as a file;
 - ``GET  /saml/{tenant}/{connection}/login`` — the JIT login URL: an SP-initiated
   AuthnRequest (HTTP-Redirect), ``RelayState`` kept; the request id waits in Redis;
+  with ``?test=<id>`` a test login (issue 14, see ``_test_login``);
 - ``POST /saml/{tenant}/{connection}/acs`` — the ACS (HTTP-POST binding);
 - ``POST /saml/token`` — the app exchanges the one-time ``code`` for the profile,
   authenticated with the connection's app secret (``Authorization: Bearer …``).
@@ -15,6 +16,12 @@ A login that passes every check becomes a ``JitLogin`` command; the handler wait
 the provisioner's outcome and then sends the browser (303) to the connection's app URL
 with a one-time code. A refused login gets an error page and a failed ``Outcome`` on
 the tenant's audit stream.
+
+A test login (started by ``provisio_lib.admin.sso_test.start_test``) is verified by the
+same code, then the provisioner does a dry run of the JIT login; the result goes to
+``sso_test_logins`` and the browser back to the console. It provisions nothing, issues
+no code and writes nothing to the audit stream. A disabled connection refuses real
+logins and still runs test logins.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -41,6 +49,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from provisio_lib import db
+from provisio_lib.admin.audit import record_staff_action
+from provisio_lib.admin.sso_test import Check, preview_from_outcome
 from provisio_lib.code_exchange import ExchangeError, code_key, exchange_code
 from provisio_lib.contract import Command, ErrorInfo, JitLogin, Outcome, Source, encode
 from provisio_lib.logging import get_logger
@@ -63,6 +73,7 @@ from .mapping import ClaimTooLong, MissingClaim, check_claims, map_claims
 from .pages import error_page, post_form
 from .saml import Connection, Refused, SamlEngine, VerifiedLogin, init_worker, verify_in_worker
 from .settings import SamlSettings
+from .testmode import RELAY_PREFIX, as_json, bounded_attributes, checks, encryption_algorithms, inspect_unverified
 
 log = get_logger(__name__)
 
@@ -80,6 +91,13 @@ MAX_RELAY_STATE = 80  # saml-bindings §3.4.3 / §3.5.3: RelayState MUST NOT exc
 
 
 _MAX_CONNECTIONS = 10_000  # cached (tenant, connection) lookups per process
+
+# A test login may be started this long after the console created it.
+TEST_START_TTL_S = 3600
+DISABLED_MESSAGE = (
+    "This sign-in method is not enabled yet. Its administrator must finish the test login "
+    "on the setup page and enable it."
+)
 
 
 class ConnectionRegistry:
@@ -126,6 +144,11 @@ REGISTRY = web.AppKey("registry", ConnectionRegistry)
 
 def _request_key(topo: Topology, request_id: str) -> str:
     return topo.key("saml", "req", request_id)
+
+
+def _test_key(topo: Topology, test_id: uuid.UUID) -> str:
+    """The AuthnRequest id of a test login's round trip (one at a time per test)."""
+    return topo.key("saml", "test", str(test_id))
 
 
 def _seen_key(topo: Topology, conn_id: uuid.UUID, assertion_id: str) -> str:
@@ -183,16 +206,33 @@ async def certificate(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.StreamResponse:
     conn = await _connection(request)
+    if "test" in request.query:
+        return await _test_login(request, conn, request.query["test"])
+    if not conn.enabled:
+        return error_page(403, DISABLED_MESSAGE, title="Sign-in not enabled yet")
     relay_state = request.query.get("RelayState", "")
     if len(relay_state.encode()) > MAX_RELAY_STATE:
         return error_page(400, f"RelayState is longer than {MAX_RELAY_STATE} bytes (SAML bindings §3.4.3).")
+    if relay_state.startswith(RELAY_PREFIX):
+        return error_page(400, f"A RelayState may not start with {RELAY_PREFIX!r} (it marks test logins).")
+    return await _authn_request(request, conn, relay_state, str(conn.id))
+
+
+async def _authn_request(
+    request: web.Request, conn: Connection, relay_state: str, owner: str, test_id: uuid.UUID | None = None
+) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     req_id, binding, info = await _run(request, request.app[ENGINE].authn_request, conn, relay_state)
     # Kept in Redis (not in process memory) so any replica can take the response, and
-    # deleted on first use: an InResponseTo is good for one response only.
-    await request.app[REDIS].set(
-        _request_key(request.app[TOPOLOGY], req_id), str(conn.id), ex=settings.saml_request_ttl_s
-    )
+    # deleted on first use: an InResponseTo is good for one response only. ``owner`` is
+    # the connection's id, and for a test login also the test's: a test request can never
+    # be answered as a real login, nor a real one as a test.
+    topo = request.app[TOPOLOGY]
+    async with request.app[REDIS].pipeline(transaction=False) as pipe:
+        pipe.set(_request_key(topo, req_id), owner, ex=settings.saml_request_ttl_s)
+        if test_id is not None:
+            pipe.set(_test_key(topo, test_id), req_id, ex=settings.saml_request_ttl_s)
+        await pipe.execute()
     if binding.endswith("HTTP-Redirect"):
         location = dict(info["headers"])["Location"]
         raise web.HTTPFound(location, headers={"Cache-Control": "no-store"})
@@ -223,6 +263,11 @@ async def acs(request: web.Request) -> web.StreamResponse:
         )
     if len(relay_state.encode()) > MAX_RELAY_STATE:
         relay_state = ""
+    if relay_state.startswith(RELAY_PREFIX):
+        return await _test_acs(request, conn, saml_response, relay_state, correlation, started)
+    if not conn.enabled:
+        refused = Refused("disabled", DISABLED_MESSAGE, 403)
+        return await _refuse(request, conn, refused, correlation, started)
     try:
         verified: VerifiedLogin = await app[VERIFIER](conn, saml_response)
         try:
@@ -249,39 +294,12 @@ async def acs(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
 
     try:
-        command = Command(
-            type="jit.login",
-            tenant_id=conn.tenant_id,
-            source=Source(kind="saml", id=str(conn.id), label=conn.name),
-            correlation_id=correlation,
-            occurred_at=started,
-            payload=JitLogin(
-                connection_id=conn.id,
-                connection_name=conn.name,
-                mode=conn.jit_mode,  # type: ignore[arg-type]
-                name_id=verified.name_id,
-                user_name=mapped.user_name,
-                email=mapped.email,
-                given_name=mapped.given_name,
-                family_name=mapped.family_name,
-                display_name=mapped.display_name,
-                custom=mapped.custom,
-                groups=mapped.groups,
-                groups_overage=mapped.groups_overage,
-                session_index=verified.session_index,
-            ),
-        )
+        command = _jit_command(conn, verified, mapped, correlation, started)
     except ValidationError as err:
         # e.g. a NameID longer than the contract allows: the IdP's data, not our bug.
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "payload"
-        refused = Refused(
-            "invalid_value",
-            f"The identity provider sent an unusable value for {field}: {first['msg']}.",
-            400,
-            user_name=verified.name_id[:512],
-            field=field,
-        )
+        refused = Refused("invalid_value", _unusable(err), 400, user_name=verified.name_id[:512], field=field)
         return await _refuse(request, conn, refused, correlation, started, code="invalid_value")
     t0 = time.perf_counter()
     try:
@@ -350,8 +368,193 @@ async def acs(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(_with_query(conn.app_url, params), headers={"Cache-Control": "no-store"})
 
 
-async def _check_state(app: web.Application, conn: Connection, verified: VerifiedLogin) -> None:
-    """The checks that need shared state: assertion replay and InResponseTo (Redis)."""
+# --------------------------------------------------------------------------- test logins
+
+
+def _test_owner(conn: Connection, test_id: uuid.UUID) -> str:
+    return f"{conn.id}:test:{test_id}"
+
+
+def _test_page(status: int, message: str) -> web.Response:
+    return error_page(status, message, title="Test sign-in")
+
+
+async def _test_login(request: web.Request, conn: Connection, raw_id: str) -> web.StreamResponse:
+    """Start the IdP round trip of a test login the console created (``sso_test_logins``,
+    pending, for this connection). Works for a disabled connection: that is its use."""
+    try:
+        test_id = uuid.UUID(raw_id)
+    except ValueError:
+        return _test_page(400, "This test sign-in link is malformed. Start a new test from the setup page.")
+    row = await request.app[POOL].fetchrow(
+        "SELECT connection_id, status, created_at FROM sso_test_logins WHERE id = $1", test_id
+    )
+    if row is None or row["connection_id"] != conn.id:
+        return _test_page(404, "There is no such test sign-in. Start a new test from the setup page.")
+    if row["status"] != "pending":
+        return _test_page(409, "This test sign-in is finished. Start a new test from the setup page.")
+    if (datetime.now(UTC) - row["created_at"]).total_seconds() > TEST_START_TTL_S:
+        return _test_page(410, "This test sign-in has expired. Start a new test from the setup page.")
+    return await _authn_request(request, conn, f"{RELAY_PREFIX}{test_id}", _test_owner(conn, test_id), test_id)
+
+
+async def _test_acs(
+    request: web.Request, conn: Connection, saml_response: str, relay_state: str, correlation: str, started: datetime
+) -> web.StreamResponse:
+    """The ACS of a test login: the same verification as a real login, then the
+    provisioner's dry run; the result is stored and the browser goes back to the console.
+    Nothing else is written: no user, link, code, event or audit-stream outcome."""
+    app = request.app
+    settings = app[SETTINGS]
+    try:
+        test_id = uuid.UUID(relay_state.removeprefix(RELAY_PREFIX))
+    except ValueError:
+        return _test_page(400, "This test sign-in carries a malformed test id. Start a new test from the setup page.")
+    # One response per test round trip: the key is taken by the first that arrives.
+    if await app[REDIS].getdel(_test_key(app[TOPOLOGY], test_id)) is None:
+        return _test_page(
+            410, "This test sign-in has expired or was already completed. Start a new test from the setup page."
+        )
+    row = await app[POOL].fetchrow(
+        "SELECT connection_id, status, return_to, created_by FROM sso_test_logins WHERE id = $1", test_id
+    )
+    if row is None or row["connection_id"] != conn.id or row["status"] != "pending":
+        return _test_page(409, "This test sign-in is finished. Start a new test from the setup page.")
+
+    received = inspect_unverified(saml_response, settings.saml_max_response_bytes)
+    failure: Refused | None = None
+    preview = None
+    error: str | None = None
+    try:
+        verified: VerifiedLogin = await app[VERIFIER](conn, saml_response)
+        await _check_state(app, conn, verified, _test_owner(conn, test_id))
+        # What was received, now verified (the assertion decrypted, if it was encrypted).
+        received = replace(
+            received,
+            issuer=verified.issuer,
+            name_id=verified.name_id,
+            name_id_format=verified.name_id_format,
+            attributes=bounded_attributes(verified.attributes),
+            signature_algorithms=list(verified.signature_algorithms) or received.signature_algorithms,
+            encryption_algorithms=encryption_algorithms(saml_response, settings.saml_max_response_bytes),
+        )
+        mapped = map_claims(
+            conn.attribute_map, conn.required_attributes, verified.name_id, verified.name_id_format, verified.attributes
+        )
+        received = replace(received, groups=list(mapped.groups or ()))
+        check_claims(mapped, verified.name_id)
+        command = _jit_command(conn, verified, mapped, correlation, started, dry_run=True)
+    except Refused as refusal:
+        failure = refusal
+    except (MissingClaim, ClaimTooLong) as bad:
+        failure = Refused("missing_claim" if isinstance(bad, MissingClaim) else "claim_too_long", str(bad), 400)
+    except ValidationError as err:
+        failure = Refused("invalid_value", _unusable(err), 400)
+    found = checks(failure.reason, failure.message) if failure else checks()
+    if failure is None:
+        try:
+            outcome = await app[WAITER].submit(command, settings.saml_outcome_timeout_s)
+        except (OutcomeTimeout, BrokerUnavailable):
+            error = "The provisioner did not answer in time, so what a real sign-in would do is unknown; try again."
+            found.append(Check("preview", False, error))
+        else:
+            preview = preview_from_outcome(outcome)
+            found.append(Check("preview", True))
+    else:
+        error = failure.message
+        if not received.groups and received.attributes:
+            received = replace(received, groups=_groups_of(conn, received))
+    status = "failed" if error else "passed"
+    async with app[POOL].acquire() as db_conn, db_conn.transaction():
+        done = await db_conn.execute(
+            """UPDATE sso_test_logins SET status = $2, received = $3::jsonb, checks = $4::jsonb, preview = $5::jsonb,
+                   error = $6, completed_at = clock_timestamp(), tested_changed_at = $7
+               WHERE id = $1 AND status = 'pending'""",
+            test_id,
+            status,
+            as_json(received),
+            as_json(found),
+            as_json(preview),
+            error,
+            conn.changed_at,
+        )
+        if done.endswith(" 1"):
+            await record_staff_action(
+                db_conn,
+                staff_id=row["created_by"],
+                staff_email=row["created_by"],
+                action="sso.test_login",
+                tenant_id=conn.tenant_id,
+                result="noop",  # a test changes nothing, and a failed one is no provisioning failure
+                resource_type="SsoConnection",
+                notes=[f"connection {conn.name}", f"test {test_id}", f"test {status}"],
+                correlation_id=correlation,
+                error_message=error,
+            )
+    log.info(
+        "saml_test_login", tenant=conn.tenant_name, connection=conn.name, status=status, correlation_id=correlation
+    )
+    raise web.HTTPSeeOther(_with_query(row["return_to"], {"test": str(test_id)}), headers={"Cache-Control": "no-store"})
+
+
+def _jit_command(
+    conn: Connection,
+    verified: VerifiedLogin,
+    mapped: Any,
+    correlation: str,
+    started: datetime,
+    *,
+    dry_run: bool = False,
+) -> Command:
+    """The ``jit.login`` command of a verified login (ValidationError: unusable values)."""
+    return Command(
+        type="jit.login",
+        tenant_id=conn.tenant_id,
+        source=Source(kind="saml", id=str(conn.id), label=conn.name),
+        correlation_id=correlation,
+        occurred_at=started,
+        payload=JitLogin(
+            connection_id=conn.id,
+            connection_name=conn.name,
+            mode=conn.jit_mode,  # type: ignore[arg-type]
+            name_id=verified.name_id,
+            user_name=mapped.user_name,
+            email=mapped.email,
+            given_name=mapped.given_name,
+            family_name=mapped.family_name,
+            display_name=mapped.display_name,
+            custom=mapped.custom,
+            groups=mapped.groups,
+            groups_overage=mapped.groups_overage,
+            session_index=verified.session_index,
+            dry_run=dry_run,
+        ),
+    )
+
+
+def _groups_of(conn: Connection, received: Any) -> list[str]:
+    """The groups a refused test's (unverified) attributes name, read by the same mapping."""
+    try:
+        mapped = map_claims(
+            conn.attribute_map, (), received.name_id or "-", received.name_id_format, received.attributes
+        )
+    except (MissingClaim, ClaimTooLong, ValueError):
+        return []
+    return list(mapped.groups or ())
+
+
+def _unusable(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"The identity provider sent an unusable value for {field}: {first['msg']}."
+
+
+async def _check_state(
+    app: web.Application, conn: Connection, verified: VerifiedLogin, test_owner: str | None = None
+) -> None:
+    """The checks that need shared state: assertion replay and InResponseTo (Redis).
+    ``test_owner``: what the request's key must hold for a test login (which must answer
+    a request); a real login's holds the connection's id."""
     redis, topo = app[REDIS], app[TOPOLOGY]
     ttl = max(1, int((verified.expires_at - datetime.now(UTC)).total_seconds()) + 1)
     # SET NX: the first response with this assertion id wins, any later one (exact or
@@ -364,13 +567,20 @@ async def _check_state(app: web.Application, conn: Connection, verified: Verifie
     if verified.in_response_to:
         owner = await redis.getdel(_request_key(topo, verified.in_response_to))
         owner = owner.decode() if isinstance(owner, bytes) else owner
-        if owner != str(conn.id):
+        if owner != (test_owner or str(conn.id)):
             raise Refused(
                 "in_response_to",
                 "This response answers a sign-in request this service did not make, "
                 "made for another connection, or already answered.",
                 user_name=verified.name_id,
             )
+    elif test_owner is not None:
+        raise Refused(
+            "idp_initiated",
+            "A test sign-in must start at the setup page: this response answers no request "
+            "(it was started at the identity provider).",
+            user_name=verified.name_id,
+        )
     elif not conn.allow_idp_initiated:
         raise Refused(
             "idp_initiated",

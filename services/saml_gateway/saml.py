@@ -93,6 +93,10 @@ class Connection:
     sp_key_pem: str
     app_secret_hash: bytes | None
     updated_at: datetime
+    # Migration 0014: a disabled connection refuses real logins (test logins still run);
+    # changed_at is when the settings a test login exercises last changed.
+    enabled: bool = True
+    changed_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Connection:
@@ -113,6 +117,8 @@ class Connection:
             sp_key_pem=row["sp_key_pem"] or "",
             app_secret_hash=row["app_secret_hash"],
             updated_at=row["updated_at"],
+            enabled=row.get("enabled", True),
+            changed_at=row.get("changed_at"),
         )
 
 
@@ -128,6 +134,9 @@ class VerifiedLogin:
     assertion_id: str
     expires_at: datetime  # the latest NotOnOrAfter: keep the assertion id until then
     attributes: dict[str, list[str]] = field(default_factory=dict)
+    # The algorithms of the signatures verified (SignatureMethod, DigestMethod), for the
+    # test login's report.
+    signature_algorithms: tuple[str, ...] = ()
 
 
 class SamlEngine:
@@ -376,11 +385,13 @@ class SamlEngine:
         # The signatures pysaml2 verified (the response's, and the assertion's, decrypted
         # or not) use allowed algorithms: the pre-check saw the same ones, this makes it
         # hold whatever path pysaml2 took.
+        algorithms: list[str] = []
         for signature in (response.signature, assertion.signature):
             if signature is not None:
                 problem = _signature_problem(signature)
                 if problem:
                     raise Refused("weak_signature", problem)
+                algorithms.extend(a for a in _signature_algorithms(signature) if a not in algorithms)
         # saml-core §3.2.2: Issuer of the response is optional, but when present it is
         # the IdP's; the assertion's Issuer is required (§2.3.3) and must be the IdP that
         # signed it for this connection.
@@ -483,6 +494,7 @@ class SamlEngine:
             assertion_id=str(assertion.id),
             expires_at=max(expiries) + skew,
             attributes=attributes,
+            signature_algorithms=tuple(algorithms),
         )
 
 
@@ -591,6 +603,13 @@ def _signature_problem(signature: Any) -> str | None:
     method = info.signature_method.algorithm if info.signature_method is not None else None
     digests = [ref.digest_method.algorithm if ref.digest_method is not None else None for ref in info.reference or []]
     return signature_algorithm_problem(method, digests)
+
+
+def _signature_algorithms(signature: Any) -> list[str]:
+    info = signature.signed_info
+    method = info.signature_method.algorithm if info is not None and info.signature_method is not None else None
+    digests = [r.digest_method.algorithm for r in (info.reference or []) if r.digest_method is not None] if info else []
+    return [a for a in (method, *digests) if a]
 
 
 def _shown(values: list[Any]) -> str:

@@ -221,3 +221,42 @@ async def drop(r: Any, topo: Topology, kind: str, partition: int, entry_id: str)
 
 # Public names for the console (the CLI keeps its historical private ones).
 read_all, read_one, letters, replay, replayed, row = _read_all, _read_one, _letters, _replay, _replayed, _row
+
+
+async def record_action(
+    conn: Any,
+    d: DeadLetter,
+    action: str,
+    *,
+    staff_id: str,
+    staff_email: str,
+    notes: list[str],
+    correlation_id: str = "",
+) -> None:
+    """The audit row of a replay or drop (console or CLI): who, which dead letter."""
+    from uuid import UUID
+
+    from .audit import record_staff_action
+
+    tenants = d.tenants()
+    try:
+        tid = UUID(tenants[0]) if tenants else None
+    except ValueError:
+        tid = None
+    r = _row(d, {})
+    await record_staff_action(
+        conn,
+        staff_id=staff_id,
+        staff_email=staff_email,
+        action=f"dlq.{action}",
+        tenant_id=tid,
+        notes=notes,
+        correlation_id=correlation_id,
+        resource_type="DeadLetter",
+        changes={
+            "dead_letter": {
+                "before": {"id": d.id, "type": r.get("type"), "event_id": r.get("event_id")},
+                "after": None if action == "drop" else "replayed",
+            }
+        },
+    )

@@ -189,7 +189,7 @@ async def set_totp(conn: asyncpg.Connection, email: str, enable: bool) -> tuple[
 
     s = await get(conn, email)
     secret = pyotp.random_base32() if enable else None
-    await conn.execute("UPDATE staff SET totp_secret = $2 WHERE id = $1", s.id, secret)
+    await conn.execute("UPDATE staff SET totp_secret = $2, totp_last_step = NULL WHERE id = $1", s.id, secret)
     uri = pyotp.TOTP(secret).provisioning_uri(name=s.email, issuer_name="Provisio console") if secret else None
     return s, uri
 
@@ -197,10 +197,27 @@ async def set_totp(conn: asyncpg.Connection, email: str, enable: bool) -> tuple[
 def totp_ok(secret: str, code: str) -> bool:
     """A 6-digit code of this 30-second step or the one before or after (clock drift,
     RFC 6238 §5.2)."""
+    return totp_step(secret, code) is not None
+
+
+def totp_step(secret: str, code: str, *, after: int | None = None, now: datetime | None = None) -> int | None:
+    """The time step (RFC 6238 §4: unix time // 30) whose code this is — this step or
+    the one before or after (clock drift, §5.2) — and later than ``after`` (the last
+    step accepted: §5.2 says a verifier must not accept a code a second time). None if
+    no such step."""
+    import hmac
+
     import pyotp
 
     code = "".join(code.split())
-    return code.isdigit() and len(code) == 6 and pyotp.TOTP(secret).verify(code, valid_window=1)
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now or datetime.now().astimezone())
+    for step in (current - 1, current, current + 1):
+        if (after is None or step > after) and hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
 
 
 async def verify_login(conn: asyncpg.Connection, email: str, password: str, code: str = "") -> Staff | None:
@@ -215,8 +232,16 @@ async def verify_login(conn: asyncpg.Connection, email: str, password: str, code
         ok = False
     if not ok or row is None:
         return None
-    if row["totp_secret"] is not None and not totp_ok(row["totp_secret"], code):
-        return None
+    if row["totp_secret"] is not None:
+        step = totp_step(row["totp_secret"], code, after=row["totp_last_step"])
+        # Spend the step atomically: of two logins racing with one code, one wins.
+        if step is None or not await conn.fetchval(
+            """UPDATE staff SET totp_last_step = $2 WHERE id = $1
+               AND (totp_last_step IS NULL OR totp_last_step < $2) RETURNING true""",
+            row["id"],
+            step,
+        ):
+            return None
     if stored is not None and _hasher.check_needs_rehash(stored):
         await conn.execute("UPDATE staff SET password_hash = $2 WHERE id = $1", row["id"], _hasher.hash(password))
     return _staff(row)

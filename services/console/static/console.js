@@ -1,6 +1,7 @@
 // Progressive enhancements only: every page works without this file.
 // - copy buttons (data-copy) for correlation ids;
-// - the live tail: server-sent events from /audit/tail/events into the table.
+// - the live tail: server-sent events from /audit/tail/events into the table;
+// - a link marked data-follow (the setup page's test sign-in) is followed at once.
 "use strict";
 document.documentElement.classList.add("js");
 
@@ -16,6 +17,9 @@ document.addEventListener("DOMContentLoaded", function () {
       });
     });
   }
+
+  var follow = document.querySelector("a[data-follow]");
+  if (follow) { window.location.assign(follow.href); }
 
   var table = document.getElementById("tail");
   if (table && window.EventSource) {
