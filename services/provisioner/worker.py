@@ -121,7 +121,7 @@ class Provisioner:
         per_command_s = (time.perf_counter() - started) / max(len(items), 1)
         # Counted once announced: a batch handled again because announcing failed counts once.
         # (The closure must not hold `verdicts`, which holds it: a reference cycle per batch
-        # is garbage only the cyclic GC frees — measured: +20 % CPU, p99 doubled.)
+        # is garbage only the cyclic GC frees: CPU and tail latency, see BENCHMARKS.md.)
         retry = verdicts.retry
         verdicts.announced = lambda: self._observe(results, retry, items, per_command_s)
         return verdicts
