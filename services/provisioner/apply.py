@@ -1,8 +1,10 @@
-"""Apply commands to Postgres exactly once: the inbox row and the change share a transaction.
+"""Apply commands to Postgres: load the state a command needs, ask the pure core
+(``core.decide_*``) what to do, write it (``store``), and describe it (``Applied``).
 
-A batch is one transaction; each command runs in its own savepoint, so a command that
+The handlers decide nothing themselves: every tenant rule is in core.py. They run in the
+caller's transaction — the careful path gives each command a savepoint, so a command that
 fails permanently (taken userName, stale version) rolls back alone and its failure
-outcome is still recorded — a redelivery gets the same answer back.
+outcome is still recorded; which path a batch takes is planner.py's.
 """
 
 from __future__ import annotations

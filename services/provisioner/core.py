@@ -48,9 +48,12 @@ Seq = tuple[int, int]
 STALE = "stale: a newer change was applied first"
 DEACTIVATED_NOT_DELETED = "deactivated instead of deleted"
 
-# What a JIT login may overwrite on an existing user (mode "sync"): the profile the IdP
-# asserts. userName, externalId, active, ssoName and SCIM-only attributes stay SCIM's.
-JIT_OWNED_FIELDS = ("given_name", "family_name", "display_name", "emails", "attributes.custom")
+# What a JIT login may overwrite on an existing user (mode "sync"), as the keys of an
+# outcome's changes: the profile the IdP asserts, and name.formatted derived from it.
+# userName, externalId, active, ssoName and SCIM's other attributes stay SCIM's.
+JIT_OWNED_FIELDS = frozenset(
+    {"given_name", "family_name", "display_name", "emails", "attributes.custom", "attributes.name"}
+)
 
 
 @dataclass(frozen=True, slots=True)

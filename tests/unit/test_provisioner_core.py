@@ -24,6 +24,7 @@ from provisio_lib.contract import (
 )
 from provisioner.core import (
     DEACTIVATED_NOT_DELETED,
+    JIT_OWNED_FIELDS,
     STALE,
     Connection,
     LoginState,
@@ -287,6 +288,29 @@ def test_jit_field_ownership() -> None:
     assert decide_login_update(ann, login(), OFF).action == "none"
     d = decide_login_update(ann, login(email="new@acme.test"), OFF)
     assert d.values is not None and d.values["emails"][0] == {"value": "new@acme.test", "type": "work", "primary": True}
+
+
+def test_a_login_changes_only_the_fields_it_owns() -> None:
+    stored = user_row(
+        display_name="Ann Lee",
+        external_id="x-1",
+        sso_name="corp",
+        attributes={"name": {"formatted": "Ann Lee", "givenName": "Ann"}, "enterprise": {"department": "x"}},
+    )
+    everything = login(
+        user_name="someone-else@acme.test",
+        email="annie@acme.test",
+        given_name="Annie",
+        family_name="Li",
+        display_name="Annie Li",
+        custom={"team": "red"},
+        groups=("Red",),
+    )
+    d = decide_login_update(stored, everything, OFF)
+    assert d.action == "update" and set(d.changes) <= JIT_OWNED_FIELDS
+    assert {"given_name", "family_name", "display_name", "emails", "attributes.custom"} <= set(d.changes)
+    assert d.values is not None and d.values["attributes"]["enterprise"] == {"department": "x"}
+    assert d.values["attributes"]["name"]["formatted"] == "Annie Li"  # derived, not stale
 
 
 def test_immutable_email_for_jit_keeps_the_login() -> None:
