@@ -194,8 +194,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def _no_session_reset(_conn: asyncpg.Connection) -> None:
     """asyncpg's default reset runs ``RESET ALL; UNLISTEN *; CLOSE ALL; SELECT
-    pg_advisory_unlock_all()`` on every release: one more round trip per request (11% of
-    the SCIM gateway's time on reads). Provisio's pooled connections keep no session state
+    pg_advisory_unlock_all()`` on every release: one more round trip per request (a
+    noticeable share of the SCIM gateway's time on reads: BENCHMARKS.md). Provisio's pooled connections keep no session state
     (no SET, LISTEN, cursors or session advisory locks), and asyncpg still rolls back an
     open transaction before this runs, so there is nothing to reset."""
 
@@ -203,8 +203,8 @@ async def _no_session_reset(_conn: asyncpg.Connection) -> None:
 # How long a connection keeps a prepared statement (asyncpg's default: 300 s). Postgres
 # settles on a generic plan after a statement's first executions and keeps it; a plan
 # made while a table was (nearly) empty — a new installation's first Entra sync — is a
-# sequential scan, and a userName lookup then scans the whole growing table (measured:
-# 14 ms per lookup at 20,000 users instead of 0.1 ms) until the statement is prepared
+# sequential scan, and a userName lookup then scans the whole growing table (BENCHMARKS.md,
+# "A planner trap") until the statement is prepared
 # again. Re-preparing every few seconds bounds that window; it costs one Parse and a
 # few custom plans per statement and connection.
 STATEMENT_LIFETIME_S = 5

@@ -166,6 +166,21 @@ COMMAND_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# How the provisioner applied its batches (provisioner.planner): path is one_statement,
+# one_transaction or careful; reason is a short fixed code (planner.FALLBACK_REASONS).
+PROVISIONER_BATCHES = Counter(
+    "provisio_provisioner_batches",
+    "Batches the provisioner applied, by the path that committed them",
+    ["path"],
+    registry=REGISTRY,
+)
+PROVISIONER_FAST_PATH_FALLBACKS = Counter(
+    "provisio_provisioner_fast_path_fallbacks",
+    "Batches redone command by command (the careful path) after a fast path gave up, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 # Gateways waiting for the provisioner's outcome.
 OUTCOME_WAIT = Histogram(
     "provisio_outcome_wait_seconds",

@@ -73,11 +73,11 @@ def calm_gc(young: int | None = 50_000) -> None:
     """Fewer, cheaper garbage collections on the request path: what exists at start-up
     (modules, settings, the app) is moved out of the collector's sight, and the youngest
     generation is collected every ``young`` allocations instead of 700 (every few requests
-    under load), which made collections a source of tail latency and CPU (create@32 p99
-    ~65 -> ~30 ms). ``young=None`` keeps Python's thresholds: the auditor, which is off
-    the request path, leaves more cyclic garbage per allocation (its RSS grew from ~90
-    to ~150 MB over 60,000 outcomes with 50,000), and the SAML gateway, whose time is in
-    signature checks and whose RSS was closest to the 150 MB budget (142 MB)."""
+    under load), which made collections a source of tail latency and CPU (BENCHMARKS.md,
+    "Garbage collection off the request path"). ``young=None`` keeps Python's thresholds:
+    the auditor, which is off the request path, leaves more cyclic garbage per allocation
+    (its RSS grew towards the memory budget), and the SAML gateway, whose time is in
+    signature checks and whose RSS was closest to the budget."""
     gc.collect()
     gc.freeze()
     if young is not None:

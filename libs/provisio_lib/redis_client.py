@@ -31,7 +31,7 @@ def connect_redis(url: str, *, max_connections: int = 64, **kw: Any) -> Any:
 def dedicated(client: Any) -> Any:
     """A client on one connection of ``client``'s pool, held for its life: for a task
     that sends one command at a time (a reply reader). It skips the pool's checkout and
-    return on every command (measured: ~25 % of redis-py's CPU per round trip). Not for
+    return on every command (a large share of redis-py's CPU per round trip: BENCHMARKS.md). Not for
     pipelines: redis-py's pipelines check a connection out of the pool whatever client
     made them. A cluster client is returned as it is. Close it with ``aclose()``: that
     returns the connection, the pool stays open."""

@@ -1,8 +1,10 @@
-"""Apply commands to Postgres exactly once: the inbox row and the change share a transaction.
+"""Apply commands to Postgres: load the state a command needs, ask the pure core
+(``core.decide_*``) what to do, write it (``store``), and describe it (``Applied``).
 
-A batch is one transaction; each command runs in its own savepoint, so a command that
+The handlers decide nothing themselves: every tenant rule is in core.py. They run in the
+caller's transaction — the careful path gives each command a savepoint, so a command that
 fails permanently (taken userName, stale version) rolls back alone and its failure
-outcome is still recorded — a redelivery gets the same answer back.
+outcome is still recorded; which path a batch takes is planner.py's.
 """
 
 from __future__ import annotations
@@ -29,25 +31,32 @@ from provisio_lib.contract import (
     Outcome,
     ReplaceGroup,
     ReplaceUser,
-    UserData,
     encode,
 )
 
 from . import store
-from .domain import (
-    USER_FIELDS,
-    PermanentError,
-    adoption_basis,
-    diff,
-    groups_claim,
-    immutable_change,
-    jit_updates,
-    one_group_refusals,
-    sso_name_refusal,
+from .core import (
+    Connection,
+    Decision,
+    LoginState,
+    Policy,
+    Row,
+    Seq,
+    decide_delete_user,
+    decide_login,
+    decide_login_groups,
+    decide_login_update,
+    decide_replace_group,
+    decide_replace_user,
+    group_dict,
+    is_stale,
+    member_adds_refusal,
+    user_dict,
 )
+from .domain import USER_FIELDS, PermanentError, diff
 from .events import EventSpec, member_event
 
-Seq = tuple[int, int]
+__all__ = ["HANDLERS", "Applied", "Ctx", "Seq", "is_stale", "make_outcome", "parse_seq", "side_outcomes"]
 
 
 def parse_seq(entry_id: str) -> Seq:
@@ -61,7 +70,7 @@ class Ctx:
     """What a handler needs besides the command: the tenant's policies and the command's
     position in its partition stream (acceptance order)."""
 
-    policy: Any
+    policy: Policy
     seq: Seq = (0, 0)
     # The fast path's batch-wide reads: users locked up front (id → current row, kept up
     # to date as the batch changes them) and, when no command of the batch touches
@@ -81,10 +90,6 @@ class Ctx:
         return row
 
 
-def is_stale(row: Any, seq: Seq) -> bool:
-    return seq != (0, 0) and seq < (row["seq_ms"], row["seq_n"])
-
-
 @dataclass
 class Applied:
     """What one command did, before it becomes an Outcome."""
@@ -102,12 +107,11 @@ class Applied:
     extra_events: list[EventSpec] = field(default_factory=list)
 
 
-def _user_dict(row: Any) -> dict[str, Any]:
-    return {f: row[f] for f in (*USER_FIELDS, "attributes")}
-
-
-def _group_dict(row: Any) -> dict[str, Any]:
-    return {"display_name": row["display_name"], "external_id": row["external_id"], "attributes": row["attributes"]}
+def _checked(decision: Decision) -> Decision:
+    """The decision, or its refusal raised (the command's savepoint rolls back)."""
+    if decision.refused is not None:
+        raise decision.refused
+    return decision
 
 
 async def _user_result(
@@ -136,104 +140,92 @@ def created_user(row: Any) -> Applied:
         resource_id=row["id"],
         user_name=row["user_name"],
         resource=store.user_state(row).model_dump(mode="json"),
-        changes=diff(None, _user_dict(row), USER_FIELDS),
+        changes=diff(None, user_dict(row), USER_FIELDS),
     )
 
 
-def _replace_plan(p: ReplaceUser, ctx: Ctx, row: Any) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
-    """What a full replace does to ``row``: ("stale" | "unchanged", None, {}) or
-    ("update", the new values, the changes); PermanentError if it may not."""
-    if p.expected_version is not None and p.expected_version != row["version"]:
-        raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
-    if is_stale(row, ctx.seq):
-        return "stale", None, {}
-    after_values = store.user_values(p.data)
-    if ctx.policy["immutable_user_name"] and (what := immutable_change(ctx.policy, row, after_values)):
-        raise PermanentError("mutability", f"this tenant does not allow changing {what}", field=what)
-    before = _user_dict(row)
-    after = {**before, **{k: after_values[k] for k in (*USER_FIELDS, "attributes")}}
-    changes = diff(before, after, USER_FIELDS)
-    return ("update", after_values, changes) if changes else ("unchanged", None, {})
-
-
-async def _replaced(conn: asyncpg.Connection, ctx: Ctx, row: Any, kind: str, changes: dict[str, Any]) -> Applied:
-    """The Applied of a replace planned as ``kind``; ``row`` is the new row after an update."""
-    notes = ["stale: a newer change was applied first"] if kind == "stale" else []
+async def _user_applied(conn: asyncpg.Connection, ctx: Ctx, row: Any, decision: Decision) -> Applied:
+    """The Applied of a user decision; ``row`` is the new row after an update."""
     return Applied(
-        result="applied" if kind == "update" else "unchanged",
+        result=decision.result,
         resource_type="User",
         resource_id=row["id"],
         user_name=row["user_name"],
         resource=await _user_result(conn, row, ctx),
-        changes=changes,
-        notes=notes,
+        changes=dict(decision.changes),
+        notes=list(decision.notes),
     )
 
 
 async def replace_user(conn: asyncpg.Connection, cmd: Command, p: ReplaceUser, ctx: Ctx) -> Applied:
     row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
-    kind, values, changes = _replace_plan(p, ctx, row)
-    if kind == "update":
-        row = ctx.changed(await store.update_user(conn, row, values or {}, seq=ctx.seq))
-    return await _replaced(conn, ctx, row, kind, changes)
+    decision = _checked(decide_replace_user(row, p, ctx.seq, ctx.policy))
+    if decision.action == "update":
+        row = ctx.changed(await store.update_user(conn, row, dict(decision.values or {}), seq=ctx.seq))
+    return await _user_applied(conn, ctx, row, decision)
 
 
 async def replace_users(conn: asyncpg.Connection, run: list[tuple[Command, Ctx]]) -> list[Applied]:
-    """Full replaces of distinct users (the fast path): planned one by one, written with
-    one UPDATE. Any PermanentError or database error aborts the batch's fast path."""
-    planned = []
+    """Full replaces of distinct users (the fast path): decided one by one, written with
+    one UPDATE. Any refusal or database error aborts the batch's fast path."""
+    planned: list[tuple[Ctx, Any, Decision]] = []
     for cmd, ctx in run:
         p = cmd.payload
         assert isinstance(p, ReplaceUser)
         row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
-        planned.append((ctx, row, *_replace_plan(p, ctx, row)))
-    updates = [(row, values, ctx.seq) for ctx, row, kind, values, _ in planned if kind == "update"]
-    new_rows = await store.update_users_bulk(conn, updates) if updates else {}  # type: ignore[arg-type]
+        planned.append((ctx, row, _checked(decide_replace_user(row, p, ctx.seq, ctx.policy))))
+    updates = [(row, dict(d.values or {}), ctx.seq) for ctx, row, d in planned if d.action == "update"]
+    new_rows = await store.update_users_bulk(conn, updates) if updates else {}
     out = []
-    for ctx, row, kind, _, changes in planned:
-        if kind == "update":
+    for ctx, row, d in planned:
+        if d.action == "update":
             row = ctx.changed(new_rows[row["id"]])
-        out.append(await _replaced(conn, ctx, row, kind, changes))
+        out.append(await _user_applied(conn, ctx, row, d))
     return out
 
 
 async def delete_user(conn: asyncpg.Connection, cmd: Command, p: DeleteUser, ctx: Ctx) -> Applied:
     row = await ctx.lock_user(conn, cmd.tenant_id, p.user_id)
-    if p.expected_version is not None and p.expected_version != row["version"]:
-        raise PermanentError("version_mismatch", f"user is at version {row['version']}, not {p.expected_version}")
-    if ctx.policy["deprovision"] == "deactivate":
-        # Tenant policy: deprovision by deactivation (the user and history stay).
-        if not row["active"]:
-            return Applied(
-                result="unchanged",
-                resource_type="User",
-                resource_id=row["id"],
-                user_name=row["user_name"],
-                resource=await _user_result(conn, row, ctx),
-                notes=["deactivated instead of deleted"],
-            )
-        new = ctx.changed(await store.update_user(conn, row, {"active": False}, seq=ctx.seq))
+    decision = _checked(decide_delete_user(row, p, ctx.policy))
+    if decision.action == "delete":
+        await store.delete_user(conn, row["id"])
+        if ctx.users is not None:
+            ctx.users.pop(row["id"], None)
         return Applied(
             resource_type="User",
             resource_id=row["id"],
             user_name=row["user_name"],
-            resource=await _user_result(conn, new, ctx),
-            changes=diff(_user_dict(row), _user_dict(new), USER_FIELDS),
-            notes=["deactivated instead of deleted"],
+            changes=dict(decision.changes),
+            notes=list(decision.notes),
         )
-    await store.delete_user(conn, row["id"])
-    if ctx.users is not None:
-        ctx.users.pop(row["id"], None)
-    return Applied(
-        resource_type="User",
-        resource_id=row["id"],
-        user_name=row["user_name"],
-        changes=diff(_user_dict(row), None, ("user_name", "active")),
-        notes=["deleted"],
-    )
+    if decision.action == "deactivate":
+        row = ctx.changed(await store.update_user(conn, row, dict(decision.values or {}), seq=ctx.seq))
+    return await _user_applied(conn, ctx, row, decision)
 
 
 # --------------------------------------------------------------------------- groups
+
+
+async def _add_scim_members(
+    conn: asyncpg.Connection,
+    ctx: Ctx,
+    tenant_id: uuid.UUID,
+    group_id: uuid.UUID,
+    user_ids: list[uuid.UUID],
+    added: list[uuid.UUID],
+) -> int:
+    """SCIM memberships, refused as core.member_adds_refusal says."""
+    if not user_ids:
+        return 0
+    known = await store.known_users(conn, tenant_id, user_ids)
+    others = (
+        await store.other_memberships(conn, tenant_id, user_ids, group_id)
+        if ctx.policy.one_group_per_user and len(known) == len(set(user_ids))
+        else []
+    )
+    if err := member_adds_refusal(group_id, user_ids, known, others, ctx.policy):
+        raise err
+    return await store.insert_members(conn, tenant_id, group_id, user_ids, "scim", added=added)
 
 
 async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, ctx: Ctx) -> Applied:
@@ -242,21 +234,13 @@ async def create_group(conn: asyncpg.Connection, cmd: Command, p: CreateGroup, c
     jit_row = await store.adoptable_jit_group(conn, cmd.tenant_id, p.data.external_id) if p.data.external_id else None
     if jit_row is not None:
         row = await store.adopt_group(conn, jit_row, p.data, ctx.seq)
-        changes = diff(_group_dict(jit_row), _group_dict(row), ("display_name", "external_id"))
+        changes = diff(group_dict(jit_row), group_dict(row), ("display_name", "external_id"))
     else:
         row = await store.insert_group(conn, cmd.tenant_id, p.group_id, p.data, seq=ctx.seq)
-        changes = diff(None, _group_dict(row), ("display_name", "external_id"))
+        changes = diff(None, group_dict(row), ("display_name", "external_id"))
     added: list[uuid.UUID] = []
     if p.data.members:
-        n = await store.add_members(
-            conn,
-            cmd.tenant_id,
-            row["id"],
-            list(dict.fromkeys(p.data.members)),
-            "scim",
-            one_group_per_user=ctx.policy["one_group_per_user"],
-            added=added,
-        )
+        n = await _add_scim_members(conn, ctx, cmd.tenant_id, row["id"], list(dict.fromkeys(p.data.members)), added)
         changes["members"] = Change(before=0, after=n)
     resource = store.group_state(row).model_dump(mode="json")
     return Applied(
@@ -281,50 +265,31 @@ def _member_events(
     ]
 
 
+def _group_unchanged(row: Row, notes: tuple[str, ...] = ()) -> Applied:
+    return Applied(
+        result="unchanged",
+        resource_type="Group",
+        resource_id=row["id"],
+        resource=store.group_state(row).model_dump(mode="json"),
+        notes=list(notes),
+    )
+
+
 async def replace_group(conn: asyncpg.Connection, cmd: Command, p: ReplaceGroup, ctx: Ctx) -> Applied:
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
-    if p.expected_version is not None and p.expected_version != row["version"]:
-        raise PermanentError("version_mismatch", f"group is at version {row['version']}, not {p.expected_version}")
-    if is_stale(row, ctx.seq):
-        return Applied(
-            result="unchanged",
-            resource_type="Group",
-            resource_id=row["id"],
-            resource=store.group_state(row).model_dump(mode="json"),
-            notes=["stale: a newer change was applied first"],
-        )
-    changes = diff(
-        _group_dict(row),
-        {"display_name": p.data.display_name, "external_id": p.data.external_id, "attributes": dict(p.data.attributes)},
-        ("display_name", "external_id"),
-    )
+    current: set[uuid.UUID] = set()
+    if p.data.members is not None and not is_stale(row, ctx.seq):
+        current = await store.member_ids(conn, row["id"], "scim")
+    decision = _checked(decide_replace_group(row, p, ctx.seq, current))
+    changes = dict(decision.changes)
     added_ids: list[uuid.UUID] = []
     removed_ids: list[uuid.UUID] = []
-    if p.data.members is not None:
-        # Full replace of the members SCIM manages; JIT memberships are not SCIM's to drop.
-        current = await store.member_ids(conn, row["id"], "scim")
-        wanted = list(dict.fromkeys(p.data.members))
-        added = await store.add_members(
-            conn,
-            cmd.tenant_id,
-            row["id"],
-            [u for u in wanted if u not in current],
-            "scim",
-            one_group_per_user=ctx.policy["one_group_per_user"],
-            added=added_ids,
-        )
-        removed = await store.remove_members(
-            conn, row["id"], [u for u in current if u not in set(wanted)], "scim", removed=removed_ids
-        )
-        if added or removed:
-            changes["members"] = Change(before=None, after=f"+{added} -{removed}")
+    added = await _add_scim_members(conn, ctx, cmd.tenant_id, row["id"], list(decision.join), added_ids)
+    removed = await store.remove_members(conn, row["id"], list(decision.leave), "scim", removed=removed_ids)
+    if added or removed:
+        changes["members"] = Change(before=None, after=f"+{added} -{removed}")
     if not changes:
-        return Applied(
-            result="unchanged",
-            resource_type="Group",
-            resource_id=row["id"],
-            resource=store.group_state(row).model_dump(mode="json"),
-        )
+        return _group_unchanged(row, decision.notes)
     new = await store.update_group(conn, row, p.data, seq=ctx.seq)
     resource = store.group_state(new).model_dump(mode="json")
     return Applied(
@@ -340,23 +305,10 @@ async def change_members(conn: asyncpg.Connection, cmd: Command, p: ChangeGroupM
     row = await store.lock_group(conn, cmd.tenant_id, p.group_id)
     added_ids: list[uuid.UUID] = []
     removed_ids: list[uuid.UUID] = []
-    added = await store.add_members(
-        conn,
-        cmd.tenant_id,
-        row["id"],
-        list(dict.fromkeys(p.add)),
-        "scim",
-        one_group_per_user=ctx.policy["one_group_per_user"],
-        added=added_ids,
-    )
+    added = await _add_scim_members(conn, ctx, cmd.tenant_id, row["id"], list(dict.fromkeys(p.add)), added_ids)
     removed = await store.remove_members(conn, row["id"], list(dict.fromkeys(p.remove)), "scim", removed=removed_ids)
     if not added and not removed:
-        return Applied(
-            result="unchanged",
-            resource_type="Group",
-            resource_id=row["id"],
-            resource=store.group_state(row).model_dump(mode="json"),
-        )
+        return _group_unchanged(row)
     new = await store.update_group(conn, row, None, seq=ctx.seq)
     changes: dict[str, Any] = {}
     if p.add:
@@ -379,7 +331,7 @@ async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, c
     return Applied(
         resource_type="Group",
         resource_id=row["id"],
-        changes=diff(_group_dict(row), None, ("display_name",)),
+        changes=diff(group_dict(row), None, ("display_name",)),
         notes=["deleted"],
     )
 
@@ -388,71 +340,25 @@ async def delete_group(conn: asyncpg.Connection, cmd: Command, p: DeleteGroup, c
 
 
 async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ctx) -> Applied:
-    """A SAML login: find the user by its identity link (connection, NameID); an unlinked
-    login may create a user, or adopt the user its userName/email claim matches only
-    where the connection is authoritative for that user (domain.adoption_basis)."""
-    notes = ["groups_overage"] if p.groups_overage else []
-    connections = await store.login_connections(conn, cmd.tenant_id)
-    this = next((c for c in connections if c["id"] == p.connection_id), None)
-    if this is None:  # removed while the login was on its way
-        raise PermanentError("policy", f"the SSO connection {p.connection_name!r} no longer exists", field="connection")
-    names = [c["name"] for c in connections]
-    row = await store.user_by_identity(conn, cmd.tenant_id, p.connection_id, p.name_id)
-    link = row is None
-    if row is None:
-        row = await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
-    if row is not None:
-        refusal = sso_name_refusal(row["sso_name"], p.connection_name, names)
-        if refusal:
-            raise PermanentError("policy", refusal, field="ssoName")
-    if row is not None and link:
-        linked_here = await store.identity_name_id(conn, p.connection_id, row["id"]) is not None
-        basis = adoption_basis(
-            connection_name=p.connection_name,
-            connection_names=names,
-            verified_domains=this["verified_domains"],
-            linked_here=linked_here,
-            user_sso_name=row["sso_name"],
-            user_email=row["email"],
-            user_name=row["user_name"],
-        )
-        if basis is None:
-            raise PermanentError(
-                "not_linked",
-                f"this sign-in (NameID {p.name_id!r}) matches the existing user {row['user_name']!r}, but the "
-                f"connection {p.connection_name!r} is not authoritative for it (it did not create the user, the "
-                f"user's ssoName does not name it, the user's email domain is not verified for it, and the tenant "
-                f"has other SSO connections): an administrator must link the account",
-                field="name_id",
-            )
-        notes.append(f"linked:{basis}")
-    failures: list[PermanentError] = []
-    claimed = p.groups
-    if p.groups is not None:
+    """A SAML login: load what core.decide_login reads, then write what it decided (the
+    user, its identity link, its profile under JIT sync, its JIT group memberships)."""
+    connections = tuple(Connection.of(c) for c in await store.login_connections(conn, cmd.tenant_id))
+    linked = await store.user_by_identity(conn, cmd.tenant_id, p.connection_id, p.name_id)
+    matched = None if linked is not None else await store.find_user_for_login(conn, cmd.tenant_id, p.user_name, p.email)
+    linked_here = matched is not None and await store.identity_name_id(conn, p.connection_id, matched["id"]) is not None
+    login = decide_login(p, LoginState(connections, linked, matched, linked_here))
+    if login.refused is not None:
+        raise login.refused
+    if login.claim_seen:
         await store.mark_groups_claim_seen(conn, p.connection_id)
-    elif not p.groups_overage:
-        claimed = groups_claim(None, this["groups_absent"], this["groups_claim_seen"])
-    if row is None:
-        if p.mode == "off":
-            raise PermanentError(
-                "user_not_found",
-                f"no user {p.user_name!r} in this tenant and JIT is off for connection {p.connection_name!r}",
-            )
-        data = UserData(
-            user_name=p.user_name,
-            display_name=p.display_name,
-            given_name=p.given_name,
-            family_name=p.family_name,
-            emails=({"value": p.email, "type": "work", "primary": True},) if p.email else (),  # type: ignore[arg-type]
-            sso_name=p.connection_name,
-            attributes={"custom": dict(p.custom)} if p.custom else {},
-        )
-        row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), data, created_by="jit", seq=ctx.seq)
+    failures: list[PermanentError] = []
+    extra: list[EventSpec] = []
+    if login.new_user is not None:
+        row = await store.insert_user(conn, cmd.tenant_id, uuid.uuid4(), login.new_user, created_by="jit", seq=ctx.seq)
         await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
-        changes = diff(None, _user_dict(row), USER_FIELDS)
-        extra: list[EventSpec] = []
-        if claimed:
-            joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, events=extra)
+        changes: dict[str, Any] = diff(None, user_dict(row), USER_FIELDS)
+        if login.claimed:
+            joined = await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, login.claimed, failures, events=extra)
             if joined:
                 changes["groups.jit"] = Change(before=[], after=joined)
         return Applied(
@@ -461,13 +367,13 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
             user_name=row["user_name"],
             resource=await _user_result(conn, row),
             changes=changes,
-            notes=[*notes, "created"],
+            notes=list(login.notes),
             failures=failures,
             extra_events=extra,
         )
-    if not row["active"]:
-        raise PermanentError("policy", f"user {row['user_name']!r} is deactivated")
-    if link:
+    row = login.user
+    assert row is not None
+    if login.link:
         await store.link_identity(conn, cmd.tenant_id, p.connection_id, p.name_id, row["id"])
     if p.mode != "sync":
         # off / create: an existing user is left exactly as it is (Splashtop create-only).
@@ -477,42 +383,19 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
             resource_id=row["id"],
             user_name=row["user_name"],
             resource=await _user_result(conn, row),
-            notes=notes,
+            notes=list(login.notes),
         )
-    changes = {}
-    updates = jit_updates(_user_dict(row) | {"email": row["email"]}, login := p.model_dump())
-    if "emails" in updates and (
-        what := immutable_change(
-            ctx.policy,
-            {"user_name": row["user_name"], "email": row["email"]},
-            {"user_name": row["user_name"], "email": login["email"]},
-        )
-    ):
-        # The login still signs in; the change the tenant forbids is not made, and says so.
-        del updates["emails"]
-        failures.append(
-            PermanentError(
-                "mutability",
-                f"this tenant does not allow changing {what}: the identity "
-                f"provider sent {login['email']!r} for {row['user_name']!r}, which keeps "
-                f"{row['email']!r}",
-                field=what,
-            )
-        )
-    if updates:
-        before = _user_dict(row)
-        row = await store.update_user(conn, row, updates, seq=ctx.seq)
-        changes = diff(before, _user_dict(row), USER_FIELDS)
-    extra = []
-    if claimed is not None:
+    update = decide_login_update(row, p, ctx.policy)
+    failures.extend(update.refusals)
+    changes = dict(update.changes)
+    if update.action == "update":
+        row = await store.update_user(conn, row, dict(update.values or {}), seq=ctx.seq)
+    if login.claimed is not None:
         before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
-        if (
-            await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, claimed, failures, sync=True, events=extra)
-            is not None
-        ):
-            after_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
-            if after_groups != before_groups:
-                changes["groups.jit"] = Change(before=before_groups, after=after_groups)
+        await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, login.claimed, failures, sync=True, events=extra)
+        after_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
+        if after_groups != before_groups:
+            changes["groups.jit"] = Change(before=before_groups, after=after_groups)
     return Applied(
         result="applied" if changes else "unchanged",
         resource_type="User",
@@ -520,7 +403,7 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
         user_name=row["user_name"],
         resource=await _user_result(conn, row),
         changes=changes,
-        notes=notes,
+        notes=list(login.notes),
         failures=failures,
         extra_events=extra,
     )
@@ -535,45 +418,30 @@ async def _sync_jit_groups(
     failures: list[PermanentError],
     *,
     sync: bool = False,
-    events: list[EventSpec] | None = None,
-) -> list[str] | None:
-    """Make the user's JIT memberships equal the claim (``sync``) or add the claim's groups
-    (a new user). Joins that break "one group per user" are not made: a failure for the
-    audit trail instead. Returns the displayNames of the groups joined. ``events``
-    collects group.created for the groups made here and the membership events."""
+    events: list[EventSpec],
+) -> list[str]:
+    """Write core.decide_login_groups for this claim: the JIT memberships equal it
+    (``sync``), or a new user joins its groups; groups first seen in a claim are made.
+    Returns the displayNames (claims) of the groups joined. ``events`` collects
+    group.created for the groups made here and the membership events."""
     made: list[Any] = []
     ids = await store.resolve_jit_groups(conn, tenant_id, list(claimed), created=made)
     states = {r["id"]: store.group_state(r).model_dump(mode="json") for r in made}
-    if events is not None:
-        events.extend(EventSpec("group.created", "Group", r["id"], dumps_json(states[r["id"]])) for r in made)
-    claim_of = {gid: claim for claim, gid in ids.items()}
+    events.extend(EventSpec("group.created", "Group", r["id"], dumps_json(states[r["id"]])) for r in made)
     current = await store.jit_member_groups(conn, user["id"]) if sync else {}
-    join = [gid for gid in dict.fromkeys(ids.values()) if gid not in current]
-    leave = [gid for gid in current if gid not in claim_of]
-    if ctx.policy["one_group_per_user"]:
-        member = await store.member_of(conn, user["id"])
-        kept = {gid for gid, sources in member.items() if gid not in leave or "scim" in sources}
-        _, refused = one_group_refusals(kept, join)
-        if refused:
-            join = [gid for gid in join if gid not in refused]
-            failures.append(
-                PermanentError(
-                    "policy",
-                    f"this tenant allows one group per user: {user['user_name']!r} was not added to "
-                    f"{', '.join(repr(claim_of[g]) for g in refused)} (the sign-in itself went ahead)",
-                    field="groups",
-                )
-            )
-    for gid in join:
+    member_of = await store.member_of(conn, user["id"]) if ctx.policy.one_group_per_user else None
+    decision = decide_login_groups(user["user_name"], ids, current, ctx.policy, member_of)
+    failures.extend(decision.refusals)
+    for gid in decision.join:
         added: list[uuid.UUID] = []
-        await store.add_members(conn, tenant_id, gid, [user["id"]], "jit", added=added)
-        if events is not None and added:
+        await store.insert_members(conn, tenant_id, gid, [user["id"]], "jit", added=added)
+        if added:
             events.append(member_event("added", states.get(gid), gid, user["id"], "jit"))
     left: list[uuid.UUID] = []
-    await store.remove_user_from_groups(conn, user["id"], leave, "jit", removed=left)
-    if events is not None:
-        events.extend(member_event("removed", None, gid, user["id"], "jit") for gid in left)
-    return [claim_of[g] for g in join]
+    await store.remove_user_from_groups(conn, user["id"], list(decision.leave), "jit", removed=left)
+    events.extend(member_event("removed", None, gid, user["id"], "jit") for gid in left)
+    claim_of = {gid: claim for claim, gid in ids.items()}
+    return [claim_of[g] for g in decision.join]
 
 
 def side_outcomes(cmd: Command, applied: Applied) -> list[tuple[Command, Outcome, bytes]]:

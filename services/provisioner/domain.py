@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from provisio_lib.contract import Change
 from provisio_lib.names import refresh_formatted
@@ -210,11 +210,16 @@ def one_group_refusals(kept: Iterable[Any], joining: Iterable[Any]) -> tuple[lis
     return [], joining
 
 
-def immutable_change(policy: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+class ImmutablePolicy(Protocol):
+    @property
+    def immutable_user_name(self) -> bool: ...
+
+
+def immutable_change(policy: ImmutablePolicy, before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
     """The field a change may not make under "userName immutable", or None. Splashtop:
     neither userName nor email may change once set (compared case-insensitively, as
     both are matched so; setting a first email is no change)."""
-    if not policy["immutable_user_name"]:
+    if not policy.immutable_user_name:
         return None
     if (after.get("user_name") or "").lower() != (before.get("user_name") or "").lower():
         return "userName"

@@ -16,7 +16,8 @@ import asyncpg
 from provisio_lib import directory
 from provisio_lib.contract import GroupData, GroupRef, UserData
 
-from .domain import PermanentError, looks_like_object_id, match_group_claims, one_group_refusals, primary_email
+from .core import user_values
+from .domain import PermanentError, looks_like_object_id, match_group_claims, primary_email
 from .events import EventSpec
 
 USER_COLUMNS = (
@@ -31,22 +32,6 @@ Seq = tuple[int, int]
 
 def newer(row: Any, seq: Seq) -> Seq:
     return max((row["seq_ms"], row["seq_n"]), seq)
-
-
-def user_values(data: UserData) -> dict[str, Any]:
-    emails = [e.model_dump(exclude_none=True) for e in data.emails]
-    return {
-        "user_name": data.user_name,
-        "external_id": data.external_id,
-        "active": data.active,
-        "display_name": data.display_name,
-        "given_name": data.given_name,
-        "family_name": data.family_name,
-        "email": primary_email(emails),
-        "emails": emails,
-        "sso_name": data.sso_name,
-        "attributes": dict(data.attributes),
-    }
 
 
 # The row→resource mapping is the read model's (provisio_lib.directory), shared with the App API.
@@ -450,63 +435,49 @@ async def delete_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM groups WHERE id = $1", group_id)
 
 
-async def add_members(
+async def known_users(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``user_ids`` are users of this tenant."""
+    if not user_ids:
+        return set()
+    rows = await conn.fetch("SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, user_ids)
+    return {r["id"] for r in rows}
+
+
+async def other_memberships(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, user_ids: list[uuid.UUID], group_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    """The users' memberships in groups other than ``group_id`` (user_id, group_id,
+    user_name, display_name): what "one group per user" (core.member_adds_refusal) reads."""
+    return await conn.fetch(
+        """SELECT DISTINCT m.user_id, m.group_id, u.user_name, g.display_name FROM memberships m
+           JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
+           WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3""",
+        tenant_id,
+        user_ids,
+        group_id,
+    )
+
+
+async def insert_members(
     conn: asyncpg.Connection,
     tenant_id: uuid.UUID,
     group_id: uuid.UUID,
     user_ids: list[uuid.UUID],
     source: str,
-    *,
-    one_group_per_user: bool = False,
     added: list[uuid.UUID] | None = None,
 ) -> int:
-    """Add memberships; unknown user ids are refused (RFC 7644 §3.5.2: invalidValue).
-    ``added`` collects the user ids actually added (for the member events)."""
+    """Add memberships the caller decided on (core.member_adds_refusal); ``added``
+    collects the user ids actually added (for the member events)."""
     if not user_ids:
         return 0
-    found = {
-        r["id"]
-        for r in await conn.fetch(
-            "SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, user_ids
-        )
-    }
-    missing = [str(u) for u in user_ids if u not in found]
-    if missing:
-        raise PermanentError(
-            "invalid_value", f"member(s) not found in this tenant: {', '.join(missing[:10])}", field="members"
-        )
-    if one_group_per_user:
-        # Splashtop team rule: a user is in one group at most (Okta Push Groups known issue);
-        # the rule itself is domain.one_group_refusals, shared with JIT logins.
-        others = await conn.fetch(
-            """SELECT DISTINCT m.user_id, m.group_id, u.user_name, g.display_name FROM memberships m
-               JOIN users u ON u.id = m.user_id JOIN groups g ON g.id = m.group_id
-               WHERE m.tenant_id = $1 AND m.user_id = ANY($2::uuid[]) AND m.group_id <> $3""",
-            tenant_id,
-            user_ids,
-            group_id,
-        )
-        kept: dict[uuid.UUID, set[uuid.UUID]] = {}
-        for r in others:
-            kept.setdefault(r["user_id"], set()).add(r["group_id"])
-        refused = {uid for uid, groups in kept.items() if one_group_refusals(groups, [group_id])[1]}
-        clash = [r for r in others if r["user_id"] in refused][:5]
-        if clash:
-            who = ", ".join(f"{r['user_name']} (in {r['display_name']})" for r in clash)
-            raise PermanentError("policy", f"this tenant allows one group per user: {who}", field="members")
     sql = """INSERT INTO memberships (tenant_id, group_id, user_id, source)
            SELECT $1, $2, unnest($3::uuid[]), $4 ON CONFLICT DO NOTHING"""
+    # sorted: one row order for every writer
     if added is not None:
         rows = await conn.fetch(sql + " RETURNING user_id", tenant_id, group_id, sorted(user_ids), source)
         added.extend(r["user_id"] for r in rows)
         return len(rows)
-    status = await conn.execute(
-        sql,
-        tenant_id,
-        group_id,
-        sorted(user_ids),
-        source,  # one row order for every writer
-    )
+    status = await conn.execute(sql, tenant_id, group_id, sorted(user_ids), source)
     return int(status.split()[-1])
 
 

@@ -35,14 +35,18 @@ from provisio_lib.observability import (
     COMMANDS_FAILED,
     COMMANDS_PROCESSED,
     COMMANDS_RETRIED,
+    PROVISIONER_BATCHES,
+    PROVISIONER_FAST_PATH_FALLBACKS,
 )
 from provisio_lib.outcomes import outcome_fields
 from provisio_lib.topology import MAX_OUTCOMES_PER_ENTRY, Topology
 
 from . import preview, store
 from .apply import HANDLERS, Ctx, created_user, make_outcome, parse_seq, replace_users, side_outcomes
+from .core import Policy
 from .domain import PermanentError
 from .events import EventSpec, events_of
+from .planner import Path, fallback_reason, plan_batch, reads_groups, runs
 
 log = get_logger(__name__)
 
@@ -79,17 +83,21 @@ POLICY_CACHE_S = 5.0
 class Provisioner:
     """Holds the worker's resources; ``handle`` is the ReliableConsumer batch handler."""
 
-    def __init__(self, topology: Topology, pool: asyncpg.Pool | None = None, redis: Any = None) -> None:
+    def __init__(
+        self, topology: Topology, pool: asyncpg.Pool | None = None, redis: Any = None, *, fast_paths: bool = True
+    ) -> None:
         self.topology = topology
+        # False: every batch takes the careful path (the property test that compares them).
+        self.fast_paths = fast_paths
         self.pool = pool
         self.redis = redis
         self.health: Any = None  # the health listener, when one runs
         # Bounded (least recently used out); each entry carries its expiry.
-        self._policy_cache: LRUCache[uuid.UUID, tuple[Any, float]] = LRUCache(10_000)
+        self._policy_cache: LRUCache[uuid.UUID, tuple[Policy, float]] = LRUCache(10_000)
         self.counters: dict[str, int] = {"applied": 0, "unchanged": 0, "failed": 0, "redelivered": 0}
-        # Which way the batches went: one statement (creates only), one transaction, or
-        # command by command in savepoints (after the others failed).
+        # Which way the batches went (planner.py); also the provisio_provisioner_batches metric.
         self.paths: dict[str, int] = {"one_statement": 0, "one_transaction": 0, "careful": 0}
+        self.fallbacks: dict[str, int] = {}
 
     async def handle(self, batch: list[Delivery]) -> Verdicts:
         verdicts = Verdicts()
@@ -129,7 +137,7 @@ class Provisioner:
         per_command_s = (time.perf_counter() - started) / max(len(items), 1)
         # Counted once announced: a batch handled again because announcing failed counts once.
         # (The closure must not hold `verdicts`, which holds it: a reference cycle per batch
-        # is garbage only the cyclic GC frees — measured: +20 % CPU, p99 doubled.)
+        # is garbage only the cyclic GC frees: CPU and tail latency, see BENCHMARKS.md.)
         retry = verdicts.retry
         verdicts.announced = lambda: self._observe(results, retry, items, per_command_s)
         return verdicts
@@ -159,79 +167,93 @@ class Provisioner:
     async def _apply(
         self, items: list[tuple[Delivery, Command]], verdicts: Verdicts
     ) -> list[tuple[Command, Outcome, bytes]]:
-        """Fast path first: the whole batch in one transaction, inbox rows in one statement.
-        Anything unusual (a failure, a race, a bug) rolls it back and the batch is redone
-        command by command in savepoints, where each failure is isolated and recorded."""
+        """The planner's path first (planner.plan_batch). A fast path that gives up rolls
+        back; the batch is then redone on the careful path, command by command in
+        savepoints, where each failure is isolated and recorded — and the fallback is
+        logged and counted with its reason."""
         assert self.pool is not None
+        commands = [c for _, c in items]
         async with self.pool.acquire() as conn:
-            try:
-                if all(isinstance(c.payload, CreateUser) for _, c in items):
-                    results = await self._apply_creates(conn, items)
-                    self.paths["one_statement"] += 1
+            policies = await self._policies(conn, {c.tenant_id for c in commands})
+            plan = plan_batch(commands, policies, fast_paths=self.fast_paths)
+            if plan.reason is not None:
+                self._fell_back(None, plan.reason, len(items))
+            if plan.path != "careful":
+                try:
+                    if plan.path == "one_statement":
+                        results = await self._apply_creates(conn, items)
+                    else:
+                        async with conn.transaction():
+                            results = await self._apply_fast(conn, items, policies)
+                    self._took(plan.path)
                     return results
-                async with conn.transaction():
-                    results = await self._apply_fast(conn, items)
-                self.paths["one_transaction"] += 1
-                return results
-            except TRANSIENT_DB_ERRORS:
-                raise
-            except Exception:  # noqa: BLE001 — redone below, where errors are handled one by one
-                pass
+                except TRANSIENT_DB_ERRORS:
+                    raise
+                except Exception as err:  # noqa: BLE001 — redone below, where errors are handled one by one
+                    self._fell_back(plan.path, fallback_reason(err), len(items), err)
             async with conn.transaction():
-                results = await self._apply_careful(conn, items, verdicts)
-            self.paths["careful"] += 1
+                results = await self._apply_careful(conn, items, verdicts, policies)
+            self._took("careful")
             return results
 
+    def _took(self, path: Path) -> None:
+        self.paths[path] += 1
+        PROVISIONER_BATCHES.labels(path=path).inc()
+
+    def _fell_back(self, path: Path | None, reason: str, size: int, err: BaseException | None = None) -> None:
+        """A batch that does not take (``path`` None) or gave up a fast path: logged and
+        counted, never silent. Refusals and redeliveries are the normal life of a sync;
+        anything else is logged with its traceback."""
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        PROVISIONER_FAST_PATH_FALLBACKS.labels(reason=reason).inc()
+        fields: dict[str, Any] = {"path": path, "reason": reason, "batch": size}
+        if err is not None:
+            fields["error"] = f"{type(err).__name__}: {err}"[:300]
+        if reason in ("unexpected", "database_refused"):
+            log.warning("fast_path_fallback", exc_info=err, **fields)
+        else:
+            log.info("fast_path_fallback", **fields)
+
     async def _apply_fast(
-        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]
+        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], policies: dict[uuid.UUID, Policy]
     ) -> list[tuple[Command, Outcome, bytes]]:
         # No inbox lookup here: a redelivered command makes the inbox INSERT at the end
         # fail on its primary key, which rolls this whole transaction back (the change
         # with it), and the careful path then answers it from the inbox.
-        policies = await self._fast_path_policies(conn, items)
+        commands = [c for _, c in items]
         # Users' groups read once for the batch (with the locks), unless a command of it
         # may change groups.
-        users_only = all(isinstance(c.payload, CreateUser | ReplaceUser | DeleteUser) for _, c in items)
+        users_only = not reads_groups(commands)
         users = await _lock_batch(conn, items, with_groups=users_only)
         groups = {uid: store.locked_groups(row) for uid, row in users.items()} if users and users_only else None
         results: list[tuple[Command, Outcome, bytes]] = []
         inbox: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []
         events: list[tuple[int, EventSpec]] = []
-        commands = [c for _, c in items]
         seqs = [parse_seq(d.entry_id) for d, _ in items]
-        i = 0
-        while i < len(commands):
-            # A run of consecutive creates is one INSERT (order with other commands is kept).
-            j = i
-            while j < len(commands) and isinstance(commands[j].payload, CreateUser):
-                j += 1
-            # And a run of full replaces of distinct users is one UPDATE (a PATCH burst).
-            k, seen = i, set()
-            while k < len(commands) and isinstance(p := commands[k].payload, ReplaceUser) and p.user_id not in seen:
-                seen.add(p.user_id)
-                k += 1
-            if j - i > 1:
-                run = commands[i:j]
+        for run in runs(commands):
+            batch = commands[run.start : run.end]
+            if run.kind == "creates":
+                creates = [(c, c.payload) for c in batch if isinstance(c.payload, CreateUser)]
                 rows = await store.insert_users_bulk(
                     conn,
-                    [(c.tenant_id, c.payload.user_id, c.payload.data, q) for c, q in zip(run, seqs[i:j], strict=True)],  # type: ignore[union-attr,misc]
+                    [
+                        (c.tenant_id, p.user_id, p.data, q)
+                        for (c, p), q in zip(creates, seqs[run.start : run.end], strict=True)
+                    ],
                 )
-                applied_run = [created_user(rows[c.payload.user_id]) for c in run]  # type: ignore[union-attr]
-                pairs = list(zip(run, applied_run, strict=True))
-                i = j
-            elif k - i > 1:
-                run = commands[i:k]
+                pairs = [(c, created_user(rows[p.user_id])) for c, p in creates]
+            else:
                 ctxs = [
                     Ctx(policies[c.tenant_id], q, users=users, groups=groups)
-                    for c, q in zip(run, seqs[i:k], strict=True)
+                    for c, q in zip(batch, seqs[run.start : run.end], strict=True)
                 ]
-                pairs = list(zip(run, await replace_users(conn, list(zip(run, ctxs, strict=True))), strict=True))
-                i = k
-            else:
-                cmd = commands[i]
-                ctx = Ctx(policies[cmd.tenant_id], seqs[i], users=users, groups=groups)
-                pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, ctx))]
-                i += 1
+                if run.kind == "replaces":
+                    pairs = list(
+                        zip(batch, await replace_users(conn, list(zip(batch, ctxs, strict=True))), strict=True)
+                    )
+                else:
+                    cmd, ctx = batch[0], ctxs[0]
+                    pairs = [(cmd, await HANDLERS[cmd.type](conn, cmd, cmd.payload, ctx))]
             for cmd, applied in pairs:
                 _record(cmd, applied, results, inbox, events)
         await store.record_outcomes(conn, inbox, events)
@@ -242,7 +264,6 @@ class Provisioner:
     ) -> list[tuple[Command, Outcome, bytes]]:
         """A batch of creates only (an initial sync, a burst of new hires): the rows and
         outcomes are made here, then written with their inbox rows in one statement."""
-        await self._fast_path_policies(conn, items)
         now = datetime.now(UTC)
         rows: list[dict[str, Any]] = []
         results: list[tuple[Command, Outcome, bytes]] = []
@@ -256,19 +277,7 @@ class Provisioner:
         await store.insert_users_with_outcomes(conn, rows, now, inbox)
         return results
 
-    async def _fast_path_policies(
-        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]]
-    ) -> dict[uuid.UUID, Any]:
-        """The batch's tenant policies, or _Fallback for what only the careful path handles
-        (an event twice in the batch, an unknown tenant)."""
-        if len({c.event_id for _, c in items}) != len(items):
-            raise _Fallback("the same event twice in one batch")
-        policies = await self._policies(conn, {c.tenant_id for _, c in items})
-        if any(c.tenant_id not in policies for _, c in items):
-            raise _Fallback("unknown tenant")
-        return policies
-
-    async def _policies(self, conn: asyncpg.Connection, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    async def _policies(self, conn: asyncpg.Connection, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, Policy]:
         """Tenant policies, cached for POLICY_CACHE_S: they change rarely (the CLI), and a
         query per batch is a round trip on the hot path. An unknown tenant is not cached."""
         now = time.monotonic()
@@ -276,16 +285,20 @@ class Provisioner:
         missing = [t for t in tenant_ids if t not in found]
         if missing:
             for tid, row in (await store.tenant_policies(conn, missing)).items():
-                self._policy_cache[tid] = (row, now + POLICY_CACHE_S)
-                found[tid] = row
+                policy = Policy.of(row)
+                self._policy_cache[tid] = (policy, now + POLICY_CACHE_S)
+                found[tid] = policy
         return found
 
     async def _apply_careful(
-        self, conn: asyncpg.Connection, items: list[tuple[Delivery, Command]], verdicts: Verdicts
+        self,
+        conn: asyncpg.Connection,
+        items: list[tuple[Delivery, Command]],
+        verdicts: Verdicts,
+        policies: dict[uuid.UUID, Policy],
     ) -> list[tuple[Command, Outcome, bytes]]:
         results: list[tuple[Command, Outcome, bytes]] = []
         await _lock_batch(conn, items)
-        policies = await self._policies(conn, {c.tenant_id for _, c in items})
         stored = await store.stored_outcomes(conn, [c.event_id for _, c in items])
         done_in_batch: dict[uuid.UUID, tuple[Outcome, bytes]] = {}
         for d, cmd in items:
@@ -325,7 +338,7 @@ class Provisioner:
         self,
         conn: asyncpg.Connection,
         cmd: Command,
-        policy: Any,
+        policy: Policy | None,
         seq: tuple[int, int],
         side: list[tuple[Command, Outcome, bytes]] | None = None,
     ) -> Outcome:
@@ -496,10 +509,6 @@ async def _lock_batch(
         elif isinstance(p, ReplaceGroup | ChangeGroupMembers | DeleteGroup):
             groups.append(p.group_id)
     return await store.lock_in_order(conn, users, groups, with_groups=with_groups)
-
-
-class _Fallback(Exception):
-    """The fast path does not fit this batch."""
 
 
 class _AlreadyApplied(Exception):

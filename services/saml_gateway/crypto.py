@@ -1,7 +1,7 @@
 """An in-process pysaml2 crypto backend on the ``xmlsec`` binding (libxmlsec1).
 
 pysaml2's default backend (``CryptoBackendXmlSec1``) writes each document to a temp
-file and forks the ``xmlsec1`` program for every signature check (~25 ms CPU each).
+file and forks the ``xmlsec1`` program for every signature check (its CPU cost: BENCHMARKS.md).
 This backend runs the same libxmlsec1 verification in process, and reproduces what the
 program does for pysaml2's command line
 (``xmlsec1 --verify --enabled-reference-uris empty,same-doc --enabled-key-data

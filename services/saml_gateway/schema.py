@@ -2,9 +2,9 @@
 
 Before checking a signature, pysaml2 validates the signed element against the SAML 2.0
 schemas (``saml2.sigver.validate_doc_with_schema``, its defence against documents
-shaped to confuse signature checks). It does so with ``xmlschema``, pure Python: about
-3.3 ms of the ~6.6 ms a whole response check takes. libxml2's XSD validator does the
-same job in ~0.06 ms against the same schema files (pysaml2's own copies).
+shaped to confuse signature checks). It does so with ``xmlschema``, pure Python: a large part
+of what a whole response check costs. libxml2's XSD validator does the same job against the
+same schema files (pysaml2's own copies) at a small fraction of that (BENCHMARKS.md).
 
 libxml2 is the stricter of the two (e.g. it refuses an ``xsi:type`` QName whose prefix
 pysaml2's re-serialisation left undeclared, which xmlschema lets pass), so a document

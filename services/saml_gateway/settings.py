@@ -11,8 +11,8 @@ from provisio_lib.settings import CommonSettings
 
 class SamlSettings(CommonSettings):
     # asyncio's loop by default here: signature checks run in worker threads, and with
-    # uvloop the gateway did fewer logins (bench_saml at 32 clients: 145-157/s on uvloop,
-    # 172-181/s on asyncio, same machine, same hour). PROVISIO_EVENT_LOOP still decides.
+    # uvloop the gateway did fewer logins (BENCHMARKS.md, "SAML JIT logins").
+    # PROVISIO_EVENT_LOOP still decides.
     event_loop: str = Field(
         default="asyncio", pattern=r"^(uvloop|asyncio)$", description="asyncio (default for the SAML gateway) or uvloop"
     )
@@ -49,8 +49,8 @@ class SamlSettings(CommonSettings):
     saml_schema_validator: Literal["libxml2", "xmlschema"] = Field(
         default="libxml2",
         description="What validates signed elements against the SAML schemas before their signature is "
-        "checked: libxml2 (through lxml, ~0.06 ms; what it refuses goes to xmlschema for the verdict) or "
-        "xmlschema only (pysaml2's own, pure Python, ~3 ms)",
+        "checked: libxml2 (through lxml, the fast one; what it refuses goes to xmlschema for the verdict) or "
+        "xmlschema only (pysaml2's own, pure Python, slower: BENCHMARKS.md)",
     )
     saml_xmlsec1_path: str = Field(default="/usr/bin/xmlsec1", description="The xmlsec1 program")
     saml_verify_threads: int = Field(

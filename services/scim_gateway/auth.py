@@ -78,7 +78,7 @@ class TokenCache:
         self.ttl_s = ttl_s
         # Least recently used out when full (a spray of unknown tokens must not evict the
         # ones in use); each entry carries its own expiry, positive and negative TTLs
-        # differ. Not TLRUCache: its timer costs ~10x a dict get, on every request.
+        # differ. Not TLRUCache: its timer costs far more than a dict get, on every request.
         self._cache: LRUCache[bytes, tuple[float, TenantAuth | None]] = LRUCache(_MAX_ENTRIES)
         self._used: set[uuid.UUID] = set()
         self._known: LRUCache[bytes, float] = LRUCache(_MAX_ENTRIES)  # digest -> last verified (monotonic)

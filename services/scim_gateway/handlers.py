@@ -90,7 +90,7 @@ def public_url(settings: Any) -> str:
 
 
 def dumps(data: Any) -> bytes:
-    """JSON bytes of a response body: pydantic-core's serializer (~4x faster than
+    """JSON bytes of a response body: pydantic-core's serializer (cheaper than
     json.dumps, compact, UTF-8); json.dumps for what it refuses (lone surrogates)."""
     try:
         return to_json(data)
@@ -124,7 +124,7 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise invalid_syntax("the request body is empty")
     try:
-        # pydantic-core's parser (jiter) gives the same values as json.loads, ~2x faster;
+        # pydantic-core's parser (jiter) gives the same values as json.loads, cheaper;
         # what it refuses (a BOM, UTF-16, lone surrogate escapes, deep nesting) goes to
         # json.loads, so the answer (value or error) is json.loads's.
         body = request[BODY] = from_json(raw)
@@ -525,15 +525,8 @@ async def replace_user(request: web.Request) -> web.Response:
         raise not_found(f"User {uid}")
     data = user_data(resource, keep=unknown_attributes(row["attributes"]))
     check_if_match(request, row["version"])
-    _check_user_name_policy(auth, row["user_name"], data.user_name)
     outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=if_match_version(request)))
     return _user_response(request, _committed(outcome))
-
-
-def _check_user_name_policy(auth: TenantAuth, old: str, new: str) -> None:
-    # Splashtop team rule (tenant policy): userName cannot change once provisioned.
-    if auth.immutable_user_name and old.lower() != new.lower():
-        raise ScimError(400, "userName cannot be changed in this tenant (immutable userName policy)", "mutability")
 
 
 async def patch_user(request: web.Request) -> web.Response:
@@ -568,7 +561,6 @@ async def patch_user(request: web.Request) -> web.Response:
             if _wants(kind, "groups", attrs, excluded):
                 state["groups"] = await repo.user_groups(pool, uid)
             return _resource_response(request, "User", render_user(state, base_url(request), kind=kind), row["version"])
-        _check_user_name_policy(auth, row["user_name"], updated["userName"])
         data = user_data(updated, keep=unknown_attributes(row["attributes"]))
         outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))
         if (

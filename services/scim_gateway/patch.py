@@ -362,7 +362,7 @@ def _apply_undeclared(kind: ResourceKind, res: dict[str, Any], op: Op) -> bool:
 
 def _copy_json(value: Any) -> Any:
     """Deep copy of a JSON tree (dicts, lists, scalars): what copy.deepcopy does for a
-    resource in canonical form, without its memo bookkeeping (~4x faster)."""
+    resource in canonical form, without its memo bookkeeping (cheaper: BENCHMARKS.md)."""
     if isinstance(value, dict):
         return {k: _copy_json(v) for k, v in value.items()}
     if isinstance(value, list):

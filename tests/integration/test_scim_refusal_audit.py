@@ -31,9 +31,10 @@ async def test_gateway_refusals_are_audited_with_the_token_label(service_env, po
         r = await c.post("/scim/v2/Users", headers=h, json={"userName": "bob@example.com", "active": "maybe"})
         assert r.status == 400
         bad_cid = r.headers["X-Correlation-Id"]
-        # 400 on a tenant policy (userName immutable)
+        # 400 on a tenant policy (userName immutable): the provisioner's rule, so its refusal
         r = await c.put(f"/scim/v2/Users/{uid}", headers=h, json={"schemas": [USER], "userName": "ann2@example.com"})
-        assert r.status == 400
+        assert r.status == 400 and (await r.json())["scimType"] == "mutability"
+        policy_cid = r.headers["X-Correlation-Id"]
         # 413
         r = await c.post("/scim/v2/Users", headers=h, json={"userName": "big@example.com", "displayName": "x" * 4000})
         assert r.status == 413
@@ -44,17 +45,20 @@ async def test_gateway_refusals_are_audited_with_the_token_label(service_env, po
         assert r.status == 409
         dup_cid = r.headers["X-Correlation-Id"]
 
-        await eventually(lambda: _count(pool, tenant.id, 3), timeout=15)
+        await eventually(lambda: _count(pool, tenant.id, 2), timeout=15)
         rows = await _rows(pool, tenant.id)
-        assert len(rows) == 3, rows
+        assert len(rows) == 2, rows
         assert all(r["source_kind"] == "scim" and r["source_label"] == "test" and r["result"] == "failed" for r in rows)
-        schema, policy, big = rows
+        schema, big = rows
         assert schema["operation"] == "user.create" and schema["user_name"] == "bob@example.com"
         assert schema["correlation_id"] == bad_cid
         assert list(schema["notes"]) == ["refused:http_400", "scimType:invalidValue"]
         assert "active must be a boolean" in schema["error_message"]
+        policy_sql = "SELECT operation, error_code, error_message, resource_id FROM audit_log WHERE correlation_id = $1"
+        await eventually(lambda: _any(pool, policy_sql, policy_cid), timeout=15)
+        (policy,) = await pool.fetch(policy_sql, policy_cid)  # once, by the provisioner
         assert policy["operation"] == "user.replace" and str(policy["resource_id"]) == uid
-        assert "immutable userName" in policy["error_message"] and "scimType:mutability" in policy["notes"]
+        assert policy["error_code"] == "mutability" and "immutable userName" in policy["error_message"]
         assert big["operation"] == "user.create" and "refused:http_413" in big["notes"]
         dup_sql = "SELECT error_code FROM audit_log WHERE correlation_id = $1"
         await eventually(lambda: _any(pool, dup_sql, dup_cid), timeout=15)

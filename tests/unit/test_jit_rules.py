@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from provisio_lib import sso
+from provisioner.core import Policy
 from provisioner.domain import (
     adoption_basis,
     email_domain,
@@ -93,7 +94,7 @@ def test_one_group_per_user() -> None:
 
 
 def test_immutable_covers_user_name_and_email() -> None:
-    on, off = {"immutable_user_name": True}, {"immutable_user_name": False}
+    on, off = Policy(immutable_user_name=True), Policy(immutable_user_name=False)
     before = {"user_name": "Al", "email": "al@acme.test"}
     assert immutable_change(off, before, {"user_name": "Bo", "email": "x@y"}) is None
     assert immutable_change(on, before, {"user_name": "AL", "email": "AL@acme.test"}) is None
