@@ -86,7 +86,8 @@ async def get_group(conn: Any, tenant_id: uuid.UUID, group_id: uuid.UUID, *, mem
 _MEMBERS_OF = """SELECT DISTINCT ON (m.group_id, u.id) m.group_id, u.id,
     coalesce(nullif(u.display_name, ''), u.user_name) AS display
 FROM memberships m JOIN users u ON u.id = m.user_id AND u.tenant_id = m.tenant_id
-WHERE m.group_id = ANY($1::uuid[]) AND m.tenant_id = $2
+WHERE m.group_id IN (SELECT g.id FROM groups g WHERE g.id = ANY($1::uuid[]) AND g.tenant_id = $2)
+  AND m.tenant_id = $2
 ORDER BY m.group_id, u.id"""
 
 
@@ -225,7 +226,7 @@ async def members_page(
     after = decode_cursor(cursor) if cursor else None
     rows = await conn.fetch(
         f"""SELECT {user_columns()} FROM users u
-            WHERE u.tenant_id = $1
+            WHERE u.tenant_id = $1 AND EXISTS (SELECT 1 FROM groups g WHERE g.id = $2 AND g.tenant_id = $1)
               AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = $2 AND m.user_id = u.id AND m.tenant_id = $1)
               AND ($3::timestamptz IS NULL OR (u.created_at, u.id) > ($3, $4::uuid))
             ORDER BY u.created_at, u.id LIMIT $5""",
