@@ -25,6 +25,8 @@ PURE = [
     "libs/provisio_lib/topology.py",
     "libs/provisio_lib/scim_extensions.py",
     "libs/provisio_lib/names.py",
+    "libs/provisio_lib/directory/layout.py",
+    "libs/provisio_lib/directory/mapping.py",
 ]
 
 

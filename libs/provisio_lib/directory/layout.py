@@ -65,10 +65,14 @@ TABLES = {"User": USERS, "Group": GROUPS}  # by resource type name
 def groups_of(user: str = "u") -> str:
     """A user's groups (``UserState.groups``: ``{"id", "display_name"}``, by name then id)
     as one jsonb array, for the SELECT list of a query over ``users`` aliased ``user``.
-    A user may be a member twice (by SCIM and by JIT): ``IN`` counts the group once."""
+    A user may be a member twice (by SCIM and by JIT): ``IN`` counts the group once.
+
+    The group's tenant is checked in the aggregate's FILTER, not in WHERE: there it
+    would let the planner read all the tenant's groups (``groups_created_idx``) instead
+    of the user's few memberships and ``groups_pkey``."""
     return f"""(SELECT coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'display_name', g.display_name)
-    ORDER BY g.display_name, g.id), '[]'::jsonb)
-  FROM groups g WHERE g.tenant_id = {user}.tenant_id AND g.id IN
+    ORDER BY g.display_name, g.id) FILTER (WHERE g.tenant_id = {user}.tenant_id), '[]'::jsonb)
+  FROM groups g WHERE g.id IN
     (SELECT m.group_id FROM memberships m WHERE m.user_id = {user}.id AND m.tenant_id = {user}.tenant_id))"""
 
 
