@@ -273,10 +273,10 @@ async def _directory_call(fn: Any, *args: Any, **kw: Any) -> Any:
 # --------------------------------------------------------------------------- directory
 
 
-async def _list(request: web.Request, fn: Any) -> web.Response:
-    """A page of a tenant's users or groups (``directory.list_users``/``list_groups``)."""
+async def _list(request: web.Request, fn: Any, to_json: Any) -> web.Response:
+    """A page of a tenant's users or groups (``directory.users_page``/``groups_page``)."""
     tid = await _tenant(request, request.match_info["tenant"])
-    data, nxt = await _directory_call(
+    page = await _directory_call(
         fn,
         request.app[POOL],
         tid,
@@ -284,31 +284,32 @@ async def _list(request: web.Request, fn: Any) -> web.Response:
         cursor=request.query.get("cursor") or None,
         updated_after=_timestamp(request, "updated_after"),
     )
-    return _page(data, nxt)
+    return _page([to_json(r) for r in page.rows], page.next_cursor)
 
 
 async def list_users(request: web.Request) -> web.Response:
-    return await _list(request, directory.list_users)
+    return await _list(request, directory.users_page, directory.user_json)
 
 
 async def get_user(request: web.Request) -> web.Response:
     tid = await _tenant(request, request.match_info["tenant"])
-    user = await directory.get_user(request.app[POOL], tid, _uuid(request.match_info["id"], "user"))
-    if user is None:
+    row = await directory.get_user(request.app[POOL], tid, _uuid(request.match_info["id"], "user"))
+    if row is None:
         raise ApiError(404, "not_found", f"no user {request.match_info['id']} in this tenant")
-    return web.json_response(user)
+    return web.json_response(directory.user_json(row))
 
 
 async def list_groups(request: web.Request) -> web.Response:
-    return await _list(request, directory.list_groups)
+    return await _list(request, directory.groups_page, directory.group_json)
 
 
 async def get_group(request: web.Request) -> web.Response:
     tid = await _tenant(request, request.match_info["tenant"])
-    group = await directory.get_group(request.app[POOL], tid, _uuid(request.match_info["id"], "group"))
-    if group is None:
+    gid = _uuid(request.match_info["id"], "group")
+    row = await directory.get_group(request.app[POOL], tid, gid, member_count=True)
+    if row is None:
         raise ApiError(404, "not_found", f"no group {request.match_info['id']} in this tenant")
-    return web.json_response(group)
+    return web.json_response(directory.group_json(row))
 
 
 async def list_members(request: web.Request) -> web.Response:
@@ -317,15 +318,18 @@ async def list_members(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     if await directory.get_group(pool, tid, gid) is None:
         raise ApiError(404, "not_found", f"no group {gid} in this tenant")
-    data, nxt = await _directory_call(
-        directory.list_members,
+    page = await _directory_call(
+        directory.members_page,
         pool,
         tid,
         gid,
         limit=_limit(request, directory.DEFAULT_LIMIT, directory.MAX_LIMIT),
         cursor=request.query.get("cursor") or None,
     )
-    return _page(data, nxt)
+    return _page(
+        [{**directory.user_json(r), "membership_sources": list(r["membership_sources"] or ())} for r in page.rows],
+        page.next_cursor,
+    )
 
 
 # --------------------------------------------------------------------------- events

@@ -7,7 +7,10 @@ whole ABNF with errata, typed literals, JSON string escapes, and Entra's
 Every value a client sends travels as a ``$n`` parameter, never inside the SQL text;
 LIKE patterns escape ``\\ % _`` so they are data too. Attribute *names* never reach the
 SQL either: they are resolved against the schema tables to fixed column expressions,
-and JSON paths into ``attributes`` are passed as ``text[]`` parameters.
+and JSON paths into ``attributes`` are passed as ``text[]`` parameters. The columns
+and the joins over ``memberships`` are the directory read model's
+(``provisio_lib.directory.layout``): this module maps SCIM attributes to its field
+names, and knows no table layout of its own.
 
 ``caseExact: false`` attributes compare ``lower(x) = lower($n)`` — for ``userName``
 this is exactly the expression of the unique index ``users_user_name_key
@@ -40,6 +43,8 @@ from scim2_models.path import (
     ScimFilter,
     ValuePath,
 )
+
+from provisio_lib.directory.layout import GROUPS_OF, MEMBERS, TABLES, Link, link_col, link_exists
 
 from .errors import invalid_filter, invalid_value
 from .limits import check_filter_text, check_filter_tree
@@ -149,6 +154,7 @@ _STR_EXACT = Attr("x", "string", case_exact=True)
 class _Compiler:
     def __init__(self, kind: ResourceKind, alias: str, first_param: int) -> None:
         self.kind = kind
+        self.table = TABLES[kind.name]
         self.alias = alias
         self.params: list[Any] = []
         self.first = first_param
@@ -165,6 +171,10 @@ class _Compiler:
         self.params.append(value)
         return f"${self.first + len(self.params) - 1}"
 
+    def col(self, field: str) -> str:
+        """The read model's column ``field`` under this compiler's alias."""
+        return self.table.col(field, self.alias)
+
     def key(self, name: str) -> str:
         return f"{self.param(name)}::text"
 
@@ -175,7 +185,7 @@ class _Compiler:
     # ---- attribute resolution
 
     def resolve(self, ap: AttrPath) -> _Target:
-        a = self.alias
+        col = self.col
         kind = self.kind
         uri = ap.uri.lower() if ap.uri else None
         name = ap.attr
@@ -183,15 +193,15 @@ class _Compiler:
         low = name.lower()
         if uri is None or uri == kind.core.id.lower():
             if low == "id" and not sub:
-                return _Column(f"{a}.id", "uuid", True)
+                return _Column(col("id"), "uuid", True)
             if low == "externalid" and not sub:
-                return _Column(f"{a}.external_id", "string", True)
+                return _Column(col("external_id"), "string", True)
             if low == "meta":
                 s = (sub or "").lower()
                 if s == "created":
-                    return _Column(f"{a}.created_at", "dateTime", True)
+                    return _Column(col("created_at"), "dateTime", True)
                 if s == "lastmodified":
-                    return _Column(f"{a}.updated_at", "dateTime", True)
+                    return _Column(col("updated_at"), "dateTime", True)
                 if s == "resourcetype":
                     return _Const(kind.name)
                 raise invalid_filter(f"meta.{sub} cannot be filtered on")
@@ -201,25 +211,25 @@ class _Compiler:
             sub_attr = self._sub(attr, sub, ap)
             if kind.name == "Group":
                 if attr.name == "displayName":
-                    return _Column(f"{a}.display_name", "string", False)
+                    return _Column(col("display_name"), "string", False)
                 if attr.name == "members":
                     return _Members(sub_attr.name if sub_attr else None)
                 raise invalid_filter(f"{attr.name} cannot be filtered on")
             if attr.name == "userName":
-                return _Column(f"{a}.user_name", "string", False)
+                return _Column(col("user_name"), "string", False)
             if attr.name == "displayName":
-                return _Column(f"{a}.display_name", "string", False)
+                return _Column(col("display_name"), "string", False)
             if attr.name == "active":
-                return _Column(f"{a}.active", "boolean", True)
+                return _Column(col("active"), "boolean", True)
             if attr.name == "groups":
                 return _UserGroups(sub_attr.name if sub_attr else None)
             if attr.name == "emails":
-                return _JsonMulti(f"{a}.emails", (), attr, sub_attr.name if sub_attr else None)
+                return _JsonMulti(col("emails"), (), attr, sub_attr.name if sub_attr else None)
             if attr.name == "name" and sub_attr is not None:
                 if sub_attr.name == "givenName":
-                    return _Column(f"{a}.given_name", "string", False)
+                    return _Column(col("given_name"), "string", False)
                 if sub_attr.name == "familyName":
-                    return _Column(f"{a}.family_name", "string", False)
+                    return _Column(col("family_name"), "string", False)
             if attr.mutability == "writeOnly":
                 raise invalid_filter(f"{attr.name} cannot be filtered on")
             return self._json(attr, sub_attr, (attr.name,))
@@ -230,14 +240,14 @@ class _Compiler:
         if attr is None:
             raise invalid_filter(f"unknown attribute {str(ap)!r} in filter")
         if (ext.id, attr.name) in kind.sso_aliases and not sub:
-            return _Column(f"{a}.sso_name", "string", True)  # stored as Provisio's ssoName
+            return _Column(col("sso_name"), "string", True)  # stored as Provisio's ssoName
         if ext.id == PROVISIO_SCHEMA:
             if attr.name == "ssoName":
-                return _Column(f"{a}.sso_name", "string", True)
+                return _Column(col("sso_name"), "string", True)
             if attr.free_form:  # custom.<key>: tenant-defined, compared as text
                 if not sub:
                     raise invalid_filter("filter on custom.<attribute>, not on custom itself")
-                return _JsonScalar(f"{a}.attributes", ("custom", sub), _STR)  # stored as attributes["custom"]
+                return _JsonScalar(col("attributes"), ("custom", sub), _STR)  # stored as attributes["custom"]
         sub_attr = self._sub(attr, sub, ap)
         if ext.id == ENTERPRISE_SCHEMA and attr.name == "manager" and sub_attr is None:
             sub_attr = attr.child("value")
@@ -252,7 +262,7 @@ class _Compiler:
         return child
 
     def _json(self, attr: Attr, sub_attr: Attr | None, path: tuple[str, ...]) -> _Target:
-        base = f"{self.alias}.attributes"
+        base = self.col("attributes")
         if attr.multi_valued:
             return _JsonMulti(None, path, attr, sub_attr.name if sub_attr else None)
         if sub_attr is not None:
@@ -287,14 +297,14 @@ class _Compiler:
         if ap.uri or ap.sub_attr:
             raise invalid_filter(f"{ap} is not a sub-attribute of {parent.name}")
         if var in ("@members", "@groups"):
-            link, other, col, const = (
-                ("m", "mu", "user_id", "User") if var == "@members" else ("ug", "gg", "group_id", "direct")
+            link, m, other, const = (
+                (MEMBERS, "m", "mu", "User") if var == "@members" else (GROUPS_OF, "ug", "gg", "direct")
             )
             s = ap.attr.lower()
             if s == "value":
-                return _Column(f"{link}.{col}", "uuid", True)
+                return _Column(link_col(link, m), "uuid", True)
             if s == "display":
-                return _Column(f"{other}.display_name", "string", False)
+                return _Column(link.other_table.col("display_name", other), "string", False)
             if s == "type":
                 return _Const(const)
             raise invalid_filter(f"unknown attribute {parent.name}.{ap.attr} in filter")
@@ -312,18 +322,12 @@ class _Compiler:
             from .schema import group_schema
 
             inner = self.node(n.val_filter, ("@members", group_schema().attr("members")))  # type: ignore[arg-type]
-            return (
-                "EXISTS (SELECT 1 FROM memberships m JOIN users mu ON mu.id = m.user_id "
-                f"WHERE m.group_id = {self.alias}.id AND {inner})"
-            )
+            return link_exists(MEMBERS, self.alias, "m", "mu", inner)
         if isinstance(target, _UserGroups) and target.sub is None:
             from .schema import user_schema
 
             inner = self.node(n.val_filter, ("@groups", user_schema().attr("groups")))  # type: ignore[arg-type]
-            return (
-                "EXISTS (SELECT 1 FROM memberships ug JOIN groups gg ON gg.id = ug.group_id "
-                f"WHERE ug.user_id = {self.alias}.id AND {inner})"
-            )
+            return link_exists(GROUPS_OF, self.alias, "ug", "gg", inner)
         raise invalid_filter(f"{n.attr_path} is not a multi-valued attribute")
 
     def array(self, t: _JsonMulti) -> str:
@@ -331,9 +335,10 @@ class _Compiler:
             return f"coalesce({t.array}, '[]'::jsonb)"
         # jsonb_typeof guard: a non-array stored value must not make the query fail
         p = self.param(list(t.path))
+        attributes = self.col("attributes")
         return (
-            f"(CASE WHEN jsonb_typeof({self.alias}.attributes #> {p}::text[]) = 'array' "
-            f"THEN {self.alias}.attributes #> {p}::text[] ELSE '[]'::jsonb END)"
+            f"(CASE WHEN jsonb_typeof({attributes} #> {p}::text[]) = 'array' "
+            f"THEN {attributes} #> {p}::text[] ELSE '[]'::jsonb END)"
         )
 
     # ---- presence
@@ -358,9 +363,9 @@ class _Compiler:
         if isinstance(t, _Const):
             return "TRUE"
         if isinstance(t, _Members):
-            return f"EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = {self.alias}.id)"
+            return link_exists(MEMBERS, self.alias, "m", None)
         if isinstance(t, _UserGroups):
-            return f"EXISTS (SELECT 1 FROM memberships ug WHERE ug.user_id = {self.alias}.id)"
+            return link_exists(GROUPS_OF, self.alias, "ug", None)
         raise invalid_filter("unsupported presence test")
 
     # ---- comparison
@@ -419,40 +424,26 @@ class _Compiler:
                 inner = self.compare_sql(f"({var}.v ->> {self.key(sub.name)})", "string", sub.case_exact, op, value)
             return f"EXISTS (SELECT 1 FROM jsonb_array_elements({self.array(t)}) AS {var}(v) WHERE {inner})"
         if isinstance(t, _Members):
-            return self.compare_link("m", "mu", "group_id", "user_id", "users", t.sub, op, value)
+            return self.compare_link(MEMBERS, "m", "mu", "User", t.sub, op, value)
         if isinstance(t, _UserGroups):
-            return self.compare_link("ug", "gg", "user_id", "group_id", "groups", t.sub, op, value)
+            return self.compare_link(GROUPS_OF, "ug", "gg", "direct", t.sub, op, value)
         raise invalid_filter("unsupported comparison")
 
     def compare_link(
-        self,
-        m: str,
-        other: str,
-        own_col: str,
-        other_col: str,
-        table: str,
-        sub: str | None,
-        op: CompareOperator,
-        value: Any,
+        self, link: Link, m: str, other: str, type_: str, sub: str | None, op: CompareOperator, value: Any
     ) -> str:
+        """``members.x`` / ``groups.x`` (``type_``: the constant ``type`` of the link)."""
         s = (sub or "value").lower()
+        eq_op = op if op != CompareOperator.ne else CompareOperator.eq
         if s == "value":
-            cond = self.compare_sql(
-                f"{m}.{other_col}", "uuid", True, op if op != CompareOperator.ne else CompareOperator.eq, value
-            )
-        elif s == "display":
-            col = "display_name"  # users and groups both
-            cond = self.compare_sql(
-                f"{other}.{col}", "string", False, op if op != CompareOperator.ne else CompareOperator.eq, value
-            )
+            cond = self.compare_sql(link_col(link, m), "uuid", True, eq_op, value)
+        elif s == "display":  # a user's or a group's display_name
+            cond = self.compare_sql(link.other_table.col("display_name", other), "string", False, eq_op, value)
         elif s == "type":
-            cond = "TRUE" if _const_match("User" if table == "users" else "direct", op, value) else "FALSE"
+            cond = "TRUE" if _const_match(type_, op, value) else "FALSE"
         else:
             raise invalid_filter(f"{sub} cannot be filtered on")
-        exists = (
-            f"EXISTS (SELECT 1 FROM memberships {m} JOIN {table} {other} ON {other}.id = {m}.{other_col} "
-            f"WHERE {m}.{own_col} = {self.alias}.id AND {cond})"
-        )
+        exists = link_exists(link, self.alias, m, other, cond)
         return f"NOT {exists}" if op == CompareOperator.ne else exists
 
     def compare_json_bool(self, expr: str, op: CompareOperator, value: Any) -> str:
@@ -552,7 +543,7 @@ def _const_match(actual: str, op: CompareOperator, value: Any) -> bool:
 
 
 # ``<attr> eq "string"`` on a column, straight to SQL (no AST, no attribute resolution):
-# (kind, attribute name in lower case) → (column, type, caseExact, unique). The SQL and
+# (kind, attribute name in lower case) → (read model column, type, caseExact, unique). The SQL and
 # parameters are those the general compiler makes (a unit test compares them); every
 # other filter takes the general path.
 _EQ_COLUMNS: dict[tuple[str, str], tuple[str, str, bool, bool]] = {
@@ -584,7 +575,7 @@ def fast_eq_filter(kind: ResourceKind, text: str, alias: str, first_param: int) 
         value = raw[1:-1]  # the pattern admits no quote or control character unescaped
     column, typ, case_exact, unique = target
     c = _Compiler(kind, alias, first_param)
-    return SqlFilter(c.compare_sql(f"{alias}.{column}", typ, case_exact, CompareOperator.eq, value), c.params, unique)
+    return SqlFilter(c.compare_sql(c.col(column), typ, case_exact, CompareOperator.eq, value), c.params, unique)
 
 
 def compile_filter(kind: ResourceKind, text: str, alias: str, first_param: int) -> SqlFilter:
@@ -632,5 +623,5 @@ def compile_sort(kind: ResourceKind, sort_by: str, alias: str, first_param: int)
             c.params,
         )
     if isinstance(t, _Const):
-        return SqlFilter(f"{alias}.id", [])
+        return SqlFilter(c.col("id"), [])
     raise invalid_value(f"sortBy {sort_by!r} cannot be sorted on")

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic_core import from_json, to_json
 
+from provisio_lib import directory
 from provisio_lib.contract import (
     ChangeGroupMembers,
     Command,
@@ -384,7 +385,7 @@ async def _search(
         items = [render_user(r, base, kind=kind) for r in rows]
     else:
         members = (
-            await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
+            await directory.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if wants_links and rows else {}
         )
         items = [render_group(r, members.get(r["id"]) if wants_links else None, base) for r in rows]
     items = [project(kind, i, attributes, excluded) for i in items]
@@ -491,7 +492,9 @@ async def get_user(request: web.Request) -> web.Response:
     auth = tenant(request)
     attrs, excluded = _projection(request)
     kind = tenant_user_kind(request)
-    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, _wants(kind, "groups", attrs, excluded))
+    row = await directory.get_user(
+        request.app[POOL], auth.tenant_id, uid, groups=_wants(kind, "groups", attrs, excluded)
+    )
     if row is None:
         raise not_found(f"User {uid}")
     if not_modified(request, row["version"]):
@@ -520,7 +523,7 @@ async def replace_user(request: web.Request) -> web.Response:
     auth = tenant(request)
     resource = fold_sso_aliases(kind, normalise(kind, await read_json(request)))
     require(kind, resource)
-    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
+    row = await directory.get_user(request.app[POOL], auth.tenant_id, uid, groups=False)
     if row is None:
         raise not_found(f"User {uid}")
     data = user_data(resource, keep=unknown_attributes(row["attributes"]))
@@ -540,7 +543,7 @@ async def patch_user(request: web.Request) -> web.Response:
     retries = request.app[SETTINGS].scim_write_retries
     for attempt in range(retries + 1):
         # The groups are only shown, never patched: read them only if the stored state is the answer.
-        row = await repo.get_user(pool, auth.tenant_id, uid, with_groups=False)
+        row = await directory.get_user(pool, auth.tenant_id, uid, groups=False)
         if row is None:
             raise not_found(f"User {uid}")
         check_if_match(request, row["version"])
@@ -559,7 +562,7 @@ async def patch_user(request: web.Request) -> web.Response:
             state = dict(row)
             attrs, excluded = _projection(request)
             if _wants(kind, "groups", attrs, excluded):
-                state["groups"] = await repo.user_groups(pool, uid)
+                state["groups"] = await directory.user_groups(pool, auth.tenant_id, uid)
             return _resource_response(request, "User", render_user(state, base_url(request), kind=kind), row["version"])
         data = user_data(updated, keep=unknown_attributes(row["attributes"]))
         outcome = await submit(request, ReplaceUser(user_id=uid, data=data, expected_version=row["version"]))
@@ -581,7 +584,7 @@ async def patch_user(request: web.Request) -> web.Response:
 async def delete_user(request: web.Request) -> web.Response:
     uid = parse_id(request.match_info["id"], "User")
     auth = tenant(request)
-    row = await repo.get_user(request.app[POOL], auth.tenant_id, uid, with_groups=False)
+    row = await directory.get_user(request.app[POOL], auth.tenant_id, uid, groups=False)
     if row is None:
         raise not_found(f"User {uid}")
     check_if_match(request, row["version"])
@@ -600,14 +603,14 @@ async def _group_response(request: web.Request, group: dict[str, Any] | Any, sta
     members = None
     if _wants(group_kind(), "members", attrs, excluded):
         gid = uuid.UUID(str(group["id"]))
-        members = (await repo.group_members(request.app[POOL], auth.tenant_id, [gid]))[gid]
+        members = (await directory.group_members(request.app[POOL], auth.tenant_id, [gid]))[gid]
     resource = render_group(group, members, base_url(request))
     return _resource_response(request, "Group", resource, int(group["version"]), status)
 
 
 async def get_group(request: web.Request) -> web.Response:
     gid = parse_id(request.match_info["id"], "Group")
-    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    row = await directory.get_group(request.app[POOL], tenant(request).tenant_id, gid)
     if row is None:
         raise not_found(f"Group {gid}")
     if not_modified(request, row["version"]):
@@ -630,7 +633,7 @@ async def replace_group(request: web.Request) -> web.Response:
     resource = normalise(kind, await read_json(request))
     require(kind, resource)
     data = group_data(resource, member_ids(resource))
-    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    row = await directory.get_group(request.app[POOL], tenant(request).tenant_id, gid)
     if row is None:
         raise not_found(f"Group {gid}")
     check_if_match(request, row["version"])
@@ -648,7 +651,7 @@ async def patch_group(request: web.Request) -> web.Response:
     ops = parse_patch(await read_json(request))
     plan = plan_group_patch(kind, ops)
     retries = request.app[SETTINGS].scim_write_retries
-    row = await repo.get_group(pool, auth.tenant_id, gid)
+    row = await directory.get_group(pool, auth.tenant_id, gid)
     if row is None:
         raise not_found(f"Group {gid}")
     check_if_match(request, row["version"])
@@ -657,7 +660,7 @@ async def patch_group(request: web.Request) -> web.Response:
         for attempt in range(retries + 1):
             members = None
             if plan.needs_members:
-                members = (await repo.group_members(pool, auth.tenant_id, [gid]))[gid]
+                members = (await directory.group_members(pool, auth.tenant_id, [gid]))[gid]
             current = canonical_group(row, members)
             updated = normalise(kind, apply_patch(kind, current, plan.other))
             require(kind, updated)
@@ -673,7 +676,7 @@ async def patch_group(request: web.Request) -> web.Response:
                 and if_match_version(request) is None
                 and attempt < retries
             ):
-                row = await repo.get_group(pool, auth.tenant_id, gid)
+                row = await directory.get_group(pool, auth.tenant_id, gid)
                 if row is None:
                     raise not_found(f"Group {gid}")
                 continue
@@ -689,7 +692,7 @@ async def patch_group(request: web.Request) -> web.Response:
 
 async def delete_group(request: web.Request) -> web.Response:
     gid = parse_id(request.match_info["id"], "Group")
-    row = await repo.get_group(request.app[POOL], tenant(request).tenant_id, gid)
+    row = await directory.get_group(request.app[POOL], tenant(request).tenant_id, gid)
     if row is None:
         raise not_found(f"Group {gid}")
     check_if_match(request, row["version"])
@@ -763,7 +766,7 @@ async def root_search(request: web.Request) -> web.Response:
         if kind.name == "User":
             items = [render_user(r, base, kind=kind) for r in rows]
         else:
-            members = await repo.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if rows else {}
+            members = await directory.group_members(pool, auth.tenant_id, [r["id"] for r in rows]) if rows else {}
             items = [render_group(r, members.get(r["id"]), base) for r in rows]
         pages.append([project(kind, i, req["attributes"], req["excluded"]) for i in items])
         totals.append(total)

@@ -1,69 +1,17 @@
-"""Reads from Postgres (asyncpg). Every query is scoped to the caller's tenant and uses
-only ``$n`` parameters; asyncpg prepares and caches each statement per connection."""
+"""The gateway's reads: SCIM's filter, sort and paging on top of the directory read
+model (``provisio_lib.directory``), which owns the SQL, the tables' layout and the
+tenant scoping. What stays here is SCIM's: a filter compiled to a condition over the
+read model's columns, and startIndex/count paging (RFC 7644 §3.4.2.4)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from .filters import SqlFilter, compile_filter, compile_sort, fast_eq_filter
+from provisio_lib import directory
+
+from .filters import compile_filter, compile_sort, fast_eq_filter
 from .schema import ResourceKind
-
-_USER_COLS = """u.id, u.user_name, u.external_id, u.active, u.display_name, u.given_name,
-u.family_name, u.emails, u.sso_name, u.attributes, u.version, u.created_at, u.updated_at"""
-
-# A user's groups (RFC 7643 §4.1.2 "groups", read-only) as a JSON array.
-_GROUPS_OF = """SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name)
-    ORDER BY g.display_name), '[]'::jsonb)
-  FROM groups g WHERE g.id IN (SELECT m.group_id FROM memberships m WHERE m.user_id = {user})"""
-# ... in the same round trip as the user's row.
-_USER_GROUPS = f"({_GROUPS_OF.format(user='u.id')}) AS groups"
-
-_GROUP_COLS = "g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at"
-
-_MEMBERS_SQL = """SELECT DISTINCT ON (m.group_id, u.id) m.group_id, u.id, u.user_name, u.display_name
-FROM memberships m JOIN users u ON u.id = m.user_id
-WHERE m.group_id = ANY($1::uuid[]) AND m.tenant_id = $2
-ORDER BY m.group_id, u.id"""
-
-
-async def get_user(pool: Any, tenant_id: uuid.UUID, user_id: uuid.UUID, with_groups: bool = True) -> Any:
-    groups = _USER_GROUPS if with_groups else _NO_GROUPS
-    return await pool.fetchrow(
-        f"SELECT {_USER_COLS}, {groups} FROM users u WHERE u.id = $1 AND u.tenant_id = $2",
-        user_id,
-        tenant_id,
-    )
-
-
-async def user_groups(pool: Any, user_id: uuid.UUID) -> list[dict[str, Any]]:
-    """A user's groups as ``get_user(with_groups=True)`` returns them in ``groups``."""
-    groups: list[dict[str, Any]] = await pool.fetchval(_GROUPS_OF.format(user="$1"), user_id)
-    return groups
-
-
-async def get_group(pool: Any, tenant_id: uuid.UUID, group_id: uuid.UUID) -> Any:
-    return await pool.fetchrow(
-        f"SELECT {_GROUP_COLS} FROM groups g WHERE g.id = $1 AND g.tenant_id = $2", group_id, tenant_id
-    )
-
-
-async def group_members(pool: Any, tenant_id: uuid.UUID, group_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    out: dict[uuid.UUID, list[Any]] = {gid: [] for gid in group_ids}
-    if not group_ids:
-        return out
-    for r in await pool.fetch(_MEMBERS_SQL, group_ids, tenant_id):
-        out[r["group_id"]].append({"id": r["id"], "display": r["display_name"] or r["user_name"]})
-    return out
-
-
-def _cols(kind: ResourceKind, with_groups: bool) -> str:
-    if kind.name == "User":
-        return f"{_USER_COLS}, {_USER_GROUPS if with_groups else _NO_GROUPS}"
-    return _GROUP_COLS
-
-
-_NO_GROUPS = "'[]'::jsonb AS groups"
 
 
 def unique_sql(
@@ -72,15 +20,11 @@ def unique_sql(
     """The query for a filter that matches at most one row through a unique index
     (``userName eq``, ``id eq``, a group's ``displayName eq``): a plain indexed lookup,
     no window count, sort or offset. None for any other filter."""
-    alias = "u" if kind.name == "User" else "g"
-    f = fast_eq_filter(kind, filter_text, alias, 2)  # None for filters that need the grammar
+    table = directory.TABLES[kind.name]
+    f = fast_eq_filter(kind, filter_text, table.alias, 2)  # None for filters that need the grammar
     if f is None or not f.unique:
         return None
-    table = "users" if kind.name == "User" else "groups"
-    return f"SELECT {_cols(kind, with_groups)} FROM {table} {alias} WHERE {alias}.tenant_id = $1 AND {f.sql}", [
-        tenant_id,
-        *f.params,
-    ]
+    return directory.lookup_sql(table, f.sql, groups=with_groups), [tenant_id, *f.params]
 
 
 def search_sql(
@@ -95,29 +39,21 @@ def search_sql(
     with_groups: bool = True,
 ) -> tuple[str, list[Any], str, list[Any]]:
     """(page SQL, its params, count SQL, its params) for a list/search request."""
-    alias = "u" if kind.name == "User" else "g"
-    table = "users" if kind.name == "User" else "groups"
+    table = directory.TABLES[kind.name]
     params: list[Any] = [tenant_id]
-    where = f"{alias}.tenant_id = $1"
+    where = None
     if filter_text:
-        f: SqlFilter = compile_filter(kind, filter_text, alias, len(params) + 1)
-        where += f" AND {f.sql}"
+        f = compile_filter(kind, filter_text, table.alias, len(params) + 1)
+        where = f.sql
         params += f.params
-    count_sql = f"SELECT count(*) FROM {table} {alias} WHERE {where}"
     count_params = list(params)
-    order = f"{alias}.created_at, {alias}.id"
+    order = None
     if sort_by:
-        s = compile_sort(kind, sort_by, alias, len(params) + 1)
+        s = compile_sort(kind, sort_by, table.alias, len(params) + 1)
         params += s.params
-        direction = "DESC" if descending else "ASC"
-        order = f"{s.sql} {direction} NULLS LAST, {order}"
-    cols = _cols(kind, with_groups)
-    n = len(params)
-    sql = (
-        f"SELECT {cols}, count(*) OVER () AS total FROM {table} {alias} WHERE {where} "
-        f"ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}"
-    )
-    return sql, [*params, count, start_index - 1], count_sql, count_params
+        order = f"{s.sql} {'DESC' if descending else 'ASC'} NULLS LAST"
+    sql = directory.page_sql(table, where, order, len(params), groups=with_groups)
+    return sql, [*params, count, start_index - 1], directory.count_sql(table, where), count_params
 
 
 async def search(

@@ -449,10 +449,9 @@ def _iso(value: Any) -> str:
 def render_user(
     row: Mapping[str, Any], base: str, *, storage: bool = False, meta: bool = True, kind: ResourceKind | None = None
 ) -> dict[str, Any]:
-    """Rebuild a SCIM User from a users row (or ``UserState.model_dump()``) plus groups.
-
-    ``row["groups"]`` is a list of ``{"value", "display"}`` (from the read query) or of
-    ``{"id", "display_name"}`` (``UserState.groups``)."""
+    """Rebuild a SCIM User from a row of the directory read model (or
+    ``UserState.model_dump()``: the same field names), ``groups`` included
+    (``{"id", "display_name"}`` each, as ``UserState.groups``)."""
     attributes: dict[str, Any] = dict(row.get("attributes") or {})
     uid = str(row["id"])
     out: dict[str, Any] = {"schemas": [USER_SCHEMA], "id": uid}
@@ -482,12 +481,12 @@ def render_user(
         out["emails"] = emails
     groups = []
     for g in () if storage else row.get("groups") or ():
-        gid = str(g.get("value") or g.get("id"))
+        gid = str(g["id"])
         groups.append(
             {
                 "value": gid,
                 "$ref": f"{base}/Groups/{gid}",
-                "display": g.get("display") or g.get("display_name"),
+                "display": g["display_name"],
                 "type": "direct",
             }
         )
@@ -549,6 +548,8 @@ def _render_extensions(
 
 
 def render_group(row: Mapping[str, Any], members: Iterable[Mapping[str, Any]] | None, base: str) -> dict[str, Any]:
+    """Rebuild a SCIM Group from a groups row (or ``GroupState.model_dump()``) and its
+    members as ``directory.group_members`` reads them (``id``, ``display``)."""
     gid = str(row["id"])
     out: dict[str, Any] = {"schemas": [GROUP_SCHEMA], "id": gid}
     if row.get("external_id") is not None:

@@ -26,6 +26,8 @@ PURE = [
     "libs/provisio_lib/scim_extensions.py",
     "libs/provisio_lib/names.py",
     "libs/provisio_lib/webhooks.py",
+    "libs/provisio_lib/directory/layout.py",
+    "libs/provisio_lib/directory/mapping.py",
 ]
 
 

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
+from provisio_lib import directory
 from provisio_lib.contract import Outcome
 from provisio_lib.outcomes import entry_outcomes
 
@@ -137,15 +138,34 @@ class UserHistory:
     groups: list[dict[str, Any]]  # display_name, id, source, added_at, connection (JIT)
 
 
+# The operator's view of a user's current state (`provisio audit user`, the console's
+# user page): these fields of the read model's row, in this order.
+STATE_FIELDS = (
+    "id",
+    "user_name",
+    "external_id",
+    "active",
+    "display_name",
+    "given_name",
+    "family_name",
+    "email",
+    "sso_name",
+    "attributes",
+    "version",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
+
+
+def operator_state(row: Any) -> dict[str, Any]:
+    """A user row of the directory read model as the operator's view shows it."""
+    return {f: row[f] for f in STATE_FIELDS}
+
+
 async def user_history(conn: asyncpg.Connection, tid: UUID, username: str) -> UserHistory:
     """One user's whole history across SCIM and SAML (oldest first), current state and groups."""
-    user = await conn.fetchrow(
-        """SELECT id, user_name, external_id, active, display_name, given_name, family_name, email,
-                  sso_name, attributes, version, created_by, created_at, updated_at
-           FROM users WHERE tenant_id = $1 AND lower(user_name) = lower($2)""",
-        tid,
-        username,
-    )
+    user = await directory.find_user(conn, tid, username, groups=False)
     uid = user["id"] if user else None
     # By name, and by id so the history survives a rename.
     history = await conn.fetch(
@@ -158,19 +178,11 @@ async def user_history(conn: asyncpg.Connection, tid: UUID, username: str) -> Us
     )
     groups = []
     if uid is not None:
-        groups = [
-            dict(g)
-            for g in await conn.fetch(
-                """SELECT g.display_name, g.id, m.source, m.added_at FROM memberships m
-               JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1
-               ORDER BY lower(g.display_name), m.source""",
-                uid,
-            )
-        ]
+        groups = [dict(g) for g in await directory.user_memberships(conn, tid, uid)]
     rows = [display(dict(r)) for r in history]
     for g in groups:
         g["via"] = await _membership_via(conn, tid, g, rows)
-    return UserHistory(rows, dict(user) if user else None, groups)
+    return UserHistory(rows, operator_state(user) if user else None, groups)
 
 
 async def _membership_via(
