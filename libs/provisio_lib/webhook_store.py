@@ -285,15 +285,19 @@ async def load_endpoints(conn: Any) -> list[Endpoint]:
     return [_endpoint(r) for r in rows]
 
 
-_FAN_OUT = f"""
+def _fan_out_sql(tenant_filter: str) -> str:
+    # The cursor is read through scalar subqueries: evaluated once, they bound an index scan
+    # that returns events in feed order and stops at the LIMIT. Joined to `w` instead, the
+    # planner scanned and sorted every event after the cursor on each poll.
+    return f"""
 WITH w AS (
     SELECT id, tenant_id, event_types, cursor_xid, cursor_id FROM webhook_endpoints
     WHERE id = $1 AND status = 'active' FOR UPDATE
 ), ev AS (
     SELECT e.xid, e.id, e.event_id, e.type, e.created_at, e.tenant_id, e.resource_id
-    FROM events e, w
-    WHERE (w.tenant_id IS NULL OR e.tenant_id = w.tenant_id)
-      AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id)
+    FROM events e
+    WHERE ({tenant_filter})
+      AND (e.xid, e.id) > ((SELECT cursor_xid FROM w), (SELECT cursor_id FROM w))
       AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY e.xid, e.id
     LIMIT $2
@@ -317,10 +321,25 @@ SELECT (SELECT count(*) FROM ev) AS scanned, (SELECT count(*) FROM ins) AS inser
 """
 
 
-async def fan_out(pool: Any, endpoint_id: uuid.UUID, limit: int = 1000) -> tuple[int, int]:
+# Any endpoint: every tenant's events, filtered by the endpoint's tenant if it has one.
+_FAN_OUT = _fan_out_sql("(SELECT tenant_id FROM w) IS NULL OR e.tenant_id = (SELECT tenant_id FROM w)")
+# One tenant's endpoint: that tenant's events only, from events_tenant_idx, so an idle
+# endpoint's poll costs one index probe whatever other tenants write. The endpoint's own
+# tenant is checked too: a tenant that is not the endpoint's finds nothing.
+_FAN_OUT_TENANT = _fan_out_sql("e.tenant_id = $3::uuid AND $3::uuid = (SELECT tenant_id FROM w)")
+
+
+async def fan_out(
+    pool: Any, endpoint_id: uuid.UUID, limit: int = 1000, *, tenant_id: uuid.UUID | None = None
+) -> tuple[int, int]:
     """Create the deliveries of up to ``limit`` new feed events for one endpoint.
-    Returns (events read, deliveries created); call again while events read == limit."""
-    row = await pool.fetchrow(_FAN_OUT, endpoint_id, limit)
+    Returns (events read, deliveries created); call again while events read == limit.
+    ``tenant_id``: the endpoint's tenant, if it has one (its events are then read by
+    tenant; without it every tenant's events after the cursor are read and filtered)."""
+    if tenant_id is None:
+        row = await pool.fetchrow(_FAN_OUT, endpoint_id, limit)
+    else:
+        row = await pool.fetchrow(_FAN_OUT_TENANT, endpoint_id, limit, tenant_id)
     return int(row["scanned"]), int(row["inserted"])
 
 

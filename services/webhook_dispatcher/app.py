@@ -112,7 +112,9 @@ class EndpointWorker:
         if self.need_fan_out or now - self.last_fan_out >= s.webhook_poll_s:
             self.need_fan_out = False
             self.last_fan_out = now
-            scanned, _inserted = await webhook_store.fan_out(pool, self.endpoint.id, FAN_OUT_BATCH)
+            scanned, _inserted = await webhook_store.fan_out(
+                pool, self.endpoint.id, FAN_OUT_BATCH, tenant_id=self.endpoint.tenant_id
+            )
             if scanned == FAN_OUT_BATCH:
                 # More to fan out: next cycle, after this one's claim, so a large backlog
                 # (an initial sync) is sent while it is still being fanned out.

@@ -735,3 +735,74 @@ async def test_a_dispatcher_killed_mid_delivery_leaves_it_to_another(service_env
     assert rx.requests[0].headers["webhook-id"] == rx.delivered[0].headers["webhook-id"]
     assert waited < 15  # the lease: timeout + 1 s + 5 s
     assert {r["status"] for r in await delivery_rows(pool, name)} == {"delivered"}
+
+
+async def test_an_idle_tenants_endpoint_reads_only_its_own_tenants_events(service_env, pool, tenant):
+    """Other tenants' events do not make a tenant's endpoint read anything: its fan-out
+    probes events_tenant_idx for its own tenant after its cursor. It still finds its own
+    events, and the endpoint for every tenant finds them all, in feed order."""
+    other = await make_tenant(pool)
+    await add(pool, tenant.id, "http://127.0.0.1:9/idle", name="idle")
+    await add(pool, None, "http://127.0.0.1:9/all", name="all")
+    ids = {r["name"]: r["id"] for r in await pool.fetch("SELECT id, name FROM webhook_endpoints")}
+    async with pool.acquire() as conn:
+        for _ in range(20):  # 20 transactions (xids) of 100 events, all the other tenant's
+            await conn.execute(
+                """INSERT INTO events (tenant_id, type, occurred_at, source, correlation_id, command_id, data)
+                   SELECT $1, 'user.created', now(), '{}', 'c', gen_random_uuid(), '{}' FROM generate_series(1, 100)""",
+                other.id,
+            )
+        await conn.execute("ANALYZE events")
+        plan = await _explain(conn, webhook_store._FAN_OUT_TENANT, ids["idle"], 1000, tenant.id)
+    assert _rows_read(plan, "events") == 0, json.dumps(plan, indent=1)
+    assert await webhook_store.fan_out(pool, ids["idle"], tenant_id=tenant.id) == (0, 0)
+
+    await pool.execute(
+        """INSERT INTO events (tenant_id, type, occurred_at, source, correlation_id, command_id, data)
+           VALUES ($1, 'user.created', now(), '{}', 'mine', gen_random_uuid(), '{}')""",
+        tenant.id,
+    )
+    await eventually(lambda: _fanned(pool, ids["idle"], tenant.id), timeout=30)
+    mine = await delivery_rows(pool, "idle")
+    assert [r["tenant_id"] for r in mine] == [tenant.id]
+    # The wrong tenant for an endpoint reads nothing and creates nothing.
+    assert await webhook_store.fan_out(pool, ids["idle"], tenant_id=other.id) == (0, 0)
+    # The endpoint for every tenant: everything, in feed order, in batches.
+    while (await webhook_store.fan_out(pool, ids["all"], 700))[0]:
+        pass
+    rows = await delivery_rows(pool, "all")
+    assert len(rows) == 2001
+    assert [(r["event_xid"], r["event_row"]) for r in rows] == sorted((r["event_xid"], r["event_row"]) for r in rows)
+
+
+async def _fanned(pool, endpoint_id, tenant_id):
+    return (await webhook_store.fan_out(pool, endpoint_id, tenant_id=tenant_id))[1] or None
+
+
+async def _explain(conn, sql, *args) -> Any:
+    """EXPLAIN ANALYZE runs the statement: rolled back, so it changes nothing."""
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+    finally:
+        await tr.rollback()
+    return json.loads(plan) if isinstance(plan, str) else plan
+
+
+def _rows_read(plan: Any, relation: str) -> int:
+    """Rows the plan's scans of ``relation`` produced or filtered away."""
+    total = 0
+
+    def walk(node: dict[str, Any]) -> None:
+        nonlocal total
+        if node.get("Relation Name") == relation:
+            total += sum(
+                node.get(k, 0) for k in ("Actual Rows", "Rows Removed by Filter", "Rows Removed by Index Recheck")
+            )
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    for item in plan:
+        walk(item["Plan"])
+    return total
