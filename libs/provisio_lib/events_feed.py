@@ -62,6 +62,31 @@ _SELECT = """SELECT e.id, e.xid::text AS xid, e.event_id, e.tenant_id, t.name AS
        e.occurred_at, e.source, e.correlation_id, e.resource_type, e.resource_id, e.data, e.changes
 FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id"""
 
+_WHERE = """WHERE ($1::uuid[] IS NULL OR e.tenant_id = ANY($1::uuid[]))
+  AND (e.xid, e.id) > ($2::text::xid8, $3::bigint)
+  AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($4::text[] IS NULL OR e.type LIKE ANY($4::text[]))
+ORDER BY e.xid, e.id LIMIT $5"""
+
+# The event of ``event_json`` rendered to JSON text by Postgres: the App API splices these
+# into its page instead of decoding the jsonb columns into dicts only to encode them again
+# (BENCHMARKS.md, issue 12, "Events API"). Same keys in the same order, same values;
+# tests/integration/test_app_api.py compares the two renderings. ``occurred_at`` follows
+# Python's isoformat(): six fractional digits, or none on a whole second.
+_SEQUENCE_SQL = "lpad(to_hex(e.xid::text::bigint), 16, '0') || lpad(to_hex(e.id), 16, '0')"
+_EVENT_FIELDS_SQL = f"""'id', e.event_id, 'type', e.type, 'tenant', coalesce(t.name, e.tenant_id::text),
+    'tenant_id', e.tenant_id, 'sequence', {_SEQUENCE_SQL},
+    'occurred_at', to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN date_part('microseconds', e.occurred_at)::int % 1000000 = 0 THEN ''
+                ELSE to_char(e.occurred_at AT TIME ZONE 'UTC', '.US') END || 'Z',
+    'source', json_build_object('kind', e.source -> 'kind', 'label', e.source -> 'label'),
+    'correlation_id', e.correlation_id, 'resource_type', e.resource_type,
+    'resource_id', e.resource_id, 'data', e.data"""
+_SELECT_TEXT = f"""SELECT {_SEQUENCE_SQL} AS sequence,
+       CASE WHEN e.changes IS NULL THEN json_build_object({_EVENT_FIELDS_SQL})
+            ELSE json_build_object({_EVENT_FIELDS_SQL}, 'changes', e.changes) END::text AS event
+FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id"""
+
 
 async def read_events(
     conn: Any,
@@ -73,20 +98,22 @@ async def read_events(
     """Up to ``limit`` visible events after ``after`` (None: from the oldest retained),
     oldest first. ``tenants`` None: every tenant."""
     xid, rid = after if after is not None else (0, 0)
-    rows = await conn.fetch(
-        f"""{_SELECT}
-            WHERE ($1::uuid[] IS NULL OR e.tenant_id = ANY($1::uuid[]))
-              AND (e.xid, e.id) > ($2::text::xid8, $3::bigint)
-              AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
-              AND ($4::text[] IS NULL OR e.type LIKE ANY($4::text[]))
-            ORDER BY e.xid, e.id LIMIT $5""",
-        tenants,
-        str(xid),
-        rid,
-        types,
-        limit,
-    )
+    rows = await conn.fetch(f"{_SELECT}\n{_WHERE}", tenants, str(xid), rid, types, limit)
     return [event_json(r) for r in rows]
+
+
+async def read_events_text(
+    conn: Any,
+    tenants: list[uuid.UUID] | None,
+    after: tuple[int, int] | None,
+    limit: int,
+    types: list[str] | None = None,
+) -> tuple[list[str], str | None]:
+    """``read_events`` as JSON texts, one per event, and the last event's sequence
+    (None: no event)."""
+    xid, rid = after if after is not None else (0, 0)
+    rows = await conn.fetch(f"{_SELECT_TEXT}\n{_WHERE}", tenants, str(xid), rid, types, limit)
+    return [r[1] for r in rows], (rows[-1][0] if rows else None)
 
 
 async def head(conn: Any, tenants: list[uuid.UUID] | None) -> tuple[int, int] | None:

@@ -425,6 +425,91 @@ async def test_a_reader_polling_during_concurrent_load_sees_every_event_once_in_
 # --------------------------------------------------------------------------- long-poll, retention
 
 
+async def test_the_feed_served_as_postgres_rendered_text_equals_the_webhook_rendering(service_env, pool, tenant):
+    """The App API splices events rendered to JSON by Postgres (read_events_text); the
+    dispatcher signs events_feed.event_json's rendering. Both must be the same document,
+    keys in the same order, for every shape a row can take: whole-second and fractional
+    timestamps, no changes, no resource, a source without a label, text that needs
+    escaping, and a tenant removed since (its id stands for its name)."""
+    gone = uuid.uuid4()
+    rows = [
+        (
+            tenant.id,
+            "user.created",
+            "2026-01-02T03:04:05+00:00",
+            {"kind": "scim", "id": "t1", "label": "entra"},
+            {
+                "userName": 'a"b\\c\u00e9\u2028\n',
+                "n": 1.5,
+                "big": 2**62,
+                "none": None,
+                "nested": {"z": [1, {"y": True}]},
+            },
+            None,
+            "User",
+            uuid.uuid4(),
+        ),
+        (
+            tenant.id,
+            "user.updated",
+            "2026-01-02T03:04:05.000123+00:00",
+            {"kind": "sso"},
+            {"active": False},
+            {"active": {"before": True, "after": False}},
+            None,
+            None,
+        ),
+        (gone, "group.deleted", "1999-12-31T23:59:59.999999+00:00", {}, {}, {}, "Group", uuid.uuid4()),
+    ]
+    async with pool.acquire() as conn:
+        for tid, typ, at, src, data, changes, rtype, rid in rows:
+            await conn.execute(
+                """INSERT INTO events (tenant_id, type, occurred_at, source, correlation_id, command_id,
+                                       resource_type, resource_id, data, changes)
+                   VALUES ($1, $2, $3::text::timestamptz, $4, $5, $6, $7, $8, $9, $10)""",
+                tid,
+                typ,
+                at,
+                src,
+                'c-\u00fc"1',
+                uuid.uuid4(),
+                rtype,
+                rid,
+                data,
+                changes,
+            )
+    tenants = [tenant.id, gone]
+    texts, last = await eventually(lambda: _full(events_feed.read_events_text(pool, tenants, None, 10), 3), timeout=60)
+    dicts = await events_feed.read_events(pool, tenants, None, 10)
+    parsed = [json.loads(t) for t in texts]
+    assert parsed == dicts
+    for got, want in zip(parsed, dicts, strict=True):
+        assert list(got) == list(want)
+        assert list(got["data"]) == list(want["data"])
+    assert [e["occurred_at"] for e in parsed] == [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02T03:04:05.000123Z",
+        "1999-12-31T23:59:59.999999Z",
+    ]
+    assert parsed[2]["tenant"] == str(gone) and "changes" not in parsed[0] and parsed[2]["changes"] == {}
+    assert parsed[1]["source"] == {"kind": "sso", "label": None} and parsed[1]["resource_id"] is None
+    assert last == parsed[-1]["sequence"]
+
+    async with app_client() as c:
+        h = await new_key(pool)
+        r = await c.get("/api/v1/events", params={"tenant": tenant.name, "limit": "10"}, headers=h)
+        assert r.status == 200 and r.content_type == "application/json"
+        body = await r.json()
+        assert body == {"data": dicts[:2], "next_cursor": dicts[1]["sequence"]}
+        r = await c.get("/api/v1/events", params={"tenant": tenant.name, "after": dicts[1]["sequence"]}, headers=h)
+        assert await r.json() == {"data": [], "next_cursor": dicts[1]["sequence"]}
+
+
+async def _full(read, n):
+    got = await read
+    return got if len(got[0]) == n else None
+
+
 async def test_a_long_poll_returns_when_an_event_arrives(service_env, pool, tenant, provisioner, waiter):
     key = await new_key(pool, tenant.id)
     async with app_client(app_api_max_wait_s=60) as c:
