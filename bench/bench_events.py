@@ -250,8 +250,17 @@ async def main() -> None:
         action="store_false",
         help="skip the same-run yardsticks (servers.py feed-sql and feed-static)",
     )
+    ap.add_argument(
+        "--api-side",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also serve the feed from the App API of another checkout (git worktree add DIR COMMIT), "
+        "on the same database, in the same rounds: a same-run A/B (app-api@NAME)",
+    )
     args = ap.parse_args()
     readers = [int(x) for x in args.readers.split(",") if x]
+    api_sides = [(n, Path(d).resolve()) for n, _, d in (s.partition("=") for s in args.api_side)]
 
     info = machine_info()
     b = Bench("events")
@@ -330,6 +339,16 @@ async def main() -> None:
             # The yardsticks, same run: the feed's query rendered to JSON by Postgres and
             # concatenated (feed-sql), and one real page served from memory (feed-static).
             systems: dict[str, str] = {"app-api": base}
+            for side, path in api_sides:
+                port = free_port()
+                env = {
+                    **api.env,
+                    "PROVISIO_APP_API_PORT": str(port),
+                    "PROVISIO_APP_API_METRICS_PORT": "0",
+                    "PYTHONPATH": os.pathsep.join([str(path / "libs"), str(path / "services"), str(path)]),
+                }
+                services.append(Service(f"app-api@{side}", [PY, "-m", "app_api"], env, port, cwd=str(path)).start(tmp))
+                systems[f"app-api@{side}"] = f"http://127.0.0.1:{port}"
             if args.baselines:
                 page_file = os.path.join(tmp, "page.json")
                 params = {"tenant": tenant_name, "limit": args.limit}
