@@ -338,26 +338,46 @@ async def list_members(request: web.Request) -> web.Response:
 
 class FeedSignal:
     """Wakes this process's long-polls when the provisioner publishes that it committed
-    events (Redis pub/sub, one subscription per process, not per request). Waiters
-    re-query the feed when woken; a tick every second also wakes them, so an event
-    whose signal was lost (Redis restarting) or that became visible only when an older
-    transaction ended is still delivered within a second."""
+    events (Redis pub/sub, one subscription per process, not per request). The message is
+    the tenant's id: only that tenant's waiters, and those following every tenant, wake
+    and re-query — another tenant's writes cost a waiter nothing. A signal is followed by
+    re-checks shortly after (an event is visible only once every older transaction has
+    ended, which may be just after the signal), and a tick every second wakes everyone,
+    so an event whose signal was lost (Redis restarting) is still delivered within a
+    second."""
 
     TICK_S = 1.0
+    RECHECK_AFTER_S = (0.02, 0.1, 0.3)
 
     def __init__(self, redis: Any, channel: str) -> None:
         self.redis = redis
         self.channel = channel
-        self._event = asyncio.Event()
+        self._any = asyncio.Event()
+        self._tenants: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def current(self) -> asyncio.Event:
-        """Take this before querying, wait on it after: no wake-up is lost in between."""
-        return self._event
+    def current(self, tenants: list[uuid.UUID] | None = None) -> asyncio.Event:
+        """Take this before querying, wait on it after: no wake-up is lost in between.
+        ``tenants``: the waiter's tenants (None: every tenant)."""
+        if tenants is None or len(tenants) != 1:
+            return self._any
+        key = str(tenants[0])
+        ev = self._tenants.get(key)
+        if ev is None:
+            ev = self._tenants[key] = asyncio.Event()
+        return ev
 
-    def fire(self) -> None:
-        ev, self._event = self._event, asyncio.Event()
-        ev.set()
+    def fire(self, tenant: str | None = None) -> None:
+        """Wake ``tenant``'s waiters and those of every tenant (None: everyone)."""
+        if tenant is None:
+            woken, self._tenants = list(self._tenants.values()), {}
+        else:
+            one = self._tenants.pop(tenant, None)
+            woken = [one] if one is not None else []
+        woken.append(self._any)
+        self._any = asyncio.Event()
+        for ev in woken:
+            ev.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="feed-signal")
@@ -369,6 +389,7 @@ class FeedSignal:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         while True:
             pubsub = None
@@ -376,11 +397,21 @@ class FeedSignal:
                 pubsub = self.redis.pubsub()
                 await pubsub.subscribe(self.channel)
                 backoff = 0.1
+                next_tick = loop.time() + self.TICK_S
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.TICK_S)
-                    self.fire()  # a signal, or the tick
-                    if msg is None:
-                        continue
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=max(0.0, next_tick - loop.time())
+                    )
+                    if msg is not None:
+                        data = msg.get("data")
+                        tenant = data.decode() if isinstance(data, bytes) else str(data) if data else None
+                        self.fire(tenant)
+                        if tenant is not None:
+                            for delay in self.RECHECK_AFTER_S:
+                                loop.call_later(delay, self.fire, tenant)
+                    if loop.time() >= next_tick:
+                        self.fire()
+                        next_tick = loop.time() + self.TICK_S
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -430,7 +461,7 @@ async def list_events(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        woken = signal.current()
+        woken = signal.current(tenants)
         data, last = await events_feed.read_events_text(pool, tenants, after, limit, types)
         remaining = deadline - loop.time()
         if data or remaining <= 0:

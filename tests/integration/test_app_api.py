@@ -18,7 +18,7 @@ import pytest
 import structlog.testing
 from aiohttp.test_utils import TestClient, TestServer
 
-from app_api.app import create_app, prune_events
+from app_api.app import FeedSignal, create_app, prune_events
 from app_api.settings import AppApiSettings
 from provisio_lib import api_keys, events_feed
 from provisio_lib.code_exchange import code_key
@@ -527,6 +527,47 @@ async def test_a_long_poll_returns_when_an_event_arrives(service_env, pool, tena
         # From that cursor, nothing new (and wait=0 answers at once).
         r = await c.get("/api/v1/events", params={"after": body["next_cursor"]}, headers=key)
         assert await r.json() == {"data": [], "next_cursor": body["next_cursor"]}
+
+
+async def test_a_tenants_signal_wakes_only_its_long_polls_and_those_of_every_tenant(redis, topology):
+    """The provisioner publishes the tenant id after it commits events: long-polls of
+    another tenant are not woken (they would only re-query for nothing); waiters for
+    every tenant are; the re-checks after a signal wake the tenant again; the tick wakes
+    everyone."""
+    signal = FeedSignal(redis, topology.events_channel())
+    signal.TICK_S = 3600.0  # no tick during the first part
+    signal.start()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    try:
+        await asyncio.sleep(0.2)  # subscribed
+        ev_a, ev_b, ev_all = signal.current([a]), signal.current([b]), signal.current(None)
+        assert signal.current([a]) is ev_a
+        await redis.publish(topology.events_channel(), str(b))
+        await asyncio.wait_for(ev_b.wait(), 5)
+        await asyncio.wait_for(ev_all.wait(), 5)
+        await asyncio.sleep(0.5)  # past every re-check of b
+        assert not ev_a.is_set()
+        # After firing, a new waiter of b gets a new event; b's re-checks have passed.
+        ev_b2 = signal.current([b])
+        assert ev_b2 is not ev_b and not ev_b2.is_set()
+        # A signal for a is followed by re-checks of a: a waiter registered just after the
+        # signal (its query ran too early to see the event) is woken again.
+        await redis.publish(topology.events_channel(), str(a))
+        await asyncio.wait_for(ev_a.wait(), 5)
+        late = signal.current([a])
+        await asyncio.wait_for(late.wait(), 2)
+        assert not ev_b2.is_set()
+    finally:
+        await signal.stop()
+    # The tick wakes every waiter, whoever signalled.
+    ticking = FeedSignal(redis, topology.events_channel())
+    ticking.TICK_S = 0.2
+    ticking.start()
+    try:
+        waiters = [ticking.current([uuid.uuid4()]) for _ in range(3)] + [ticking.current(None)]
+        await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waiters)), 5)
+    finally:
+        await ticking.stop()
 
 
 async def test_after_latest_starts_at_the_newest_event_for_a_backfill(service_env, pool, tenant, provisioner, waiter):
