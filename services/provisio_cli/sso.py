@@ -13,7 +13,7 @@ import typer
 from pydantic import Field
 
 from provisio_lib import sso
-from provisio_lib.admin import connections
+from provisio_lib.admin import connections, identities
 from provisio_lib.settings import CommonSettings
 
 from .context import CliError, actor, database, load_cli_settings, print_rows, tenant_id
@@ -295,60 +295,29 @@ def link(
     name_id: str = typer.Argument(..., help="The NameID the IdP sends for this user"),
 ) -> None:
     """Link an IdP identity (this connection's NameID) to an existing user: its logins
-    through this connection then sign in as that user."""
-    if not name_id.strip() or len(name_id) > 512:
-        raise CliError("NAMEID must be 1-512 characters")
+    through this connection then sign in as that user. Audited with the operator."""
+    identities.check_name_id(name_id)  # before connecting: a bad argument needs no database
 
-    async def go() -> str:
-        async with database() as conn, conn.transaction():
-            row = await _connection(conn, tenant, name)
-            found = await conn.fetchrow(
-                "SELECT id, user_name FROM users WHERE tenant_id = $1 AND (lower(user_name) = lower($2) OR id::text = $2)",
-                row["tenant_id"],
-                user.strip(),
-            )
-            if found is None:
-                raise CliError(f"tenant {tenant!r} has no user {user!r}")
-            taken = await conn.fetchval(
-                "SELECT u.user_name FROM user_identities i JOIN users u ON u.id = i.user_id "
-                "WHERE i.connection_id = $1 AND i.name_id = $2 AND i.user_id <> $3",
-                row["id"],
-                name_id,
-                found["id"],
-            )
-            if taken:
-                raise CliError(f"NameID {name_id!r} of {name} is linked to {taken!r}; unlink it first")
-            await conn.execute(
-                """INSERT INTO user_identities (tenant_id, connection_id, name_id, user_id, linked_by)
-                   VALUES ($1, $2, $3, $4, 'cli')
-                   ON CONFLICT (connection_id, user_id) DO UPDATE SET name_id = EXCLUDED.name_id,
-                       linked_by = 'cli', linked_at = now()""",
-                row["tenant_id"],
-                row["id"],
-                name_id,
-                found["id"],
-            )
-            return str(found["user_name"])
+    async def go() -> identities.Link:
+        async with database() as conn:
+            tid = await tenant_id(conn, tenant)
+            return await identities.link(conn, tid, name, user, name_id, actor=actor(), tenant_label=tenant)
 
-    user_name = asyncio.run(go())
-    typer.echo(f"linked NameID {name_id!r} of {name.strip().lower()} to user {user_name}")
+    linked = asyncio.run(go())
+    typer.echo(f"linked NameID {name_id!r} of {name.strip().lower()} to user {linked.user_name}")
 
 
 @app.command("unlink")
 def unlink(tenant: str, name: str, name_id: str) -> None:
     """Remove the link of a NameID: its next login is matched anew (and refused where the
-    connection is not authoritative for the user its claims name)."""
+    connection is not authoritative for the user its claims name). Audited with the operator."""
 
-    async def go() -> int:
+    async def go() -> str:
         async with database() as conn:
-            row = await _connection(conn, tenant, name)
-            status = await conn.execute(
-                "DELETE FROM user_identities WHERE connection_id = $1 AND name_id = $2", row["id"], name_id
-            )
-            return int(status.split()[-1])
+            tid = await tenant_id(conn, tenant)
+            return await identities.unlink(conn, tid, name, name_id, actor=actor(), tenant_label=tenant)
 
-    if not asyncio.run(go()):
-        raise CliError(f"NameID {name_id!r} is not linked on {name.strip().lower()}")
+    asyncio.run(go())
     typer.echo(f"unlinked NameID {name_id!r} of {name.strip().lower()}")
 
 

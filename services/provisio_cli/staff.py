@@ -15,7 +15,7 @@ import typer
 from provisio_lib.admin.audit import record_staff_action
 from provisio_lib.settings import load_settings
 
-from .context import database, print_rows
+from .context import actor, database, print_rows
 
 if TYPE_CHECKING:
     from provisio_lib.admin import staff as staff_admin
@@ -30,11 +30,13 @@ def _link(token: str) -> str:
 
 
 async def _record(conn: object, s: staff_admin.Staff, action: str) -> None:
-    # The CLI's operator is not a staff account: recorded as `cli`, with the account acted on.
+    # The CLI's operator is not a staff account: recorded as `cli:<OS user>` (source kind
+    # cli), as every other CLI change, with the account acted on.
+    who = actor()
     await record_staff_action(
         conn,
-        staff_id="cli",
-        staff_email="cli",
+        staff_id=who,
+        staff_email=who,
         action=action,
         tenant_id=None,
         notes=[f"staff {s.email} ({s.role})"],

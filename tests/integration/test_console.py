@@ -224,6 +224,8 @@ async def test_dead_letters_replay_as_admin_refused_for_support_and_audited(serv
     assert replayed["event_id"] == str(cmd.event_id) and replayed["attempt"] == cmd.attempt + 1
     row = await pool.fetchrow("SELECT * FROM audit_log WHERE source_kind = 'staff' AND operation = 'dlq.replay'")
     assert row["source_label"] == "ada@example.com" and row["tenant_id"] == t.id
+    # A console user: source kind staff, by account id (an email alone never decides the kind).
+    assert row["source_id"] == str(await pool.fetchval("SELECT id FROM staff WHERE email = 'ada@example.com'"))
     assert any(dl_id in n for n in row["notes"])
 
 
@@ -264,10 +266,16 @@ async def test_staff_cli_add_link_once_list_reset_remove(service_env, pool):
     assert cli("staff", "remove", "zoe@example.com", env=env).returncode == 0
     assert cli("staff", "remove", "zoe@example.com", env=env).returncode == 1
     actions = [
-        r["operation"]
-        for r in await pool.fetch("SELECT operation FROM audit_log WHERE source_kind = 'staff' ORDER BY id")
+        (r["operation"], r["source_kind"], r["source_label"].startswith("cli:"))
+        for r in await pool.fetch("SELECT operation, source_kind, source_label FROM audit_log ORDER BY id")
     ]
-    assert actions == ["staff.add", "staff.set_password", "staff.reset", "staff.remove"]
+    # The operator's commands as cli (cli:<OS user>); setting the password is zoe's own, as staff.
+    assert actions == [
+        ("staff.add", "cli", True),
+        ("staff.set_password", "staff", False),
+        ("staff.reset", "cli", True),
+        ("staff.remove", "cli", True),
+    ]
 
 
 async def test_two_factor_sign_in_with_totp(service_env, pool):

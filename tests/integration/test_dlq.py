@@ -250,9 +250,10 @@ async def test_audit_dead_letters_list_show_replay_drop(env, pool, redis, topolo
 
         async def recorded():
             async with pool.acquire() as conn:
-                # The outcomes' rows (the replay itself is audited too, as source staff).
+                # The outcomes' rows (the replay itself is audited too, as source cli).
                 n = await conn.fetchval(
-                    "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND source_kind <> 'staff'", acme.id
+                    "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND source_kind NOT IN ('cli', 'staff')",
+                    acme.id,
                 )
             return n == 2
 

@@ -200,3 +200,58 @@ async def test_a_plan_made_on_an_empty_table_does_not_outlive_the_statement_life
     finally:
         await pool.close()
     assert fresh < stale / 5, f"lookups did not get the index plan back: {stale * 1000:.2f} -> {fresh * 1000:.2f} ms"
+
+
+async def test_0015_gives_admin_rows_written_before_it_their_actor_kind(database_url):
+    """Every admin action was source kind 'staff' before 0015: the CLI's (`cli`, `cli:<OS
+    user>`) and a setup link's (`setup:<prefix>`) rows get their kind; a console user's row
+    (account id as source_id) stays staff whatever its email; outcomes are untouched."""
+    import uuid
+
+    import asyncpg
+
+    conn = await db.connect(database_url)
+    try:
+        staff_id = str(uuid.uuid4())
+        before = [  # source_kind, source_id, source_label
+            ("staff", "cli", "cli"),
+            ("staff", "cli:alice", "cli:alice"),
+            ("staff", "setup:psl_abc", "setup:psl_abc"),
+            ("staff", staff_id, "ada@example.com"),
+            ("staff", staff_id, "cli:odd@example.com"),  # an email may begin with "cli:"
+            ("staff", "admin@acme.test", "admin@acme.test"),
+            ("scim", "cli:tok", "cli:tok"),
+        ]
+        for kind, sid, label in before:
+            await conn.execute(
+                """INSERT INTO audit_log (event_id, occurred_at, completed_at, tenant_id, source_kind, source_id,
+                                          source_label, operation, result, correlation_id)
+                   VALUES ($1, now(), now(), $2, $3, $4, $5, 'x', 'applied', 'c')""",
+                uuid.uuid4(),
+                uuid.UUID(int=0),
+                kind,
+                sid,
+                label,
+            )
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 15")
+        assert [m.filename for m in await db.migrate(conn)] == ["0015_admin_actor_kinds.sql"]
+        after = [r["source_kind"] for r in await conn.fetch("SELECT source_kind FROM audit_log ORDER BY id")]
+        assert after == ["cli", "cli", "setup", "staff", "staff", "staff", "scim"]
+
+        # user_identities.linked_by takes the admin actor kinds too, and nothing else.
+        tid, cid, uid = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, 'm15')", tid)
+        await conn.execute(
+            """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata, jit_mode,
+                   attribute_map, required_attributes, sp_cert_pem, sp_key_pem)
+               VALUES ($1, $2, 'c', 'generic', 'e', 'm', 'create', '{}', '{}', 'c', 'k')""",
+            cid,
+            tid,
+        )
+        await conn.execute("INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, 'u')", uid, tid)
+        insert = "INSERT INTO user_identities (tenant_id, connection_id, name_id, user_id, linked_by) VALUES ($1, $2, $3, $4, $5)"
+        await conn.execute(insert, tid, cid, "n1", uid, "setup")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(insert, tid, cid, "n2", uuid.uuid4(), "anyone")
+    finally:
+        await conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from saml_idp import TestIdP
 
 pytestmark = pytest.mark.integration
+
+OPERATOR = f"cli:{getpass.getuser()}"  # the CLI's audit actor: this OS user
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -242,3 +245,92 @@ async def test_sso_domains_groups_absent_and_links(env: dict[str, str], pool: An
     assert cli("sso", "unlink", name, "entra", "00u-bob", env=env).returncode == 0
     assert await pool.fetchval("SELECT count(*) FROM user_identities") == 0
     one_error_line(cli("sso", "unlink", name, "entra", "00u-bob", env=env), "is not linked")
+    # Both changes are in the audit trail with the operator, source kind cli.
+    rows = await pool.fetch(
+        "SELECT operation, source_kind, source_label, user_name, resource_id FROM audit_log"
+        " WHERE tenant_id = $1 AND operation LIKE 'sso.%link' ORDER BY id",
+        tenant.id,
+    )
+    assert [(r["operation"], r["source_kind"], r["source_label"], r["resource_id"]) for r in rows] == [
+        ("sso.link", "cli", OPERATOR, uid),
+        ("sso.unlink", "cli", OPERATOR, uid),
+    ]
+
+
+async def test_sso_link_is_tenant_bound_refuses_a_taken_nameid_and_is_audited(
+    env: dict[str, str], pool: Any, tmp_path: Any, tenant: Any
+) -> None:
+    """Who may sign in as whom: a link joins a user and a connection of one tenant only, a
+    NameID of another user is not moved silently, and every link and unlink names its actor."""
+    from tests.conftest import make_tenant
+
+    md = tmp_path / "entra.xml"
+    md.write_text(TestIdP("https://sts.windows.test/links/").metadata())
+    other = await make_tenant(pool)
+    for t in (tenant, other):  # the same connection name in both tenants
+        assert cli("sso", "add", t.name, "entra", "--metadata", str(md), "--preset", "entra", env=env).returncode == 0
+    alice, bob, mallory = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $3, 'alice'), ($2, $3, 'bob'), ($4, $5, 'mallory')",
+        alice,
+        bob,
+        tenant.id,
+        mallory,
+        other.id,
+    )
+
+    # Another tenant's user, by id or by name, is no user of this tenant: nothing is linked.
+    for who in (str(mallory), "mallory"):
+        one_error_line(cli("sso", "link", tenant.name, "entra", who, "00u-m", env=env), f"has no user {who!r}")
+    assert await pool.fetchval("SELECT count(*) FROM user_identities") == 0
+    one_error_line(cli("sso", "link", tenant.name, "entra", "alice", "  ", env=env), "NAMEID must be 1-512 characters")
+
+    linked = cli("sso", "link", tenant.name, "entra", "ALICE", "00u-a", env=env)
+    assert (linked.returncode, linked.stdout) == (0, "linked NameID '00u-a' of entra to user alice\n"), linked.stderr
+    # A NameID linked to another user is refused, not moved: bob cannot take alice's identity.
+    one_error_line(
+        cli("sso", "link", tenant.name, "entra", "bob", "00u-a", env=env),
+        "NameID '00u-a' of entra is linked to 'alice'; unlink it first",
+    )
+    assert await pool.fetchval("SELECT user_id FROM user_identities WHERE name_id = '00u-a'") == alice
+    # The same NameID on the other tenant's connection of the same name is not this link.
+    one_error_line(cli("sso", "unlink", other.name, "entra", "00u-a", env=env), "NameID '00u-a' is not linked on entra")
+    # A new NameID for alice (changed at the IdP) replaces hers: one identity per user and connection.
+    assert cli("sso", "link", tenant.name, "entra", str(alice), "00u-a2", env=env).returncode == 0
+    links = await pool.fetch("SELECT tenant_id, name_id, user_id, linked_by FROM user_identities")
+    assert [tuple(r) for r in links] == [(tenant.id, "00u-a2", alice, "cli")]
+    unlinked = cli("sso", "unlink", tenant.name, "entra", "00u-a2", env=env)
+    assert (unlinked.returncode, unlinked.stdout) == (0, "unlinked NameID '00u-a2' of entra\n"), unlinked.stderr
+    one_error_line(cli("sso", "unlink", tenant.name, "entra", "00u-a2", env=env), "is not linked on entra")
+
+    # Three changes, three audit rows; the refusals changed nothing and left none.
+    rows = await pool.fetch(
+        "SELECT * FROM audit_log WHERE operation LIKE 'sso.%link' ORDER BY id",
+    )
+    assert [(r["operation"], r["tenant_id"], r["user_name"], r["resource_id"]) for r in rows] == [
+        ("sso.link", tenant.id, "alice", alice),
+        ("sso.link", tenant.id, "alice", alice),
+        ("sso.unlink", tenant.id, "alice", alice),
+    ]
+    assert all((r["source_kind"], r["source_id"], r["source_label"]) == ("cli", OPERATOR, OPERATOR) for r in rows)
+    assert [r["changes"]["sso_identity"] for r in rows] == [
+        {"before": None, "after": {"connection": "entra", "name_id": "00u-a", "linked_by": "cli"}},
+        {
+            "before": {"connection": "entra", "name_id": "00u-a", "linked_by": "cli"},
+            "after": {"connection": "entra", "name_id": "00u-a2", "linked_by": "cli"},
+        },
+        {"before": {"connection": "entra", "name_id": "00u-a2", "linked_by": "cli"}, "after": None},
+    ]
+    # What an operator reads: the search finds them by who did it, and they are alice's history.
+    found = cli("audit", "search", "--connection", OPERATOR, "--json", env=env)
+    ops = [(r["operation"], r["source_kind"]) for r in map(json.loads, found.stdout.splitlines())]
+    assert ops.count(("sso.link", "cli")) == 2 and ops.count(("sso.unlink", "cli")) == 1, ops
+    history = cli("audit", "user", tenant.name, "alice", "--json", env=env)
+    assert [json.loads(line).get("operation") for line in history.stdout.splitlines()] == [
+        "sso.link",
+        "sso.link",
+        "sso.unlink",
+        None,  # the state line
+    ], history.stdout
+    table = cli("audit", "search", "--connection", OPERATOR, env=env).stdout
+    assert f" {OPERATOR} " in table and "cli:cli:" not in table and "staff:cli:" not in table

@@ -144,12 +144,14 @@ async def test_cli_changes_are_audited_with_the_os_user(service_env, pool, redis
     assert cli("dlq", "drop", ids[1], env=service_env).returncode == 0
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT operation, source_label, changes, notes FROM audit_log WHERE tenant_id = $1 AND source_kind = 'staff'"
+            "SELECT operation, source_label, changes, notes FROM audit_log WHERE tenant_id = $1 AND source_kind = 'cli'"
             " ORDER BY completed_at",
             t.id,
         )
     ops = [r["operation"] for r in rows]
     assert ops == ["tenant.policy", "scim_token.create", "scim_token.revoke", "dlq.replay", "dlq.drop"], ops
+    # Source kind cli, not staff: no console user did these.
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE source_kind = 'staff'") == 0
     assert all(r["source_label"].startswith("cli:") and len(r["source_label"]) > 4 for r in rows)
     assert rows[0]["changes"]["deprovision"] == {"before": "delete", "after": "deactivate"}
     assert ids[0] in " ".join(rows[3]["notes"]) and ids[1] in " ".join(rows[4]["notes"])
@@ -324,9 +326,10 @@ async def test_wizard_metadata_file_url_and_manual_create_disabled_connections(s
             rows["manual"]["jit_mode"] == "off" and rows["manual"]["idp_entity_id"] == "https://idp.example.com/manual"
         )
         audit = await conn.fetch(
-            "SELECT source_label FROM audit_log WHERE tenant_id = $1 AND operation = 'sso.add'", t.id
+            "SELECT source_kind, source_label FROM audit_log WHERE tenant_id = $1 AND operation = 'sso.add'", t.id
         )
         assert len(audit) == 3 and all(a["source_label"].startswith("setup:psl_") for a in audit)
+        assert all(a["source_kind"] == "setup" for a in audit)  # a customer's IT admin, not staff
 
 
 async def test_enable_is_refused_without_a_passed_test(service_env, pool):
@@ -440,7 +443,8 @@ async def test_scim_token_created_and_rotated_works_against_the_gateway(service_
         assert old.status == 401
     async with pool.acquire() as conn:
         ops = await conn.fetch(
-            "SELECT operation FROM audit_log WHERE tenant_id = $1 AND source_label LIKE 'setup:%' ORDER BY completed_at",
+            "SELECT operation, source_kind FROM audit_log WHERE tenant_id = $1 AND source_label LIKE 'setup:%'"
+            " ORDER BY completed_at",
             t.id,
         )
     assert [o["operation"] for o in ops] == [
@@ -449,6 +453,7 @@ async def test_scim_token_created_and_rotated_works_against_the_gateway(service_
         "scim_token.revoke",
         "scim_token.create",
     ]
+    assert {o["source_kind"] for o in ops} == {"setup"}
 
 
 async def test_the_provisioning_log_shows_this_tenant_only_with_advice(service_env, pool):

@@ -45,12 +45,13 @@ async def test_enable_disable_and_force(env: dict[str, str], pool: Any, tmp_path
     assert forced.returncode == 0, forced.stderr
     assert await pool.fetchval("SELECT enabled FROM sso_connections WHERE tenant_id = $1", tenant.id) is True
     rows = await pool.fetch(
-        "SELECT operation, source_label, notes FROM audit_log WHERE tenant_id = $1 AND operation LIKE 'sso.%able'"
+        "SELECT operation, source_kind, source_label, notes FROM audit_log WHERE tenant_id = $1"
+        " AND operation LIKE 'sso.%able'"
         " ORDER BY completed_at",
         tenant.id,
     )
     assert [r["operation"] for r in rows] == ["sso.disable", "sso.enable"]
-    assert all(r["source_label"].startswith("cli:") for r in rows)
+    assert all(r["source_label"].startswith("cli:") and r["source_kind"] == "cli" for r in rows)
     assert "forced without a passed test login" in rows[1]["notes"]
 
     one_error_line(cli("sso", "enable", tenant.name, "nope", env=env), "no SSO connection named 'nope'")

@@ -80,3 +80,39 @@ def test_email_and_dlq_id_checks():
         with pytest.raises(CliError) as err:
             parse_id(bad, topo)
         assert err.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("actor", "kind"),
+    [
+        ("cli", "cli"),
+        ("cli:alice", "cli"),
+        ("cli:alice@corp.example", "cli"),  # sssd's fully qualified OS user names
+        ("setup:psl_AbCdEf012345", "setup"),
+        ("ada@example.com", "staff"),
+        (str(uuid4()), "staff"),  # the console records a staff member by account id
+        ("client:x", "staff"),
+        ("setupx", "staff"),
+    ],
+)
+def test_actor_kind(actor, kind):
+    from provisio_lib.admin.audit import actor_kind
+
+    assert actor_kind(actor) == kind
+
+
+@pytest.mark.parametrize(
+    ("kind", "label", "source"),
+    [
+        ("cli", "cli:alice", "cli:alice"),
+        ("cli", "cli", "cli"),
+        ("setup", "setup:psl_x", "setup:psl_x"),
+        ("staff", "ada@example.com", "staff:ada@example.com"),
+        ("staff", "cli:odd@example.com", "staff:cli:odd@example.com"),  # the kind is never hidden
+        ("scim", "entra-prod", "scim:entra-prod"),
+    ],
+)
+def test_display_names_the_source_kind_once(kind, label, source):
+    from provisio_lib.admin.audit import display
+
+    assert display({"source_kind": kind, "source_label": label})["source"] == source

@@ -108,7 +108,10 @@ def display(row: dict[str, Any]) -> dict[str, Any]:
     """A search row with ``source`` and ``error`` as one readable column each."""
     out = dict(row)
     if "source_kind" in row:
-        out["source"] = f"{row['source_kind']}:{row['source_label']}"
+        kind, label = row["source_kind"], row["source_label"]
+        # An admin actor's label carries its kind already (``cli:alice``, ``setup:psl_…``):
+        # shown once, not as ``cli:cli:alice``.
+        out["source"] = label if label == kind or str(label).startswith(f"{kind}:") else f"{kind}:{label}"
     if "error_code" in row and row.get("error_code"):
         out["error"] = f"{row['error_code']}: {row.get('error_message') or ''}"
     if isinstance(out.get("changes"), str):
@@ -274,6 +277,23 @@ async def read_stream(r: Any, stream: str, queue: asyncio.Queue[Outcome], stop: 
 
 NO_TENANT = UUID(int=0)  # audit_log.tenant_id of an action that concerns no one tenant
 
+# audit_log.source_kind of an admin action, by who did it (the provisioner's outcomes are
+# ``scim`` and ``saml``): an operator at the terminal, a customer's IT admin through a
+# setup link, a support-staff member in the console.
+ACTOR_KINDS = ("cli", "setup", "staff")
+
+
+def actor_kind(actor_id: str) -> str:
+    """The source kind of an admin actor, from its id: ``cli`` / ``cli:<OS user>`` (the
+    CLI), ``setup:<link prefix>`` (a setup link), anything else ``staff`` (the console
+    records a staff member by account id, a UUID, so an email can never read as another
+    kind). Migration 0015 applies the same rule to the rows written before it."""
+    if actor_id == "cli" or actor_id.startswith("cli:"):
+        return "cli"
+    if actor_id.startswith("setup:"):
+        return "setup"
+    return "staff"
+
 
 async def record_staff_action(
     conn: asyncpg.Connection,
@@ -286,26 +306,33 @@ async def record_staff_action(
     notes: list[str] | None = None,
     correlation_id: str = "",
     resource_type: str | None = None,
+    resource_id: UUID | None = None,
+    user_name: str | None = None,
     changes: dict[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
-    """One audit row for something a staff member did (source ``staff``: who, the action as
-    the operation), so `audit search --connection EMAIL` and the console find it. ``conn``
-    decodes jsonb (provisio_lib.db's connections and pools do)."""
+    """One audit row for something an administrator did: the source is who (kind
+    :func:`actor_kind` of ``staff_id``, id, and ``staff_email`` as the label), the action
+    the operation, so `audit search --connection LABEL` and the console find it; with
+    ``resource_id``/``user_name`` it is in that user's history too. ``conn`` decodes
+    jsonb (provisio_lib.db's connections and pools do)."""
     now = datetime.now(UTC)
     await conn.execute(
         """INSERT INTO audit_log (event_id, occurred_at, completed_at, tenant_id, source_kind, source_id,
-                                  source_label, operation, resource_type, changes, result, error_code,
-                                  error_message, notes, correlation_id)
-           VALUES ($1, $2, $2, $3, 'staff', $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)""",
+                                  source_label, operation, resource_type, resource_id, user_name, changes,
+                                  result, error_code, error_message, notes, correlation_id)
+           VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16)""",
         uuid.uuid4(),
         now,
         tenant_id or NO_TENANT,
+        actor_kind(staff_id),
         staff_id,
         staff_email,
         action,
         resource_type,
+        resource_id,
+        user_name,
         changes or {},
         result,
         error_code,

@@ -20,8 +20,9 @@ __all__ = ["create", "list_tenants", "parse_rate_limit", "record", "resolve_tena
 
 
 async def record(conn: asyncpg.Connection, actor: str, action: str, tenant_id: UUID | None, **kwargs: Any) -> None:
-    """One audit row for an admin action (source ``staff``, the actor as its label, so
-    ``provisio audit search --connection cli:alice`` finds what alice did)."""
+    """One audit row for an admin action (source kind ``cli``, ``setup`` or ``staff`` by the
+    actor, the actor as its label, so ``provisio audit search --connection cli:alice``
+    finds what alice did)."""
     await record_staff_action(conn, staff_id=actor, staff_email=actor, action=action, tenant_id=tenant_id, **kwargs)
 
 
