@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from provisio_lib import db
+from tests.conftest import make_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -255,3 +256,52 @@ async def test_0015_gives_admin_rows_written_before_it_their_actor_kind(database
             await conn.execute(insert, tid, cid, "n2", uuid.uuid4(), "anyone")
     finally:
         await conn.close()
+
+
+async def test_an_identity_link_across_tenants_is_refused_by_postgres(pool):
+    """0017: whatever code writes it, a link must join a user and a connection of its own
+    tenant — by insert or by update; links made before 0017 that break this are gone."""
+    import uuid
+
+    import asyncpg
+
+    a, b = await make_tenant(pool), await make_tenant(pool)
+
+    async def connection(tenant_id) -> uuid.UUID:
+        cid = uuid.uuid4()
+        await pool.execute(
+            """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
+               VALUES ($1, $2, $3, 'generic', 'e', 'm')""",
+            cid,
+            tenant_id,
+            f"c{cid.hex[:8]}",
+        )
+        return cid
+
+    async def user(tenant_id) -> uuid.UUID:
+        uid = uuid.uuid4()
+        await pool.execute(
+            "INSERT INTO users (id, tenant_id, user_name) VALUES ($1, $2, $3)", uid, tenant_id, f"{uid}@x"
+        )
+        return uid
+
+    ca, cb, ua, ub = await connection(a.id), await connection(b.id), await user(a.id), await user(b.id)
+    insert = "INSERT INTO user_identities (tenant_id, connection_id, name_id, user_id) VALUES ($1, $2, $3, $4)"
+    await pool.execute(insert, a.id, ca, "ann", ua)  # all of tenant a: fine
+    for tenant_id, cid, uid in ((a.id, ca, ub), (a.id, cb, ua), (b.id, ca, ua), (b.id, ca, ub)):
+        with pytest.raises(asyncpg.CheckViolationError, match="of its own tenant"):
+            await pool.execute(insert, tenant_id, cid, "mallory", uid)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE user_identities SET user_id = $1 WHERE connection_id = $2", ub, ca)
+    assert await pool.fetchval("SELECT user_id FROM user_identities WHERE connection_id = $1", ca) == ua
+
+    # A row written across tenants before the trigger existed is removed by 0017.
+    async with pool.acquire() as conn:
+        await conn.execute("ALTER TABLE user_identities DISABLE TRIGGER user_identities_same_tenant")
+        await conn.execute(insert, b.id, cb, "stray", ua)
+        await conn.execute("DROP TRIGGER user_identities_same_tenant ON user_identities")
+        await conn.execute("DROP FUNCTION user_identities_same_tenant()")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 17")
+        assert [m.filename for m in await db.migrate(conn)] == ["0017_user_identities_same_tenant.sql"]
+    rows = await pool.fetch("SELECT name_id FROM user_identities ORDER BY name_id")
+    assert [r["name_id"] for r in rows] == ["ann"]
