@@ -20,10 +20,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import asyncpg
 
-from provisio_lib import sso
+from provisio_lib import netguard, sso
 from provisio_lib.sso_presets import PRESETS
 from provisio_lib.tokens import generate_token, hash_token
-from provisio_lib.webhooks import classify_address
 
 from .errors import USAGE, AdminError
 from .tenants import record, tenant_name
@@ -349,9 +348,9 @@ def manual_metadata(entity_id: str, sso_url: str, certificate: str) -> bytes:
 def address_allowed(address: str) -> bool:
     """Only public unicast addresses: no loopback, private (RFC 1918, ULA), link-local
     (cloud metadata services live at 169.254.169.254), CGNAT, multicast, reserved. The
-    webhooks' rule, so both outbound fetches judge IPv4 inside IPv6 (mapped, 6to4,
-    NAT64) the same way."""
-    return classify_address(address) == "public"
+    webhooks' rule (``netguard``, setting ``none``), so both outbound fetches judge IPv4
+    inside IPv6 (mapped, 6to4, NAT64) the same way."""
+    return netguard.address_allowed(address, "none")
 
 
 async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: float = 10.0) -> bytes:
