@@ -78,19 +78,25 @@ def parse_url(url: str) -> Target:
     return Target(scheme, host, port or (443 if scheme == "https" else 80), is_ip)
 
 
+def refusal(host: str, addresses: Sequence[str]) -> UrlRefused:
+    """Why a webhook may not call ``host``, which resolved to ``addresses`` (none of them
+    allowed by the setting, the rule of ``netguard``)."""
+    if not addresses:
+        return UrlRefused(f"{host} does not resolve to any address")
+    kinds = sorted({classify_address(a) for a in addresses})
+    return UrlRefused(
+        f"{host} resolves to a {'/'.join(k.replace('_', '-') for k in kinds)} address "
+        f"({', '.join(addresses[:3])}), which webhooks may not reach "
+        "(PROVISIO_WEBHOOK_ALLOW_PRIVATE=loopback|private allows some)"
+    )
+
+
 def check_addresses(host: str, addresses: Iterable[str], allow: str) -> list[str]:
     """The addresses ``host`` resolved to that may be called; UrlRefused if none may."""
     addresses = list(addresses)
-    if not addresses:
-        raise UrlRefused(f"{host} does not resolve to any address")
     ok = [a for a in addresses if address_allowed(a, allow)]
     if not ok:
-        kinds = sorted({classify_address(a) for a in addresses})
-        raise UrlRefused(
-            f"{host} resolves to a {'/'.join(k.replace('_', '-') for k in kinds)} address "
-            f"({', '.join(addresses[:3])}), which webhooks may not reach "
-            "(PROVISIO_WEBHOOK_ALLOW_PRIVATE=loopback|private allows some)"
-        )
+        raise refusal(host, addresses)
     return ok
 
 

@@ -7,10 +7,8 @@ a test login passed. Every change is audited with its actor.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ipaddress
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -353,6 +351,16 @@ def address_allowed(address: str) -> bool:
     return netguard.address_allowed(address, "none")
 
 
+def _refused(host: str, addresses: list[str]) -> AdminError:
+    bad = next((a for a in addresses if not address_allowed(a)), None)
+    if bad is None:  # no address at all
+        return AdminError(f"cannot resolve {host!r}")
+    return AdminError(
+        f"{host!r} resolves to {bad}, a private or local address: metadata URLs must be "
+        "on the public internet (download the file and upload it instead)"
+    )
+
+
 async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: float = 10.0) -> bytes:
     """Download IdP metadata for a person who gave its URL (server-side request forgery
     guarded, OWASP SSRF cheat sheet): http(s) only; every address a host resolves to must
@@ -360,38 +368,6 @@ async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: fl
     the ones connected to (no DNS rebinding); redirects are followed by hand, each
     checked again; at most 1 MiB."""
     import aiohttp
-    from aiohttp.abc import AbstractResolver, ResolveResult
-
-    class VettedResolver(AbstractResolver):
-        async def resolve(
-            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-        ) -> list[ResolveResult]:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-            except OSError:
-                raise AdminError(f"cannot resolve {host!r}") from None
-            out: list[ResolveResult] = []
-            for fam, _type, proto, _canon, addr in infos:
-                if not allow_private and not address_allowed(str(addr[0])):
-                    raise AdminError(
-                        f"{host!r} resolves to {addr[0]}, a private or local address: metadata URLs must be "
-                        "on the public internet (download the file and upload it instead)"
-                    )
-                out.append(
-                    {
-                        "hostname": host,
-                        "host": str(addr[0]),
-                        "port": int(addr[1]),
-                        "family": fam,
-                        "proto": proto,
-                        "flags": socket.AI_NUMERICHOST,
-                    }
-                )
-            return out
-
-        async def close(self) -> None:
-            return None
 
     def check_url(u: str) -> None:
         parts = urlsplit(u)
@@ -407,7 +383,16 @@ async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: fl
                 "(download the file and upload it instead)"
             )
 
-    connector = aiohttp.TCPConnector(resolver=VettedResolver(), use_dns_cache=False)
+    # Every address a name resolves to must pass (``every``), or the name is refused;
+    # ``allow_private`` lets any address through (the setting's "private, loopback and
+    # link-local"). No DNS cache: each hop of a redirect is resolved and vetted anew.
+    resolver = netguard.PinnedResolver(
+        (lambda _address: True) if allow_private else "none",
+        _refused,
+        every=True,
+        lookup_failed=lambda host, _err: AdminError(f"cannot resolve {host!r}"),
+    )
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
     try:
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
