@@ -1,8 +1,8 @@
-"""Calling webhook receivers: one aiohttp session whose resolver refuses the addresses
-webhooks may not reach (``webhooks.check_addresses``) at connection time — after DNS,
-so a name that resolved to a public address when the endpoint was added and to
-169.254.169.254 now (DNS rebinding) is still refused — plus a timeout, an answer-size
-limit and no redirects on every request."""
+"""Calling webhook receivers: one aiohttp session whose resolver (``netguard.PinnedResolver``)
+refuses the addresses webhooks may not reach at connection time — after DNS, so a name
+that resolved to a public address when the endpoint was added and to 169.254.169.254 now
+(DNS rebinding) is still refused — plus a timeout, an answer-size limit and no redirects
+on every request."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import Field, field_validator
 
-from . import webhooks
+from . import netguard, webhooks
 from .settings import CommonSettings
 
 USER_AGENT = "Provisio-Webhooks/1"
@@ -50,26 +49,9 @@ class WebhookClientSettings(CommonSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-class RefusingResolver(AbstractResolver):
-    """The default resolver, keeping only the addresses webhooks may reach (an OSError,
-    which aiohttp reports as a connection error, when none is left)."""
-
-    def __init__(self, allow: str) -> None:
-        self.allow = allow
-        self._inner = aiohttp.DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        try:
-            ok = set(webhooks.check_addresses(host, [r["host"] for r in results], self.allow))
-        except webhooks.UrlRefused as err:
-            raise OSError(str(err)) from None
-        return [r for r in results if r["host"] in ok]
-
-    async def close(self) -> None:
-        await self._inner.close()
+def _refused(host: str, addresses: list[str]) -> OSError:
+    # An OSError: aiohttp reports it as a connection error, recorded as the attempt's reason.
+    return OSError(str(webhooks.refusal(host, addresses)))
 
 
 def make_session(settings: WebhookClientSettings, *, per_host: int = 32) -> aiohttp.ClientSession:
@@ -79,7 +61,8 @@ def make_session(settings: WebhookClientSettings, *, per_host: int = 32) -> aioh
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=per_host,
-        resolver=RefusingResolver(settings.webhook_allow_private),
+        # Keeps only the addresses the setting allows, and connects to those.
+        resolver=netguard.PinnedResolver(settings.webhook_allow_private, _refused),
         ttl_dns_cache=10,
         keepalive_timeout=30,
     )

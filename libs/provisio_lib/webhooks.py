@@ -1,5 +1,6 @@
-"""Webhook rules, pure: which addresses a webhook may reach, retry delays, the order in
-which deliveries may go out, signatures and the wire body (docs/events.md, "Webhooks").
+"""Webhook rules, pure: which URLs a webhook may call (its addresses judged by the rule
+in ``netguard``), retry delays, the order in which deliveries may go out, signatures and
+the wire body (docs/events.md, "Webhooks").
 
 No I/O here: the dispatcher (services/webhook_dispatcher), the store
 (``webhook_store``) and the HTTP client (``webhook_http``) apply these rules.
@@ -18,12 +19,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
 from .events_feed import type_patterns
+from .netguard import address_allowed, classify_address
 
 SECRET_PREFIX = "whsec_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -31,65 +33,7 @@ NIL_KEY = uuid.UUID(int=0)  # order key of events without a resource
 TEST_EVENT_TYPE = "webhook.test"
 MAX_URL_LENGTH = 2048
 
-AllowPrivate = Literal["none", "loopback", "private"]
-
-# --------------------------------------------------------------------------- addresses
-
-# What an address is, for the SSRF rule. Only "public" is reachable by default;
-# PROVISIO_WEBHOOK_ALLOW_PRIVATE=loopback adds "loopback" (tests, `provisio dev`),
-# =private adds "private" too (a receiver inside the operator's network). Link-local
-# (169.254.0.0/16: cloud metadata services), multicast, unspecified and reserved
-# addresses are never reachable.
-AddressKind = Literal["public", "loopback", "private", "link_local", "multicast", "unspecified", "reserved"]
-
-_ALLOWED: dict[str, frozenset[str]] = {
-    "none": frozenset({"public"}),
-    "loopback": frozenset({"public", "loopback"}),
-    "private": frozenset({"public", "loopback", "private"}),
-}
-
-# RFC 6598 shared address space (carrier-grade NAT): not routable on the internet,
-# and `ipaddress` calls it neither private nor global.
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: an IPv4 address inside
-
-
-def classify_address(address: str) -> AddressKind:
-    """The kind of an IP address (v4 or v6, as text). IPv6 forms that carry an IPv4
-    address (IPv4-mapped ``::ffff:a.b.c.d``, 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``)
-    are judged by that IPv4 address: ``::ffff:127.0.0.1`` is loopback."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = ip.ipv4_mapped or ip.sixtofour
-        if inner is None and ip in _NAT64:
-            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if inner is not None:
-            return classify_address(str(inner))
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link_local"
-    if ip.is_multicast:
-        return "multicast"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
-        return "private"
-    if ip.is_private:
-        # 10/8, 172.16/12, 192.168/16, fc00::/7 (ULA) — and some reserved ranges that
-        # `ipaddress` also calls private (192.0.0.0/24, 198.18.0.0/15, documentation).
-        if isinstance(ip, ipaddress.IPv4Address) and not any(
-            ip in ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-        ):
-            return "reserved"
-        return "private"
-    if ip.is_reserved or not ip.is_global:
-        return "reserved"
-    return "public"
-
-
-def address_allowed(address: str, allow: str) -> bool:
-    return classify_address(address) in _ALLOWED.get(allow, _ALLOWED["none"])
+# --------------------------------------------------------------------------- URLs and addresses
 
 
 class UrlRefused(ValueError):
@@ -134,19 +78,25 @@ def parse_url(url: str) -> Target:
     return Target(scheme, host, port or (443 if scheme == "https" else 80), is_ip)
 
 
+def refusal(host: str, addresses: Sequence[str]) -> UrlRefused:
+    """Why a webhook may not call ``host``, which resolved to ``addresses`` (none of them
+    allowed by the setting, the rule of ``netguard``)."""
+    if not addresses:
+        return UrlRefused(f"{host} does not resolve to any address")
+    kinds = sorted({classify_address(a) for a in addresses})
+    return UrlRefused(
+        f"{host} resolves to a {'/'.join(k.replace('_', '-') for k in kinds)} address "
+        f"({', '.join(addresses[:3])}), which webhooks may not reach "
+        "(PROVISIO_WEBHOOK_ALLOW_PRIVATE=loopback|private allows some)"
+    )
+
+
 def check_addresses(host: str, addresses: Iterable[str], allow: str) -> list[str]:
     """The addresses ``host`` resolved to that may be called; UrlRefused if none may."""
     addresses = list(addresses)
-    if not addresses:
-        raise UrlRefused(f"{host} does not resolve to any address")
     ok = [a for a in addresses if address_allowed(a, allow)]
     if not ok:
-        kinds = sorted({classify_address(a) for a in addresses})
-        raise UrlRefused(
-            f"{host} resolves to a {'/'.join(k.replace('_', '-') for k in kinds)} address "
-            f"({', '.join(addresses[:3])}), which webhooks may not reach "
-            "(PROVISIO_WEBHOOK_ALLOW_PRIVATE=loopback|private allows some)"
-        )
+        raise refusal(host, addresses)
     return ok
 
 

@@ -7,10 +7,8 @@ a test login passed. Every change is audited with its actor.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ipaddress
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +18,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import asyncpg
 
-from provisio_lib import sso
+from provisio_lib import netguard, sso
 from provisio_lib.sso_presets import PRESETS
 from provisio_lib.tokens import generate_token, hash_token
-from provisio_lib.webhooks import classify_address
 
 from .errors import USAGE, AdminError
 from .tenants import record, tenant_name
@@ -349,9 +346,19 @@ def manual_metadata(entity_id: str, sso_url: str, certificate: str) -> bytes:
 def address_allowed(address: str) -> bool:
     """Only public unicast addresses: no loopback, private (RFC 1918, ULA), link-local
     (cloud metadata services live at 169.254.169.254), CGNAT, multicast, reserved. The
-    webhooks' rule, so both outbound fetches judge IPv4 inside IPv6 (mapped, 6to4,
-    NAT64) the same way."""
-    return classify_address(address) == "public"
+    webhooks' rule (``netguard``, setting ``none``), so both outbound fetches judge IPv4
+    inside IPv6 (mapped, 6to4, NAT64) the same way."""
+    return netguard.address_allowed(address, "none")
+
+
+def _refused(host: str, addresses: list[str]) -> AdminError:
+    bad = next((a for a in addresses if not address_allowed(a)), None)
+    if bad is None:  # no address at all
+        return AdminError(f"cannot resolve {host!r}")
+    return AdminError(
+        f"{host!r} resolves to {bad}, a private or local address: metadata URLs must be "
+        "on the public internet (download the file and upload it instead)"
+    )
 
 
 async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: float = 10.0) -> bytes:
@@ -361,38 +368,6 @@ async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: fl
     the ones connected to (no DNS rebinding); redirects are followed by hand, each
     checked again; at most 1 MiB."""
     import aiohttp
-    from aiohttp.abc import AbstractResolver, ResolveResult
-
-    class VettedResolver(AbstractResolver):
-        async def resolve(
-            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-        ) -> list[ResolveResult]:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-            except OSError:
-                raise AdminError(f"cannot resolve {host!r}") from None
-            out: list[ResolveResult] = []
-            for fam, _type, proto, _canon, addr in infos:
-                if not allow_private and not address_allowed(str(addr[0])):
-                    raise AdminError(
-                        f"{host!r} resolves to {addr[0]}, a private or local address: metadata URLs must be "
-                        "on the public internet (download the file and upload it instead)"
-                    )
-                out.append(
-                    {
-                        "hostname": host,
-                        "host": str(addr[0]),
-                        "port": int(addr[1]),
-                        "family": fam,
-                        "proto": proto,
-                        "flags": socket.AI_NUMERICHOST,
-                    }
-                )
-            return out
-
-        async def close(self) -> None:
-            return None
 
     def check_url(u: str) -> None:
         parts = urlsplit(u)
@@ -408,7 +383,16 @@ async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: fl
                 "(download the file and upload it instead)"
             )
 
-    connector = aiohttp.TCPConnector(resolver=VettedResolver(), use_dns_cache=False)
+    # Every address a name resolves to must pass (``every``), or the name is refused;
+    # ``allow_private`` lets any address through (the setting's "private, loopback and
+    # link-local"). No DNS cache: each hop of a redirect is resolved and vetted anew.
+    resolver = netguard.PinnedResolver(
+        (lambda _address: True) if allow_private else "none",
+        _refused,
+        every=True,
+        lookup_failed=lambda host, _err: AdminError(f"cannot resolve {host!r}"),
+    )
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
     try:
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
