@@ -1,4 +1,4 @@
-"""Calling webhook receivers: one aiohttp session whose resolver (``netguard.PinnedResolver``)
+"""Calling webhook receivers: one aiohttp session whose resolver (``netguard_http.PinnedResolver``)
 refuses the addresses webhooks may not reach at connection time — after DNS, so a name
 that resolved to a public address when the endpoint was added and to 169.254.169.254 now
 (DNS rebinding) is still refused — plus a timeout, an answer-size limit and no redirects
@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from pydantic import Field, field_validator
 
-from . import netguard, webhooks
+from . import netguard_http, webhooks
 from .settings import CommonSettings
 
 USER_AGENT = "Provisio-Webhooks/1"
@@ -62,7 +62,7 @@ def make_session(settings: WebhookClientSettings, *, per_host: int = 32) -> aioh
         limit=0,
         limit_per_host=per_host,
         # Keeps only the addresses the setting allows, and connects to those.
-        resolver=netguard.PinnedResolver(settings.webhook_allow_private, _refused),
+        resolver=netguard_http.PinnedResolver(settings.webhook_allow_private, _refused),
         ttl_dns_cache=10,
         keepalive_timeout=30,
     )

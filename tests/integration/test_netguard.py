@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from provisio_lib import netguard, webhook_http, webhooks
+from provisio_lib import netguard_http, webhook_http, webhooks
 from provisio_lib.admin import connections
 from provisio_lib.admin.errors import AdminError
 
@@ -69,7 +69,7 @@ async def test_a_name_is_contacted_on_the_address_it_was_vetted_for():
 
     trace.on_dns_resolvehost_start.append(on_resolve)
     async with server() as srv:
-        resolver = netguard.PinnedResolver("loopback", refused)
+        resolver = netguard_http.PinnedResolver("loopback", refused)
         vetted = [r["host"] for r in await resolver.resolve("localhost", srv.port, socket.AF_INET)]
         assert vetted == ["127.0.0.1"]  # /etc/hosts: localhost is 127.0.0.1 (and ::1 where IPv6 is up)
         connector = aiohttp.TCPConnector(resolver=resolver, family=socket.AF_INET)
@@ -84,7 +84,7 @@ async def test_a_name_is_contacted_on_the_address_it_was_vetted_for():
 
 async def test_the_same_name_under_none_never_reaches_the_server():
     async with server() as srv:
-        connector = aiohttp.TCPConnector(resolver=netguard.PinnedResolver("none", refused))
+        connector = aiohttp.TCPConnector(resolver=netguard_http.PinnedResolver("none", refused))
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             with pytest.raises(aiohttp.ClientConnectorError) as err:
                 await session.get(srv.url())

@@ -26,6 +26,7 @@ PURE = [
     "libs/provisio_lib/scim_extensions.py",
     "libs/provisio_lib/names.py",
     "libs/provisio_lib/webhooks.py",
+    "libs/provisio_lib/netguard.py",
     "libs/provisio_lib/directory/layout.py",
     "libs/provisio_lib/directory/mapping.py",
 ]

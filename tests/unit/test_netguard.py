@@ -12,7 +12,7 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from provisio_lib import netguard
+from provisio_lib import netguard, netguard_http
 
 pytestmark = pytest.mark.unit
 
@@ -67,11 +67,11 @@ DNS = {
 }
 
 
-def pinned(allow, **kw) -> netguard.PinnedResolver:
-    return netguard.PinnedResolver(allow, Refused, resolver=FixedAnswers(DNS), **kw)
+def pinned(allow, **kw) -> netguard_http.PinnedResolver:
+    return netguard_http.PinnedResolver(allow, Refused, resolver=FixedAnswers(DNS), **kw)
 
 
-async def hosts(resolver: netguard.PinnedResolver, name: str) -> list[str]:
+async def hosts(resolver: netguard_http.PinnedResolver, name: str) -> list[str]:
     return [r["host"] for r in await resolver.resolve(name, 443, socket.AF_UNSPEC)]
 
 
@@ -156,7 +156,7 @@ async def test_every_refuses_a_mixed_answer_with_all_its_addresses():
 
 
 async def test_an_empty_answer_is_refused():
-    resolver = netguard.PinnedResolver("private", Refused, resolver=FixedAnswers({"empty.test": []}))
+    resolver = netguard_http.PinnedResolver("private", Refused, resolver=FixedAnswers({"empty.test": []}))
     with pytest.raises(Refused) as err:
         await hosts(resolver, "empty.test")
     assert err.value.addresses == []
@@ -173,5 +173,5 @@ async def test_a_failed_lookup_raises_the_callers_error_or_the_lookups_own():
 
 async def test_close_closes_the_inner_resolver():
     inner = FixedAnswers({})
-    await netguard.PinnedResolver("none", Refused, resolver=inner).close()
+    await netguard_http.PinnedResolver("none", Refused, resolver=inner).close()
     assert inner.closed

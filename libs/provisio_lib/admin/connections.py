@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import asyncpg
 
-from provisio_lib import netguard, sso
+from provisio_lib import netguard, netguard_http, sso
 from provisio_lib.sso_presets import PRESETS
 from provisio_lib.tokens import generate_token, hash_token
 
@@ -386,7 +386,7 @@ async def fetch_metadata(url: str, *, allow_private: bool = False, timeout_s: fl
     # Every address a name resolves to must pass (``every``), or the name is refused;
     # ``allow_private`` lets any address through (the setting's "private, loopback and
     # link-local"). No DNS cache: each hop of a redirect is resolved and vetted anew.
-    resolver = netguard.PinnedResolver(
+    resolver = netguard_http.PinnedResolver(
         (lambda _address: True) if allow_private else "none",
         _refused,
         every=True,
