@@ -4,7 +4,8 @@ Everything here is synchronous and CPU-bound: the app runs it in a thread pool s
 event loop never waits for XML parsing or signature checks.
 
 pysaml2 verifies signatures and checks the status and NotBefore/NotOnOrAfter;
-decryption is ours (xmlenc.py, through either crypto backend). ``verify_response``
+decryption is ours (xmlenc.py, through either crypto backend), of an EncryptedAssertion
+and of a Subject's EncryptedID (``_AuthnResponse._decrypt_subject``). ``verify_response``
 refuses what pysaml2 lets through (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings
 §3.5.5.2): a missing Destination or AudienceRestriction, an Issuer other than the
 connection's IdP (an assertion of one IdP inside another's response), a Recipient other
@@ -44,7 +45,7 @@ from . import schema
 from .crypto import CryptoBackendProgram, CryptoBackendXmlsecBinding
 from .xmlenc import (
     PolicyRefusal,
-    check_encrypted_id_placement,
+    check_encrypted_ids,
     check_signature_elements,
     decrypt_name_id,
     load_private_key,
@@ -331,9 +332,10 @@ class SamlEngine:
         # an encrypted assertion are judged when it is decrypted (xmlenc.py).
         try:
             check_signature_elements(root)
-            # An EncryptedID only as the Subject's of the (plain) assertion; the ones in
-            # an encrypted assertion are placed when it is decrypted (xmlenc.py).
-            check_encrypted_id_placement(root.findall(f"{{{SAML_NS}}}Assertion"), root)
+            # An EncryptedID only as the Subject's of the (plain) assertion, with allowed
+            # algorithms; the ones in an encrypted assertion are judged when it is
+            # decrypted (xmlenc.py). Decrypted only after the signature check.
+            check_encrypted_ids(root.findall(f"{{{SAML_NS}}}Assertion"), root)
         except PolicyRefusal as refusal:
             raise Refused(refusal.reason, refusal.message, refusal.status) from None
         return root
@@ -543,6 +545,8 @@ class _AuthnResponse(AuthnResponse):
     (signatures, decryption, times, status) is pysaml2's."""
 
     connection: Connection | None = None  # set on the per-connection subclass
+    name_id_encryption: tuple[str, ...] = ()  # the EncryptedID's algorithms, once decrypted
+    _decrypted_document: Any = None  # the document a decrypted assertion was verified in
 
     def _verify(self) -> Any:
         destination, self.response.destination = self.response.destination, None
@@ -575,9 +579,6 @@ class _AuthnResponse(AuthnResponse):
         if subject is not None and subject.encrypted_id is not None:
             self._decrypt_subject(subject)
         return super().get_subject(keys)
-
-    name_id_encryption: tuple[str, ...] = ()
-    _decrypted_document: Any = None
 
     def _decrypt_subject(self, subject: Any) -> None:
         """saml-core §2.2.4: the Subject's EncryptedID, decrypted with the connection's key

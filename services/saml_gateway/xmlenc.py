@@ -24,6 +24,10 @@ not parse, holds a DTD or is not an assertion — is the same refusal, so the an
 nothing more about the ciphertext (the CBC attacks of Jager & Somorovsky, "How to Break
 XML Encryption", CCS 2011, need to tell these apart); the other refusals need a
 plaintext that is a whole well-formed assertion.
+
+An EncryptedID (the NameID encrypted on its own, saml-core §2.2.4) is decrypted by
+``decrypt_name_id`` with the same allow-list, only once the signature covering it has been
+verified (saml.py); its refusals can say more, since the IdP signed its ciphertext.
 """
 
 from __future__ import annotations
@@ -313,7 +317,7 @@ def _plain_assertion(plaintext: bytes) -> Any:
         # to resolve to (saml-profiles §4.1.4.2 allows exactly one assertion).
         raise PolicyRefusal("assertions", "The encrypted assertion holds another assertion, which is refused.", 400)
     check_signature_elements(el)
-    check_encrypted_id_placement([el], el)
+    check_encrypted_ids([el], el)
     return el
 
 
@@ -330,12 +334,13 @@ NAME_ID_DECRYPT_FAILED = (
 )
 
 
-def check_encrypted_id_placement(assertions: list[Any], root: Any) -> None:
+def check_encrypted_ids(assertions: list[Any], root: Any) -> None:
     """The only EncryptedID accepted is the one child of an assertion's Subject
     (saml-core §2.2.3, saml-profiles §4.1.4.2: the Subject names the user). One
     anywhere else under ``root`` — in a SubjectConfirmation, the response's Extensions,
     a second Subject — is refused: nothing reads it, and a wrapping attack is what puts
-    it there."""
+    it there. Its algorithms are judged here too, before any signature check, as an
+    encrypted assertion's are (no decryption happens here)."""
     placed = [eid for a in assertions for eid in a.findall(f"{_SUBJECT}/{_ENCRYPTED_ID}")]
     found = sum(1 for _ in root.iter(_ENCRYPTED_ID))
     if found != len(placed) or any(len(a.findall(_SUBJECT)) > 1 for a in assertions):
@@ -344,6 +349,25 @@ def check_encrypted_id_placement(assertions: list[Any], root: Any) -> None:
         )
     if len(placed) > 1:
         raise PolicyRefusal("subject", "The assertion's Subject holds more than one EncryptedID.", 400)
+    for eid in placed:
+        for data in eid.findall(_ENCRYPTED_DATA):
+            _name_id_data_algorithm(data)
+            key_info = data.find(_KEY_INFO)
+            for ek in (key_info.findall(_ENCRYPTED_KEY) if key_info is not None else []) + eid.findall(_ENCRYPTED_KEY):
+                _key_transport(ek, "NameID")
+
+
+def _name_id_data_algorithm(data: Any) -> str:
+    method = data.find(_ENCRYPTION_METHOD)
+    alg = (method.get("Algorithm") if method is not None else "") or ""
+    if alg not in _DATA_ALGORITHMS:
+        raise PolicyRefusal(
+            "weak_encryption",
+            f"The NameID (EncryptedID) is encrypted with {_name(alg) if alg else '(none)'}"
+            ", which is not supported; configure the identity provider to use AES-256-GCM "
+            "or AES-256-CBC.",
+        )
+    return alg
 
 
 def _in_context(plaintext: bytes, nsmap: dict[str | None, str]) -> Any:
@@ -377,7 +401,7 @@ def decrypt_name_id(encrypted_id: Any, private_keys: list[rsa.RSAPrivateKey]) ->
     """The NameID an lxml ``saml:EncryptedID`` element encrypts, as XML text with its
     namespace declared, and the algorithms used (content encryption, key transport, and
     the OAEP DigestMethod / MGF when given). The EncryptedKey is inside the
-    EncryptedData's KeyInfo (Shibboleth, AD FS, PingFederate) or beside the
+    EncryptedData's KeyInfo (as Shibboleth sends it) or beside the
     EncryptedData in the EncryptedID (OpenSAML's "peer" placement, with a
     RetrievalMethod), saml-core §2.2.4.
 
@@ -394,15 +418,7 @@ def decrypt_name_id(encrypted_id: Any, private_keys: list[rsa.RSAPrivateKey]) ->
     # saml-core §2.2.4: Type, when present, MUST be #Element.
     if enc.get("Type") not in (None, XENC + "Element"):
         raise PolicyRefusal("subject", "The encrypted NameID is not an encrypted element (EncryptedData Type).", 400)
-    method = enc.find(_ENCRYPTION_METHOD)
-    alg = (method.get("Algorithm") if method is not None else "") or ""
-    if alg not in _DATA_ALGORITHMS:
-        raise PolicyRefusal(
-            "weak_encryption",
-            f"The NameID (EncryptedID) is encrypted with {_name(alg) if alg else '(none)'}"
-            ", which is not supported; configure the identity provider to use AES-256-GCM "
-            "or AES-256-CBC.",
-        )
+    alg = _name_id_data_algorithm(enc)
     cipher_value = enc.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
     if cipher_value is None:
         raise PolicyRefusal("decrypt", NAME_ID_DECRYPT_FAILED)

@@ -22,7 +22,7 @@ from saml_gateway.testmode import encryption_algorithms, inspect_unverified
 from saml_gateway.xmlenc import (
     MAX_NAME_ID_PLAINTEXT,
     PolicyRefusal,
-    check_encrypted_id_placement,
+    check_encrypted_ids,
     decrypt_name_id,
     load_private_key,
 )
@@ -195,7 +195,7 @@ EID = "<saml:EncryptedID/>"
 def test_an_encrypted_id_anywhere_but_the_subject_is_refused(subject: str, extra: str, confirmation: str) -> None:
     root = _response(subject, extra, confirmation)
     with pytest.raises(PolicyRefusal) as err:
-        check_encrypted_id_placement(root.findall(f"{{{SAML}}}Assertion"), root)
+        check_encrypted_ids(root.findall(f"{{{SAML}}}Assertion"), root)
     assert err.value.reason == "subject"
 
 
@@ -205,14 +205,14 @@ def test_a_second_subject_in_the_assertion_is_refused() -> None:
         etree.fromstring(f'<saml:Subject xmlns:saml="{SAML}">{EID}</saml:Subject>')
     )
     with pytest.raises(PolicyRefusal):
-        check_encrypted_id_placement(root.findall(f"{{{SAML}}}Assertion"), root)
+        check_encrypted_ids(root.findall(f"{{{SAML}}}Assertion"), root)
 
 
 def test_the_subjects_encrypted_id_is_accepted() -> None:
     root = _response(EID)
-    check_encrypted_id_placement(root.findall(f"{{{SAML}}}Assertion"), root)
+    check_encrypted_ids(root.findall(f"{{{SAML}}}Assertion"), root)
     plain = _response("<saml:NameID>a</saml:NameID>")
-    check_encrypted_id_placement(plain.findall(f"{{{SAML}}}Assertion"), plain)
+    check_encrypted_ids(plain.findall(f"{{{SAML}}}Assertion"), plain)
 
 
 # ------------------------------------------------------------------ test login report
@@ -236,3 +236,18 @@ def test_the_test_login_labels_the_name_ids_algorithms(sp: tuple[rsa.RSAPrivateK
     # A clear NameID: nothing labelled.
     plain = base64.b64encode(xml.replace(eid, "<saml:NameID>a</saml:NameID>").encode()).decode()
     assert encryption_algorithms(plain, 256 * 1024) == []
+
+
+@pytest.mark.parametrize(("style", "named"), [("rsa-1_5", "RSA-1_5"), ("tripledes", "tripledes-cbc")])
+def test_algorithms_are_judged_with_the_placement_before_any_key_is_used(
+    sp: tuple[rsa.RSAPrivateKey, str], style: str, named: str
+) -> None:
+    """The pre-check (before the signature check) refuses a weak EncryptedID by name, as
+    it does a weak signature; the accepted shapes pass it."""
+    for accepted in ("shibboleth", "peer", "xmlenc11"):
+        root = _response(encrypted_id_xml("a", None, sp[1], NAME_ID_ENCRYPTIONS[accepted]))
+        check_encrypted_ids(root.findall(f"{{{SAML}}}Assertion"), root)
+    root = _response(encrypted_id_xml("a", None, sp[1], NAME_ID_ENCRYPTIONS[style]))
+    with pytest.raises(PolicyRefusal) as err:
+        check_encrypted_ids(root.findall(f"{{{SAML}}}Assertion"), root)
+    assert err.value.reason == "weak_encryption" and named in err.value.message
