@@ -8,7 +8,9 @@ committed). Responses come in the shapes the real IdPs send:
 - Okta: response and assertion signed;
 - JumpCloud: assertion signed, ``memberOf`` groups;
 and any of them with the assertion encrypted to the SP's certificate, as Entra ID and
-Okta encrypt it (``encrypt_assertion``; see ``ENCRYPTIONS`` for the shapes and sources).
+Okta encrypt it (``encrypt_assertion``; see ``ENCRYPTIONS`` for the shapes and sources),
+and/or the NameID alone encrypted into an ``EncryptedID`` inside the signed assertion, as
+Shibboleth, AD FS and PingFederate can (``encrypt_name_id``; ``NAME_ID_ENCRYPTIONS``).
 
 Attack helpers (``tests/saml_attacks.py``) rework these responses as XML.
 """
@@ -164,10 +166,34 @@ class TestIdP:
         digest_alg: str = DIGEST_SHA256,
         lifetime_minutes: int | None = None,
         issuer: str | None = None,
+        encrypt_name_id: str | None = None,
+        name_id_cert: str | None = None,
     ) -> str:
         """A SAML Response as XML text. ``encrypt_cert`` (the SP's certificate, base64
         DER as in its metadata) encrypts the assertion the way ``ENCRYPTIONS[encryption]``
-        says; a response signature is then made over the EncryptedAssertion, as IdPs do."""
+        says; a response signature is then made over the EncryptedAssertion, as IdPs do.
+        ``encrypt_name_id`` (a key of ``NAME_ID_ENCRYPTIONS``) replaces the NameID with an
+        EncryptedID to ``name_id_cert`` (default ``encrypt_cert``) before anything is
+        signed or the assertion encrypted, as an IdP builds it."""
+        if encrypt_name_id:
+            return self._response_with_encrypted_id(
+                sp_entity_id=sp_entity_id,
+                acs_url=acs_url,
+                name_id=name_id,
+                attributes=attributes,
+                in_response_to=in_response_to,
+                sign_response=sign_response,
+                sign_assertion=sign_assertion,
+                encrypt_cert=encrypt_cert,
+                encryption=encryption,
+                sp_metadata=sp_metadata,
+                sign_alg=sign_alg,
+                digest_alg=digest_alg,
+                lifetime_minutes=lifetime_minutes,
+                issuer=issuer,
+                name_id_encryption=NAME_ID_ENCRYPTIONS[encrypt_name_id],
+                name_id_cert=name_id_cert or encrypt_cert,
+            )
         server = self.server(sp_metadata)
         if lifetime_minutes is not None:
             server.config.setattr("idp", "policy", None)
@@ -189,6 +215,50 @@ class TestIdP:
             return str(resp)
         xml = encrypt_assertion(str(resp), encrypt_cert, ENCRYPTIONS[encryption])
         return sign_xml(xml, self.keys, assertion=False, response=True) if sign_response else xml
+
+    def _response_with_encrypted_id(
+        self,
+        *,
+        sign_response: bool,
+        sign_assertion: bool,
+        encrypt_cert: str | None,
+        encryption: str,
+        sp_entity_id: str,
+        sign_alg: str,
+        digest_alg: str,
+        name_id_encryption: Encryption,
+        name_id_cert: str | None,
+        **kw: Any,
+    ) -> str:
+        if not name_id_cert:
+            raise ValueError("encrypt_name_id needs the SP's certificate (name_id_cert or encrypt_cert)")
+        from lxml import etree
+
+        plain = self.response(sp_entity_id=sp_entity_id, sign_response=False, sign_assertion=False, **kw)
+        root = etree.fromstring(plain.encode())
+        nid = root.find(f"{{{SAML_NS}}}Assertion/{{{SAML_NS}}}Subject/{{{SAML_NS}}}NameID")
+        encrypted = etree.fromstring(
+            encrypted_id_xml(
+                nid.text,
+                nid.get("Format"),
+                name_id_cert,
+                name_id_encryption,
+                recipient=sp_entity_id,
+                name_qualifier=self.entity_id,
+                context_prefix=nid.prefix or "saml",
+            ).encode()
+        )
+        nid.getparent().replace(nid, encrypted)
+        xml = etree.tostring(root, encoding="unicode")
+        if sign_assertion:
+            xml = sign_xml(xml, self.keys, sign_method=sign_alg, digest_method=digest_alg)
+        if encrypt_cert:
+            xml = encrypt_assertion(xml, encrypt_cert, ENCRYPTIONS[encryption])
+        if sign_response:
+            xml = sign_xml(
+                xml, self.keys, assertion=False, response=True, sign_method=sign_alg, digest_method=digest_alg
+            )
+        return xml
 
 
 def b64(xml: str | bytes) -> str:
@@ -266,6 +336,9 @@ class Encryption:
     key_transport: str = XENC + "rsa-oaep-mgf1p"
     oaep_digest: str | None = DSIG + "sha1"
     mgf: str | None = None
+    # EncryptedID only: the plaintext NameID declares its namespace itself (OpenSAML,
+    # .NET), or relies on the EncryptedID's context (xmlenc-core1 §4.5 decrypts in context).
+    standalone: bool = True
 
 
 # Entra ID: "Microsoft Entra ID uses AES-256 to encrypt the SAML assertion data"
@@ -302,6 +375,31 @@ ENCRYPTIONS = {
     "okta-rsa-1_5": Encryption("okta", key_transport=XENC + "rsa-1_5", oaep_digest=None),
     # Refused: 3DES content encryption (pysaml2's own IdP default).
     "tripledes": Encryption("okta", data=XENC + "tripledes-cbc"),
+}
+# EncryptedID (saml-core §2.2.4), as IdPs that encrypt the NameID alone send it:
+# - Shibboleth IdP (``encryptNameIDs``): OpenSAML markup, saml2:/xenc:/ds: prefixes, the
+#   EncryptedKey inline in the EncryptedData's ds:KeyInfo with ``Recipient`` = the SP's
+#   entity ID, rsa-oaep-mgf1p with a ds:DigestMethod child; AES-128-GCM, the IdP 4
+#   default (UK federation's "IdP encryption options"; DFN-AAI's announcement);
+# - OpenSAML's "peer" key placement: the EncryptedKey beside the EncryptedData in the
+#   EncryptedID (with a ReferenceList), pointed to by a ds:RetrievalMethod;
+# - xmlenc 1.1 RSA-OAEP with SHA-256 and MGF1-SHA-256 (xenc11:MGF), AES-256-GCM;
+# - AES-256-CBC, the plaintext NameID using the EncryptedID's namespace context;
+# - refused: RSA-1_5 key transport, 3DES content.
+NAME_ID_ENCRYPTIONS = {
+    "shibboleth": Encryption("inline", data=XENC11 + "aes128-gcm"),
+    "shibboleth-cbc": Encryption("inline", data=XENC + "aes128-cbc"),
+    "peer": Encryption("peer", data=XENC + "aes256-cbc"),
+    "xmlenc11": Encryption(
+        "inline",
+        data=XENC11 + "aes256-gcm",
+        key_transport=XENC11 + "rsa-oaep",
+        oaep_digest=XENC + "sha256",
+        mgf=XENC11 + "mgf1sha256",
+    ),
+    "in-context": Encryption("inline", data=XENC + "aes256-cbc", standalone=False),
+    "rsa-1_5": Encryption("inline", key_transport=XENC + "rsa-1_5", oaep_digest=None),
+    "tripledes": Encryption("inline", data=XENC + "tripledes-cbc"),
 }
 _HASHES = {DSIG + "sha1": hashes.SHA1, XENC + "sha256": hashes.SHA256}
 _MGFS = {XENC11 + "mgf1sha1": hashes.SHA1, XENC11 + "mgf1sha256": hashes.SHA256}
@@ -378,6 +476,66 @@ def encrypted_assertion_xml(assertion_xml: bytes, cert: str, enc: Encryption) ->
         f"<xenc:CipherData><xenc:CipherValue>{wrapped}</xenc:CipherValue></xenc:CipherData></xenc:EncryptedKey>"
         f"</ds:KeyInfo><xenc:CipherData><xenc:CipherValue>{data}</xenc:CipherValue></xenc:CipherData>"
         f"</xenc:EncryptedData></saml2:EncryptedAssertion>"
+    )
+
+
+def encrypted_id_xml(
+    value: str,
+    name_id_format: str | None,
+    cert: str,
+    enc: Encryption,
+    *,
+    recipient: str | None = None,
+    name_qualifier: str | None = None,
+    plaintext: bytes | None = None,
+    context_prefix: str = "saml2",
+) -> str:
+    """A ``saml2:EncryptedID`` holding a NameID (or ``plaintext`` as given), in ``enc``'s
+    placement: "inline" (EncryptedKey in the EncryptedData's KeyInfo) or "peer". A
+    NameID that is not ``enc.standalone`` uses ``context_prefix``, which the document
+    around the EncryptedID declares."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    if plaintext is None:
+        attrs = f" Format={quoteattr(name_id_format)}" if name_id_format else ""
+        if name_qualifier:
+            attrs += f" NameQualifier={quoteattr(name_qualifier)}"
+        if recipient:
+            attrs += f" SPNameQualifier={quoteattr(recipient)}"
+        prefix = "saml2" if enc.standalone else context_prefix
+        decl = f' xmlns:saml2="{SAML_NS}"' if enc.standalone else ""
+        plaintext = f"<{prefix}:NameID{decl}{attrs}>{escape(value)}</{prefix}:NameID>".encode()
+    certificate = _load_cert(cert)
+    key, blob = _encrypt_content(enc.data, plaintext)
+    wrapped = base64.b64encode(_wrap_key(certificate, enc, key)).decode()
+    data = base64.b64encode(blob).decode()
+    params = f'<ds:DigestMethod Algorithm="{enc.oaep_digest}"/>' if enc.oaep_digest else ""
+    if enc.mgf:
+        params += f'<xenc11:MGF xmlns:xenc11="{XENC11}" Algorithm="{enc.mgf}"/>'
+    cert_b64 = base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+    ed_id, ek_id = f"_{secrets.token_hex(16)}", f"_{secrets.token_hex(16)}"
+    recipient_attr = f" Recipient={quoteattr(recipient)}" if recipient else ""
+    encrypted_key = (
+        f'<xenc:EncryptedKey xmlns:xenc="{XENC}" xmlns:ds="{DSIG}" Id="{ek_id}"{recipient_attr}>'
+        f'<xenc:EncryptionMethod Algorithm="{enc.key_transport}">{params}</xenc:EncryptionMethod>'
+        f"<ds:KeyInfo><ds:X509Data><ds:X509Certificate>{cert_b64}</ds:X509Certificate>"
+        f"</ds:X509Data></ds:KeyInfo>"
+        f"<xenc:CipherData><xenc:CipherValue>{wrapped}</xenc:CipherValue></xenc:CipherData>"
+    )
+    if enc.style == "peer":
+        key_info = (
+            f'<ds:KeyInfo xmlns:ds="{DSIG}"><ds:RetrievalMethod Type="{XENC}EncryptedKey" URI="#{ek_id}"/></ds:KeyInfo>'
+        )
+        peer = encrypted_key + f'<xenc:ReferenceList><xenc:DataReference URI="#{ed_id}"/></xenc:ReferenceList>'
+        peer += "</xenc:EncryptedKey>"
+    else:
+        key_info = f'<ds:KeyInfo xmlns:ds="{DSIG}">{encrypted_key}</xenc:EncryptedKey></ds:KeyInfo>'
+        peer = ""
+    return (
+        f'<saml2:EncryptedID xmlns:saml2="{SAML_NS}"><xenc:EncryptedData xmlns:xenc="{XENC}" Id="{ed_id}" '
+        f'Type="{XENC}Element"><xenc:EncryptionMethod Algorithm="{enc.data}"/>{key_info}'
+        f"<xenc:CipherData><xenc:CipherValue>{data}</xenc:CipherValue></xenc:CipherData>"
+        f"</xenc:EncryptedData>{peer}</saml2:EncryptedID>"
     )
 
 

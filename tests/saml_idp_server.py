@@ -47,6 +47,7 @@ class TestUser:
     groups: list[str] | None = field(default_factory=lambda: ["Sales", "Engineering"])
     attributes: dict[str, list[str]] | None = None  # default: the preset's shape for alice
     encrypt: bool = False
+    encrypt_name_id: str | None = None  # a NAME_ID_ENCRYPTIONS key: an EncryptedID (Shibboleth ...)
     response_kw: dict[str, Any] = field(default_factory=dict)  # e.g. sign_alg for a weak signature
 
 
@@ -110,6 +111,9 @@ class IdpServer:
         if user.encrypt:
             kw["encrypt_cert"] = _encryption_cert(sp_metadata)
             kw.setdefault("encryption", "okta" if self.preset == "okta" else "entra")
+        if user.encrypt_name_id:
+            kw["encrypt_name_id"] = user.encrypt_name_id
+            kw["name_id_cert"] = _encryption_cert(sp_metadata)
         attributes = user.attributes if user.attributes is not None else ATTRIBUTES[self.preset](user.groups)
         response = self.idp.response(
             sp_entity_id=issuer,

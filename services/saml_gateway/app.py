@@ -436,7 +436,9 @@ async def _test_acs(
             name_id_format=verified.name_id_format,
             attributes=bounded_attributes(verified.attributes),
             signature_algorithms=list(verified.signature_algorithms) or received.signature_algorithms,
-            encryption_algorithms=encryption_algorithms(saml_response, settings.saml_max_response_bytes),
+            encryption_algorithms=encryption_algorithms(
+                saml_response, settings.saml_max_response_bytes, verified.name_id_encryption
+            ),
         )
         mapped = map_claims(
             conn.attribute_map, conn.required_attributes, verified.name_id, verified.name_id_format, verified.attributes

@@ -4,7 +4,8 @@ Everything here is synchronous and CPU-bound: the app runs it in a thread pool s
 event loop never waits for XML parsing or signature checks.
 
 pysaml2 verifies signatures and checks the status and NotBefore/NotOnOrAfter;
-decryption is ours (xmlenc.py, through either crypto backend). ``verify_response``
+decryption is ours (xmlenc.py, through either crypto backend), of an EncryptedAssertion
+and of a Subject's EncryptedID (``_AuthnResponse._decrypt_subject``). ``verify_response``
 refuses what pysaml2 lets through (saml-profiles §4.1.4.2/§4.1.4.3, saml-bindings
 §3.5.5.2): a missing Destination or AudienceRestriction, an Issuer other than the
 connection's IdP (an assertion of one IdP inside another's response), a Recipient other
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import functools
 import os
 import re
 import tempfile
@@ -41,7 +43,14 @@ from provisio_lib.sso import parse_idp_metadata, sp_urls
 
 from . import schema
 from .crypto import CryptoBackendProgram, CryptoBackendXmlsecBinding
-from .xmlenc import PolicyRefusal, check_signature_elements, signature_algorithm_problem
+from .xmlenc import (
+    PolicyRefusal,
+    check_encrypted_ids,
+    check_signature_elements,
+    decrypt_name_id,
+    load_private_key,
+    signature_algorithm_problem,
+)
 
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
@@ -137,6 +146,9 @@ class VerifiedLogin:
     # The algorithms of the signatures verified (SignatureMethod, DigestMethod), for the
     # test login's report.
     signature_algorithms: tuple[str, ...] = ()
+    # The NameID came as an EncryptedID: its content encryption and key transport (with
+    # the OAEP DigestMethod / MGF when sent). Empty for a clear NameID.
+    name_id_encryption: tuple[str, ...] = ()
 
 
 class SamlEngine:
@@ -320,6 +332,10 @@ class SamlEngine:
         # an encrypted assertion are judged when it is decrypted (xmlenc.py).
         try:
             check_signature_elements(root)
+            # An EncryptedID only as the Subject's of the (plain) assertion, with allowed
+            # algorithms; the ones in an encrypted assertion are judged when it is
+            # decrypted (xmlenc.py). Decrypted only after the signature check.
+            check_encrypted_ids(root.findall(f"{{{SAML_NS}}}Assertion"), root)
         except PolicyRefusal as refusal:
             raise Refused(refusal.reason, refusal.message, refusal.status) from None
         return root
@@ -495,6 +511,7 @@ class SamlEngine:
             expires_at=max(expiries) + skew,
             attributes=attributes,
             signature_algorithms=tuple(algorithms),
+            name_id_encryption=tuple(getattr(resp, "name_id_encryption", ())),
         )
 
 
@@ -528,6 +545,8 @@ class _AuthnResponse(AuthnResponse):
     (signatures, decryption, times, status) is pysaml2's."""
 
     connection: Connection | None = None  # set on the per-connection subclass
+    name_id_encryption: tuple[str, ...] = ()  # the EncryptedID's algorithms, once decrypted
+    _decrypted_document: Any = None  # the document a decrypted assertion was verified in
 
     def _verify(self) -> Any:
         destination, self.response.destination = self.response.destination, None
@@ -557,7 +576,54 @@ class _AuthnResponse(AuthnResponse):
             sc.method == "urn:oasis:names:tc:SAML:2.0:cm:bearer" for sc in subject.subject_confirmation or []
         ):
             raise Refused("subject", "The assertion has no bearer SubjectConfirmation.", 400)
+        if subject is not None and subject.encrypted_id is not None:
+            self._decrypt_subject(subject)
         return super().get_subject(keys)
+
+    def _decrypt_subject(self, subject: Any) -> None:
+        """saml-core §2.2.4: the Subject's EncryptedID, decrypted with the connection's key
+        into the NameID pysaml2 and ``_postcheck`` then read like a clear one. pysaml2's
+        own path (``get_subject``) hands the backend only the EncryptedData, so an
+        EncryptedKey beside it is lost and our allow-list never sees the key transport.
+
+        Decrypted only under a verified signature: pysaml2 verified the response's
+        signature when it loaded it, and the assertion's (or the decrypted assertion's)
+        before calling here; with neither, nothing is decrypted. The ciphertext is read
+        from the very assertion element those signatures cover (by its ID in the
+        document pysaml2 verified), never from anywhere else in the message."""
+        if self.response.signature is None and self.assertion.signature is None:
+            raise Refused("signature", "Neither the response nor the assertion is signed.", 403)
+        if subject.name_id is not None or subject.base_id is not None:
+            raise Refused("subject", "The assertion's Subject holds both a NameID and an EncryptedID.", 400)
+        if self.connection is None or not self.connection.sp_key_pem:
+            raise Refused(
+                "decrypt",
+                "The NameID is encrypted (EncryptedID), but this connection has no decryption key.",
+                403,
+            )
+        from lxml import etree
+
+        # An encrypted assertion is read from the document its signature was checked in
+        # (pysaml2 sets ``xmlstr`` to it only after this runs).
+        document = self._decrypted_document or self.xmlstr
+        xml = document if isinstance(document, bytes) else str(document).encode("utf-8")
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+        root = etree.fromstring(xml, parser)
+        same_id = [el for el in root.iter(f"{{{SAML_NS}}}Assertion") if el.get("ID") == self.assertion.id]
+        if len(same_id) != 1:
+            raise Refused("assertions", "The SAML response must hold exactly one assertion.", 400)
+        encrypted = same_id[0].findall(f"{{{SAML_NS}}}Subject/{{{SAML_NS}}}EncryptedID")
+        if len(encrypted) != 1:
+            raise Refused("subject", "The assertion's Subject must hold exactly one EncryptedID.", 400)
+        try:
+            name_id_xml, algorithms = decrypt_name_id(encrypted[0], [_private_key(self.connection.sp_key_pem)])
+        except PolicyRefusal as refusal:
+            raise Refused(refusal.reason, refusal.message, refusal.status) from None
+        from saml2 import saml
+
+        subject.name_id = saml.name_id_from_string(name_id_xml)
+        subject.encrypted_id = None
+        self.name_id_encryption = algorithms
 
     def decrypt_assertions(
         self, encrypted_assertions: Any, decr_txt: Any, issuer: Any = None, verified: bool = False
@@ -568,7 +634,18 @@ class _AuthnResponse(AuthnResponse):
             for encrypted in encrypted_assertions:
                 for assertion in extension_elements_to_elements(encrypted.extension_elements or [], [saml, samlp]):
                     _check_issuer(self.connection, _text(getattr(assertion, "issuer", None)), "assertion")
+        if encrypted_assertions:
+            self._decrypted_document = decr_txt
         return super().decrypt_assertions(encrypted_assertions, decr_txt, issuer, verified)
+
+
+@functools.lru_cache(maxsize=256)
+def _private_key(pem: str) -> Any:
+    """A connection's SP key, parsed once (keyed by its PEM: a new key is a new entry)."""
+    try:
+        return load_private_key(pem.encode())
+    except Exception:
+        raise Refused("decrypt", "This connection's decryption key cannot be read.", 403) from None
 
 
 class _Client(Saml2Client):

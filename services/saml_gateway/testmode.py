@@ -80,17 +80,35 @@ def _algorithms(root: Any) -> tuple[list[str], list[str]]:
                 alg = _bounded(child.get("Algorithm"))
                 if alg and alg not in sig:
                     sig.append(alg)
+    # The algorithms of an EncryptedID (the NameID encrypted on its own, saml-core
+    # §2.2.4) are labelled, so the page tells them from the assertion's.
+    of_name_id = {
+        id(m) for eid in root.iter(f"{{{SAML_NS}}}EncryptedID") for m in eid.iter(f"{{{XENC_NS}}}EncryptionMethod")
+    }
     enc: list[str] = []
     for el in root.iter(f"{{{XENC_NS}}}EncryptionMethod"):
         alg = _bounded(el.get("Algorithm"))
+        if alg and id(el) in of_name_id:
+            alg = NAME_ID_LABEL + alg
         if alg and alg not in enc:
             enc.append(alg)
     return sig, enc
 
 
-def encryption_algorithms(saml_response: str, max_bytes: int) -> list[str]:
+NAME_ID_LABEL = "NameID: "
+
+
+def encryption_algorithms(saml_response: str, max_bytes: int, name_id: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The encryption algorithms of a response: the EncryptedAssertion's as sent, then
+    the NameID's (``name_id``: those a verified login decrypted it with, which include
+    an EncryptedID inside an encrypted assertion and the OAEP digest), each labelled
+    "NameID: "."""
     root = _parse(saml_response, max_bytes)
-    return _algorithms(root)[1] if root is not None else []
+    enc = _algorithms(root)[1] if root is not None else []
+    if name_id:
+        enc = [a for a in enc if not a.startswith(NAME_ID_LABEL)]
+        enc.extend(NAME_ID_LABEL + a for a in name_id if a and NAME_ID_LABEL + a not in enc)
+    return enc
 
 
 def _parse(saml_response: str, max_bytes: int) -> Any:
@@ -107,8 +125,9 @@ def _parse(saml_response: str, max_bytes: int) -> Any:
 
 def inspect_unverified(saml_response: str, max_bytes: int) -> Received:
     """What a (possibly refused) response says, read without trusting it: the Issuer,
-    the NameID and attributes of a plain assertion (an encrypted one shows only its
-    algorithms), the signature and encryption algorithms. Empty when it is no XML."""
+    the NameID and attributes of a plain assertion (an encrypted one, or an encrypted
+    NameID, shows only its algorithms), the signature and encryption algorithms. Empty
+    when it is no XML."""
     root = _parse(saml_response, max_bytes)
     if root is None:
         return Received()

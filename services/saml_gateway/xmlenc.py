@@ -24,6 +24,10 @@ not parse, holds a DTD or is not an assertion — is the same refusal, so the an
 nothing more about the ciphertext (the CBC attacks of Jager & Somorovsky, "How to Break
 XML Encryption", CCS 2011, need to tell these apart); the other refusals need a
 plaintext that is a whole well-formed assertion.
+
+An EncryptedID (the NameID encrypted on its own, saml-core §2.2.4) is decrypted by
+``decrypt_name_id`` with the same allow-list, only once the signature covering it has been
+verified (saml.py); its refusals can say more, since the IdP signed its ciphertext.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ DSIG_MORE = "http://www.w3.org/2001/04/xmldsig-more#"
 
 _ASSERTION = f"{{{SAML_NS}}}Assertion"
 _ENCRYPTED_ASSERTION = f"{{{SAML_NS}}}EncryptedAssertion"
+_ENCRYPTED_ID = f"{{{SAML_NS}}}EncryptedID"
+_SUBJECT = f"{{{SAML_NS}}}Subject"
+_NAME_ID = f"{{{SAML_NS}}}NameID"
 _ENCRYPTED_DATA = f"{{{XENC}}}EncryptedData"
 _ENCRYPTED_KEY = f"{{{XENC}}}EncryptedKey"
 _ENCRYPTION_METHOD = f"{{{XENC}}}EncryptionMethod"
@@ -205,21 +212,21 @@ def _b64(text: str | None) -> bytes:
         raise DecryptFailed() from None
 
 
-def _key_transport(ek: Any) -> padding.OAEP:
+def _key_transport(ek: Any, what: str = "assertion") -> padding.OAEP:
     """The OAEP padding an EncryptedKey's EncryptionMethod asks for, if allowed."""
     method = ek.find(_ENCRYPTION_METHOD)
     alg = (method.get("Algorithm") if method is not None else "") or ""
     if alg == _RSA_1_5:
         raise PolicyRefusal(
             "weak_encryption",
-            "The assertion's key is encrypted with RSA-1_5 "
+            f"The {what}'s key is encrypted with RSA-1_5 "
             f"({_RSA_1_5}), which is refused (it is open to padding-oracle attacks); configure "
             "the identity provider to use RSA-OAEP key transport.",
         )
     if alg not in (_RSA_OAEP_MGF1P, _RSA_OAEP):
         raise PolicyRefusal(
             "weak_encryption",
-            f"The assertion's key is encrypted with {_name(alg) if alg else '(none)'}"
+            f"The {what}'s key is encrypted with {_name(alg) if alg else '(none)'}"
             ", which is not supported; configure the identity provider to use RSA-OAEP.",
         )
     digest_el = method.find(_DIGEST_METHOD)
@@ -243,10 +250,12 @@ def _key_transport(ek: Any) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(mgf_hash()), algorithm=_OAEP_DIGESTS[digest_uri](), label=label)
 
 
-def _content_key(container: Any, data: Any, private_key: rsa.RSAPrivateKey, key_len: int) -> bytes:
-    """The content key from an EncryptedKey in the EncryptedData's KeyInfo or beside it
-    in the EncryptedAssertion (saml-core §2.3.3.1 allows both; RetrievalMethod points to
-    the latter)."""
+def _content_key(
+    container: Any, data: Any, private_key: rsa.RSAPrivateKey, key_len: int, what: str = "assertion"
+) -> tuple[bytes, Any]:
+    """The content key, and the EncryptedKey it came from, from an EncryptedKey in the
+    EncryptedData's KeyInfo or beside it in the EncryptedAssertion or EncryptedID
+    (saml-core §2.2.4 and §2.3.3.1 allow both; RetrievalMethod points to the latter)."""
     candidates = []
     key_info = data.find(_KEY_INFO)
     if key_info is not None:
@@ -254,7 +263,7 @@ def _content_key(container: Any, data: Any, private_key: rsa.RSAPrivateKey, key_
     candidates.extend(container.findall(_ENCRYPTED_KEY))
     if not candidates:
         raise DecryptFailed()
-    paddings = [_key_transport(ek) for ek in candidates]  # every key's algorithm is judged first
+    paddings = [_key_transport(ek, what) for ek in candidates]  # every key's algorithm is judged first
     for ek, pad in zip(candidates, paddings, strict=True):
         value = ek.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
         if value is None:
@@ -264,7 +273,7 @@ def _content_key(container: Any, data: Any, private_key: rsa.RSAPrivateKey, key_
         except (ValueError, DecryptFailed):
             continue  # another recipient's key, or not ours
         if len(key) == key_len:
-            return key
+            return key, ek
     raise DecryptFailed()
 
 
@@ -308,7 +317,144 @@ def _plain_assertion(plaintext: bytes) -> Any:
         # to resolve to (saml-profiles §4.1.4.2 allows exactly one assertion).
         raise PolicyRefusal("assertions", "The encrypted assertion holds another assertion, which is refused.", 400)
     check_signature_elements(el)
+    check_encrypted_ids([el], el)
     return el
+
+
+# ----------------------------------------------------------------- EncryptedID
+
+# saml-core §2.2.4: an EncryptedID holds a NameID (or BaseID) of at most a few hundred
+# characters; anything near these sizes is not one (claim limits: NameID ≤ 512).
+MAX_ENCRYPTED_ID_BYTES = 16 * 1024
+MAX_NAME_ID_PLAINTEXT = 4 * 1024
+_NAME_ID_ATTRIBUTES = frozenset({"Format", "NameQualifier", "SPNameQualifier", "SPProvidedID"})
+NAME_ID_DECRYPT_FAILED = (
+    "The NameID (EncryptedID) could not be decrypted with this connection's key; give the identity "
+    "provider this connection's current SP metadata (its encryption certificate)."
+)
+
+
+def check_encrypted_ids(assertions: list[Any], root: Any) -> None:
+    """The only EncryptedID accepted is the one child of an assertion's Subject
+    (saml-core §2.2.3, saml-profiles §4.1.4.2: the Subject names the user). One
+    anywhere else under ``root`` — in a SubjectConfirmation, the response's Extensions,
+    a second Subject — is refused: nothing reads it, and a wrapping attack is what puts
+    it there. Its algorithms are judged here too, before any signature check, as an
+    encrypted assertion's are (no decryption happens here)."""
+    placed = [eid for a in assertions for eid in a.findall(f"{_SUBJECT}/{_ENCRYPTED_ID}")]
+    found = sum(1 for _ in root.iter(_ENCRYPTED_ID))
+    if found != len(placed) or any(len(a.findall(_SUBJECT)) > 1 for a in assertions):
+        raise PolicyRefusal(
+            "subject", "The response holds an EncryptedID outside the assertion's Subject, which is refused.", 400
+        )
+    if len(placed) > 1:
+        raise PolicyRefusal("subject", "The assertion's Subject holds more than one EncryptedID.", 400)
+    for eid in placed:
+        for data in eid.findall(_ENCRYPTED_DATA):
+            _name_id_data_algorithm(data)
+            key_info = data.find(_KEY_INFO)
+            for ek in (key_info.findall(_ENCRYPTED_KEY) if key_info is not None else []) + eid.findall(_ENCRYPTED_KEY):
+                _key_transport(ek, "NameID")
+
+
+def _name_id_data_algorithm(data: Any) -> str:
+    method = data.find(_ENCRYPTION_METHOD)
+    alg = (method.get("Algorithm") if method is not None else "") or ""
+    if alg not in _DATA_ALGORITHMS:
+        raise PolicyRefusal(
+            "weak_encryption",
+            f"The NameID (EncryptedID) is encrypted with {_name(alg) if alg else '(none)'}"
+            ", which is not supported; configure the identity provider to use AES-256-GCM "
+            "or AES-256-CBC.",
+        )
+    return alg
+
+
+def _in_context(plaintext: bytes, nsmap: dict[str | None, str]) -> Any:
+    """The plaintext parsed as one element: on its own first (OpenSAML and .NET serialise
+    the NameID with its namespace declarations), else in the namespace context of the
+    EncryptedID, as xmlenc-core1 §4.5 step 3 decrypts an Element (xmlsec parses it in
+    its node's context too). defusedxml first: no DTD, no entities."""
+    candidates = [plaintext]
+    decls = " ".join(
+        f'xmlns{":" + prefix if prefix else ""}="{uri}"'
+        for prefix, uri in nsmap.items()
+        if '"' not in uri and "&" not in uri and "<" not in uri
+    )
+    candidates.append(f"<provisio-context {decls}>".encode() + plaintext + b"</provisio-context>")
+    for i, text in enumerate(candidates):
+        try:
+            safe_fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+            el = etree.fromstring(text, _parser())
+        except Exception:  # DefusedXmlException, ParseError, XMLSyntaxError
+            continue
+        if i == 0:
+            return el
+        children = [c for c in el]
+        if len(children) != 1 or (el.text or "").strip() or (children[0].tail or "").strip():
+            raise PolicyRefusal("subject", "The encrypted NameID does not hold exactly one NameID element.", 400)
+        return children[0]
+    raise PolicyRefusal("subject", "The encrypted NameID is not well-formed XML (or holds a DTD or entities).", 400)
+
+
+def decrypt_name_id(encrypted_id: Any, private_keys: list[rsa.RSAPrivateKey]) -> tuple[str, tuple[str, ...]]:
+    """The NameID an lxml ``saml:EncryptedID`` element encrypts, as XML text with its
+    namespace declared, and the algorithms used (content encryption, key transport, and
+    the OAEP DigestMethod / MGF when given). The EncryptedKey is inside the
+    EncryptedData's KeyInfo (as Shibboleth sends it) or beside the
+    EncryptedData in the EncryptedID (OpenSAML's "peer" placement, with a
+    RetrievalMethod), saml-core §2.2.4.
+
+    The caller decrypts only an EncryptedID under a verified signature, so no one but
+    the IdP chose this ciphertext: unlike an EncryptedAssertion's, its failures may
+    be told apart (a key failure is ``decrypt``; plaintext that is not one NameID is
+    ``subject``). Raise :class:`PolicyRefusal`."""
+    if len(etree.tostring(encrypted_id)) > MAX_ENCRYPTED_ID_BYTES:
+        raise PolicyRefusal("too_large", "The encrypted NameID (EncryptedID) is larger than this service accepts.", 413)
+    datas = encrypted_id.findall(_ENCRYPTED_DATA)
+    if len(datas) != 1:
+        raise PolicyRefusal("subject", "An EncryptedID must hold exactly one EncryptedData.", 400)
+    enc = datas[0]
+    # saml-core §2.2.4: Type, when present, MUST be #Element.
+    if enc.get("Type") not in (None, XENC + "Element"):
+        raise PolicyRefusal("subject", "The encrypted NameID is not an encrypted element (EncryptedData Type).", 400)
+    alg = _name_id_data_algorithm(enc)
+    cipher_value = enc.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
+    if cipher_value is None:
+        raise PolicyRefusal("decrypt", NAME_ID_DECRYPT_FAILED)
+    try:
+        blob = _b64(cipher_value.text)
+    except DecryptFailed:
+        raise PolicyRefusal("decrypt", NAME_ID_DECRYPT_FAILED) from None
+    if len(blob) > MAX_NAME_ID_PLAINTEXT + 64:
+        raise PolicyRefusal("too_large", "The encrypted NameID (EncryptedID) is larger than this service accepts.", 413)
+    plaintext = None
+    used_key = None
+    for private_key in private_keys:
+        try:
+            key, used_key = _content_key(encrypted_id, enc, private_key, _DATA_ALGORITHMS[alg][0], "NameID")
+            plaintext = _decrypt_data(alg, key, blob)
+            break
+        except DecryptFailed:
+            continue
+    if plaintext is None or used_key is None:
+        raise PolicyRefusal("decrypt", NAME_ID_DECRYPT_FAILED)
+    el = _in_context(plaintext, dict(encrypted_id.nsmap))
+    if el.tag != _NAME_ID or len(el) or not set(el.attrib) <= _NAME_ID_ATTRIBUTES:
+        # A BaseID, an assertion, or a NameID with children or foreign attributes.
+        raise PolicyRefusal("subject", "The encrypted NameID does not hold exactly one NameID element.", 400)
+    # Re-serialised on its own, with exactly the SAML namespace it needs (pysaml2 parses it).
+    name_id = etree.Element(_NAME_ID, nsmap={"saml": SAML_NS})
+    for attr in _NAME_ID_ATTRIBUTES:
+        if el.get(attr) is not None:
+            name_id.set(attr, el.get(attr))
+    name_id.text = el.text
+    key_method = used_key.find(_ENCRYPTION_METHOD)
+    algorithms = [alg, key_method.get("Algorithm") or ""]
+    for param in (key_method.find(_DIGEST_METHOD), key_method.find(_MGF)):
+        if param is not None and param.get("Algorithm"):
+            algorithms.append(param.get("Algorithm"))
+    return etree.tostring(name_id, encoding="unicode"), tuple(algorithms)
 
 
 def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
@@ -351,7 +497,7 @@ def decrypt_document(data: bytes, private_key: rsa.RSAPrivateKey) -> str:
                 ", which is not supported; configure the identity provider to use AES-256-GCM "
                 "or AES-256-CBC.",
             )
-        key = _content_key(container, enc, private_key, _DATA_ALGORITHMS[alg][0])
+        key, _ = _content_key(container, enc, private_key, _DATA_ALGORITHMS[alg][0])
         cipher_value = enc.find(f"{{{XENC}}}CipherData/{_CIPHER_VALUE}")
         if cipher_value is None:
             raise DecryptFailed()

@@ -711,3 +711,62 @@ def test_libxml2_validator_engine_refuses_like_the_default(conn: Connection, mak
     finally:
         default.close()
         fast.close()
+
+
+# ------------------------------------------------------------------ EncryptedID (saml-core §2.2.4)
+
+
+def _attacker_encrypted_id(conn: Connection, value: str = atk.EVIL) -> Any:
+    """Anyone can encrypt to the SP's published certificate."""
+    from lxml import etree
+
+    from saml_idp import NAME_ID_ENCRYPTIONS, encrypted_id_xml
+
+    return etree.fromstring(
+        encrypted_id_xml(value, None, sso.cert_b64(conn.sp_cert_pem), NAME_ID_ENCRYPTIONS["shibboleth"]).encode()
+    )
+
+
+@pytest.mark.parametrize("style", ["shibboleth", "peer", "xmlenc11", "in-context"])
+@pytest.mark.parametrize("shape", ["assertion", "response", "both", "encrypted"])
+def test_encrypted_id_passes_on_every_engine(engines: Any, conn: Connection, make: Any, style: str, shape: str) -> None:
+    cert = sso.cert_b64(conn.sp_cert_pem)
+    kw: dict[str, Any] = {
+        "assertion": dict(sign_assertion=True),
+        "response": dict(sign_response=True, sign_assertion=False),
+        "both": dict(sign_response=True, sign_assertion=True),
+        "encrypted": dict(sign_assertion=True, encrypt_cert=cert),
+    }[shape]
+    xml = make(encrypt_name_id=style, name_id_cert=cert, **kw)
+    assert "NameID" not in xml
+    for engine in engines.values():
+        login = engine.verify_response(conn, b64(xml))
+        assert login.name_id == "alice@acme.test" and login.name_id_format.endswith("emailAddress")
+        assert login.name_id_encryption and login.name_id_encryption[1].endswith(
+            "rsa-oaep-mgf1p" if style != "xmlenc11" else "rsa-oaep"
+        )
+
+
+@pytest.mark.parametrize("variant", list(atk.XSW))
+def test_signature_wrapping_with_an_attackers_encrypted_id(
+    engines: Any, conn: Connection, make: Any, variant: str
+) -> None:
+    """XSW1-8 where the attacker's content is an EncryptedID (encrypted to the SP's
+    public certificate): the same refusal on every engine, never the attacker."""
+    target, wrap = atk.XSW[variant]
+    root = atk.parse(wrap(make(sign_response=target == "response", sign_assertion=target == "assertion")))
+    swapped = 0
+    for nid in list(root.iter(f"{{{atk.SAML}}}NameID")):
+        if nid.text == atk.EVIL:
+            nid.getparent().replace(nid, _attacker_encrypted_id(conn))
+            swapped += 1
+    assert swapped
+    xml = atk.dump(root)
+    assert atk.EVIL not in xml
+    assert_refused(engines, conn, xml, ("signature", "assertions", "invalid", "subject"))
+    for engine in engines.values():
+        try:
+            login = engine.verify_response(conn, b64(xml))
+        except Refused:
+            continue
+        assert login.name_id != atk.EVIL
