@@ -288,6 +288,8 @@ def _undeclared_part(
             f"unknown schema extension {key!r}: not declared for this tenant "
             "(an operator declares it with `provisio scim-schema add`)"
         )
+    if max_chars is not None:
+        check_string("an undeclared extension's URN", key, max_chars)  # stored as a key
     if value is None:
         return
     if not isinstance(value, dict):

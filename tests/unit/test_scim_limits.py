@@ -257,6 +257,12 @@ def _shorten(value):
     return value
 
 
+def test_an_undeclared_extension_urn_is_bounded_as_the_key_it_is_stored_under():
+    urn = "urn:acme:" + "x" * MAX_STRING_CHARS
+    detail = refused(normalise, user_kind(), {"userName": "a", urn: {"k": "v"}}, undeclared="store")
+    assert detail == f"an undeclared extension's URN is {len(urn)} characters; the limit is 1024"
+
+
 def test_a_number_sent_for_a_string_is_bounded_as_its_text():
     detail = refused(normalise, user_kind(), {"userName": "a", "title": int("9" * 2000)})
     assert detail.startswith("title is 2000 characters")
