@@ -700,6 +700,8 @@ def _token_error(status: int, error: str, description: str) -> web.Response:
 # --------------------------------------------------------------------------- errors
 
 
+# Worth a retry. asyncpg's QueryCanceledError (57014, a query past
+# PROVISIO_SAML_STATEMENT_TIMEOUT_S) is an OperatorInterventionError, so it is one of these.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE_ERRORS, RedisError)
 
 
@@ -714,8 +716,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except asyncio.CancelledError:
         raise
     except _UNAVAILABLE as err:
-        # Postgres or Redis down (connection registry, replay cache, one-time code): the
-        # login can simply be tried again once they are back.
+        # Postgres or Redis down (connection registry, replay cache, one-time code), or a
+        # query cancelled by PROVISIO_SAML_STATEMENT_TIMEOUT_S: the login can simply be
+        # tried again once they are back.
         log.warning("saml_dependency_unavailable", error=str(err), path=request.path)
         if request.path.startswith("/saml/token"):
             return web.json_response(
@@ -753,8 +756,15 @@ def create_app(settings: SamlSettings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         set_service_info("saml_gateway")
+        # statement_timeout on every connection of the pool, as the SCIM gateway does (a
+        # startup parameter, no round trip): a stuck query never holds a login's connection
+        # longer than this, so a slow database cannot take the whole pool.
+        timeout_ms = int(settings.saml_statement_timeout_s * 1000)
         app[POOL] = await db.create_pool(
-            settings.database_url.get_secret_value(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            settings.database_url.get_secret_value(),
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            server_settings={"statement_timeout": str(timeout_ms)} if timeout_ms else {},
         )
         async with app[POOL].acquire() as c:
             await db.check_schema(c)

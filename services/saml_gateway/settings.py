@@ -76,6 +76,14 @@ class SamlSettings(CommonSettings):
         description="Failed /saml/token exchanges (unknown code, wrong secret) per source address per "
         "minute, across replicas; then 429 until the minute ends (0 = unlimited)",
     )
+    saml_statement_timeout_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Postgres statement_timeout of the gateway's connections: a query running longer "
+        "is cancelled and the login answers a 503 page (/saml/token: 503 JSON). 0: not sent at connect "
+        "(set it on the database role instead, e.g. behind PgBouncer)",
+    )
     saml_connection_cache_s: float = Field(
         default=5.0, ge=0, le=300, description="How long a connection's settings are reused before re-reading"
     )

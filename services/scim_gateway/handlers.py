@@ -117,6 +117,13 @@ def _kind_of(request: web.Request, kind_name: str) -> ResourceKind:
     return tenant_user_kind(request) if kind_name == "User" else group_kind()
 
 
+def _max_chars(request: web.Request) -> int:
+    """PROVISIO_SCIM_MAX_STRING_CHARS: every string a write stores is checked against it
+    when the body (or a PATCH's result) is normalised (limits.py)."""
+    limit: int = request.app[SETTINGS].scim_max_string_chars
+    return limit
+
+
 async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if request.headers.get("Content-Type") and ctype not in _JSON_TYPES:
@@ -509,7 +516,7 @@ def _user_response(request: web.Request, state: dict[str, Any], status: int = 20
 
 async def create_user(request: web.Request) -> web.Response:
     kind = tenant_user_kind(request)
-    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request)))
+    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request), max_chars=_max_chars(request)))
     require(kind, resource)
     data = user_data(resource)
     outcome = await submit(request, CreateUser(user_id=uuid.uuid4(), data=data))
@@ -521,7 +528,7 @@ async def replace_user(request: web.Request) -> web.Response:
     kind = tenant_user_kind(request)
     uid = parse_id(request.match_info["id"], "User")
     auth = tenant(request)
-    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request)))
+    resource = fold_sso_aliases(kind, normalise(kind, await read_json(request), max_chars=_max_chars(request)))
     require(kind, resource)
     row = await directory.get_user(request.app[POOL], auth.tenant_id, uid, groups=False)
     if row is None:
@@ -550,7 +557,9 @@ async def patch_user(request: web.Request) -> web.Response:
         view = canonical_user(kind, row)  # with the aliased extension values (Splashtop ssoName)
         # "store": extension data already stored stays; new undeclared paths were
         # already refused by apply_patch when the tenant rejects them.
-        updated = refresh_name(view, normalise(kind, apply_patch(kind, view, ops), undeclared="store"))
+        updated = refresh_name(
+            view, normalise(kind, apply_patch(kind, view, ops), undeclared="store", max_chars=_max_chars(request))
+        )
         if kind.sso_aliases:
             current = fold_sso_aliases(kind, view, view)
             updated = fold_sso_aliases(kind, updated, view)
@@ -620,7 +629,7 @@ async def get_group(request: web.Request) -> web.Response:
 
 async def create_group(request: web.Request) -> web.Response:
     kind = group_kind()
-    resource = normalise(kind, await read_json(request))
+    resource = normalise(kind, await read_json(request), max_chars=_max_chars(request))
     require(kind, resource)
     data = group_data(resource, member_ids(resource))
     outcome = await submit(request, CreateGroup(group_id=uuid.uuid4(), data=data))
@@ -630,7 +639,7 @@ async def create_group(request: web.Request) -> web.Response:
 async def replace_group(request: web.Request) -> web.Response:
     kind = group_kind()
     gid = parse_id(request.match_info["id"], "Group")
-    resource = normalise(kind, await read_json(request))
+    resource = normalise(kind, await read_json(request), max_chars=_max_chars(request))
     require(kind, resource)
     data = group_data(resource, member_ids(resource))
     row = await directory.get_group(request.app[POOL], tenant(request).tenant_id, gid)
@@ -662,7 +671,7 @@ async def patch_group(request: web.Request) -> web.Response:
             if plan.needs_members:
                 members = (await directory.group_members(pool, auth.tenant_id, [gid]))[gid]
             current = canonical_group(row, members)
-            updated = normalise(kind, apply_patch(kind, current, plan.other))
+            updated = normalise(kind, apply_patch(kind, current, plan.other), max_chars=_max_chars(request))
             require(kind, updated)
             if updated == current:
                 break

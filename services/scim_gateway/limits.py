@@ -18,6 +18,15 @@ a few emails, phone numbers and addresses.
   ``MAX_VALUES`` values and ``MAX_VALUES_BYTES`` bytes of JSON. Over: 400
   ``invalidValue``. RFC 7643 §5 (ServiceProviderConfig) has no place for either;
   docs/scim.md lists them.
+- A string value (every single-valued string or reference attribute, each sub-attribute
+  of a complex value such as ``emails[].value``, each string of a multi-valued attribute,
+  and the strings and keys of extension or custom JSON) is at most ``max_chars``
+  characters: ``PROVISIO_SCIM_MAX_STRING_CHARS``, default ``MAX_STRING_CHARS``. Each is
+  stored, put on the streams and sent in every event, webhook and App API page. Over:
+  400 ``invalidValue`` naming the attribute and the limit. Entra ID caps userName and
+  displayName at 256 characters, Okta's profile strings stay near 100. A binary value
+  (base64, e.g. an X.509 certificate of 1 to 3 KB) is bounded by ``MAX_BINARY_CHARS``
+  instead, the size a whole multi-valued attribute may have.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ MAX_FILTER_DEPTH = 8
 MAX_PATCH_OPERATIONS = 1000
 MAX_VALUES = 100
 MAX_VALUES_BYTES = 64 * 1024
+MAX_STRING_CHARS = 1024  # the default of PROVISIO_SCIM_MAX_STRING_CHARS
+MIN_STRING_CHARS = 256  # the setting's floor: Entra ID sends userName/displayName up to 256
+MAX_BINARY_CHARS = MAX_VALUES_BYTES
 
 
 def check_filter_text(text: str, scim_type: str = "invalidFilter") -> None:
@@ -82,6 +94,13 @@ def check_values(name: str, items: list[Any]) -> None:
         raise ScimError(
             400, f"{name} holds {size} bytes of values; at most {MAX_VALUES_BYTES} are allowed", "invalidValue"
         )
+
+
+def check_string(where: str, value: str, max_chars: int) -> None:
+    """At most ``max_chars`` characters (code points) in one string value at ``where``."""
+    n = len(value)
+    if n > max_chars:
+        raise ScimError(400, f"{where} is {n} characters; the limit is {max_chars}", "invalidValue")
 
 
 def _json_size(value: Any) -> int:

@@ -20,7 +20,7 @@ from provisio_lib.contract import Email, GroupData, UserData
 from provisio_lib.names import refresh_formatted
 
 from .errors import ScimError, invalid_syntax, invalid_value
-from .limits import check_values
+from .limits import MAX_BINARY_CHARS, MAX_STRING_CHARS, check_string, check_values
 from .schema import (
     COMMON,
     ENTERPRISE_SCHEMA,
@@ -58,8 +58,10 @@ def coerce_bool(value: Any, where: str) -> bool:
     raise invalid_value(f"{where} must be a boolean, got {value!r}")
 
 
-def coerce(attr: Attr, value: Any, where: str) -> Any:
-    """Coerce one attribute value to its schema type; None stays None (= unassigned)."""
+def coerce(attr: Attr, value: Any, where: str, max_chars: int | None = None) -> Any:
+    """Coerce one attribute value to its schema type; None stays None (= unassigned).
+    ``max_chars``: the longest string accepted (limits.py); None: not checked here
+    (a PATCH's values are checked when its result is normalised)."""
     if value is None:
         return None
     if attr.multi_valued:
@@ -69,10 +71,10 @@ def coerce(attr: Attr, value: Any, where: str) -> Any:
             raise invalid_value(f"{where} must be a list")
         if attr.name != "members":  # a group's members are memberships, not resource data
             check_values(where, value)
-        items = [coerce_single(attr, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce_single(attr, v, f"{where}[{i}]", max_chars) for i, v in enumerate(value)]
         items = [v for v in items if v not in _EMPTY_ITEM]
         return _one_primary(items) if attr.type == "complex" else items
-    return coerce_single(attr, value, where)
+    return coerce_single(attr, value, where, max_chars)
 
 
 def _one_primary(items: list[Any]) -> list[Any]:
@@ -86,19 +88,23 @@ def _one_primary(items: list[Any]) -> list[Any]:
     return items
 
 
-def coerce_single(attr: Attr, value: Any, where: str) -> Any:
+def coerce_single(attr: Attr, value: Any, where: str, max_chars: int | None = None) -> Any:
     if value is None:
         return None
     t = attr.type
     if type(value) is str and t in _TEXT_TYPES:  # the common case, as the last branch below
+        if max_chars is not None:
+            check_string(where, value, max(max_chars, MAX_BINARY_CHARS) if t == "binary" else max_chars)
         return check_text(value, where)
     if t == "complex":
         if attr.free_form:
             if not isinstance(value, dict):
                 raise invalid_value(f"{where} must be a JSON object")
-            return check_json(value, where)
+            return check_json(value, where, max_chars=max_chars)
         if isinstance(value, str) and attr.child("value") is not None:
             # Entra sends the enterprise manager as a bare id string.
+            if max_chars is not None:
+                check_string(f"{where}.value", value, max_chars)
             return {"value": value} if value else None
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
             value = value[0]  # a single complex value sent as a one-element list
@@ -113,7 +119,7 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
                 continue
             if sub.mutability == "readOnly" and attr.name != "members":
                 continue
-            v = coerce_single(sub, sub_value, f"{where}.{sub.name}")
+            v = coerce_single(sub, sub_value, f"{where}.{sub.name}", max_chars)
             if v is not None:
                 out[sub.name] = v
         return out or None
@@ -142,9 +148,11 @@ def coerce_single(attr: Attr, value: Any, where: str) -> Any:
     if isinstance(value, (bool, dict, list)):
         raise invalid_value(f"{where} must be a string")
     if isinstance(value, (int, float)):
-        return str(value)  # e.g. employeeNumber sent as a number
+        value = str(value)  # e.g. employeeNumber sent as a number
     if not isinstance(value, str):
         raise invalid_value(f"{where} must be a string")
+    if max_chars is not None:
+        check_string(where, value, max(max_chars, MAX_BINARY_CHARS) if t == "binary" else max_chars)
     return check_text(value, where)
 
 
@@ -162,24 +170,29 @@ def check_text(value: str, where: str, max_len: int | None = None) -> str:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise invalid_value(f"{where} is not valid Unicode text") from None
-    if max_len is not None and len(value) > max_len:
-        raise invalid_value(f"{where} is longer than {max_len} characters")
+    if max_len is not None:
+        check_string(where, value, max_len)
     return value
 
 
-def check_json(value: Any, where: str, depth: int = 0) -> Any:
-    """Free-form JSON (custom attributes) must be storable in jsonb."""
+def check_json(value: Any, where: str, depth: int = 0, max_chars: int | None = None) -> Any:
+    """Free-form JSON (custom attributes, extension data stored as sent) must be storable
+    in jsonb; with ``max_chars``, its strings and keys are bounded like any other string."""
     if depth > 32:
         raise invalid_value(f"{where} nests too deeply")
     if isinstance(value, str):
+        if max_chars is not None:
+            check_string(where, value, max_chars)
         return check_text(value, where)
     if isinstance(value, dict):
         for k, v in value.items():
+            if max_chars is not None:
+                check_string(f"a key of {where}", k, max_chars)
             check_text(k, where)
-            check_json(v, f"{where}.{k}", depth + 1)
+            check_json(v, f"{where}.{k}", depth + 1, max_chars)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            check_json(v, f"{where}[{i}]", depth + 1)
+            check_json(v, f"{where}[{i}]", depth + 1, max_chars)
     elif (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
         raise invalid_value(f"{where} is not a finite number")
     return value
@@ -188,7 +201,10 @@ def check_json(value: Any, where: str, depth: int = 0) -> Any:
 # --------------------------------------------------------------------------- normalisation
 
 
-def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str, Any]) -> None:
+def _normalise_schema_part(
+    schema: Schema, part: Any, where: str, out: dict[str, Any], max_chars: int | None, prefix: str = ""
+) -> None:
+    """``prefix``: "<URN>:" for an extension, so errors name its attributes in full."""
     if not isinstance(part, dict):
         raise invalid_value(f"{where} must be an object")
     attrs = schema.attrs
@@ -203,16 +219,21 @@ def _normalise_schema_part(schema: Schema, part: Any, where: str, out: dict[str,
             continue  # RFC 7643 §2.2: read-only attributes in a request are ignored
         if attr.mutability == "writeOnly":
             continue  # password: never stored (Provisio authenticates through SAML)
-        v = coerce(attr, value, attr.name)
+        v = coerce(attr, value, prefix + attr.name if prefix else attr.name, max_chars)
         if v not in _ABSENT or (attr.free_form and v == {}):
             out[attr.name] = v  # an empty custom object is a value, not an absence
 
 
-def normalise(kind: ResourceKind, body: Any, undeclared: str | None = None) -> dict[str, Any]:
+def normalise(
+    kind: ResourceKind, body: Any, undeclared: str | None = None, max_chars: int | None = MAX_STRING_CHARS
+) -> dict[str, Any]:
     """Canonical form of a resource body; raises ScimError (400) on what it cannot take.
 
     Extension data under a URN ``kind`` does not declare follows ``undeclared`` (default:
-    the kind's tenant setting): "store" keeps it as sent, "reject" refuses it."""
+    the kind's tenant setting): "store" keeps it as sent, "reject" refuses it.
+    ``max_chars``: the longest string value accepted (PROVISIO_SCIM_MAX_STRING_CHARS);
+    None only for a state already stored (``canonical_user``), so that a PATCH can
+    still trim a value stored before the limit was lowered."""
     if not isinstance(body, dict):
         raise invalid_syntax("the request body must be a JSON object")
     out: dict[str, Any] = {}
@@ -228,26 +249,26 @@ def normalise(kind: ResourceKind, body: Any, undeclared: str | None = None) -> d
         if low == "externalid":
             v = coerce(COMMON["externalid"], value, "externalId")
             if v is not None:
-                check_text(v, "externalId", _INDEXED_MAX)
+                check_text(v, "externalId", min(_INDEXED_MAX, max_chars or _INDEXED_MAX))
             if v:
                 out["externalId"] = v
             continue
         if low.startswith("urn:"):
             if low == kind.core.id.lower():
-                _normalise_schema_part(kind.core, value, key, out)
+                _normalise_schema_part(kind.core, value, key, out, max_chars)
                 continue
             ext = kind.extensions.get(low)
             if ext is None:
-                _undeclared_part(kind, key, value, undeclared or kind.undeclared, out)
+                _undeclared_part(kind, key, value, undeclared or kind.undeclared, out, max_chars)
                 continue
             part: dict[str, Any] = {}
             if value is not None:
-                _normalise_schema_part(ext, value, ext.id, part)
+                _normalise_schema_part(ext, value, ext.id, part, max_chars, f"{ext.id}:")
             if part:
                 out[ext.id] = part
             continue
         core_part[key] = value
-    _normalise_schema_part(kind.core, core_part, kind.core.id, out)
+    _normalise_schema_part(kind.core, core_part, kind.core.id, out, max_chars)
     return out
 
 
@@ -258,19 +279,23 @@ def refresh_name(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, 
     return after if fresh is None else {**after, "name": fresh}
 
 
-def _undeclared_part(kind: ResourceKind, key: str, value: Any, mode: str, out: dict[str, Any]) -> None:
+def _undeclared_part(
+    kind: ResourceKind, key: str, value: Any, mode: str, out: dict[str, Any], max_chars: int | None
+) -> None:
     """Extension data no schema of this tenant declares (issue 13 §4)."""
     if mode != "store":
         raise invalid_syntax(
             f"unknown schema extension {key!r}: not declared for this tenant "
             "(an operator declares it with `provisio scim-schema add`)"
         )
+    if max_chars is not None:
+        check_string("an undeclared extension's URN", key, max_chars)  # stored as a key
     if value is None:
         return
     if not isinstance(value, dict):
         raise invalid_value(f"{key} must be an object of extension attributes")
     part = {k: v for k, v in value.items() if k.lower() != "schemas" and v is not None}
-    check_json(part, key)
+    check_json(part, key, max_chars=max_chars)
     if part:
         # One key per URN whatever case the IdP used this time (URNs compare
         # case-insensitively, RFC 8141 §3.1 for the NID; SCIM treats schema URIs so).
@@ -377,6 +402,8 @@ def user_data(resource: Mapping[str, Any], keep: Mapping[str, Any] | None = None
             Email(value=e["value"], type=e.get("type"), primary=bool(e.get("primary", False)), display=e.get("display"))
         )
     sso = (resource.get(PROVISIO_SCHEMA) or {}).get("ssoName")
+    if isinstance(resource.get("userName"), str):
+        check_text(resource["userName"], "userName", _INDEXED_MAX)  # users_user_name_key
     try:
         return UserData(
             user_name=resource["userName"],
@@ -396,6 +423,8 @@ def user_data(resource: Mapping[str, Any], keep: Mapping[str, Any] | None = None
 def group_data(resource: Mapping[str, Any], members: Iterable[uuid.UUID] | None) -> GroupData:
     if resource.get("externalId") is not None:
         check_text(resource["externalId"], "externalId", _INDEXED_MAX)
+    if isinstance(resource.get("displayName"), str):
+        check_text(resource["displayName"], "displayName", _INDEXED_MAX)  # groups' unique name index
     attributes = {k: v for k, v in resource.items() if k not in ("displayName", "externalId", "members")}
     try:
         return GroupData(
@@ -421,7 +450,8 @@ def parse_member_id(value: Any) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise invalid_value(f"members[].value {value!r} is not the id of a User") from None
+        shown = repr(value) if len(value) <= 64 else f"of {len(value)} characters"  # never echo a huge value
+        raise invalid_value(f"members[].value {shown} is not the id of a User") from None
 
 
 def _first_error(err: ValueError) -> str:
@@ -691,7 +721,8 @@ def canonical_urn(name: str) -> str:
 def canonical_user(kind: ResourceKind, row: Mapping[str, Any]) -> dict[str, Any]:
     """The stored user in the canonical form PATCH works on. Stored extension data is
     kept even if the tenant now rejects undeclared extensions (it was accepted once)."""
-    return normalise(kind, render_user(row, "", storage=True, meta=False, kind=kind), undeclared="store")
+    stored = render_user(row, "", storage=True, meta=False, kind=kind)
+    return normalise(kind, stored, undeclared="store", max_chars=None)
 
 
 def canonical_group(row: Mapping[str, Any], members: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from pydantic import AnyHttpUrl, Field
 
 from provisio_lib.settings import CommonSettings
 
+from .limits import MAX_STRING_CHARS, MIN_STRING_CHARS
+
 
 class ScimSettings(CommonSettings):
     scim_host: str = Field(default="0.0.0.0", description="Interface the gateway listens on")
@@ -26,6 +28,13 @@ class ScimSettings(CommonSettings):
     )
     scim_retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503/429")
     scim_max_body: int = Field(default=1024 * 1024, ge=1024, description="Request body limit (bytes)")
+    scim_max_string_chars: int = Field(
+        default=MAX_STRING_CHARS,
+        ge=MIN_STRING_CHARS,
+        description="Longest string value (userName, name.givenName, emails[].value, extension and "
+        "PATCH values, …) a write may carry, in characters; longer: 400 invalidValue. No 0: "
+        f"at least {MIN_STRING_CHARS}, what Entra ID sends in userName and displayName",
+    )
     scim_rate_limit_per_s: float = Field(
         default=200.0,
         ge=0,

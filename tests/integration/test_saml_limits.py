@@ -4,6 +4,7 @@ let anyone guess codes and app secrets without limit."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
@@ -110,5 +111,54 @@ async def test_successful_exchanges_do_not_count(
         for _ in range(3):
             code = code_of(await post_acs(gateway, s, s.response()))
             assert (await exchange(gateway, s, code)).status == 200
+    finally:
+        await gateway.close()
+
+
+# --------------------------------------------------------------------------- statement timeout
+
+
+async def test_the_statement_timeout_is_set_on_every_pooled_connection(service_env: Any) -> None:
+    from saml_gateway.app import POOL
+
+    for overrides, expected in (({}, "5s"), ({"saml_statement_timeout_s": 1.5}, "1500ms")):
+        gateway = await start_gateway(db_pool_min=3, db_pool_max=3, **overrides)
+        try:
+            pool = gateway.app[POOL]
+            conns = [await pool.acquire() for _ in range(3)]
+            try:
+                assert [await c.fetchval("SHOW statement_timeout") for c in conns] == [expected] * 3
+            finally:
+                for c in conns:
+                    await pool.release(c)
+        finally:
+            await gateway.close()
+
+
+async def test_a_login_whose_query_times_out_gets_a_503_page(service_env: Any, pool: Any, acme: Any) -> None:
+    """The test holds an ACCESS EXCLUSIVE lock on sso_connections, so the gateway's lookup
+    of the connection waits until its statement is cancelled. Before: no timeout, the
+    login (and its pooled connection) waited as long as the lock was held."""
+    s = await add_connection(pool, acme.id, "okta", preset="okta")
+    gateway = await start_gateway(saml_statement_timeout_s=0.3)
+    try:
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("LOCK TABLE sso_connections IN ACCESS EXCLUSIVE MODE")
+            try:
+                for call in (
+                    gateway.get(f"/saml/{s.tenant}/okta/login", allow_redirects=False),
+                    post_acs(gateway, s, "<samlp:Response/>"),
+                ):
+                    r = await asyncio.wait_for(call, timeout=30)  # a hang guard: without a timeout it waits
+                    assert r.status == 503
+                    assert "text/html" in r.headers["Content-Type"] and r.headers["Retry-After"] == "5"
+                    page = await r.text()
+                    assert "Try again shortly" in page and page_is_clean(page)
+            finally:
+                await tx.rollback()
+        # the lock gone, the same login works
+        assert (await gateway.get(f"/saml/{s.tenant}/okta/login", allow_redirects=False)).status == 302
     finally:
         await gateway.close()

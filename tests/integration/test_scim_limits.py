@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tests.conftest import eventually, make_tenant
-from tests.integration.scim_helpers import bearer, scim_client
+from tests.integration.scim_helpers import bearer, patch_body, scim_client
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +249,170 @@ async def test_the_reported_patch_is_refused(service_env, tenant, provisioner):
             },
         )
         await error_of(r, 400, "invalidPath")
+
+
+# --------------------------------------------------------------------------- string values
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+OVER = "x" * 5000
+
+
+async def stored(pool, tenant) -> list[tuple]:
+    """Everything a write leaves behind: users, groups, the commands applied and events."""
+    return [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT 'u', id::text, version, user_name, display_name, given_name, attributes::text "
+            "FROM users WHERE tenant_id = $1 "
+            "UNION ALL SELECT 'g', id::text, version, display_name, external_id, NULL, attributes::text "
+            "FROM groups WHERE tenant_id = $1 "
+            "UNION ALL SELECT 'i', count(*)::text, 0, NULL, NULL, NULL, NULL FROM inbox WHERE tenant_id = $1 "
+            "UNION ALL SELECT 'e', count(*)::text, 0, NULL, NULL, NULL, NULL FROM events WHERE tenant_id = $1 "
+            "ORDER BY 1, 2",
+            tenant.id,
+        )
+    ]
+
+
+async def refused_long(r, where: str, n: int = 5000, limit: int = 1024) -> None:
+    body = await error_of(r, 400, "invalidValue")
+    assert body["detail"] == f"{where} is {n} characters; the limit is {limit}"
+
+
+async def test_an_overlong_string_is_refused_on_every_user_write(service_env, tenant, pool, provisioner):
+    """A 5,000-character value in any string attribute, by POST, PUT or PATCH (with a path,
+    without one, with a value-filtered path): 400 invalidValue naming the attribute and
+    the limit, and nothing stored, applied or announced."""
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        user = {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
+            "userName": "u" * 250 + "@x.com",  # Entra ID's longest userName and displayName pass
+            "displayName": "D" * 256,
+            "name": {"givenName": "Ada", "familyName": "Lovelace"},
+            "emails": [{"value": "ada@example.com", "type": "work", "primary": True}],
+            ENTERPRISE: {"department": "Engineering"},
+        }
+        r = await c.post("/scim/v2/Users", json=user, headers=h)
+        assert r.status == 201, await r.text()
+        uid = (await r.json())["id"]
+        before = await stored(pool, tenant)
+
+        posts = [
+            ({"name": {"givenName": OVER}}, "name.givenName"),
+            ({"title": OVER}, "title"),
+            ({"emails": [{"value": "b@example.com", "display": OVER}]}, "emails[0].display"),
+            ({ENTERPRISE: {"department": OVER}}, f"{ENTERPRISE}:department"),
+        ]
+        for extra, where in posts:
+            r = await c.post("/scim/v2/Users", json={**user, "userName": "other@example.com", **extra}, headers=h)
+            await refused_long(r, where)
+            r = await c.put(f"/scim/v2/Users/{uid}", json={**user, **extra}, headers=h)
+            await refused_long(r, where)
+        r = await c.post(
+            "/scim/v2/Users", json={**user, "userName": "other@example.com", "externalId": OVER}, headers=h
+        )
+        await refused_long(r, "externalId", limit=512)  # indexed: its own, lower limit
+
+        patches = [
+            ({"op": "replace", "path": "name.givenName", "value": OVER}, "name.givenName"),
+            ({"op": "add", "path": "title", "value": OVER}, "title"),
+            ({"op": "replace", "value": {"name": {"givenName": OVER}}}, "name.givenName"),
+            ({"op": "Replace", "value": {"name.givenName": OVER}}, "name.givenName"),  # Entra's path-less form
+            ({"op": "replace", "value": {f"{ENTERPRISE}:department": OVER}}, f"{ENTERPRISE}:department"),
+            ({"op": "replace", "path": 'emails[type eq "work"].value', "value": OVER}, "emails[0].value"),
+            ({"op": "add", "path": 'emails[type eq "home"].value', "value": OVER}, "emails[1].value"),
+            ({"op": "replace", "path": f"{ENTERPRISE}:manager", "value": OVER}, f"{ENTERPRISE}:manager.value"),
+        ]
+        for op, where in patches:
+            r = await c.patch(f"/scim/v2/Users/{uid}", json=patch_body(op), headers=h)
+            await refused_long(r, where)
+
+        assert await stored(pool, tenant) == before
+        r = await c.get(f"/scim/v2/Users/{uid}", headers=h)
+        got = await r.json()
+        assert got["name"]["givenName"] == "Ada" and "title" not in got and got["meta"]["version"] == 'W/"1"'
+
+        # at the limit, the same requests apply
+        at = "y" * 1024
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            json=patch_body(
+                {"op": "replace", "path": "name.givenName", "value": at},
+                {"op": "replace", "path": 'emails[type eq "work"].display', "value": at},
+            ),
+            headers=h,
+        )
+        assert r.status == 200, await r.text()
+        assert (await r.json())["name"]["givenName"] == at
+
+
+async def test_an_overlong_string_is_refused_on_every_group_write(service_env, tenant, pool, provisioner):
+    async with scim_client() as c:
+        h = bearer(tenant.token)
+        r = await c.post("/scim/v2/Users", json={"userName": "m@example.com"}, headers=h)
+        assert r.status == 201, await r.text()
+        member = (await r.json())["id"]
+        r = await c.post("/scim/v2/Groups", json={"displayName": "G" * 256, "members": [{"value": member}]}, headers=h)
+        assert r.status == 201, await r.text()
+        gid = (await r.json())["id"]
+        before = await stored(pool, tenant)
+
+        r = await c.post("/scim/v2/Groups", json={"displayName": OVER}, headers=h)
+        await refused_long(r, "displayName")
+        r = await c.post("/scim/v2/Groups", json={"displayName": "g" * 600}, headers=h)
+        await refused_long(r, "displayName", 600, 512)  # the unique name index's limit
+        r = await c.put(f"/scim/v2/Groups/{gid}", json={"displayName": OVER}, headers=h)
+        await refused_long(r, "displayName")
+        r = await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            json=patch_body({"op": "replace", "path": "displayName", "value": OVER}),
+            headers=h,
+        )
+        await refused_long(r, "displayName")
+        r = await c.patch(
+            f"/scim/v2/Groups/{gid}",
+            json=patch_body({"op": "replace", "value": {"id": gid, "displayName": OVER}}),  # Okta's rename
+            headers=h,
+        )
+        await refused_long(r, "displayName")
+        # member values are ids: a long one is refused as no id, and never echoed back
+        for body in (
+            patch_body({"op": "add", "path": "members", "value": [{"value": OVER}]}),
+            patch_body({"op": "replace", "path": "members", "value": [{"value": OVER}]}),
+        ):
+            r = await c.patch(f"/scim/v2/Groups/{gid}", json=body, headers=h)
+            detail = (await error_of(r, 400, "invalidValue"))["detail"]
+            assert OVER not in detail and "members" in detail
+        r = await c.post("/scim/v2/Groups", json={"displayName": "n", "members": [{"value": OVER}]}, headers=h)
+        await refused_long(r, "members[0].value")
+        assert await stored(pool, tenant) == before
+
+
+async def test_the_string_limit_is_a_setting(service_env, tenant, provisioner):
+    async with scim_client(scim_max_string_chars=2048) as c:
+        h = bearer(tenant.token)
+        r = await c.post("/scim/v2/Users", json={"userName": "a@example.com", "title": "t" * 2000}, headers=h)
+        assert r.status == 201, await r.text()
+        r = await c.post("/scim/v2/Users", json={"userName": "b@example.com", "title": "t" * 2049}, headers=h)
+        await refused_long(r, "title", 2049, 2048)
+    async with scim_client(scim_max_string_chars=300) as c:
+        r = await c.post(
+            "/scim/v2/Users", json={"userName": "c@example.com", "title": "t" * 301}, headers=bearer(tenant.token)
+        )
+        await refused_long(r, "title", 301, 300)
+
+
+def test_the_string_limit_cannot_be_switched_off():
+    from provisio_lib.settings import SettingsError, load_settings
+    from scim_gateway.settings import ScimSettings
+
+    assert (
+        load_settings(ScimSettings, database_url="postgresql://x/y", redis_url="redis://x").scim_max_string_chars
+        == 1024
+    )
+    for bad in (0, 255):
+        with pytest.raises(SettingsError):
+            load_settings(
+                ScimSettings, database_url="postgresql://x/y", redis_url="redis://x", scim_max_string_chars=bad
+            )
