@@ -389,7 +389,9 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
     failures.extend(update.refusals)
     changes = dict(update.changes)
     if update.action == "update":
-        row = await store.update_user(conn, row, dict(update.values or {}), seq=ctx.seq)
+        # ctx.changed: a later command of a fast-path batch reads this row, not the one
+        # locked before this login changed it (the careful path reads it afresh).
+        row = ctx.changed(await store.update_user(conn, row, dict(update.values or {}), seq=ctx.seq))
     if login.claimed is not None:
         before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
         await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, login.claimed, failures, sync=True, events=extra)
