@@ -235,7 +235,7 @@ async def apply_event(conn: Any, event: dict[str, Any]) -> bool:
             await delete_resource(conn, "groups", tenant, data, seq)
         elif kind in MEMBER_EVENTS:
             group = data["group"]
-            if "display_name" in group:  # a JIT membership of an existing group: its id only
+            if "display_name" in group:  # an older Provisio sent only the id for a JIT membership
                 await put_group(conn, tenant, group, seq)
             present = kind == "group.member_added"
             await put_membership(conn, tenant, group["id"], data["user"]["id"], data["source"], present, seq)

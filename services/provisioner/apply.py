@@ -389,7 +389,9 @@ async def jit_login(conn: asyncpg.Connection, cmd: Command, p: JitLogin, ctx: Ct
     failures.extend(update.refusals)
     changes = dict(update.changes)
     if update.action == "update":
-        row = await store.update_user(conn, row, dict(update.values or {}), seq=ctx.seq)
+        # ctx.changed: a later command of a fast-path batch reads this row, not the one
+        # locked before this login changed it (the careful path reads it afresh).
+        row = ctx.changed(await store.update_user(conn, row, dict(update.values or {}), seq=ctx.seq))
     if login.claimed is not None:
         before_groups = sorted((await store.jit_member_groups(conn, row["id"])).values(), key=str.lower)
         await _sync_jit_groups(conn, ctx, cmd.tenant_id, row, login.claimed, failures, sync=True, events=extra)
@@ -430,16 +432,18 @@ async def _sync_jit_groups(
     events.extend(EventSpec("group.created", "Group", r["id"], dumps_json(states[r["id"]])) for r in made)
     current = await store.jit_member_groups(conn, user["id"]) if sync else {}
     member_of = await store.member_of(conn, user["id"]) if ctx.policy.one_group_per_user else None
-    decision = decide_login_groups(user["user_name"], ids, current, ctx.policy, member_of)
+    decision = decide_login_groups(user["user_name"], ids, current, ctx.policy, member_of, made=list(states))
     failures.extend(decision.refusals)
-    for gid in decision.join:
-        added: list[uuid.UUID] = []
-        await store.insert_members(conn, tenant_id, gid, [user["id"]], "jit", added=added)
-        if added:
-            events.append(member_event("added", states.get(gid), gid, user["id"], "jit"))
+    joined = set(await store.join_groups(conn, tenant_id, user["id"], list(decision.join), "jit"))
     left: list[uuid.UUID] = []
     await store.remove_user_from_groups(conn, user["id"], list(decision.leave), "jit", removed=left)
-    events.extend(member_event("removed", None, gid, user["id"], "jit") for gid in left)
+    # The groups whose members changed get their new version and lastModified (as
+    # change_members gives them), and the member events carry that state, as SCIM's do.
+    # A login that changes no membership writes nothing here.
+    for r in await store.touch_groups(conn, [g for g in decision.bump if g in joined or g in left], ctx.seq):
+        states[r["id"]] = store.group_state(r).model_dump(mode="json")
+    events.extend(member_event("added", states.get(g), g, user["id"], "jit") for g in decision.join if g in joined)
+    events.extend(member_event("removed", states.get(g), g, user["id"], "jit") for g in decision.leave if g in left)
     claim_of = {gid: claim for claim, gid in ids.items()}
     return [claim_of[g] for g in decision.join]
 

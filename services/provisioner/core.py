@@ -409,11 +409,13 @@ def decide_login_update(row: Row, p: JitLogin, policy: Policy) -> Decision:
 @dataclass(frozen=True, slots=True)
 class GroupsDecision:
     """A login's JIT memberships: groups to join and leave (ids), and the refusal of
-    joins that break "one group per user" (the login itself goes ahead)."""
+    joins that break "one group per user" (the login itself goes ahead). ``bump``: the
+    groups whose version and lastModified move once their membership is written."""
 
     join: tuple[uuid.UUID, ...] = ()
     leave: tuple[uuid.UUID, ...] = ()
     refusals: tuple[PermanentError, ...] = ()
+    bump: tuple[uuid.UUID, ...] = ()
 
 
 def decide_login_groups(
@@ -422,11 +424,17 @@ def decide_login_groups(
     current_jit: Iterable[uuid.UUID],
     policy: Policy,
     member_of: Mapping[uuid.UUID, set[str]] | None = None,
+    made: Iterable[uuid.UUID] = (),
 ) -> GroupsDecision:
     """Make the user's JIT memberships equal the claim (``resolved``: claim → group id;
     ``current_jit``: the groups JIT made the user a member of, empty for a new user).
     Under "one group per user", ``member_of`` (every group of the user → the sources of
-    its memberships) decides: a SCIM membership is kept whatever the claim says."""
+    its memberships) decides: a SCIM membership is kept whatever the claim says.
+
+    A group's ETag covers its members (RFC 7644 §3.14), so every group joined or left
+    gets a new version and lastModified, as a SCIM member PATCH gives it (``bump``) —
+    except a group this login made (``made``): it is created with its member, as a SCIM
+    POST with members is (version 1), and nobody saw it without."""
     claimed = set(resolved.values())
     current = list(current_jit)
     join = [gid for gid in dict.fromkeys(resolved.values()) if gid not in set(current)]
@@ -447,4 +455,6 @@ def decide_login_groups(
                     field="groups",
                 ),
             )
-    return GroupsDecision(tuple(join), tuple(leave), refusals)
+    fresh = set(made)
+    bump = tuple(sorted({gid for gid in (*join, *leave) if gid not in fresh}))
+    return GroupsDecision(tuple(join), tuple(leave), refusals, bump)

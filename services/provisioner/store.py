@@ -431,6 +431,28 @@ async def update_group(
         raise _unique(err, "displayName", data.display_name) from None
 
 
+async def touch_groups(conn: asyncpg.Connection, group_ids: list[uuid.UUID], seq: Seq = (0, 0)) -> list[asyncpg.Record]:
+    """``update_group(row, None)`` for several groups in one statement: a new version and
+    lastModified for groups whose members changed (a JIT login's memberships; the ETag
+    covers members, RFC 7644 §3.14), the newest stream position kept. Locked in id
+    order, as lock_in_order locks them — but after the login's user, as delete_user
+    locks groups after its user: a batch holding one of these groups and waiting for
+    that user deadlocks with it, and Postgres's deadlock check ends one (a transient
+    error: that batch is retried)."""
+    if not group_ids:
+        return []
+    return await conn.fetch(
+        f"""UPDATE groups g SET version = g.version + 1, updated_at = now(),
+                   seq_ms = CASE WHEN (g.seq_ms, g.seq_n) < ($2::bigint, $3::bigint) THEN $2 ELSE g.seq_ms END,
+                   seq_n = CASE WHEN (g.seq_ms, g.seq_n) < ($2::bigint, $3::bigint) THEN $3 ELSE g.seq_n END
+            FROM (SELECT id FROM groups WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE) AS s
+            WHERE g.id = s.id RETURNING {", ".join("g." + c for c in GROUP_COLUMNS.split(", "))}""",
+        sorted(set(group_ids)),
+        seq[0],
+        seq[1],
+    )
+
+
 async def delete_group(conn: asyncpg.Connection, group_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM groups WHERE id = $1", group_id)
 
@@ -539,10 +561,11 @@ async def resolve_jit_groups(
 
 
 async def jit_member_groups(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[uuid.UUID, str]:
-    """The groups JIT made this user a member of: id → displayName."""
+    """The groups JIT made this user a member of: id → displayName, by name (so the
+    groups a login leaves, and their events, come in one order whatever the ids)."""
     rows = await conn.fetch(
         """SELECT g.id, g.display_name FROM memberships m JOIN groups g ON g.id = m.group_id
-           WHERE m.user_id = $1 AND m.source = 'jit'""",
+           WHERE m.user_id = $1 AND m.source = 'jit' ORDER BY lower(g.display_name)""",
         user_id,
     )
     return {r["id"]: r["display_name"] for r in rows}
@@ -586,6 +609,24 @@ async def adopt_group(conn: asyncpg.Connection, row: asyncpg.Record, data: Group
         )
     except asyncpg.UniqueViolationError as err:
         raise _unique(err, "displayName", data.display_name) from None
+
+
+async def join_groups(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, group_ids: list[uuid.UUID], source: str
+) -> list[uuid.UUID]:
+    """Make the user a member of ``group_ids`` (one statement); the groups actually
+    joined (a membership already there is left as it is)."""
+    if not group_ids:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO memberships (tenant_id, group_id, user_id, source)
+           SELECT $1, unnest($2::uuid[]), $3, $4 ON CONFLICT DO NOTHING RETURNING group_id""",
+        tenant_id,
+        sorted(set(group_ids)),  # one row order for every writer
+        user_id,
+        source,
+    )
+    return [r["group_id"] for r in rows]
 
 
 async def remove_user_from_groups(

@@ -2,11 +2,11 @@
 batches: hypothesis draws sequences of SCIM commands — creates, replaces (PUT and the
 PATCHes the gateway sends as versioned replaces), deletes, group creates, replaces and
 member changes, duplicates in a batch and redeliveries, userNames that clash by letter
-case, tenant policies on and off — and each sequence is applied twice, on two databases
+case, tenant policies on and off — and JIT logins among them, and each sequence is applied twice, on two databases
 cloned from the same template: by a provisioner that takes the planner's paths and by
 one forced onto the careful path. Both must leave the same rows (users, groups,
 memberships, inbox, events, ids and timestamps aside where the database mints them) and
-announce the same outcomes."""
+announce the same outcomes (ids a JIT login mints named by a placeholder)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from provisio_lib.contract import (
     DeleteGroup,
     DeleteUser,
     GroupData,
+    JitLogin,
     ReplaceGroup,
     ReplaceUser,
     Source,
@@ -47,6 +48,8 @@ pytestmark = pytest.mark.integration
 # 4 and group 3 may be made by a drawn create, or be missing.
 USERS, GROUPS, SEEDED_USERS, SEEDED_GROUPS = 5, 4, 4, 3
 DISPLAY = (None, "Ann", "Bob")
+# Group claims of JIT logins: seeded groups by name in any letter case, and a new group.
+CLAIMS = ("Group 0", "group 1", "GROUP 2", "New")
 # How a command names its resource: its own name, the same in other letters (one name to
 # SCIM, RFC 7643 §4.1.1 caseExact false), or the next one's (a clash).
 NAMING = ("own",) * 8 + ("case", "next")
@@ -83,6 +86,15 @@ op = st.one_of(
     st.tuples(st.just("create_group"), st.sampled_from((3, 3, 3, 0)), st.sampled_from(NAMING), members),
     st.tuples(st.just("replace_group"), group_ix, st.sampled_from(NAMING), st.none() | members),
     st.tuples(st.just("delete_group"), group_ix),
+    # a SAML login of a user (sync: its names and JIT groups follow the claims; create:
+    # an existing user is left alone); a claim naming no group makes one
+    st.tuples(
+        st.just("jit"),
+        user_ix,
+        st.sampled_from(("sync", "sync", "create")),
+        st.sampled_from((None, "Zed")),
+        st.none() | st.lists(st.sampled_from(CLAIMS), max_size=2, unique=True),
+    ),
     # the k-th command drawn before, sent again (same event id): a redelivery, or a
     # duplicate when it lands in the same batch
     st.tuples(st.just("again"), st.integers(0, 30)),
@@ -100,6 +112,66 @@ policies = st.fixed_dictionaries(
 )
 
 SCIM = Source(kind="scim", id="tok", label="entra")
+
+
+def connection_id(tenant_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(tenant_id, "connection")
+
+
+async def add_tenant(pool: asyncpg.Pool, tenant_id: uuid.UUID, policy: dict[str, Any] | None = None) -> None:
+    """The tenant and its one SSO connection (JIT logins name it)."""
+    policy = policy or {"deprovision": "delete", "one_group_per_user": False, "immutable_user_name": False}
+    await pool.execute(
+        """INSERT INTO tenants (id, name, deprovision, one_group_per_user, immutable_user_name)
+           VALUES ($1, $2, $3, $4, $5)""",
+        tenant_id,
+        f"t-{tenant_id.hex[:8]}",
+        policy["deprovision"],
+        policy["one_group_per_user"],
+        policy["immutable_user_name"],
+    )
+    await pool.execute(
+        """INSERT INTO sso_connections (id, tenant_id, name, preset, idp_entity_id, idp_metadata)
+           VALUES ($1, $2, 'okta', 'okta', 'https://idp.test/', '<md/>')""",
+        connection_id(tenant_id),
+        tenant_id,
+    )
+
+
+async def minted(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> dict[str, str]:
+    """Placeholders for the ids a JIT login minted (random, so different in each
+    database): a user by its userName, a group by its displayName (unique per tenant)."""
+    known_users = {str(uuid.uuid5(tenant_id, f"user-{i}")) for i in range(USERS)}
+    known_groups = {str(uuid.uuid5(tenant_id, f"group-{g}")) for g in range(GROUPS)}
+    names: dict[str, str] = {}
+    for r in await conn.fetch("SELECT id, user_name FROM users WHERE tenant_id = $1", tenant_id):
+        if str(r["id"]) not in known_users:
+            names[str(r["id"])] = f"jit-user:{r['user_name'].lower()}"
+    for r in await conn.fetch("SELECT id, display_name FROM groups WHERE tenant_id = $1", tenant_id):
+        if str(r["id"]) not in known_groups:
+            names[str(r["id"])] = f"jit-group:{r['display_name'].lower()}"
+    return names
+
+
+def renamed(value: Any, names: dict[str, str]) -> Any:
+    """``value`` with each id in ``names`` replaced."""
+    if isinstance(value, str | uuid.UUID):
+        return names.get(str(value), value)
+    if isinstance(value, dict):
+        return {k: renamed(v, names) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [renamed(v, names) for v in value]
+    return value
+
+
+async def comparable(conn: asyncpg.Connection, tenant_id: uuid.UUID, announced: list[Any]) -> tuple[Any, Any]:
+    """The announced outcomes and the rows, minted ids replaced (rows ordered by id are
+    sorted again)."""
+    names = await minted(conn, tenant_id)
+    state = renamed(await rows(conn, tenant_id), names)
+    for table in ("users", "groups", "memberships"):
+        state[table].sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
+    return renamed(announced, names), state
 
 
 def materialise(tenant_id: uuid.UUID, drawn: list[list[tuple[Any, int]]]) -> list[list[tuple[Command, str]]]:
@@ -167,6 +239,17 @@ def materialise(tenant_id: uuid.UUID, drawn: list[list[tuple[Any, int]]]) -> lis
                     display_name=group_name(g, naming), members=None if ms is None else tuple(uid(m) for m in ms)
                 )
                 payload = ReplaceGroup(group_id=gid(g), data=data)
+            elif kind == "jit":
+                _, u, mode, given, claims = o
+                payload = JitLogin(
+                    connection_id=connection_id(tenant_id),
+                    connection_name="okta",
+                    mode=mode,
+                    name_id=f"n{u}",
+                    user_name=user_name(u, "own"),
+                    given_name=given,
+                    groups=None if claims is None else tuple(claims),
+                )
             elif kind == "members":
                 _, g, add, remove = o
                 payload = ChangeGroupMembers(
@@ -282,22 +365,16 @@ async def test_fast_paths_equal_the_careful_path(
     careful = Provisioner(topology, pool=careful_pool, fast_paths=False)
     tenant_id = uuid.uuid4()
     for p in (fast_pool, careful_pool):
-        await p.execute(
-            """INSERT INTO tenants (id, name, deprovision, one_group_per_user, immutable_user_name)
-               VALUES ($1, $2, $3, $4, $5)""",
-            tenant_id,
-            f"t-{tenant_id.hex[:8]}",
-            policy["deprovision"],
-            policy["one_group_per_user"],
-            policy["immutable_user_name"],
-        )
+        await add_tenant(p, tenant_id, policy)
     sequence = materialise(tenant_id, drawn)
 
     fast_out = await apply(fast, tenant_id, sequence)
     careful_out = await apply(careful, tenant_id, sequence)
-    assert fast_out == careful_out
     async with fast_pool.acquire() as a, careful_pool.acquire() as b:
-        assert await rows(a, tenant_id) == await rows(b, tenant_id)
+        fast_out, fast_rows = await comparable(a, tenant_id, fast_out)
+        careful_out, careful_rows = await comparable(b, tenant_id, careful_out)
+    assert fast_out == careful_out
+    assert fast_rows == careful_rows
     # the careful provisioner never took a fast path; the other did whenever it could
     assert careful.paths["one_statement"] == careful.paths["one_transaction"] == 0
     assert fast.paths["careful"] == sum(fast.fallbacks.values())
@@ -326,3 +403,58 @@ async def test_the_fast_paths_are_taken_and_a_fallback_is_counted(two_pools: Any
     assert [o["error"]["code"] for o in out] == ["uniqueness", "uniqueness"]
     assert worker.paths["careful"] == 1 and worker.fallbacks == {"unique_violation": 1}
     assert fallbacks("unique_violation") == before + 1
+
+
+async def test_a_jit_login_in_a_fast_batch_is_seen_by_the_commands_after_it(two_pools: Any) -> None:
+    """A JIT login changes a user and groups in the middle of a batch: the commands after
+    it in the one-transaction path see its changes as the careful path does — the user's
+    new version (a replace made against the old one is refused) and the groups' new
+    versions (RFC 7644 §3.14: a member change is a new group version)."""
+    fast_pool, careful_pool = two_pools
+    topology = Topology(prefix="planner", partitions=1)
+    fast = Provisioner(topology, pool=fast_pool)
+    careful = Provisioner(topology, pool=careful_pool, fast_paths=False)
+    tenant_id = uuid.uuid4()
+    for p in (fast_pool, careful_pool):
+        await add_tenant(p, tenant_id)
+    seed_users, seed_groups = materialise(tenant_id, [])
+    user0, user2 = seed_users[0][0].payload, seed_users[2][0].payload
+    group1 = seed_groups[1][0].payload
+    assert isinstance(user0, CreateUser) and isinstance(user2, CreateUser) and isinstance(group1, CreateGroup)
+
+    def command(payload: Any) -> Command:
+        return Command(tenant_id=tenant_id, source=SCIM, correlation_id="c", payload=payload)
+
+    login = JitLogin(
+        connection_id=connection_id(tenant_id),
+        connection_name="okta",
+        mode="sync",
+        name_id="n0",
+        user_name=user0.data.user_name,
+        given_name="Zed",
+        groups=("group 1", "New"),
+    )
+    batch = [
+        (command(ChangeGroupMembers(group_id=group1.group_id, add=(user2.user_id,))), "1700000000100-1"),
+        (command(login), "1700000000100-2"),
+        (command(ReplaceUser(user_id=user0.user_id, data=user0.data, expected_version=1)), "1700000000100-3"),
+        (command(ChangeGroupMembers(group_id=group1.group_id, remove=(user2.user_id,))), "1700000000100-4"),
+    ]
+    outs, states = [], []
+    for worker, pool in ((fast, fast_pool), (careful, careful_pool)):
+        announced = await apply(worker, tenant_id, [seed_users, seed_groups, batch])
+        async with pool.acquire() as conn:
+            out, state = await comparable(conn, tenant_id, announced)
+        outs.append(out)
+        states.append(state)
+    assert outs[0] == outs[1]
+    assert states[0] == states[1]
+    jit, stale, last = outs[0][2][1], outs[0][2][2], outs[0][2][3]
+    assert jit["result"] == "applied" and jit["resource"]["version"] == 2
+    assert stale["result"] == "failed" and stale["error"]["code"] == "version_mismatch"
+    # Group 1: 1 (made) → 2 (SCIM add) → 3 (the login joins) → 4 (SCIM remove).
+    assert last["resource"]["version"] == 4
+    groups = {g["display_name"]: g for g in states[0]["groups"]}
+    assert groups["New"]["version"] == 1, "made with its member, as a SCIM POST with members"
+    assert groups["Group 1"]["version"] == 4 and groups["Group 0"]["version"] == 1
+    assert fast.fallbacks == {"refused:version_mismatch": 1}

@@ -338,6 +338,20 @@ def test_jit_groups_follow_the_claim_under_one_group_per_user() -> None:
     assert decide_login_groups("ann", {"Red": red}, [red], ONE_GROUP, {red: {"jit"}}) == type(d)()
 
 
+def test_a_login_bumps_the_version_of_each_group_it_joins_or_leaves_but_one_it_made() -> None:
+    red, blue, green = (uuid.UUID(int=i) for i in (1, 2, 3))
+    # RFC 7644 §3.14: a group's ETag covers its members, as a SCIM member PATCH moves it
+    d = decide_login_groups("ann", {"Red": red, "Blue": blue}, [green], OFF)
+    assert d.bump == (red, blue, green)
+    # a group made by this very login is created with its member (version 1), as a SCIM POST
+    assert decide_login_groups("ann", {"Red": red, "Blue": blue}, [green], OFF, made=[blue]).bump == (red, green)
+    # no membership changes: no group is written
+    assert decide_login_groups("ann", {"Red": red}, [red], OFF).bump == ()
+    # a refused join changes nothing of that group; the group left still moves
+    d = decide_login_groups("ann", {"Blue": blue}, [red], ONE_GROUP, {red: {"jit", "scim"}})
+    assert d.join == () and d.bump == (red,)
+
+
 # --------------------------------------------------------------------------- the planner
 
 SCIM = Source(kind="scim", id="t", label="t")
