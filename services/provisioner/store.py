@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from provisio_lib import directory
-from provisio_lib.contract import GroupData, GroupRef, UserData
+from provisio_lib.contract import GroupData, GroupRef, JitLogin, UserData
 
 from .core import user_values
 from .domain import PermanentError, looks_like_object_id, match_group_claims, primary_email
@@ -652,7 +653,12 @@ async def remove_user_from_groups(
 
 
 async def lock_in_order(
-    conn: asyncpg.Connection, user_ids: list[uuid.UUID], group_ids: list[uuid.UUID], *, with_groups: bool = False
+    conn: asyncpg.Connection,
+    user_ids: list[uuid.UUID],
+    group_ids: list[uuid.UUID],
+    *,
+    with_groups: bool = False,
+    also_ordered: Iterable[uuid.UUID] = (),
 ) -> dict[uuid.UUID, asyncpg.Record]:
     """Lock every user and group a batch will change, groups first, each in id order;
     return the locked users' rows (so the batch need not read them again), with each
@@ -669,8 +675,9 @@ async def lock_in_order(
     commit order of each resource's changes (docs/events.md). Without them, a batch that
     had locked another row first (and so had an xid) could wait on this row and commit
     its change after a batch with a higher xid. Waiting here holds no lock, so this adds
-    no deadlock."""
-    keys = sorted({advisory_key(i) for i in (*group_ids, *user_ids)})
+    no deadlock. ``also_ordered``: resources that get only the advisory lock (those a
+    JIT login may change, ``jit_login_resources``; the login locks their rows itself)."""
+    keys = sorted({advisory_key(i) for i in (*group_ids, *user_ids, *also_ordered)})
     if keys:
         await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
     if group_ids:
@@ -686,6 +693,41 @@ async def lock_in_order(
         sorted(set(user_ids)),
     )
     return {r["id"]: r for r in rows}
+
+
+async def jit_login_resources(conn: asyncpg.Connection, tenant_id: uuid.UUID, p: JitLogin) -> set[uuid.UUID]:
+    """The users and groups a JIT login may change, read without a lock (so without a
+    transaction id): the user its NameID is linked to or its userName/email matches, the
+    existing groups its claim names, and that user's JIT groups (a sync login may leave
+    them). ``lock_in_order`` takes their advisory locks with the batch's own, so the
+    login's events sort after those of a batch it waits for (docs/events.md). A resource
+    that changes between this read and the login (a group renamed to a claimed name
+    meanwhile) is changed without that order; the events still carry their versions."""
+    rows = await conn.fetch(
+        """SELECT i.user_id FROM user_identities i
+            WHERE i.connection_id = $2 AND i.name_id = $3 AND i.tenant_id = $1
+           UNION
+           SELECT id FROM users
+            WHERE tenant_id = $1 AND (lower(user_name) = lower($4) OR ($5::text IS NOT NULL AND lower(email) = lower($5)))""",
+        tenant_id,
+        p.connection_id,
+        p.name_id,
+        p.user_name,
+        p.email,
+    )
+    users = [r[0] for r in rows]
+    claims = list(p.groups or ())
+    groups = await conn.fetch(
+        """SELECT id FROM groups
+            WHERE tenant_id = $1 AND (external_id = ANY($2::text[]) OR lower(display_name) = ANY($3::text[]))
+           UNION
+           SELECT group_id FROM memberships WHERE user_id = ANY($4::uuid[]) AND source = 'jit'""",
+        tenant_id,
+        claims,
+        [c.lower() for c in claims],
+        users,
+    )
+    return {*users, *(r[0] for r in groups)}
 
 
 def advisory_key(resource_id: uuid.UUID) -> int:

@@ -19,6 +19,7 @@ from provisio_lib.contract import (
     DeleteGroup,
     DeleteUser,
     ErrorInfo,
+    JitLogin,
     Outcome,
     ReplaceGroup,
     ReplaceUser,
@@ -502,13 +503,16 @@ async def _lock_batch(
     the locked users' rows by id."""
     users: list[uuid.UUID] = []
     groups: list[uuid.UUID] = []
+    jit: set[uuid.UUID] = set()
     for _, cmd in items:
         p = cmd.payload
         if isinstance(p, ReplaceUser | DeleteUser):
             users.append(p.user_id)
         elif isinstance(p, ReplaceGroup | ChangeGroupMembers | DeleteGroup):
             groups.append(p.group_id)
-    return await store.lock_in_order(conn, users, groups, with_groups=with_groups)
+        elif isinstance(p, JitLogin) and not p.dry_run:
+            jit |= await store.jit_login_resources(conn, cmd.tenant_id, p)
+    return await store.lock_in_order(conn, users, groups, with_groups=with_groups, also_ordered=jit)
 
 
 class _AlreadyApplied(Exception):

@@ -4,12 +4,14 @@ Postgres, Redis, the provisioner and the SCIM gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
 
 from provisio_lib.contract import Command, JitLogin, Source
+from tests.conftest import eventually
 from tests.integration.scim_helpers import GROUP, USER, bearer, patch_body, scim_client
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,58 @@ async def test_a_group_a_login_makes_is_made_with_its_member(service_env, pool, 
     async with scim_client() as c:
         r = await c.get(f"/scim/v2/Groups/{gid}", headers=bearer(tenant.token))
         assert r.headers["ETag"] == 'W/"1"' and len((await r.json())["members"]) == 1
+
+
+async def test_a_login_waiting_for_a_group_another_batch_changes_sorts_after_it(
+    service_env, pool, tenant, provisioner, waiter
+):
+    """docs/events.md: the feed's order is each resource's commit order. A login that
+    joins a group another transaction is changing waits for it *without a transaction
+    id* (the group's advisory lock is taken with the batch's, before any write), so its
+    group event sorts after the other's — the member_added carrying version 3 comes
+    after the change that made version 2, as a receiver keeping the newest state needs."""
+    from provisioner import store
+
+    conn_id = await _connection(pool, tenant)
+    gid = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO groups (id, tenant_id, display_name, created_by) VALUES ($1, $2, 'Eng', 'scim')", gid, tenant.id
+    )
+    await waiter.submit(_login(tenant, conn_id), 10)  # the user exists; no group yet
+
+    other = await pool.acquire()
+    try:
+        tr = other.transaction()
+        await tr.start()
+        await store.lock_in_order(other, [], [gid])  # advisory + row lock: it has an xid now
+        login = _login(tenant, conn_id, groups=("Eng",))
+        submitted = asyncio.create_task(waiter.submit(login, 30))
+
+        async def queued():
+            return await pool.fetchrow(
+                """SELECT backend_xid FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> $1
+                     AND wait_event_type = 'Lock' AND wait_event = 'advisory'""",
+                await other.fetchval("SELECT pg_backend_pid()"),
+            )
+
+        row = await eventually(queued, timeout=30)
+        assert row["backend_xid"] is None  # waiting, and no xid: it cannot sort before `other`
+        await other.execute("UPDATE groups SET version = version + 1 WHERE id = $1", gid)
+        await other.execute(
+            """INSERT INTO events (tenant_id, type, occurred_at, source, correlation_id, command_id,
+                                   resource_type, resource_id, data)
+               VALUES ($1, 'group.updated', now(), '{}', 'other', gen_random_uuid(), 'Group', $2, '{"version": 2}')""",
+            tenant.id,
+            gid,
+        )
+        await tr.commit()
+        out = await submitted
+    finally:
+        await pool.release(other)
+    assert out.result == "applied"
+    events = await _group_events(pool, str(gid))
+    assert [(e["type"], e["data"].get("version") or e["data"]["group"]["version"]) for e in events] == [
+        ("group.updated", 2),
+        ("group.member_added", 3),
+    ]
