@@ -215,6 +215,8 @@ async def main() -> None:
                             "PROVISIO_SCIM_PORT": str(port),
                             "PROVISIO_SCIM_HOST": "127.0.0.1",
                             "PROVISIO_SCIM_RATE_LIMIT_PER_S": "0",
+                            # Two sides' gateways would both take the operator port 9181.
+                            "PROVISIO_SCIM_METRICS_PORT": "0",
                         },
                         port,
                         cwd=cwd,
