@@ -56,7 +56,10 @@ async def test_redis_crash_and_restart_503s_recovers_and_loses_nothing_acknowled
     tenants = [await make_tenant(pool) for _ in range(5)]
     sso = await add_connection(pool, tenants[4].id, "entra", preset="entra", jit="create", allow_idp_initiated=True)
     worker = await procs.provisioner(env, batch_size=100)
-    gateway, base = await procs.scim_gateway(env, scim_outcome_timeout_s=3, scim_retry_after_s=2)
+    # No per-tenant rate limit: the load retries 503s at once, and 429s would blur the drill.
+    gateway, base = await procs.scim_gateway(
+        env, scim_outcome_timeout_s=3, scim_retry_after_s=2, scim_rate_limit_per_s=0
+    )
     saml_gateway, saml_base = await procs.saml_gateway(env, saml_public_url=PUBLIC, saml_outcome_timeout_s=3)
     clock.mark("services ready")
 
