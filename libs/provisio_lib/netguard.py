@@ -29,12 +29,37 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "private": frozenset({"public", "loopback", "private"}),
 }
 
-# RFC 6598 shared address space (carrier-grade NAT): not routable on the internet,
-# and `ipaddress` calls it neither private nor global.
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 §2.1: an IPv4 address in the last 32 bits
 # RFC 1918 private IPv4; what else `ipaddress` calls private is special-purpose (RFC 6890).
 _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+# The IANA special-purpose address registries (RFC 6890 and the RFCs that added to them),
+# entries not globally reachable, most specific first. Judged here, not only by the
+# `ipaddress` flags, because those changed between CPython patch releases (gh-113171:
+# 3.11.7 calls 192.0.0.8 global): the guard must not depend on the interpreter's age.
+_SPECIAL: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, AddressKind], ...] = tuple(
+    (ipaddress.ip_network(net), kind)
+    for net, kind in (
+        # IPv4
+        ("192.0.0.9/32", "public"),  # Port Control Protocol anycast, RFC 7723: global
+        ("192.0.0.10/32", "public"),  # TURN anycast, RFC 8155: global
+        ("0.0.0.0/8", "reserved"),  # "this network", RFC 791 (0.0.0.0 itself: unspecified)
+        ("100.64.0.0/10", "private"),  # shared address space (carrier-grade NAT), RFC 6598
+        ("192.0.0.0/24", "reserved"),  # IETF protocol assignments, RFC 6890 §2.2.2
+        ("192.0.2.0/24", "reserved"),  # TEST-NET-1, RFC 5737
+        ("198.18.0.0/15", "reserved"),  # benchmarking, RFC 2544
+        ("198.51.100.0/24", "reserved"),  # TEST-NET-2, RFC 5737
+        ("203.0.113.0/24", "reserved"),  # TEST-NET-3, RFC 5737
+        ("240.0.0.0/4", "reserved"),  # reserved, RFC 1112; with 255.255.255.255 (broadcast)
+        # IPv6
+        ("64:ff9b:1::/48", "reserved"),  # local-use IPv4/IPv6 translation, RFC 8215
+        ("100::/64", "reserved"),  # discard-only, RFC 6666
+        ("2001:db8::/32", "reserved"),  # documentation, RFC 3849
+        ("2001::/23", "reserved"),  # IETF protocol assignments (Teredo 2001::/32 in it), RFC 2928
+        ("fec0::/10", "private"),  # site-local, deprecated by RFC 3879
+    )
+)
 
 
 def classify_address(address: str) -> AddressKind:
@@ -50,20 +75,20 @@ def classify_address(address: str) -> AddressKind:
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if inner is not None:
             return classify_address(str(inner))
-    # The flags below follow the IANA special-purpose address registries (RFC 6890).
     if ip.is_unspecified:
         return "unspecified"
+    for net, kind in _SPECIAL:
+        if ip.version == net.version and ip in net:
+            return kind
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local:
         return "link_local"
     if ip.is_multicast:
         return "multicast"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
-        return "private"
     if ip.is_private:
-        # 10/8, 172.16/12, 192.168/16, fc00::/7 (ULA, RFC 4193) — and some reserved ranges
-        # that `ipaddress` also calls private (192.0.0.0/24, 198.18.0.0/15, documentation).
+        # 10/8, 172.16/12, 192.168/16, fc00::/7 (ULA, RFC 4193); anything else `ipaddress`
+        # calls private is special-purpose (above) or reserved.
         if isinstance(ip, ipaddress.IPv4Address) and not any(ip in n for n in _RFC1918):
             return "reserved"
         return "private"

@@ -98,6 +98,35 @@ def test_ipv4_inside_ipv6_and_special_ranges(address, kind):
 
 
 @pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        # Judged by the registry table, whatever this CPython's `ipaddress` says (gh-113171).
+        ("192.0.0.8", "reserved"),  # 3.11.7's ipaddress calls it global
+        ("192.0.0.170", "reserved"),  # NAT64 discovery, RFC 7050
+        ("192.0.0.9", "public"),  # PCP anycast, RFC 7723: globally reachable
+        ("192.0.0.10", "public"),  # TURN anycast, RFC 8155: globally reachable
+        ("192.0.2.1", "reserved"),
+        ("198.51.100.7", "reserved"),
+        ("203.0.113.9", "reserved"),
+        ("0.1.2.3", "reserved"),
+        ("100.127.255.254", "private"),
+        ("2001:db8::1", "reserved"),  # documentation: not "private", so `private` doesn't admit it
+        ("2001::1", "reserved"),  # Teredo: an obfuscated IPv4 inside
+        ("2001:2::1", "reserved"),  # benchmarking, RFC 5180
+        ("64:ff9b:1::a00:1", "reserved"),  # local-use translation, RFC 8215
+        ("100::1", "reserved"),  # discard-only, RFC 6666
+        ("fec0::1", "private"),  # site-local, deprecated
+        ("2606:4700::1111", "public"),
+        ("1.1.1.1", "public"),
+    ],
+)
+def test_special_purpose_ranges_do_not_depend_on_the_python_version(address, kind):
+    assert netguard.classify_address(address) == kind
+    if kind != "public":
+        assert not netguard.address_allowed(address, "none")
+
+
+@pytest.mark.parametrize(
     "name",
     ["metadata.test", "mapped-metadata.test", "nat64-metadata.test", "sixtofour-metadata.test"],
 )
