@@ -75,6 +75,9 @@ NOTICES = {
     "replayed": "The dead letter was replayed: it is back on its stream and will be applied once.",
     "dropped": "The dead letter was dropped for good.",
     "expired": "Your session ended. Sign in again.",
+    "link-revoked": "The setup link is revoked: it cannot be opened any more, and a setup session opened with it "
+    "has ended.",
+    "link-revoked-already": "That setup link was revoked already.",
 }
 
 
@@ -344,6 +347,8 @@ async def tenants_page(request: web.Request) -> web.StreamResponse:
                 """SELECT t.id, t.name,
                       (SELECT count(*) FROM audit_log a WHERE a.tenant_id = t.id AND a.result = 'failed'
                          AND a.completed_at > now() - interval '24 hours') AS failures_24h,
+                      (SELECT count(*) FROM setup_links l WHERE l.tenant_id = t.id AND l.revoked_at IS NULL
+                         AND l.expires_at > now()) AS setup_links_live,
                       last.completed_at AS last_scim_at, last.source_label AS last_scim_token
                FROM tenants t
                LEFT JOIN LATERAL (
@@ -577,16 +582,18 @@ async def dlq_show(request: web.Request) -> web.StreamResponse:
 
 
 def _admin_only(request: web.Request, what: str) -> security.Session:
+    """The session of an admin; any other role is refused (403) before anything changes.
+    Every changing action of the console checks this (``what``: "replay dead letters")."""
     session = request[SESSION]
     assert session is not None  # the sessions middleware admits no page without one
     if not session.is_admin:
-        raise PageError(403, f"Only admins can {what} dead letters. Ask an admin (your role: {session.role}).")
+        raise PageError(403, f"Only admins can {what}. Ask an admin (your role: {session.role}).")
     return session
 
 
 async def dlq_confirm(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
-    _admin_only(request, action)
+    _admin_only(request, f"{action} dead letters")
     d = await _letter(request)
     return aiohttp_jinja2.render_template(
         "dlq_confirm.html", request, {"d": d, "row": dlq_admin.row(d, {}), "action": action, **_base(request)}
@@ -595,7 +602,7 @@ async def dlq_confirm(request: web.Request) -> web.StreamResponse:
 
 async def dlq_act(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
-    session = _admin_only(request, action)
+    session = _admin_only(request, f"{action} dead letters")
     form = await request.post()
     if form.get("confirm") != "yes":
         raise PageError(400, f"Tick the box to confirm the {action}.")
@@ -651,7 +658,7 @@ def _fmt_value(value: Any) -> str:
 
 
 def create_app(settings: ConsoleSettings) -> web.Application:
-    from . import setup
+    from . import setup, setup_link_pages
 
     # Room for an uploaded IdP metadata file (at most 1 MiB) in the setup wizard's form.
     app = web.Application(
@@ -721,6 +728,7 @@ def create_app(settings: ConsoleSettings) -> web.Application:
     r.add_get("/audit/tail/events", tail_events)
     r.add_get("/users", user_lookup)
     r.add_get("/tenants/{tenant}/users/{user:.+}", user_page, name="user")
+    setup_link_pages.add_routes(app)
     r.add_get("/dead-letters", dlq_page)
     r.add_get("/dead-letters/{id}", dlq_show)
     r.add_get("/dead-letters/{id}/{action:replay|drop}", dlq_confirm)

@@ -3,6 +3,7 @@ its use before any connection, metadata typed by hand, TOTP codes used once."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyotp
@@ -26,6 +27,24 @@ def test_ttl_and_scopes():
     for bad in ("", ",", "sso,ldap", "admin"):
         with pytest.raises(AdminError):
             setup_links.parse_scopes(bad)
+
+
+def test_a_links_state_for_the_console():
+    now = datetime.now(UTC)
+    later, earlier = now + timedelta(hours=1), now - timedelta(hours=1)
+
+    def link(expires: datetime, redeemed: datetime | None = None, revoked: datetime | None = None) -> str:
+        made = setup_links.SetupLink(
+            uuid.uuid4(), uuid.uuid4(), "acme", "psl_x", ("sso",), "cli:t", earlier, expires, redeemed, revoked
+        )
+        return f"{made.state}/{made.status}/{made.live}"
+
+    assert link(later) == "unused/unused/True"
+    assert link(later, redeemed=now) == "in use/redeemed/True"
+    assert link(earlier, redeemed=now) == "used/expired/False"
+    assert link(earlier) == "expired/expired/False"
+    assert link(later, redeemed=now, revoked=now) == "revoked/revoked/False"
+    assert link(earlier, revoked=now) == "revoked/revoked/False"
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,9 @@ class SetupLink:
     expires_at: datetime
     redeemed_at: datetime | None
     revoked_at: datetime | None
+    # Who made it, readable: ``cli:<OS user>``, or ``staff:<email>`` for a console user
+    # (``created_by`` keeps the account id, as the audit trail's source id does).
+    created_by_label: str = ""
 
     @property
     def status(self) -> str:
@@ -79,6 +82,23 @@ class SetupLink:
         if self.expires_at <= datetime.now(self.expires_at.tzinfo):
             return "expired"
         return "redeemed" if self.redeemed_at is not None else "unused"
+
+    @property
+    def state(self) -> str:
+        """The console's finer :attr:`status`: ``unused``; ``in use`` (opened, its setup
+        session lives until the link expires); ``used`` (opened, then expired: the session
+        ended); ``expired`` (never opened); ``revoked``."""
+        status = self.status
+        if status == "redeemed":
+            return "in use"
+        if status == "expired" and self.redeemed_at is not None:
+            return "used"
+        return status
+
+    @property
+    def live(self) -> bool:
+        """Unrevoked and unexpired: it (or its session) still works, so revoking ends something."""
+        return self.status in ("unused", "redeemed")
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,10 @@ class SetupSession:
 
 
 _COLUMNS = """l.id, l.tenant_id, t.name AS tenant_name, l.prefix, l.scopes, l.created_by, l.created_at,
-              l.expires_at, l.redeemed_at, l.revoked_at"""
+              l.expires_at, l.redeemed_at, l.revoked_at,
+              coalesce('staff:' || s.email, l.created_by) AS created_by_label"""
+# A console user made it when created_by is a staff account's id.
+_FROM = """setup_links l JOIN tenants t ON t.id = l.tenant_id LEFT JOIN staff s ON s.id::text = l.created_by"""
 
 
 def _link(row: asyncpg.Record) -> SetupLink:
@@ -115,13 +138,25 @@ def _link(row: asyncpg.Record) -> SetupLink:
         row["expires_at"],
         row["redeemed_at"],
         row["revoked_at"],
+        row["created_by_label"],
     )
 
 
 async def create(
-    conn: asyncpg.Connection, tid: UUID, *, scopes: list[str], ttl: timedelta, actor: str
+    conn: asyncpg.Connection,
+    tid: UUID,
+    *,
+    scopes: list[str],
+    ttl: timedelta,
+    actor: str,
+    actor_label: str | None = None,
+    correlation_id: str = "",
 ) -> tuple[SetupLink, str]:
-    """A new link; returns it and its token (for the URL, shown once)."""
+    """A new link; returns it and its token (for the URL, shown once). ``actor`` is who
+    (``cli:<OS user>``, or a staff account's id with ``actor_label`` her email)."""
+    scopes = parse_scopes(",".join(scopes))
+    if not timedelta(minutes=1) <= ttl <= MAX_TTL:
+        raise AdminError("--expires must be between 1m and 30d", USAGE)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     link_id = uuid.uuid4()
     async with conn.transaction():
@@ -136,15 +171,15 @@ async def create(
             actor,
             ttl,
         )
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM setup_links l JOIN tenants t ON t.id = l.tenant_id WHERE l.id = $1", link_id
-        )
+        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {_FROM} WHERE l.id = $1", link_id)
         link = _link(row)
         await record(
             conn,
             actor,
             "setup_link.create",
             tid,
+            label=actor_label,
+            correlation_id=correlation_id,
             resource_type="SetupLink",
             notes=[f"setup link {link.prefix} ({','.join(scopes)}) until {link.expires_at.isoformat()}"],
         )
@@ -152,23 +187,58 @@ async def create(
 
 
 async def list_links(conn: asyncpg.Connection, tid: UUID) -> list[SetupLink]:
-    rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM setup_links l JOIN tenants t ON t.id = l.tenant_id
-            WHERE l.tenant_id = $1 ORDER BY l.created_at DESC""",
-        tid,
-    )
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM {_FROM} WHERE l.tenant_id = $1 ORDER BY l.created_at DESC", tid)
     return [_link(r) for r in rows]
 
 
-async def revoke(conn: asyncpg.Connection, which: str, *, actor: str, tid: UUID | None = None) -> SetupLink:
+async def get(conn: asyncpg.Connection, tid: UUID, link_id: UUID) -> SetupLink:
+    """One link of this tenant; another tenant's id is not found (never acted on)."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {_FROM} WHERE l.id = $1 AND l.tenant_id = $2", link_id, tid)
+    if row is None:
+        raise AdminError(f"no setup link {link_id} in this tenant", NOT_FOUND)
+    return _link(row)
+
+
+async def session_activity(conn: asyncpg.Connection, tid: UUID, prefixes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """What each link's setup session did, from the audit trail (its rows are recorded as
+    ``setup:<prefix>``): per prefix, each operation with its count and last time, the
+    redeeming itself left out. One query on the (tenant, source label) index."""
+    rows = await conn.fetch(
+        """SELECT source_label, operation, count(*) AS n, max(completed_at) AS last_at,
+                  count(*) FILTER (WHERE result = 'failed') AS failed
+           FROM audit_log
+           WHERE tenant_id = $1 AND source_label = ANY($2::text[]) AND source_kind = 'setup'
+             AND operation <> 'setup_link.redeem'
+           GROUP BY source_label, operation ORDER BY source_label, min(completed_at)""",
+        tid,
+        [f"setup:{p}" for p in prefixes],
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["source_label"].removeprefix("setup:"), []).append(
+            {"operation": r["operation"], "count": r["n"], "failed": r["failed"], "last_at": r["last_at"]}
+        )
+    return out
+
+
+async def revoke(
+    conn: asyncpg.Connection,
+    which: str,
+    *,
+    actor: str,
+    tid: UUID | None = None,
+    actor_label: str | None = None,
+    correlation_id: str = "",
+) -> SetupLink:
     """Revoke a link by its id or the prefix shown at create (``psl_XXXXXXXX``); its
-    setup session ends with it."""
+    setup session ends with it. With ``tid``, only a link of that tenant (the console's
+    URL names the tenant: another tenant's link is not found)."""
     which = which.strip()
     if not which:
         raise AdminError("give the link's id or prefix (see `provisio setup-link list TENANT`)", USAGE)
     async with conn.transaction():
         rows = await conn.fetch(
-            f"""SELECT {_COLUMNS} FROM setup_links l JOIN tenants t ON t.id = l.tenant_id
+            f"""SELECT {_COLUMNS} FROM {_FROM}
                 WHERE (l.id::text = $1 OR l.prefix = $1) AND ($2::uuid IS NULL OR l.tenant_id = $2)""",
             which.lower() if len(which) == 36 else which,
             tid,
@@ -185,6 +255,8 @@ async def revoke(conn: asyncpg.Connection, which: str, *, actor: str, tid: UUID 
                 actor,
                 "setup_link.revoke",
                 link.tenant_id,
+                label=actor_label,
+                correlation_id=correlation_id,
                 resource_type="SetupLink",
                 notes=[f"setup link {link.prefix}"],
             )
@@ -297,7 +369,7 @@ def describe(link: SetupLink) -> dict[str, Any]:
         "tenant": link.tenant_name,
         "scopes": ",".join(link.scopes),
         "status": link.status,
-        "created_by": link.created_by,
+        "created_by": link.created_by_label or link.created_by,
         "created_at": link.created_at,
         "expires_at": link.expires_at,
         "redeemed_at": link.redeemed_at,

@@ -19,11 +19,22 @@ DEPROVISION = ("deactivate", "delete")
 __all__ = ["create", "list_tenants", "parse_rate_limit", "record", "resolve_tenant", "set_policy", "tenant_name"]
 
 
-async def record(conn: asyncpg.Connection, actor: str, action: str, tenant_id: UUID | None, **kwargs: Any) -> None:
+async def record(
+    conn: asyncpg.Connection,
+    actor: str,
+    action: str,
+    tenant_id: UUID | None,
+    *,
+    label: str | None = None,
+    **kwargs: Any,
+) -> None:
     """One audit row for an admin action (source kind ``cli``, ``setup`` or ``staff`` by the
     actor, the actor as its label, so ``provisio audit search --connection cli:alice``
-    finds what alice did)."""
-    await record_staff_action(conn, staff_id=actor, staff_email=actor, action=action, tenant_id=tenant_id, **kwargs)
+    finds what alice did). A console user is recorded by account id with ``label`` her
+    email (as the console's own actions are)."""
+    await record_staff_action(
+        conn, staff_id=actor, staff_email=label or actor, action=action, tenant_id=tenant_id, **kwargs
+    )
 
 
 async def tenant_name(conn: asyncpg.Connection, tid: UUID) -> str:
