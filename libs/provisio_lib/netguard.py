@@ -38,28 +38,26 @@ _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12"
 # entries not globally reachable, most specific first. Judged here, not only by the
 # `ipaddress` flags, because those changed between CPython patch releases (gh-113171:
 # 3.11.7 calls 192.0.0.8 global): the guard must not depend on the interpreter's age.
-_SPECIAL: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, AddressKind], ...] = tuple(
-    (ipaddress.ip_network(net), kind)
-    for net, kind in (
-        # IPv4
-        ("192.0.0.9/32", "public"),  # Port Control Protocol anycast, RFC 7723: global
-        ("192.0.0.10/32", "public"),  # TURN anycast, RFC 8155: global
-        ("0.0.0.0/8", "reserved"),  # "this network", RFC 791 (0.0.0.0 itself: unspecified)
-        ("100.64.0.0/10", "private"),  # shared address space (carrier-grade NAT), RFC 6598
-        ("192.0.0.0/24", "reserved"),  # IETF protocol assignments, RFC 6890 §2.2.2
-        ("192.0.2.0/24", "reserved"),  # TEST-NET-1, RFC 5737
-        ("198.18.0.0/15", "reserved"),  # benchmarking, RFC 2544
-        ("198.51.100.0/24", "reserved"),  # TEST-NET-2, RFC 5737
-        ("203.0.113.0/24", "reserved"),  # TEST-NET-3, RFC 5737
-        ("240.0.0.0/4", "reserved"),  # reserved, RFC 1112; with 255.255.255.255 (broadcast)
-        # IPv6
-        ("64:ff9b:1::/48", "reserved"),  # local-use IPv4/IPv6 translation, RFC 8215
-        ("100::/64", "reserved"),  # discard-only, RFC 6666
-        ("2001:db8::/32", "reserved"),  # documentation, RFC 3849
-        ("2001::/23", "reserved"),  # IETF protocol assignments (Teredo 2001::/32 in it), RFC 2928
-        ("fec0::/10", "private"),  # site-local, deprecated by RFC 3879
-    )
+_SPECIAL_RANGES: tuple[tuple[str, AddressKind], ...] = (
+    # IPv4
+    ("192.0.0.9/32", "public"),  # Port Control Protocol anycast, RFC 7723: global
+    ("192.0.0.10/32", "public"),  # TURN anycast, RFC 8155: global
+    ("0.0.0.0/8", "reserved"),  # "this network", RFC 791 (0.0.0.0 itself: unspecified)
+    ("100.64.0.0/10", "private"),  # shared address space (carrier-grade NAT), RFC 6598
+    ("192.0.0.0/24", "reserved"),  # IETF protocol assignments, RFC 6890 §2.2.2
+    ("192.0.2.0/24", "reserved"),  # TEST-NET-1, RFC 5737
+    ("198.18.0.0/15", "reserved"),  # benchmarking, RFC 2544
+    ("198.51.100.0/24", "reserved"),  # TEST-NET-2, RFC 5737
+    ("203.0.113.0/24", "reserved"),  # TEST-NET-3, RFC 5737
+    ("240.0.0.0/4", "reserved"),  # reserved, RFC 1112; with 255.255.255.255 (broadcast)
+    # IPv6
+    ("64:ff9b:1::/48", "reserved"),  # local-use IPv4/IPv6 translation, RFC 8215
+    ("100::/64", "reserved"),  # discard-only, RFC 6666
+    ("2001:db8::/32", "reserved"),  # documentation, RFC 3849
+    ("2001::/23", "reserved"),  # IETF protocol assignments (Teredo 2001::/32 in it), RFC 2928
+    ("fec0::/10", "private"),  # site-local, deprecated by RFC 3879
 )
+_SPECIAL = tuple((ipaddress.ip_network(net), kind) for net, kind in _SPECIAL_RANGES)
 
 
 def classify_address(address: str) -> AddressKind:
