@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from provisio_lib import api_keys, db, directory, events_feed
+from provisio_lib import api_keys, db, directory, event_signals, events_feed
 from provisio_lib.code_exchange import ExchangeError, exchange_code, secret_hash_from_db
 from provisio_lib.logging import get_logger
 from provisio_lib.observability import (
@@ -347,7 +347,6 @@ class FeedSignal:
     second."""
 
     TICK_S = 1.0
-    RECHECK_AFTER_S = (0.02, 0.1, 0.3)
 
     def __init__(self, redis: Any, channel: str) -> None:
         self.redis = redis
@@ -380,49 +379,23 @@ class FeedSignal:
             ev.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feed-signal")
+        self._task = asyncio.create_task(
+            event_signals.follow(
+                self.redis,
+                self.channel,
+                self.fire,
+                tick_s=self.TICK_S,
+                max_backoff_s=self.TICK_S,
+                error_event="feed_signal_error",
+            ),
+            name="feed-signal",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = 0.1
-        while True:
-            pubsub = None
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(self.channel)
-                backoff = 0.1
-                next_tick = loop.time() + self.TICK_S
-                while True:
-                    msg = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=max(0.0, next_tick - loop.time())
-                    )
-                    if msg is not None:
-                        data = msg.get("data")
-                        tenant = data.decode() if isinstance(data, bytes) else str(data) if data else None
-                        self.fire(tenant)
-                        if tenant is not None:
-                            for delay in self.RECHECK_AFTER_S:
-                                loop.call_later(delay, self.fire, tenant)
-                    if loop.time() >= next_tick:
-                        self.fire()
-                        next_tick = loop.time() + self.TICK_S
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("feed_signal_error", error=str(err), retry_in_s=backoff)
-                self.fire()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.TICK_S)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from provisio_lib import db, webhook_store, webhooks
+from provisio_lib import db, event_signals, webhook_store, webhooks
 from provisio_lib import observability as obs
 from provisio_lib.logging import get_logger
 from provisio_lib.redis_client import connect_redis
@@ -38,10 +38,6 @@ log = get_logger(__name__)
 
 DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 FAN_OUT_BATCH = 1000
-# After the provisioner's signal, look again shortly: an event becomes visible only once
-# every older writing transaction has ended (docs/events.md), which may be just after
-# the signal; the poll would otherwise be the next chance.
-RECHECK_AFTER_S = (0.02, 0.1, 0.3)
 
 
 class EndpointWorker:
@@ -433,35 +429,11 @@ class Dispatcher:
                 w.poke(fan_out=True)
 
     async def _listen(self) -> None:
-        """The provisioner's PUBLISH of a tenant id after it committed events."""
-        loop = asyncio.get_running_loop()
-        backoff = 0.1
-        channel = self.topology.events_channel()
-        while True:
-            pubsub = None
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(channel)
-                backoff = 0.1
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is None:
-                        continue
-                    data = msg.get("data")
-                    tenant = data.decode() if isinstance(data, bytes) else str(data) if data else None
-                    self._wake_tenant(tenant)
-                    for delay in RECHECK_AFTER_S:
-                        loop.call_later(delay, self._wake_tenant, tenant)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # RedisError, OSError, a cluster moving: reconnect
-                log.warning("webhook_signal_error", error=str(err), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+        """The provisioner's PUBLISH of a tenant id after it committed events; the
+        endpoints poll on their own (``webhook_poll_s``), so no tick here."""
+        await event_signals.follow(
+            self.redis, self.topology.events_channel(), self._wake_tenant, error_event="webhook_signal_error"
+        )
 
     async def _housekeeping(self) -> None:
         """Backlog and lag gauges; pruning finished deliveries past the events' retention."""
