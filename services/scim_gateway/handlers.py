@@ -40,6 +40,7 @@ from . import repository as repo
 from .auth import TenantAuth
 from .errors import SCIM_CONTENT_TYPE, ScimError, invalid_syntax, invalid_value, not_found
 from .keys import BASE_PATH, BODY, CORRELATION_ID, POOL, SETTINGS, TENANT, TOKENS, WAITER
+from .limits import check_changed_strings, has_string_over
 from .patch import apply_patch, parse_patch, plan_group_patch
 from .resources import (
     canonical_group,
@@ -122,6 +123,18 @@ def _max_chars(request: web.Request) -> int:
     when the body (or a PATCH's result) is normalised (limits.py)."""
     limit: int = request.app[SETTINGS].scim_max_string_chars
     return limit
+
+
+def _normalise_patched(kind: ResourceKind, stored: dict[str, Any], patched: Any, cap: int, **kw: Any) -> Any:
+    """A PATCH's result, normalised. Its strings are capped as a POST's are, except a
+    long value it keeps from a resource stored before the cap (``limits.
+    check_changed_strings``): otherwise no PATCH — not even Entra's ``active: false`` —
+    could reach that resource until someone trimmed it."""
+    if not has_string_over(stored, cap):
+        return normalise(kind, patched, max_chars=cap, **kw)
+    updated = normalise(kind, patched, max_chars=None, **kw)
+    check_changed_strings(stored, updated, cap)
+    return updated
 
 
 async def read_json(request: web.Request) -> Any:
@@ -557,9 +570,8 @@ async def patch_user(request: web.Request) -> web.Response:
         view = canonical_user(kind, row)  # with the aliased extension values (Splashtop ssoName)
         # "store": extension data already stored stays; new undeclared paths were
         # already refused by apply_patch when the tenant rejects them.
-        updated = refresh_name(
-            view, normalise(kind, apply_patch(kind, view, ops), undeclared="store", max_chars=_max_chars(request))
-        )
+        patched = apply_patch(kind, view, ops)
+        updated = refresh_name(view, _normalise_patched(kind, view, patched, _max_chars(request), undeclared="store"))
         if kind.sso_aliases:
             current = fold_sso_aliases(kind, view, view)
             updated = fold_sso_aliases(kind, updated, view)
@@ -671,7 +683,7 @@ async def patch_group(request: web.Request) -> web.Response:
             if plan.needs_members:
                 members = (await directory.group_members(pool, auth.tenant_id, [gid]))[gid]
             current = canonical_group(row, members)
-            updated = normalise(kind, apply_patch(kind, current, plan.other), max_chars=_max_chars(request))
+            updated = _normalise_patched(kind, current, apply_patch(kind, current, plan.other), _max_chars(request))
             require(kind, updated)
             if updated == current:
                 break

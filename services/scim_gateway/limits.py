@@ -103,6 +103,39 @@ def check_string(where: str, value: str, max_chars: int) -> None:
         raise ScimError(400, f"{where} is {n} characters; the limit is {max_chars}", "invalidValue")
 
 
+def has_string_over(value: Any, max_chars: int) -> bool:
+    """Whether any string (or key) in ``value`` is longer than ``max_chars``: a resource
+    stored before the limit was set or lowered."""
+    if isinstance(value, str):
+        return len(value) > max_chars
+    if isinstance(value, dict):
+        return any(len(k) > max_chars or has_string_over(v, max_chars) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_string_over(v, max_chars) for v in value)
+    return False
+
+
+def check_changed_strings(before: Any, after: Any, max_chars: int, where: str = "") -> None:
+    """``check_string`` on every string of ``after`` that ``before`` does not hold at the
+    same place: a PATCH of a resource stored before the limit is judged by what it
+    changes, so a long value it keeps does not block it (an IdP deactivating that user
+    must get through). Base64 certificates (``x509Certificates``) keep their binary limit."""
+    if isinstance(after, str):
+        if after != before:
+            limit = max(max_chars, MAX_BINARY_CHARS) if where.startswith("x509Certificates") else max_chars
+            check_string(where or "value", after, limit)
+    elif isinstance(after, dict):
+        old = before if isinstance(before, dict) else {}
+        for k, v in after.items():
+            if k not in old:
+                check_string(f"a key of {where}" if where else "an attribute name", k, max_chars)
+            check_changed_strings(old.get(k), v, max_chars, f"{where}.{k}" if where else k)
+    elif isinstance(after, list):
+        old_items = before if isinstance(before, list) else []
+        for i, v in enumerate(after):
+            check_changed_strings(old_items[i] if i < len(old_items) else None, v, max_chars, f"{where}[{i}]")
+
+
 def _json_size(value: Any) -> int:
     try:
         return len(to_json(value))

@@ -416,3 +416,36 @@ def test_the_string_limit_cannot_be_switched_off():
             load_settings(
                 ScimSettings, database_url="postgresql://x/y", redis_url="redis://x", scim_max_string_chars=bad
             )
+
+
+async def test_a_patch_is_judged_by_what_it_changes_when_a_long_value_was_stored_before(
+    service_env, tenant, provisioner
+):
+    """A user stored while the cap was higher (or before it existed) keeps a 2,000-character
+    title. Entra's deactivation PATCH ("Replace", "active", "False") must still reach
+    them; a PATCH bringing a new over-long value is refused as always; one that replaces
+    the long value with a short one applies."""
+    h = bearer(tenant.token)
+    async with scim_client(scim_max_string_chars=2048) as c:
+        r = await c.post("/scim/v2/Users", json={"userName": "old@example.com", "title": "t" * 2000}, headers=h)
+        assert r.status == 201, await r.text()
+        uid = (await r.json())["id"]
+    async with scim_client() as c:  # the default cap, 1024
+        deactivate = {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+        }
+        r = await c.patch(f"/scim/v2/Users/{uid}", json=deactivate, headers=h)
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        assert body["active"] is False and len(body["title"]) == 2000
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}",
+            json=patch_body({"op": "replace", "path": "name.givenName", "value": "g" * 1025}),
+            headers=h,
+        )
+        await refused_long(r, "name.givenName", 1025, 1024)
+        r = await c.patch(
+            f"/scim/v2/Users/{uid}", json=patch_body({"op": "replace", "path": "title", "value": "Engineer"}), headers=h
+        )
+        assert r.status == 200 and (await r.json())["title"] == "Engineer", await r.text()

@@ -371,3 +371,22 @@ def test_group_strings_are_bounded():
     )
     # a member id that is no id is never echoed in full
     assert refused(parse_member_id, "x" * 500) == "members[].value of 500 characters is not the id of a User"
+
+
+def test_a_patch_of_a_resource_stored_before_the_cap_is_judged_by_what_it_changes():
+    from scim_gateway.limits import check_changed_strings, has_string_over
+
+    stored = {"title": OVER, "emails": [{"value": "a@x.test"}], "name": {"givenName": "A"}}
+    assert has_string_over(stored, MAX_STRING_CHARS) and not has_string_over({"a": ["b"]}, MAX_STRING_CHARS)
+    check_changed_strings(stored, {**stored, "active": False}, MAX_STRING_CHARS)  # keeps the long title
+    changed = {**stored, "name": {"givenName": OVER}}
+    with pytest.raises(ScimError) as err:
+        check_changed_strings(stored, changed, MAX_STRING_CHARS)
+    assert err.value.detail == f"name.givenName is {len(OVER)} characters; the limit is {MAX_STRING_CHARS}"
+    added = {**stored, "emails": [{"value": "a@x.test"}, {"value": OVER}]}
+    with pytest.raises(ScimError, match=r"emails\[1\]\.value is"):
+        check_changed_strings(stored, added, MAX_STRING_CHARS)
+    with pytest.raises(ScimError, match="an attribute name"):
+        check_changed_strings(stored, {**stored, OVER: "x"}, MAX_STRING_CHARS)
+    cert = {**stored, "x509Certificates": [{"value": "M" * 3000}]}  # base64: the binary limit
+    check_changed_strings(stored, cert, MAX_STRING_CHARS)
